@@ -1,0 +1,1 @@
+//! windlass-cache: not built yet.

@@ -1,0 +1,88 @@
+//! Errors of the event bus.
+
+use windlass_core::{BoxError, NameError};
+
+/// Why an event could not be built or decoded. Names the attribute at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EventError {
+    /// A required attribute (`id`, `source`, `type`, `specversion`) is absent.
+    #[error("event attribute `{0}` is required")]
+    Missing(&'static str),
+    /// An attribute has a value the spec or windlass does not accept.
+    #[error("event attribute `{attribute}` is invalid: {reason}")]
+    Invalid {
+        /// The attribute (or extension) name.
+        attribute: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `specversion` is not `1.0`.
+    #[error("unsupported CloudEvents specversion {0:?}; windlass reads and writes 1.0")]
+    SpecVersion(String),
+    /// The payload passed to the builder could not be serialized, or the bytes are not JSON.
+    #[error("event is not valid CloudEvents JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl EventError {
+    pub(crate) fn invalid(attribute: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid { attribute: attribute.into(), reason: reason.into() }
+    }
+}
+
+/// Errors of publishers, subscribers and backends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The event is invalid.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// A topic, group or other name is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The encoded event is larger than the backend accepts.
+    #[error("event {id} is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Event id.
+        id: String,
+        /// Encoded size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The backend failed; `op` says what was being done. Retried where that is safe before
+    /// being returned.
+    #[error("{backend} {op} failed: {source}")]
+    Backend {
+        /// Backend name (`"redis"`, `"kafka"`, `"memory"`).
+        backend: &'static str,
+        /// Operation (`"publish"`, `"read"`, `"ack"`...).
+        op: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: BoxError,
+    },
+    /// The bus (or subscription) was shut down.
+    #[error("the bus is closed")]
+    Closed,
+    /// A bounded buffer stayed full past the allowed wait.
+    #[error("{0} is full; consumers are not keeping up")]
+    Full(String),
+    /// The operation did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Wraps a backend error.
+    pub fn backend(backend: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Backend { backend, op, source: source.into() }
+    }
+}
+
+/// `Result` with the bus [`Error`] by default.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

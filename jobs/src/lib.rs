@@ -1,0 +1,1 @@
+//! windlass-jobs: not built yet.

@@ -1,0 +1,1 @@
+//! windlass-outbox: not built yet.

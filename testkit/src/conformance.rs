@@ -1,0 +1,1 @@
+//! Conformance suites (filled in below).

@@ -1,0 +1,77 @@
+//! A fresh Redis key prefix per test.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+/// `WINDLASS_REDIS_URL`, or the local server (`redis://127.0.0.1:6379`).
+pub fn url() -> String {
+    std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+const HOW: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save \"\" \
+                   --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log\n  \
+                   or export WINDLASS_REDIS_URL=redis://host:6379";
+
+/// A unique key prefix on the test Redis; every key under it is deleted when this drops.
+#[derive(Clone)]
+pub struct TestRedis {
+    /// The server URL.
+    pub url: String,
+    /// The prefix, e.g. `wt-3f2a...` (no trailing separator). Pass it as the key prefix of the
+    /// component under test.
+    pub prefix: String,
+    /// A client on the server.
+    pub client: redis::Client,
+    /// A shared connection.
+    pub conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for TestRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRedis").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+/// Connects to the test Redis and picks a unique key prefix.
+/// Panics with a how-to message when Redis is unreachable.
+pub async fn fresh_prefix() -> TestRedis {
+    let url = url();
+    let client = redis::Client::open(url.as_str())
+        .unwrap_or_else(|e| panic!("WINDLASS_REDIS_URL is not a valid Redis URL: {e}"));
+    let conn = match tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => crate::service_missing("Redis", &url, &e, HOW),
+        Err(e) => crate::service_missing("Redis", &url, &e, HOW),
+    };
+    let prefix = format!("wt-{}", uuid::Uuid::new_v4().simple());
+    TestRedis { url, prefix, client, conn }
+}
+
+impl TestRedis {
+    /// Deletes every key under the prefix.
+    pub async fn cleanup(&self) {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}*", self.prefix);
+        let keys: Vec<String> = match conn.keys(&pattern).await {
+            Ok(k) => k,
+            Err(_) => return,
+        };
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = conn.del(chunk).await;
+        }
+    }
+}
+
+/// Deletes every key under a prefix from a plain thread (usable from `Drop`).
+pub fn cleanup_blocking(url: &str, prefix: &str) {
+    if let Ok(client) = redis::Client::open(url) {
+        if let Ok(mut conn) = client.get_connection() {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut conn).unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        }
+    }
+}
