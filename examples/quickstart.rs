@@ -1,1 +1,164 @@
-fn main() {}
+//! The windlass quickstart: runs with no service at all (in-memory backends).
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+//!
+//! 1. Event bus: publish events, subscribe in consumer groups, watch a failing handler retried
+//!    with backoff and then dead-lettered, and follow a correlation chain across events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use windlass::eventbus::{
+    DeadLetters, Event, Group, HandlerError, MemoryBus, Publisher, RetryPolicy, SubscribeOptions,
+    Subscriber, Topic, handler_fn,
+};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    event_bus().await?;
+    println!("\nquickstart finished: every step above ran in this process, no service needed");
+    Ok(())
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+async fn event_bus() -> Result<(), Error> {
+    println!("== 1. event bus (memory backend)");
+    let bus = MemoryBus::new();
+    let orders = Topic::new("orders")?;
+    let invoices = Topic::new("invoices")?;
+
+    // The billing service reacts to each placed order with an invoice, caused by the order.
+    let billing_bus = bus.clone();
+    let invoices_topic = invoices.clone();
+    let billing = bus
+        .subscribe(
+            &orders,
+            &Group::new("billing")?,
+            Arc::new(handler_fn(move |order: Event, _ctx| {
+                let bus = billing_bus.clone();
+                let topic = invoices_topic.clone();
+                async move {
+                    let invoice = Event::builder("/billing", "invoice.created")
+                        .caused_by(&order)
+                        .subject(format!("inv-for-{}", order.subject().unwrap_or("?")))
+                        .build()
+                        .map_err(HandlerError::reject)?;
+                    bus.publish(&topic, &invoice).await?;
+                    Ok(())
+                }
+            })),
+            SubscribeOptions::default(),
+        )
+        .await?;
+
+    // The mailer is flaky for order "ord-2": it fails every time, so windlass retries it with
+    // exponential backoff and then moves it to the dead-letter queue with the error.
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mailer_attempts = attempts.clone();
+    let mailer = bus
+        .subscribe(
+            &orders,
+            &Group::new("mailer")?,
+            Arc::new(handler_fn(move |order: Event, ctx| {
+                let attempts = mailer_attempts.clone();
+                async move {
+                    if order.subject() == Some("ord-2") {
+                        attempts.fetch_add(1, Ordering::SeqCst);
+                        println!("   mailer: attempt {} for ord-2 fails (SMTP down)", ctx.attempt);
+                        return Err(HandlerError::retry("SMTP server unreachable"));
+                    }
+                    println!("   mailer: confirmation sent for {}", order.subject().unwrap_or("?"));
+                    Ok(())
+                }
+            })),
+            SubscribeOptions::default().retry(
+                RetryPolicy::default()
+                    .with_max_attempts(3)
+                    .with_delays(Duration::from_millis(20), Duration::from_millis(200)),
+            ),
+        )
+        .await?;
+
+    // The auditor prints every invoice with its correlation chain.
+    let chains = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = chains.clone();
+    let auditor = bus
+        .subscribe(
+            &invoices,
+            &Group::new("auditor")?,
+            Arc::new(handler_fn(move |invoice: Event, _ctx| {
+                let seen = seen.clone();
+                async move {
+                    println!(
+                        "   auditor: {} {} caused by {} in conversation {}",
+                        invoice.ty(),
+                        invoice.subject().unwrap_or("?"),
+                        invoice.causation_id().unwrap_or("-"),
+                        invoice.correlation_id().unwrap_or("-"),
+                    );
+                    seen.lock().unwrap().push(invoice);
+                    Ok(())
+                }
+            })),
+            SubscribeOptions::default(),
+        )
+        .await?;
+
+    let mut placed = Vec::new();
+    for n in 1..=3 {
+        let order = Event::builder("/shop", "order.placed")
+            .subject(format!("ord-{n}"))
+            .org_id("acme")
+            .partition_key(format!("ord-{n}"))
+            .data_json(&serde_json::json!({ "total": n * 10 }))
+            .build()?;
+        println!("   shop: published order.placed {} (id {})", order.subject().unwrap_or("?"), order.id());
+        bus.publish(&orders, &order).await?;
+        placed.push(order);
+    }
+
+    let dead_lettered = wait_until(Duration::from_secs(10), || attempts.load(Ordering::SeqCst) >= 3).await;
+    let invoiced = wait_until(Duration::from_secs(10), || chains.lock().unwrap().len() == 3).await;
+    let mut dlq = Vec::new();
+    for _ in 0..100 {
+        dlq = bus.dead_letters(&orders, 10).await?;
+        if !dlq.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(dead_lettered && invoiced, "the bus did not deliver in time");
+    for dead in &dlq {
+        println!(
+            "   dead-letter queue: {} from group {}: {}",
+            dead.event.as_ref().and_then(|e| e.subject()).unwrap_or("?"),
+            dead.group,
+            dead.error
+        );
+    }
+    for invoice in chains.lock().unwrap().iter() {
+        let order = placed.iter().find(|o| Some(o.id()) == invoice.causation_id()).expect("a cause");
+        assert_eq!(invoice.correlation_id(), Some(order.id()));
+        assert_eq!(invoice.org_id(), order.org_id(), "the tenant flows along the chain");
+    }
+    for sub in [billing, mailer, auditor] {
+        sub.shutdown().await?;
+    }
+    Ok(())
+}

@@ -75,6 +75,21 @@ pub enum Error {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The broker does not know the topic (and does not create topics on demand). Create it,
+    /// or enable auto-creation on the broker.
+    #[error("topic {topic} does not exist on the broker; create it (or enable auto-creation)")]
+    UnknownTopic {
+        /// The topic.
+        topic: String,
+    },
+    /// A replay was asked to start at an event the topic does not hold (any more).
+    #[error("event {id} is not in topic {topic} (never published there, or already deleted by retention)")]
+    EventNotFound {
+        /// The topic.
+        topic: String,
+        /// The event id.
+        id: String,
+    },
 }
 
 impl Error {

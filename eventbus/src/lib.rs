@@ -38,9 +38,14 @@
 mod error;
 mod event;
 mod handler;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 mod memory;
+pub mod replay;
 pub mod runner;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod subscription;
 mod traits;
 

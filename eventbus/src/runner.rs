@@ -176,9 +176,16 @@ pub fn spawn<T: Transport>(
     let (item_tx, item_rx) = mpsc::unbounded_channel();
     let room = Arc::new(Semaphore::new(prefetch));
     let fetcher = tokio::spawn(fetch_loop(shared.clone(), room, item_tx));
-    let acker = tokio::spawn(ack_loop(shared.clone(), ack_rx));
+    let acks_done = CancellationToken::new();
+    let acker = tokio::spawn(ack_loop(shared.clone(), ack_rx, acks_done.clone()));
     let abort = vec![fetcher.abort_handle(), acker.abort_handle()];
-    let main = tokio::spawn(dispatch_loop(shared, item_rx, options.shutdown_timeout, fetcher, acker));
+    let main = tokio::spawn(dispatch_loop(
+        shared,
+        item_rx,
+        options.shutdown_timeout,
+        fetcher,
+        (acker, acks_done),
+    ));
     Subscription::new(cancel, main, abort)
 }
 
@@ -237,13 +244,37 @@ async fn fetch_loop<T: Transport>(
     }
 }
 
-async fn ack_loop<T: Transport>(shared: Arc<Shared<T>>, mut rx: mpsc::UnboundedReceiver<T::Token>) {
+/// Sends acknowledgements in batches. Ends once `done` fires and everything queued is flushed
+/// (the sender lives in `Shared`, which this task holds, so the channel never closes by itself).
+async fn ack_loop<T: Transport>(
+    shared: Arc<Shared<T>>,
+    mut rx: mpsc::UnboundedReceiver<T::Token>,
+    done: CancellationToken,
+) {
     let policy = RetryPolicy::default()
         .with_delays(Duration::from_millis(20), Duration::from_secs(2))
         .with_max_attempts(8);
     let mut batch = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
+    let mut finishing = false;
+    loop {
+        if finishing {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                t = rx.recv() => match t {
+                    Some(t) => batch.push(t),
+                    None => return,
+                },
+                _ = done.cancelled() => {
+                    finishing = true;
+                    continue;
+                }
+            }
+        }
         while batch.len() < ACK_BATCH_MAX {
             match rx.try_recv() {
                 Ok(t) => batch.push(t),
@@ -275,7 +306,7 @@ async fn dispatch_loop<T: Transport>(
     mut items: mpsc::UnboundedReceiver<Item<T::Token>>,
     shutdown_timeout: Duration,
     fetcher: tokio::task::JoinHandle<()>,
-    acker: tokio::task::JoinHandle<()>,
+    (acker, acks_done): (tokio::task::JoinHandle<()>, CancellationToken),
 ) -> Result<()> {
     // Keys with a delivery in flight, and what waits behind each.
     let mut waiting: HashMap<String, VecDeque<Item<T::Token>>> = HashMap::new();
@@ -361,10 +392,8 @@ async fn dispatch_loop<T: Transport>(
     if !released.is_empty() {
         shared.transport.release(released).await;
     }
-    // Flush acknowledgements: the acker ends when every sender is gone.
-    let shared_acks = shared.acks.clone();
-    drop(shared_acks);
-    drop(shared);
+    // Every handler task has ended, so no acknowledgement is still coming: flush and stop.
+    acks_done.cancel();
     let _ = acker.await;
     Ok(())
 }

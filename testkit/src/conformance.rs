@@ -1,1 +1,8 @@
-//! Conformance suites (filled in below).
+//! Conformance suites: one per trait, generic over a fixture, run against every backend from
+//! that backend's test file.
+//!
+//! - [`bus`]: [`Publisher`](windlass_eventbus::Publisher) /
+//!   [`Subscriber`](windlass_eventbus::Subscriber) / [`DeadLetters`](windlass_eventbus::DeadLetters)
+//!   ([`bus_conformance!`](crate::bus_conformance) generates one test per property).
+
+pub mod bus;

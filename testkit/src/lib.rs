@@ -13,6 +13,8 @@
 //! so the harness talks to the local services directly.
 
 pub mod conformance;
+pub mod jobs;
+pub mod kafka;
 pub mod postgres;
 pub mod redis;
 

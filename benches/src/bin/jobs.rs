@@ -1,0 +1,264 @@
+//! Jobs throughput / latency harness. Prints ONE JSON line: windlass-jobs figures beside
+//! apalis-postgres 1.0 (the baseline) measured on the same Postgres in the same run.
+//!
+//! ```text
+//! cargo run --release -p windlass-benches --bin jobs -- [--jobs 100000] [--backlog 1000000]
+//!     [--samples 200] [--concurrency 200] [--batch 100] [--skip-apalis]
+//! ```
+//!
+//! Each measurement gets a fresh database (windlass-testkit). No-op jobs throughout.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis_core::backend::TaskSink;
+use apalis_core::error::BoxDynError;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::worker::builder::WorkerBuilder;
+use apalis_core::worker::context::WorkerContext;
+use apalis_core::worker::ext::parallelize::ParallelizeExt;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use windlass_jobs::postgres::{PgStore, migrate};
+use windlass_jobs::{EnqueueOptions, Job, JobContext, JobError, Jobs, Worker, WorkerConfig};
+use windlass_testkit::postgres::fresh_database;
+
+static RAN: AtomicU64 = AtomicU64::new(0);
+static STARTED_AT: LazyLock<Mutex<HashMap<u64, Instant>>> = LazyLock::new(Default::default);
+
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u64,
+}
+
+impl Job for Noop {
+    const KIND: &'static str = "noop";
+    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
+        RAN.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Ping {
+    seq: u64,
+}
+
+impl Job for Ping {
+    const KIND: &'static str = "ping";
+    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
+        STARTED_AT.lock().unwrap().insert(self.seq, Instant::now());
+        Ok(())
+    }
+}
+
+struct Args {
+    jobs: u64,
+    backlog: u64,
+    samples: u64,
+    concurrency: usize,
+    batch: usize,
+    skip_apalis: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args { jobs: 100_000, backlog: 1_000_000, samples: 200, concurrency: 200, batch: 100, skip_apalis: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut num = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{k} needs a number"));
+        match k.as_str() {
+            "--jobs" => a.jobs = num(),
+            "--backlog" => a.backlog = num(),
+            "--samples" => a.samples = num(),
+            "--concurrency" => a.concurrency = num() as usize,
+            "--batch" => a.batch = num() as usize,
+            "--skip-apalis" => a.skip_apalis = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn config(a: &Args) -> WorkerConfig {
+    WorkerConfig::default()
+        .queues([("bench", a.concurrency)])
+        .fetch_batch(a.batch)
+        .metrics_interval(None)
+        .retention(None, Duration::from_secs(3600))
+}
+
+async fn completed(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE state = 'completed'").fetch_one(pool).await.unwrap()
+}
+
+async fn enqueue_noops(jobs: &Jobs, n: u64) -> f64 {
+    let opts = EnqueueOptions::new().queue("bench");
+    let start = Instant::now();
+    let mut next = 0;
+    while next < n {
+        let end = (next + 10_000).min(n);
+        let batch: Vec<Noop> = (next..end).map(|n| Noop { n }).collect();
+        jobs.enqueue_many(&batch, &opts).await.unwrap();
+        next = end;
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// Enqueue `n` no-op jobs with bulk insert, then drain them with one worker.
+async fn windlass_throughput(a: &Args) -> serde_json::Value {
+    let db = fresh_database().await;
+    let pool = db.new_pool(20).await;
+    migrate(&pool).await.unwrap();
+    let jobs = Jobs::new(PgStore::new(pool.clone()));
+    let enqueue_s = enqueue_noops(&jobs, a.jobs).await;
+    RAN.store(0, Ordering::SeqCst);
+    let start = Instant::now();
+    let worker = Worker::new(jobs.store().clone()).register::<Noop>().config(config(a)).start().unwrap();
+    while completed(&pool).await < a.jobs as i64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drain_s = start.elapsed().as_secs_f64();
+    worker.shutdown().await.unwrap();
+    json!({
+        "jobs": a.jobs,
+        "enqueue_jobs_per_s": (a.jobs as f64 / enqueue_s).round(),
+        "drain_jobs_per_s": (a.jobs as f64 / drain_s).round(),
+        "drain_s": drain_s,
+        "concurrency": a.concurrency,
+        "fetch_batch": a.batch,
+    })
+}
+
+/// Idle worker; one job at a time; enqueue call -> job start.
+async fn windlass_pickup_latency(a: &Args) -> serde_json::Value {
+    let db = fresh_database().await;
+    migrate(&db.pool).await.unwrap();
+    let jobs = Jobs::new(PgStore::new(db.pool.clone()));
+    let worker = Worker::new(jobs.store().clone())
+        .register::<Ping>()
+        .config(config(a).poll_interval(Duration::from_secs(5)))
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let opts = EnqueueOptions::new().queue("bench");
+    for seq in 0..a.samples {
+        let sent = Instant::now();
+        jobs.enqueue(&Ping { seq }, &opts).await.unwrap();
+        let started = loop {
+            if let Some(t) = STARTED_AT.lock().unwrap().get(&seq) {
+                break *t;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        hist.record(started.duration_since(sent).as_micros() as u64).unwrap();
+        // Let the worker go idle again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.shutdown().await.unwrap();
+    json!({
+        "samples": a.samples,
+        "p50_ms": hist.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+        "max_ms": hist.max() as f64 / 1000.0,
+    })
+}
+
+/// A backlog of `n` jobs; time until 95% of them started.
+async fn windlass_backlog(a: &Args) -> serde_json::Value {
+    let db = fresh_database().await;
+    let pool = db.new_pool(20).await;
+    migrate(&pool).await.unwrap();
+    let jobs = Jobs::new(PgStore::new(pool.clone()));
+    let enqueue_s = enqueue_noops(&jobs, a.backlog).await;
+    RAN.store(0, Ordering::SeqCst);
+    let target = a.backlog * 95 / 100;
+    let start = Instant::now();
+    let worker = Worker::new(jobs.store().clone()).register::<Noop>().config(config(a)).start().unwrap();
+    while RAN.load(Ordering::Relaxed) < target {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let p95_s = start.elapsed().as_secs_f64();
+    worker.shutdown().await.unwrap();
+    json!({ "backlog": a.backlog, "enqueue_s": enqueue_s, "time_to_95pct_started_s": p95_s })
+}
+
+static APALIS_DONE: AtomicU64 = AtomicU64::new(0);
+static APALIS_TARGET: AtomicU64 = AtomicU64::new(0);
+
+async fn apalis_noop(_n: u64, wrk: WorkerContext) -> Result<(), BoxDynError> {
+    if APALIS_DONE.fetch_add(1, Ordering::SeqCst) + 1 == APALIS_TARGET.load(Ordering::SeqCst) {
+        wrk.stop()?;
+    }
+    Ok(())
+}
+
+/// apalis-postgres 1.0: the same enqueue + drain, fetch batch `batch`.
+async fn apalis_throughput(n: u64, batch: usize) -> serde_json::Value {
+    let db = fresh_database().await;
+    let pool = db.new_pool(20).await;
+    apalis_postgres::PostgresStorage::setup(&pool).await.unwrap();
+    let config = apalis_postgres::Config::default().queue("bench").batch_size(batch);
+    let mut backend: apalis_postgres::PostgresStorage<u64> =
+        apalis_postgres::PostgresStorage::new(&pool).with_config(config);
+    let start = Instant::now();
+    let mut next = 0;
+    while next < n {
+        let end = (next + 10_000).min(n);
+        let tasks: Vec<_> = (next..end).map(|i| TaskBuilder::new(i).build()).collect();
+        backend.push_all(&mut futures::stream::iter(tasks)).await.unwrap();
+        next = end;
+    }
+    let enqueue_s = start.elapsed().as_secs_f64();
+    APALIS_DONE.store(0, Ordering::SeqCst);
+    APALIS_TARGET.store(n, Ordering::SeqCst);
+    let worker = WorkerBuilder::new(format!("apalis-bench-{batch}"))
+        .backend(backend)
+        .parallelize(tokio::spawn)
+        .build(apalis_noop);
+    let start = Instant::now();
+    let limit = Duration::from_secs(300);
+    let finished = tokio::time::timeout(limit, worker.run()).await.is_ok();
+    let drain_s = start.elapsed().as_secs_f64();
+    let done = APALIS_DONE.load(Ordering::SeqCst);
+    json!({
+        "fetch_batch": batch,
+        "enqueue_jobs_per_s": (n as f64 / enqueue_s).round(),
+        "drain_jobs_per_s": (done as f64 / drain_s).round(),
+        "drained": done,
+        "finished_within_300s": finished,
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let throughput = windlass_throughput(&a).await;
+    eprintln!("windlass throughput: {throughput}");
+    let latency = windlass_pickup_latency(&a).await;
+    eprintln!("windlass pickup latency: {latency}");
+    let mut apalis = Vec::new();
+    if !a.skip_apalis {
+        for batch in [10, 100] {
+            let r = apalis_throughput(a.jobs, batch).await;
+            eprintln!("apalis batch {batch}: {r}");
+            apalis.push(r);
+        }
+    }
+    let backlog = if a.backlog > 0 { windlass_backlog(&a).await } else { json!(null) };
+    eprintln!("windlass backlog: {backlog}");
+    let best_apalis = apalis.iter().filter_map(|r| r["drain_jobs_per_s"].as_f64()).fold(0.0, f64::max);
+    let ours = throughput["drain_jobs_per_s"].as_f64().unwrap_or(0.0);
+    println!(
+        "{}",
+        json!({
+            "bench": "jobs",
+            "windlass": { "throughput": throughput, "pickup_latency_idle": latency, "backlog": backlog },
+            "apalis_postgres_1_0": apalis,
+            "drain_ratio_vs_best_apalis": if best_apalis > 0.0 { json!((ours / best_apalis * 100.0).round() / 100.0) } else { json!(null) },
+        })
+    );
+}

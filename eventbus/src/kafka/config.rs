@@ -1,0 +1,198 @@
+//! Options of the Kafka backend.
+
+use std::time::Duration;
+
+use crate::kafka::codec::WireMode;
+
+/// How the dead-letter topic of a topic is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DlqNaming {
+    /// `{topic}.dlq` (the default; `.` is a valid topic character).
+    #[default]
+    DotDlq,
+    /// `{topic}-dlq`, the Kafka Connect / Spring habit.
+    DashDlq,
+}
+
+impl DlqNaming {
+    /// The DLQ topic name for `topic`.
+    pub fn topic_for(self, topic: &str) -> String {
+        match self {
+            DlqNaming::DotDlq => format!("{topic}.dlq"),
+            DlqNaming::DashDlq => format!("{topic}-dlq"),
+        }
+    }
+}
+
+/// Consumer-group timeouts. `None` keeps librdkafka's default (what real Kafka clusters want).
+///
+/// tansu holds a joining member's `JoinGroup` for the whole rebalance timeout
+/// (`max.poll.interval.ms`, 300 s by default) before it assigns partitions; with
+/// [`GroupTimeouts::tansu`] (6000 / 6000 / 1000 ms) a group gets its partitions in about 3 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupTimeouts {
+    /// `session.timeout.ms`: a member silent this long is removed from the group.
+    pub session_timeout_ms: Option<u32>,
+    /// `max.poll.interval.ms`: also the rebalance timeout sent in `JoinGroup`.
+    pub max_poll_interval_ms: Option<u32>,
+    /// `heartbeat.interval.ms`.
+    pub heartbeat_interval_ms: Option<u32>,
+}
+
+impl GroupTimeouts {
+    /// The timeouts that make tansu assign a group quickly: 6000 / 6000 / 1000 ms.
+    pub fn tansu() -> Self {
+        Self { session_timeout_ms: Some(6000), max_poll_interval_ms: Some(6000), heartbeat_interval_ms: Some(1000) }
+    }
+}
+
+/// Configuration of a [`KafkaBus`](crate::kafka::KafkaBus).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Binary (default) or structured CloudEvents mode for what this bus publishes. Consumers
+    /// read both.
+    pub wire_mode: WireMode,
+    /// Largest record (key + value + headers) the publisher sends; bigger events fail with
+    /// [`Error::TooLarge`](crate::Error::TooLarge) before reaching the broker. Also set as
+    /// librdkafka's `message.max.bytes`. Default 1 000 000 (Kafka's default).
+    pub max_message_bytes: usize,
+    /// How long the producer keeps retrying one record (broker down, leader moving) before the
+    /// publish fails (`message.timeout.ms`). Default 30 s.
+    pub publish_timeout: Duration,
+    /// How long a publish to a topic the broker does not know waits for it to appear before
+    /// failing with [`Error::UnknownTopic`](crate::Error::UnknownTopic)
+    /// (`topic.metadata.propagation.max.ms`). Default 5 s.
+    pub unknown_topic_timeout: Duration,
+    /// `linger.ms` of the producer. Default 1 ms.
+    pub linger: Duration,
+    /// Consumer-group timeouts (see [`GroupTimeouts::tansu`]).
+    pub group_timeouts: GroupTimeouts,
+    /// DLQ topic naming.
+    pub dlq_naming: DlqNaming,
+    /// Partitions of a DLQ topic the bus creates when it is missing. Default 1.
+    pub dlq_partitions: i32,
+    /// How long one consumer fetch waits for the first record. Default 100 ms.
+    pub poll_wait: Duration,
+    /// Extra librdkafka properties for every client (applied last, so they win).
+    pub client_properties: Vec<(String, String)>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".to_owned(),
+            wire_mode: WireMode::Binary,
+            max_message_bytes: 1_000_000,
+            publish_timeout: Duration::from_secs(30),
+            unknown_topic_timeout: Duration::from_secs(5),
+            linger: Duration::from_millis(1),
+            group_timeouts: GroupTimeouts::default(),
+            dlq_naming: DlqNaming::DotDlq,
+            dlq_partitions: 1,
+            poll_wait: Duration::from_millis(100),
+            client_properties: Vec::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// A configuration for `brokers` with defaults for the rest.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self { brokers: brokers.into(), ..Self::default() }
+    }
+    /// Sets the wire mode.
+    pub fn wire_mode(mut self, mode: WireMode) -> Self {
+        self.wire_mode = mode;
+        self
+    }
+    /// Sets the largest record size.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+    /// Sets how long one publish may retry.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = timeout;
+        self
+    }
+    /// Sets how long a publish waits for an unknown topic.
+    pub fn unknown_topic_timeout(mut self, timeout: Duration) -> Self {
+        self.unknown_topic_timeout = timeout;
+        self
+    }
+    /// Sets the producer's `linger.ms`.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+    /// Sets the consumer-group timeouts.
+    pub fn group_timeouts(mut self, timeouts: GroupTimeouts) -> Self {
+        self.group_timeouts = timeouts;
+        self
+    }
+    /// Sets the DLQ naming.
+    pub fn dlq_naming(mut self, naming: DlqNaming) -> Self {
+        self.dlq_naming = naming;
+        self
+    }
+    /// Sets how long a consumer fetch waits.
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+    /// Adds a librdkafka property for every client this bus makes.
+    pub fn client_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.client_properties.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn base(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    pub(crate) fn finish(&self, mut c: rdkafka::ClientConfig) -> rdkafka::ClientConfig {
+        for (k, v) in &self.client_properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub(crate) fn producer_config(&self) -> rdkafka::ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string())
+            .set("topic.metadata.propagation.max.ms", self.unknown_topic_timeout.as_millis().max(1).to_string())
+            .set("linger.ms", self.linger.as_millis().to_string())
+            .set("message.max.bytes", self.max_message_bytes.max(1000).to_string());
+        self.finish(c)
+    }
+
+    pub(crate) fn consumer_config(&self, group: &str, client_id: &str, earliest: bool) -> rdkafka::ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group)
+            .set("client.id", client_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", if earliest { "earliest" } else { "latest" });
+        let t = self.group_timeouts;
+        if let Some(v) = t.session_timeout_ms {
+            c.set("session.timeout.ms", v.to_string());
+        }
+        if let Some(v) = t.max_poll_interval_ms {
+            c.set("max.poll.interval.ms", v.to_string());
+        }
+        if let Some(v) = t.heartbeat_interval_ms {
+            c.set("heartbeat.interval.ms", v.to_string());
+        }
+        self.finish(c)
+    }
+}

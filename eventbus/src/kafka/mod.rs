@@ -1,0 +1,124 @@
+//! The Kafka backend (feature `kafka`), on `rdkafka` (librdkafka).
+//!
+//! - **Wire format**: the CloudEvents Kafka binding, binary mode by default (`ce_*` headers,
+//!   `content-type`, value = payload bytes, key = `partitionkey` else `subject`), structured
+//!   mode as an option ([`WireMode`]). Consumers read both.
+//! - **Publisher**: idempotent (`enable.idempotence=true`, `acks=all`); bounded retries inside
+//!   librdkafka (`publish_timeout`), then typed errors: [`Error::TooLarge`](crate::Error::TooLarge)
+//!   (checked before sending, and mapped from the broker's refusal),
+//!   [`Error::UnknownTopic`](crate::Error::UnknownTopic), [`Error::Timeout`](crate::Error::Timeout)
+//!   when no broker acknowledged in time.
+//! - **Subscriber**: a consumer group member driven by the shared [runner](crate::runner):
+//!   offsets are committed only after the handler succeeded (the highest contiguous
+//!   acknowledged offset per partition), order is kept per key (hence per partition), retries
+//!   come from the runner, and events that fail for good, or records that are not
+//!   CloudEvents, go to the DLQ topic (`{topic}.dlq` by default, see [`DlqNaming`]) with the
+//!   reason in the `windlass_dlq_reason` header. [`DeadLetters`](crate::DeadLetters) reads it back.
+//! - **Group timeouts** are configurable ([`GroupTimeouts`]); keep librdkafka's defaults on
+//!   real Kafka, use [`GroupTimeouts::tansu`] on the tansu broker, which holds `JoinGroup`
+//!   for the whole rebalance timeout.
+//!
+//! Delivery counts are not tracked by Kafka: a record redelivered after a crash starts again
+//! at attempt 1.
+//!
+//! ```no_run
+//! use windlass_eventbus::kafka::{GroupTimeouts, KafkaBus, KafkaConfig};
+//! use windlass_eventbus::{Event, Group, Publisher, SubscriberExt, Topic};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = KafkaBus::new(KafkaConfig::new("127.0.0.1:9092").group_timeouts(GroupTimeouts::tansu()))?;
+//! let topic = Topic::new("billing.invoices")?;
+//! bus.create_topic(topic.as_str(), 3).await?;
+//! bus.publish(&topic, &Event::builder("/billing", "invoice.paid").subject("inv_1").build()?).await?;
+//! let sub = bus
+//!     .subscribe_fn(&topic, &Group::new("ledger")?, |event, _ctx| async move {
+//!         println!("{}", event.id());
+//!         Ok(())
+//!     })
+//!     .await?;
+//! sub.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod codec;
+mod config;
+mod publisher;
+mod replay;
+mod subscriber;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::AdminClient;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, Producer};
+
+pub use codec::WireMode;
+pub use config::{DlqNaming, GroupTimeouts, KafkaConfig};
+pub use subscriber::{DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER};
+
+pub(crate) use codec::decode as decode_record;
+
+use crate::error::{Error, Result};
+
+/// A Kafka bus: [`Publisher`](crate::Publisher), [`Subscriber`](crate::Subscriber) and
+/// [`DeadLetters`](crate::DeadLetters). Cheap to clone (one producer shared by every clone and
+/// by the subscriptions' DLQ writes).
+#[derive(Clone)]
+pub struct KafkaBus {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: KafkaConfig,
+    pub(crate) producer: FutureProducer,
+    pub(crate) admin: AdminClient<DefaultClientContext>,
+}
+
+impl fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaBus").field("brokers", &self.inner.config.brokers).finish_non_exhaustive()
+    }
+}
+
+impl KafkaBus {
+    /// Creates the producer and admin clients. Connects lazily: an unreachable broker shows
+    /// as publish errors (or use [`KafkaBus::ping`]).
+    pub fn new(config: KafkaConfig) -> Result<Self> {
+        if config.brokers.trim().is_empty() {
+            return Err(Error::Config("kafka brokers list is empty".to_owned()));
+        }
+        let producer: FutureProducer =
+            config.producer_config().create().map_err(|e| Error::backend("kafka", "connect", e))?;
+        let admin: AdminClient<DefaultClientContext> =
+            config.finish(config.base()).create().map_err(|e| Error::backend("kafka", "connect", e))?;
+        Ok(Self { inner: Arc::new(Inner { config, producer, admin }) })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    /// Asks the cluster for its metadata, waiting up to `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<()> {
+        let bus = self.clone();
+        tokio::task::spawn_blocking(move || {
+            bus.inner.producer.client().fetch_metadata(None, timeout).map(|_| ())
+        })
+        .await
+        .map_err(|e| Error::backend("kafka", "ping", e))?
+        .map_err(|e| Error::backend("kafka", "ping", e))
+    }
+
+    /// Waits until every record handed to the producer is acknowledged (or `timeout` passes).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let bus = self.clone();
+        tokio::task::spawn_blocking(move || bus.inner.producer.flush(timeout))
+            .await
+            .map_err(|e| Error::backend("kafka", "flush", e))?
+            .map_err(|e| Error::backend("kafka", "flush", e))
+    }
+}

@@ -1,0 +1,71 @@
+//! Errors of the job crate.
+
+use windlass_core::{BoxError, NameError};
+
+/// Errors of enqueueing, fetching and managing jobs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A queue, kind, tenant or cron name is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// An enqueue or worker option is negative, zero where that makes no sense, or absurd.
+    #[error("invalid job option `{option}`: {reason}")]
+    InvalidOption {
+        /// The option at fault (`"priority"`, `"max_attempts"`, ...).
+        option: &'static str,
+        /// What is wrong with it and what is accepted.
+        reason: String,
+    },
+    /// The job's arguments could not be serialized to JSON.
+    #[error("job arguments of kind `{kind}` could not be serialized: {source}")]
+    Serialize {
+        /// Job kind.
+        kind: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A cron expression did not parse.
+    #[error("cron schedule {pattern:?} is invalid: {reason}")]
+    Cron {
+        /// The expression given.
+        pattern: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// Putting a job back into a waiting state would break its uniqueness: another job with
+    /// the same unique key is already waiting or running.
+    #[error("job {id} cannot be retried: another job holds its unique key {unique_key:?}")]
+    UniqueConflict {
+        /// The job that was to be retried.
+        id: i64,
+        /// Its unique key.
+        unique_key: String,
+    },
+    /// The store (database) failed; `op` says what was being done. Safe to retry.
+    #[error("job store {backend} {op} failed: {source}")]
+    Store {
+        /// Backend name (`"postgres"`, `"memory"`).
+        backend: &'static str,
+        /// Operation (`"insert"`, `"fetch"`, `"complete"`, ...).
+        op: &'static str,
+        /// The backend's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(option: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidOption { option, reason: reason.into() }
+    }
+
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pg(op: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Store { backend: "postgres", op, source: source.into() }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,387 @@
+//! In-process job store with the same semantics as the Postgres one (state guard, unique keys,
+//! priorities, schedules, pause, rescue), for users' tests and the quickstart. Jobs live in
+//! memory only and vanish with the process; it is not meant for production.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use crate::error::Result;
+use crate::model::{
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob, QueueCount, Rescued,
+};
+use crate::store::JobStore;
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: JobId,
+    jobs: BTreeMap<JobId, Row>,
+    paused: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    rec: JobRecord,
+    unique_states: i16,
+}
+
+impl Row {
+    fn holds_unique(&self) -> bool {
+        self.rec.unique_key.is_some() && self.unique_states & self.rec.state.bit() != 0
+    }
+}
+
+/// The in-memory store. Cheap to clone (clones share the jobs).
+///
+/// ```
+/// # tokio_test_shim::block_on(async {
+/// use windlass_jobs::{EnqueueOptions, JobStore, memory::MemoryStore};
+///
+/// let store = MemoryStore::new();
+/// let job = EnqueueOptions::new().build_raw("noop", serde_json::json!({})).unwrap();
+/// let ids = store.insert(vec![job]).await.unwrap();
+/// assert!(ids[0].id().is_some());
+/// # });
+/// # mod tokio_test_shim { pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f) } }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    wake: broadcast::Sender<String>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self { state: Arc::new(Mutex::new(State::default())), wake: broadcast::channel(1024).0 }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied change (every change is a
+        // single assignment), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self, queue: &str) {
+        let _ = self.wake.send(queue.to_owned());
+    }
+}
+
+fn is_waiting(s: JobState) -> bool {
+    matches!(s, JobState::Available | JobState::Scheduled | JobState::Retryable)
+}
+
+fn finalize(rec: &mut JobRecord, state: JobState, now: DateTime<Utc>) {
+    rec.state = state;
+    rec.finalized_at = if state.is_final() { Some(now) } else { None };
+    rec.locked_by = None;
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let now = Utc::now();
+        let mut notify = BTreeSet::new();
+        let mut out = Vec::with_capacity(jobs.len());
+        {
+            let mut st = self.lock();
+            for job in jobs {
+                if let Some(key) = &job.unique_key {
+                    // A key is blocked by a row holding it in a state that row's own mask
+                    // covers, and by a row in a state the new job's mask covers (the Postgres
+                    // unique index compares the new row's state with its own mask).
+                    let state = if job.run_at.is_some_and(|at| at > now) {
+                        JobState::Scheduled
+                    } else {
+                        JobState::Available
+                    };
+                    let clash = st.jobs.values().any(|r| {
+                        r.rec.unique_key.as_deref() == Some(key.as_str())
+                            && r.holds_unique()
+                            && job.unique_states & state.bit() != 0
+                    });
+                    if clash {
+                        out.push(Enqueued::Duplicate);
+                        continue;
+                    }
+                }
+                st.next_id += 1;
+                let id = st.next_id;
+                let run_at = job.run_at.unwrap_or(now);
+                let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+                notify.insert(job.queue.as_str().to_owned());
+                let rec = JobRecord {
+                    id,
+                    queue: job.queue.as_str().to_owned(),
+                    kind: job.kind.as_str().to_owned(),
+                    args: job.args,
+                    org_id: job.org_id.map(|o| o.as_str().to_owned()),
+                    priority: job.priority,
+                    state,
+                    attempt: 0,
+                    max_attempts: job.max_attempts,
+                    run_at,
+                    attempted_at: None,
+                    heartbeat_at: None,
+                    locked_by: None,
+                    unique_key: job.unique_key,
+                    errors: Vec::new(),
+                    timeout: job.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
+                    created_at: now,
+                    finalized_at: None,
+                };
+                st.jobs.insert(id, Row { rec, unique_states: job.unique_states });
+                out.push(Enqueued::New(id));
+            }
+        }
+        for q in notify {
+            self.notify(&q);
+        }
+        Ok(out)
+    }
+
+    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
+        let now = Utc::now();
+        let mut st = self.lock();
+        if st.paused.contains(queue) || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut due: Vec<(i16, DateTime<Utc>, JobId)> = st
+            .jobs
+            .values()
+            .filter(|r| r.rec.queue == queue && is_waiting(r.rec.state) && r.rec.run_at <= now)
+            .map(|r| (r.rec.priority, r.rec.run_at, r.rec.id))
+            .collect();
+        due.sort_unstable();
+        due.truncate(limit);
+        let mut out = Vec::with_capacity(due.len());
+        for (_, _, id) in due {
+            let Some(row) = st.jobs.get_mut(&id) else { continue };
+            let r = &mut row.rec;
+            r.state = JobState::Running;
+            r.attempt += 1;
+            r.attempted_at = Some(now);
+            r.heartbeat_at = Some(now);
+            r.locked_by = Some(worker.to_owned());
+            out.push(FetchedJob {
+                id,
+                queue: r.queue.clone(),
+                kind: r.kind.clone(),
+                args: r.args.clone(),
+                org_id: r.org_id.clone(),
+                priority: r.priority,
+                attempt: r.attempt,
+                max_attempts: r.max_attempts,
+                run_at: r.run_at,
+                timeout: r.timeout,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
+        let now = Utc::now();
+        let mut st = self.lock();
+        let mut applied = 0;
+        for f in finished {
+            let Some(row) = st.jobs.get_mut(&f.id) else { continue };
+            let r = &mut row.rec;
+            if r.state != JobState::Running || r.locked_by.as_deref() != Some(worker) || r.attempt != f.attempt {
+                continue;
+            }
+            r.attempt += f.outcome.attempt_delta();
+            if let Some(at) = f.outcome.run_at() {
+                r.run_at = at;
+            }
+            if let Some(e) = f.outcome.error() {
+                r.errors.push(e.clone());
+            }
+            finalize(r, f.outcome.state(), now);
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
+    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>> {
+        let now = Utc::now();
+        let mut st = self.lock();
+        let mut held = Vec::new();
+        for id in ids {
+            if let Some(row) = st.jobs.get_mut(id)
+                && row.rec.state == JobState::Running
+                && row.rec.locked_by.as_deref() == Some(worker)
+            {
+                row.rec.heartbeat_at = Some(now);
+                held.push(*id);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
+        let now = Utc::now();
+        let cutoff = now - chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+        let mut out = Vec::new();
+        {
+            let mut st = self.lock();
+            for row in st.jobs.values_mut() {
+                let r = &mut row.rec;
+                if r.state != JobState::Running || r.heartbeat_at.is_none_or(|h| h >= cutoff) {
+                    continue;
+                }
+                let worker = r.locked_by.clone();
+                r.errors.push(AttemptError::new(
+                    r.attempt,
+                    format!("rescued: worker {} stopped heartbeating", worker.as_deref().unwrap_or("?")),
+                    worker,
+                ));
+                let state = if r.attempt >= r.max_attempts { JobState::Discarded } else { JobState::Retryable };
+                r.run_at = now;
+                finalize(r, state, now);
+                out.push(Rescued { id: r.id, queue: r.queue.clone(), state });
+            }
+        }
+        for r in &out {
+            self.notify(&r.queue);
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64> {
+        let now = Utc::now();
+        let mut queues = BTreeSet::new();
+        let mut moved = 0;
+        {
+            let mut st = self.lock();
+            for id in ids {
+                if let Some(row) = st.jobs.get_mut(id)
+                    && row.rec.state == JobState::Running
+                    && row.rec.locked_by.as_deref() == Some(worker)
+                {
+                    row.rec.attempt -= 1;
+                    row.rec.run_at = now;
+                    finalize(&mut row.rec, JobState::Available, now);
+                    queues.insert(row.rec.queue.clone());
+                    moved += 1;
+                }
+            }
+        }
+        for q in queues {
+            self.notify(&q);
+        }
+        Ok(moved)
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+        let st = self.lock();
+        if st.paused.contains(queue) {
+            return Ok(None);
+        }
+        Ok(st.jobs.values().filter(|r| r.rec.queue == queue && is_waiting(r.rec.state)).map(|r| r.rec.run_at).min())
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<bool> {
+        let mut st = self.lock();
+        Ok(match st.jobs.get_mut(&id) {
+            Some(row) if !row.rec.state.is_final() => {
+                finalize(&mut row.rec, JobState::Cancelled, Utc::now());
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn retry_now(&self, id: JobId) -> Result<bool> {
+        let now = Utc::now();
+        let queue = {
+            let mut st = self.lock();
+            let Some(row) = st.jobs.get(&id).cloned() else { return Ok(false) };
+            if row.rec.state == JobState::Running {
+                return Ok(false);
+            }
+            if let Some(key) = &row.rec.unique_key
+                && row.unique_states & JobState::Available.bit() != 0
+                && !row.holds_unique()
+                && st.jobs.values().any(|r| r.rec.id != id && r.rec.unique_key.as_ref() == Some(key) && r.holds_unique())
+            {
+                return Err(crate::Error::UniqueConflict { id, unique_key: key.clone() });
+            }
+            let Some(row) = st.jobs.get_mut(&id) else { return Ok(false) };
+            let r = &mut row.rec;
+            r.run_at = now;
+            r.max_attempts = r.max_attempts.max(r.attempt + 1);
+            finalize(r, JobState::Available, now);
+            r.queue.clone()
+        };
+        self.notify(&queue);
+        Ok(true)
+    }
+
+    async fn discard(&self, id: JobId) -> Result<bool> {
+        let mut st = self.lock();
+        Ok(match st.jobs.get_mut(&id) {
+            Some(row) if !row.rec.state.is_final() => {
+                finalize(&mut row.rec, JobState::Discarded, Utc::now());
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn prune(&self, older_than: Duration) -> Result<u64> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let mut st = self.lock();
+        let before = st.jobs.len();
+        st.jobs.retain(|_, r| r.rec.finalized_at.is_none_or(|f| f >= cutoff));
+        Ok((before - st.jobs.len()) as u64)
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        if paused {
+            self.lock().paused.insert(queue.to_owned());
+        } else {
+            self.lock().paused.remove(queue);
+            self.notify(queue);
+        }
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        Ok(self.lock().paused.iter().cloned().collect())
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        Ok(self.lock().jobs.get(&id).map(|r| r.rec.clone()))
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let limit = filter.effective_limit() as usize;
+        let st = self.lock();
+        Ok(st.jobs.values().map(|r| &r.rec).filter(|r| filter.matches(r)).take(limit).cloned().collect())
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCount>> {
+        let st = self.lock();
+        let mut m: BTreeMap<(String, JobState), i64> = BTreeMap::new();
+        for r in st.jobs.values() {
+            *m.entry((r.rec.queue.clone(), r.rec.state)).or_default() += 1;
+        }
+        Ok(m.into_iter().map(|((queue, state), count)| QueueCount { queue, state, count }).collect())
+    }
+
+    async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
+        Ok(Some(self.wake.subscribe()))
+    }
+}

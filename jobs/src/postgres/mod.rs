@@ -1,0 +1,580 @@
+//! Postgres store: the `windlass_jobs` table (see `migrations/` in the crate), batch fetch with
+//! `FOR UPDATE SKIP LOCKED`, one `UPDATE ... FROM unnest(...)` for many finished jobs, `unnest`
+//! bulk insert, and LISTEN/NOTIFY wake-ups (one NOTIFY per queue per insert statement) with
+//! polling as the fallback.
+
+mod migrate;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::broadcast;
+
+pub use migrate::{MIGRATIONS, migrate};
+
+use crate::error::{Error, Result};
+use crate::model::{
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob, QueueCount, Rescued,
+};
+use crate::store::{JobStore, WAKE_ALL};
+
+/// The NOTIFY channel the insert trigger and the store use.
+pub const CHANNEL: &str = "windlass_jobs";
+
+/// Rows per insert statement; bigger batches are split.
+const INSERT_CHUNK: usize = 10_000;
+
+/// The Postgres job store. Cheap to clone.
+///
+/// Run [`migrate`] once (or apply the crate's SQL files with your own migrator) before use.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    listen: bool,
+    wake: Arc<Mutex<Option<broadcast::Sender<String>>>>,
+}
+
+impl PgStore {
+    /// A store on `pool`, with LISTEN/NOTIFY wake-ups.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, listen: true, wake: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Turns LISTEN off (e.g. behind PgBouncer in transaction mode): workers then poll.
+    pub fn without_listen(mut self) -> Self {
+        self.listen = false;
+        self
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Inserts jobs inside the caller's transaction (or on any connection): they become
+    /// visible, and workers are notified, when the caller commits.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use windlass_jobs::{EnqueueOptions, postgres::PgStore};
+    ///
+    /// let mut tx = pool.begin().await?;
+    /// // ... the business write on &mut *tx ...
+    /// let job = EnqueueOptions::new().build_raw("send_invoice", serde_json::json!({"id": 42}))?;
+    /// PgStore::insert_in(&mut tx, vec![job]).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert_in(conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut jobs = jobs;
+        while !jobs.is_empty() {
+            let rest = jobs.split_off(jobs.len().min(INSERT_CHUNK));
+            out.extend(insert_chunk(&mut *conn, &jobs).await?);
+            jobs = rest;
+        }
+        Ok(out)
+    }
+
+    async fn notify(&self, queues: &[String]) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_notify($1, q) FROM (SELECT DISTINCT unnest($2::text[]) AS q) s")
+            .bind(CHANNEL)
+            .bind(queues)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::pg("notify", e))?;
+        Ok(())
+    }
+
+    fn start_listener(&self, tx: broadcast::Sender<String>) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let listener = async {
+                    let mut l = PgListener::connect_with(&pool).await?;
+                    l.listen(CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                }
+                .await;
+                let mut l = match listener {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "windlass-jobs: LISTEN failed, retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                backoff = Duration::from_millis(50);
+                // Anything sent while we were not listening is lost: make everyone look.
+                let _ = tx.send(WAKE_ALL.to_owned());
+                loop {
+                    match l.try_recv().await {
+                        Ok(Some(n)) => {
+                            if tx.send(n.payload().to_owned()).is_err() {
+                                return; // no subscriber left
+                            }
+                        }
+                        Ok(None) => {
+                            // Connection lost; PgListener reconnects on the next call.
+                            if tx.send(WAKE_ALL.to_owned()).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "windlass-jobs: LISTEN connection failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn interval_secs(d: Duration) -> f64 {
+    d.as_secs_f64().min(1e9)
+}
+
+async fn insert_chunk(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+    let n = jobs.len();
+    let mut queue = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut args = Vec::with_capacity(n);
+    let mut org = Vec::with_capacity(n);
+    let mut prio = Vec::with_capacity(n);
+    let mut attempts = Vec::with_capacity(n);
+    let mut run_at = Vec::with_capacity(n);
+    let mut ukey = Vec::with_capacity(n);
+    let mut ustates = Vec::with_capacity(n);
+    let mut timeout = Vec::with_capacity(n);
+    for j in jobs {
+        queue.push(j.queue.as_str());
+        kind.push(j.kind.as_str());
+        args.push(sqlx::types::Json(&j.args));
+        org.push(j.org_id.as_ref().map(|o| o.as_str()));
+        prio.push(j.priority);
+        attempts.push(j.max_attempts);
+        run_at.push(j.run_at);
+        ukey.push(j.unique_key.as_deref());
+        ustates.push(j.unique_states);
+        timeout.push(j.timeout_ms);
+    }
+    let rows = sqlx::query(
+        "INSERT INTO windlass_jobs (queue, kind, args, org_id, priority, state, max_attempts, run_at, \
+                                    unique_key, unique_states, timeout_ms) \
+         SELECT q, k, a, o, p, CASE WHEN r > now() THEN 'scheduled' ELSE 'available' END, m, \
+                coalesce(r, now()), u, us, t \
+           FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[], \
+                       $7::timestamptz[], $8::text[], $9::int2[], $10::int4[]) \
+                AS x(q, k, a, o, p, m, r, u, us, t) \
+         ON CONFLICT DO NOTHING \
+         RETURNING id, unique_key",
+    )
+    .bind(&queue)
+    .bind(&kind)
+    .bind(&args)
+    .bind(&org)
+    .bind(&prio)
+    .bind(&attempts)
+    .bind(&run_at)
+    .bind(&ukey)
+    .bind(&ustates)
+    .bind(&timeout)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| Error::pg("insert", e))?;
+    // Rows come back in insertion order; rows without a key always insert, keyed rows are
+    // matched by key (a key repeated inside the batch inserts once).
+    let mut plain = Vec::new();
+    let mut keyed = std::collections::HashMap::new();
+    for r in &rows {
+        let id: i64 = r.get(0);
+        match r.get::<Option<String>, _>(1) {
+            None => plain.push(id),
+            Some(k) => {
+                keyed.insert(k, id);
+            }
+        }
+    }
+    let mut plain = plain.into_iter();
+    Ok(jobs
+        .iter()
+        .map(|j| match &j.unique_key {
+            None => plain.next().map_or(Enqueued::Duplicate, Enqueued::New),
+            Some(k) => keyed.remove(k).map_or(Enqueued::Duplicate, Enqueued::New),
+        })
+        .collect())
+}
+
+const RECORD_COLUMNS: &str = "id, queue, kind, args, org_id, priority, state, attempt, max_attempts, run_at, \
+     attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at";
+
+fn record(r: &PgRow) -> Result<JobRecord> {
+    let state: String = r.get("state");
+    let errors: serde_json::Value = r.get("errors");
+    Ok(JobRecord {
+        id: r.get("id"),
+        queue: r.get("queue"),
+        kind: r.get("kind"),
+        args: r.get("args"),
+        org_id: r.get("org_id"),
+        priority: r.get("priority"),
+        state: JobState::parse(&state)
+            .ok_or_else(|| Error::pg("decode", format!("unknown job state {state:?} in windlass_jobs")))?,
+        attempt: r.get("attempt"),
+        max_attempts: r.get("max_attempts"),
+        run_at: r.get("run_at"),
+        attempted_at: r.get("attempted_at"),
+        heartbeat_at: r.get("heartbeat_at"),
+        locked_by: r.get("locked_by"),
+        unique_key: r.get("unique_key"),
+        // Entries written by hand that do not match are skipped rather than failing a listing.
+        errors: match errors {
+            serde_json::Value::Array(items) => {
+                items.into_iter().filter_map(|v| serde_json::from_value::<AttemptError>(v).ok()).collect()
+            }
+            _ => Vec::new(),
+        },
+        timeout: r.get::<Option<i32>, _>("timeout_ms").map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        created_at: r.get("created_at"),
+        finalized_at: r.get("finalized_at"),
+    })
+}
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let mut conn = self.pool.acquire().await.map_err(|e| Error::pg("insert", e))?;
+        Self::insert_in(&mut conn, jobs).await
+    }
+
+    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "WITH next AS ( \
+                 SELECT id FROM windlass_jobs \
+                  WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
+                    AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
+                  ORDER BY priority, run_at, id \
+                  LIMIT $2 \
+                  FOR UPDATE SKIP LOCKED) \
+             UPDATE windlass_jobs j \
+                SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), \
+                    heartbeat_at = now(), locked_by = $3 \
+               FROM next WHERE j.id = next.id \
+             RETURNING j.id, j.queue, j.kind, j.args, j.org_id, j.priority, j.attempt, j.max_attempts, \
+                       j.run_at, j.timeout_ms",
+        )
+        .bind(queue)
+        .bind(limit.min(i32::MAX as usize) as i64)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("fetch", e))?;
+        let mut jobs: Vec<FetchedJob> = rows
+            .iter()
+            .map(|r| FetchedJob {
+                id: r.get(0),
+                queue: r.get(1),
+                kind: r.get(2),
+                args: r.get(3),
+                org_id: r.get(4),
+                priority: r.get(5),
+                attempt: r.get(6),
+                max_attempts: r.get(7),
+                run_at: r.get(8),
+                timeout: r.get::<Option<i32>, _>(9).map(|ms| Duration::from_millis(ms.max(1) as u64)),
+            })
+            .collect();
+        jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
+        Ok(jobs)
+    }
+
+    async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
+        if finished.is_empty() {
+            return Ok(0);
+        }
+        let n = finished.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut attempts = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        let mut run_ats = Vec::with_capacity(n);
+        let mut errors = Vec::with_capacity(n);
+        let mut deltas = Vec::with_capacity(n);
+        for f in finished {
+            ids.push(f.id);
+            attempts.push(f.attempt);
+            states.push(f.outcome.state().as_str());
+            run_ats.push(f.outcome.run_at());
+            errors.push(f.outcome.error().map(sqlx::types::Json));
+            deltas.push(f.outcome.attempt_delta());
+        }
+        let done = sqlx::query(
+            "UPDATE windlass_jobs j \
+                SET state = u.state, \
+                    attempt = j.attempt + u.delta, \
+                    run_at = coalesce(u.run_at, j.run_at), \
+                    errors = CASE WHEN u.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.error) END, \
+                    finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') THEN now() END, \
+                    locked_by = NULL \
+               FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::int4[]) \
+                    AS u(id, attempt, state, run_at, error, delta) \
+              WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $7 AND j.attempt = u.attempt",
+        )
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(&states)
+        .bind(&run_ats)
+        .bind(&errors)
+        .bind(&deltas)
+        .bind(worker)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg("complete", e))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query_scalar(
+            "UPDATE windlass_jobs SET heartbeat_at = now() \
+              WHERE id = ANY($1) AND state = 'running' AND locked_by = $2 RETURNING id",
+        )
+        .bind(ids)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("heartbeat", e))
+    }
+
+    async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
+        let rows = sqlx::query(
+            "UPDATE windlass_jobs j \
+                SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END, \
+                    finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END, \
+                    run_at = now(), \
+                    errors = j.errors || jsonb_build_array(jsonb_build_object( \
+                        'attempt', j.attempt, 'at', now(), 'worker', j.locked_by, \
+                        'error', 'rescued: worker ' || coalesce(j.locked_by, '?') || ' stopped heartbeating')), \
+                    locked_by = NULL \
+              WHERE j.id IN (SELECT id FROM windlass_jobs \
+                              WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
+                              LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+                AND j.state = 'running' \
+             RETURNING j.id, j.queue, j.state",
+        )
+        .bind(interval_secs(stale_after))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("rescue", e))?;
+        let rescued: Vec<Rescued> = rows
+            .iter()
+            .map(|r| Rescued {
+                id: r.get(0),
+                queue: r.get(1),
+                state: JobState::parse(r.get::<&str, _>(2)).unwrap_or(JobState::Retryable),
+            })
+            .collect();
+        let queues: Vec<String> = rescued.iter().map(|r| r.queue.clone()).collect();
+        self.notify(&queues).await?;
+        Ok(rescued)
+    }
+
+    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let queues: Vec<String> = sqlx::query_scalar(
+            "UPDATE windlass_jobs SET state = 'available', attempt = attempt - 1, run_at = now(), locked_by = NULL \
+              WHERE id = ANY($1) AND state = 'running' AND locked_by = $2 RETURNING queue",
+        )
+        .bind(ids)
+        .bind(worker)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("release", e))?;
+        self.notify(&queues).await?;
+        Ok(queues.len() as u64)
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar(
+            "SELECT min(run_at) FROM windlass_jobs \
+              WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') \
+                AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused)",
+        )
+        .bind(queue)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| Error::pg("next_due", e))
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE windlass_jobs SET state = 'cancelled', finalized_at = now(), locked_by = NULL \
+              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg("cancel", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn retry_now(&self, id: JobId) -> Result<bool> {
+        let res = sqlx::query_scalar::<_, String>(
+            "UPDATE windlass_jobs SET state = 'available', run_at = now(), finalized_at = NULL, locked_by = NULL, \
+                    max_attempts = greatest(max_attempts, attempt + 1) \
+              WHERE id = $1 AND state <> 'running' RETURNING queue",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await;
+        match res {
+            Ok(Some(queue)) => {
+                self.notify(&[queue]).await?;
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                let key: Option<String> = sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| Error::pg("retry", e))?
+                    .flatten();
+                Err(Error::UniqueConflict { id, unique_key: key.unwrap_or_default() })
+            }
+            Err(e) => Err(Error::pg("retry", e)),
+        }
+    }
+
+    async fn discard(&self, id: JobId) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE windlass_jobs SET state = 'discarded', finalized_at = now(), locked_by = NULL \
+              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg("discard", e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn prune(&self, older_than: Duration) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM windlass_jobs WHERE id IN ( \
+                     SELECT id FROM windlass_jobs \
+                      WHERE finalized_at < now() - make_interval(secs => $1) LIMIT 10000)",
+            )
+            .bind(interval_secs(older_than))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::pg("prune", e))?;
+            total += done.rows_affected();
+            if done.rows_affected() < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        sqlx::query(
+            "INSERT INTO windlass_job_queues (name, paused) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()",
+        )
+        .bind(queue)
+        .bind(paused)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg("pause", e))?;
+        if !paused {
+            self.notify(&[queue.to_owned()]).await?;
+        }
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT name FROM windlass_job_queues WHERE paused ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::pg("paused_queues", e))
+    }
+
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| Error::pg("get", e))?;
+        row.as_ref().map(record).transpose()
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM windlass_jobs \
+              WHERE ($1::text IS NULL OR queue = $1) \
+                AND (cardinality($2::text[]) = 0 OR state = ANY($2)) \
+                AND ($3::text IS NULL OR kind = $3) \
+                AND ($4::text IS NULL OR org_id = $4) \
+                AND id > $5 \
+              ORDER BY id LIMIT $6"
+        )))
+        .bind(filter.queue.as_deref())
+        .bind(&states)
+        .bind(filter.kind.as_deref())
+        .bind(filter.org_id.as_deref())
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(filter.effective_limit())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("list", e))?;
+        rows.iter().map(record).collect()
+    }
+
+    async fn counts(&self) -> Result<Vec<QueueCount>> {
+        let rows = sqlx::query("SELECT queue, state, count(*) FROM windlass_jobs GROUP BY queue, state ORDER BY 1, 2")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::pg("counts", e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(QueueCount { queue: r.get(0), state: JobState::parse(r.get::<&str, _>(1))?, count: r.get(2) })
+            })
+            .collect())
+    }
+
+    async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
+        if !self.listen {
+            return Ok(None);
+        }
+        let mut wake = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        match wake.as_ref() {
+            Some(tx) if tx.receiver_count() > 0 => Ok(Some(tx.subscribe())),
+            _ => {
+                let (tx, rx) = broadcast::channel(4096);
+                self.start_listener(tx.clone());
+                *wake = Some(tx);
+                Ok(Some(rx))
+            }
+        }
+    }
+}

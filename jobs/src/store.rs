@@ -1,0 +1,85 @@
+//! The [`JobStore`] trait: what a backend (Postgres, memory) does for clients and workers.
+//! Every state change a worker makes is guarded by (`running`, `locked_by`, `attempt`), so a
+//! late or rescued worker can never overwrite another attempt's result.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use crate::error::Result;
+use crate::model::{Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, NewJob, QueueCount, Rescued};
+
+/// Wake-up message meaning "look at every queue" (sent after a listener reconnects, when
+/// notifications may have been lost).
+pub const WAKE_ALL: &str = "*";
+
+/// A job backend. Implemented by [`PgStore`](crate::postgres::PgStore) and
+/// [`MemoryStore`](crate::memory::MemoryStore); the conformance suite in `windlass-testkit`
+/// checks both against the same expectations.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Inserts jobs (one statement for the lot where the backend allows). A job whose unique
+    /// key is held by a job in a covered state is skipped and reported as
+    /// [`Enqueued::Duplicate`]. Results are in input order.
+    async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
+
+    /// Claims up to `limit` due jobs of `queue` (available, or scheduled / retryable whose
+    /// `run_at` passed), most urgent first (priority, then `run_at`, then id), moving them to
+    /// `running`, locked by `worker`, attempt + 1. A paused queue yields nothing.
+    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>>;
+
+    /// Applies attempt outcomes in one go, each only if its row is still `running`, locked by
+    /// `worker`, at the given attempt. Returns how many applied.
+    async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64>;
+
+    /// Refreshes `heartbeat_at` of the jobs `worker` runs; returns the ids it still holds
+    /// (a missing id was cancelled, discarded or rescued meanwhile).
+    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>>;
+
+    /// Moves `running` jobs whose heartbeat is older than `stale_after` back to `retryable`
+    /// (or `discarded` when no attempt is left), recording why.
+    async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>>;
+
+    /// Puts jobs `worker` still holds back to `available` without counting the attempt
+    /// (graceful shutdown past its deadline). Returns how many moved.
+    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64>;
+
+    /// The earliest `run_at` among jobs of `queue` waiting for a worker, `None` when there is
+    /// none or the queue is paused.
+    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>>;
+
+    /// Cancels a job that is not final yet. A running job's worker learns it at its next
+    /// heartbeat and stops the attempt. False when the job is missing or already final.
+    async fn cancel(&self, id: JobId) -> Result<bool>;
+
+    /// Makes a job that is not running available now (granting one more attempt if it had
+    /// none left). False when the job is missing or running.
+    async fn retry_now(&self, id: JobId) -> Result<bool>;
+
+    /// Moves a job that is not final yet to `discarded`. False when missing or final.
+    async fn discard(&self, id: JobId) -> Result<bool>;
+
+    /// Deletes final jobs that reached their final state more than `older_than` ago.
+    async fn prune(&self, older_than: Duration) -> Result<u64>;
+
+    /// Pauses (`true`) or resumes a queue, persistently: no worker fetches from a paused queue.
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+
+    /// The paused queues.
+    async fn paused_queues(&self) -> Result<Vec<String>>;
+
+    /// One job.
+    async fn get(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    /// A page of jobs, by id.
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
+
+    /// Job counts by queue and state.
+    async fn counts(&self) -> Result<Vec<QueueCount>>;
+
+    /// Wake-ups: the name of a queue that got new work (or [`WAKE_ALL`]). `None` when the
+    /// store cannot notify (poll-only); workers then rely on polling.
+    async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>>;
+}

@@ -1,0 +1,107 @@
+//! [`BusFixture`]s of the backends that live in `windlass-eventbus`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use windlass_eventbus::redis::{RedisBus, RedisConfig};
+use windlass_eventbus::{MemoryBus, SubscribeOptions, Topic};
+
+use super::BusFixture;
+use crate::redis::{TestRedis, cleanup_blocking, fresh_prefix};
+
+fn fresh_topic() -> Topic {
+    Topic::new(format!("t-{}", uuid::Uuid::new_v4().simple())).expect("valid topic")
+}
+
+/// The in-process bus; every handle is a clone of one [`MemoryBus`].
+#[derive(Debug, Clone)]
+pub struct MemoryFixture {
+    /// The bus under test.
+    pub bus: MemoryBus,
+}
+
+#[async_trait]
+impl BusFixture for MemoryFixture {
+    type Bus = MemoryBus;
+
+    async fn setup() -> Self {
+        Self { bus: MemoryBus::new() }
+    }
+
+    async fn bus(&self) -> MemoryBus {
+        self.bus.clone()
+    }
+
+    fn topic(&self) -> Topic {
+        fresh_topic()
+    }
+
+    async fn publish_raw(&self, topic: &Topic, bytes: &[u8]) {
+        self.bus.publish_raw(topic, bytes.to_vec()).await.expect("raw publish");
+    }
+}
+
+/// The Redis Streams bus on the test server, under a fresh key prefix. Every
+/// [`BusFixture::bus`] call opens a new [`RedisBus`] (its own connections), like another
+/// process would. Keys are deleted on teardown and, should the test panic, on drop.
+#[derive(Debug)]
+pub struct RedisFixture {
+    /// The harness handle (prefix, raw client).
+    pub redis: TestRedis,
+}
+
+impl RedisFixture {
+    /// The bus settings the suite uses: the harness prefix, short blocks and claim timeouts.
+    pub fn config(&self) -> RedisConfig {
+        RedisConfig::new(self.redis.url.clone())
+            .prefix(self.redis.prefix.clone())
+            .block(Duration::from_millis(200))
+            .claim_idle(Duration::from_secs(5))
+            .claim_interval(Duration::from_millis(500))
+    }
+}
+
+#[async_trait]
+impl BusFixture for RedisFixture {
+    type Bus = RedisBus;
+
+    async fn setup() -> Self {
+        Self { redis: fresh_prefix().await }
+    }
+
+    async fn bus(&self) -> RedisBus {
+        RedisBus::connect(self.config()).await.expect("connect the Redis bus")
+    }
+
+    fn topic(&self) -> Topic {
+        fresh_topic()
+    }
+
+    async fn publish_raw(&self, topic: &Topic, bytes: &[u8]) {
+        let mut conn = self.redis.conn.clone();
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}:{}", self.redis.prefix, topic))
+            .arg("*")
+            .arg("event")
+            .arg(bytes)
+            .query_async(&mut conn)
+            .await
+            .expect("raw XADD");
+    }
+
+    fn options(&self) -> SubscribeOptions {
+        SubscribeOptions::default()
+    }
+
+    async fn teardown(self) {
+        self.redis.cleanup().await;
+    }
+}
+
+impl Drop for RedisFixture {
+    fn drop(&mut self) {
+        // After a passing test `teardown` already deleted everything; this catches panics.
+        let (url, prefix) = (self.redis.url.clone(), self.redis.prefix.clone());
+        let _ = std::thread::spawn(move || cleanup_blocking(&url, &prefix)).join();
+    }
+}
