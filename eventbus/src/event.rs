@@ -281,10 +281,10 @@ impl Event {
             None => None,
             Some(Data::Binary(b)) => Some(Cow::Borrowed(b.as_ref())),
             Some(Data::Json(raw)) => {
-                if !is_json_media_type(self.data_content_type()) {
-                    if let Ok(s) = serde_json::from_str::<String>(raw.get()) {
-                        return Some(Cow::Owned(s.into_bytes()));
-                    }
+                if !is_json_media_type(self.data_content_type())
+                    && let Ok(s) = serde_json::from_str::<String>(raw.get())
+                {
+                    return Some(Cow::Owned(s.into_bytes()));
                 }
                 Some(Cow::Borrowed(raw.get().as_bytes()))
             }
@@ -559,13 +559,13 @@ impl EventBuilder {
         }
         for (name, value) in &i.extensions {
             check_extension_name(name)?;
-            if let ExtensionValue::Integer(n) = value {
-                if i32::try_from(*n).is_err() {
-                    return Err(EventError::invalid(
-                        name.clone(),
-                        "integer extension values must fit in 32 bits",
-                    ));
-                }
+            if let ExtensionValue::Integer(n) = value
+                && i32::try_from(*n).is_err()
+            {
+                return Err(EventError::invalid(
+                    name.clone(),
+                    "integer extension values must fit in 32 bits",
+                ));
             }
         }
         Ok(Event(Arc::new(self.inner)))

@@ -343,13 +343,11 @@ impl MemoryTransport {
             }
             let mine = *p.consumer == *self.consumer;
             let claim = (reread && mine) || (!mine && now.duration_since(p.delivered_at) >= self.claim_idle);
-            if claim {
-                if let Some(payload) = entry(seq) {
-                    p.consumer = self.consumer.clone();
-                    p.count += 1;
-                    p.delivered_at = now;
-                    out.push(Delivery::new(decode(payload), seq, seq.to_string(), p.count));
-                }
+            if claim && let Some(payload) = entry(seq) {
+                p.consumer = self.consumer.clone();
+                p.count += 1;
+                p.delivered_at = now;
+                out.push(Delivery::new(decode(payload), seq, seq.to_string(), p.count));
             }
         }
         while out.len() < max && group.cursor < base + st.entries.len() as u64 {
@@ -421,5 +419,160 @@ impl Transport for MemoryTransport {
         drop(st);
         self.log.space.notify_waiters();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::handler::handler_fn;
+
+    fn event(n: usize) -> Event {
+        Event::builder("/test", "t").subject(format!("s{n}")).build().unwrap()
+    }
+
+    async fn eventually(mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "condition not met in 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_topic_makes_publish_wait_then_fail_loudly() {
+        let bus = MemoryBus::with_config(
+            MemoryConfig::default().capacity(3).publish_timeout(Duration::from_millis(50)),
+        );
+        let topic = Topic::new("full").unwrap();
+        for n in 0..3 {
+            bus.publish(&topic, &event(n)).await.unwrap();
+        }
+        let err = bus.publish(&topic, &event(3)).await.unwrap_err();
+        assert!(matches!(err, Error::Full(_)), "{err:?}");
+        assert_eq!(bus.len(&topic), 3, "nothing was dropped to make room");
+    }
+
+    #[tokio::test]
+    async fn acknowledged_entries_make_room() {
+        let bus = MemoryBus::with_config(
+            MemoryConfig::default().capacity(2).publish_timeout(Duration::from_secs(5)),
+        );
+        let topic = Topic::new("room").unwrap();
+        let handled = Arc::new(AtomicUsize::new(0));
+        let h = handled.clone();
+        let sub = bus
+            .subscribe(
+                &topic,
+                &Group::new("g").unwrap(),
+                Arc::new(handler_fn(move |_e, _c| {
+                    let h = h.clone();
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    }
+                })),
+                SubscribeOptions::default(),
+            )
+            .await
+            .unwrap();
+        for n in 0..20 {
+            bus.publish(&topic, &event(n)).await.unwrap();
+        }
+        eventually(|| handled.load(Ordering::SeqCst) == 20).await;
+        sub.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn latest_skips_history_and_earliest_replays_it() {
+        let bus = MemoryBus::new();
+        let topic = Topic::new("history").unwrap();
+        bus.publish(&topic, &event(0)).await.unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut subs = Vec::new();
+        for (group, start) in [("late", StartFrom::Latest), ("early", StartFrom::Earliest)] {
+            let seen = seen.clone();
+            subs.push(
+                bus.subscribe(
+                    &topic,
+                    &Group::new(group).unwrap(),
+                    Arc::new(handler_fn(move |e: Event, c: crate::DeliveryContext| {
+                        let seen = seen.clone();
+                        async move {
+                            lock(&seen).push((c.group.to_string(), e.subject().unwrap().to_owned()));
+                            Ok(())
+                        }
+                    })),
+                    SubscribeOptions::default().start_from(start),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        bus.publish(&topic, &event(1)).await.unwrap();
+        eventually(|| lock(&seen).len() == 3).await;
+        let mut got = lock(&seen).clone();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("early".into(), "s0".into()),
+                ("early".into(), "s1".into()),
+                ("late".into(), "s1".into())
+            ]
+        );
+        for s in subs {
+            s.shutdown().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_members_entries_are_claimed_after_the_idle_timeout() {
+        let bus = MemoryBus::with_config(MemoryConfig::default().claim_idle(Duration::from_millis(100)));
+        let topic = Topic::new("claims").unwrap();
+        let group = Group::new("g").unwrap();
+        // The first member takes the event and hangs forever, then dies.
+        let stuck = bus
+            .subscribe(
+                &topic,
+                &group,
+                Arc::new(handler_fn(|_e, _c| async {
+                    std::future::pending::<()>().await;
+                    Ok(())
+                })),
+                SubscribeOptions::default().consumer("a"),
+            )
+            .await
+            .unwrap();
+        bus.publish(&topic, &event(7)).await.unwrap();
+        eventually(|| {
+            let log = bus.log(&topic);
+            let st = lock(&log.state);
+            st.groups.get("g").is_some_and(|g| !g.pending.is_empty())
+        })
+        .await;
+        stuck.abort();
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let a = attempts.clone();
+        let rescuer = bus
+            .subscribe(
+                &topic,
+                &group,
+                Arc::new(handler_fn(move |_e, c: crate::DeliveryContext| {
+                    let a = a.clone();
+                    async move {
+                        lock(&a).push((c.consumer.clone(), c.attempt));
+                        Ok(())
+                    }
+                })),
+                SubscribeOptions::default().consumer("b"),
+            )
+            .await
+            .unwrap();
+        eventually(|| !lock(&attempts).is_empty()).await;
+        assert_eq!(lock(&attempts)[0], ("b".to_owned(), 2), "second delivery, by the rescuer");
+        rescuer.shutdown().await.unwrap();
     }
 }

@@ -204,10 +204,10 @@ async fn fetch_loop<T: Transport>(
             _ = shared.cancel.cancelled() => return,
         };
         let extra = room.available_permits().min(FETCH_BATCH_MAX - 1);
-        if extra > 0 {
-            if let Ok(p) = room.clone().try_acquire_many_owned(extra as u32) {
-                permit.merge(p);
-            }
+        if extra > 0
+            && let Ok(p) = room.clone().try_acquire_many_owned(extra as u32)
+        {
+            permit.merge(p);
         }
         let max = permit.num_permits();
         let fetched = tokio::select! {

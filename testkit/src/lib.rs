@@ -8,11 +8,13 @@
 //! own Postgres database ([`postgres::fresh_database`]) and Redis key prefix
 //! ([`redis::fresh_prefix`]), so tests run in parallel and leave no state behind.
 //!
-//! Docker: where a Docker engine runs and no URL is set, start the services with
-//! testcontainers (or any way you like) and export the URLs; this machine kind has no engine,
-//! so the harness talks to the local services directly.
+//! Resolution order for each service: the `WINDLASS_*` variable if set; else the local default
+//! if it answers; else, with feature `containers` and a Docker engine, a reusable testcontainers
+//! container ([`containers`]); else the test fails with a how-to message.
 
 pub mod conformance;
+#[cfg(feature = "containers")]
+pub mod containers;
 pub mod jobs;
 pub mod kafka;
 pub mod postgres;

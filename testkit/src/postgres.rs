@@ -14,6 +14,23 @@ pub fn url() -> String {
 const HOW: &str = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n  \
                    or export WINDLASS_POSTGRES_URL=postgres://user:pass@host:5432/db";
 
+/// [`url`], unless it is the unset default, the local server does not answer, and feature
+/// `containers` finds a Docker engine: then a reusable Postgres container's URL.
+pub async fn resolve_url() -> String {
+    let url = url();
+    #[cfg(feature = "containers")]
+    if std::env::var_os("WINDLASS_POSTGRES_URL").is_none()
+        && crate::containers::docker_available()
+        && tokio::net::TcpStream::connect("127.0.0.1:5432").await.is_err()
+    {
+        match crate::containers::postgres().await {
+            Ok(container_url) => return container_url,
+            Err(e) => eprintln!("testcontainers could not start Postgres: {e}"),
+        }
+    }
+    url
+}
+
 /// A database created for one test and dropped (with its connections) when this value drops.
 #[derive(Debug)]
 pub struct TestDatabase {
@@ -45,7 +62,7 @@ impl TestDatabase {
 /// Creates an empty database with a unique name and returns a pool on it.
 /// Panics with a how-to message when Postgres is unreachable.
 pub async fn fresh_database() -> TestDatabase {
-    let admin_url = url();
+    let admin_url = resolve_url().await;
     let admin: PgConnectOptions = admin_url.parse().unwrap_or_else(|e| {
         panic!("WINDLASS_POSTGRES_URL is not a valid Postgres URL: {e}")
     });

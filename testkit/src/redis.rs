@@ -14,6 +14,23 @@ const HOW: &str = "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 637
                    --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log\n  \
                    or export WINDLASS_REDIS_URL=redis://host:6379";
 
+/// [`url`], unless it is the unset default, the local server does not answer, and feature
+/// `containers` finds a Docker engine: then a reusable Redis container's URL.
+pub async fn resolve_url() -> String {
+    let url = url();
+    #[cfg(feature = "containers")]
+    if std::env::var_os("WINDLASS_REDIS_URL").is_none()
+        && crate::containers::docker_available()
+        && tokio::net::TcpStream::connect("127.0.0.1:6379").await.is_err()
+    {
+        match crate::containers::redis().await {
+            Ok(container_url) => return container_url,
+            Err(e) => eprintln!("testcontainers could not start Redis: {e}"),
+        }
+    }
+    url
+}
+
 /// A unique key prefix on the test Redis; every key under it is deleted when this drops.
 #[derive(Clone)]
 pub struct TestRedis {
@@ -37,7 +54,7 @@ impl std::fmt::Debug for TestRedis {
 /// Connects to the test Redis and picks a unique key prefix.
 /// Panics with a how-to message when Redis is unreachable.
 pub async fn fresh_prefix() -> TestRedis {
-    let url = url();
+    let url = resolve_url().await;
     let client = redis::Client::open(url.as_str())
         .unwrap_or_else(|e| panic!("WINDLASS_REDIS_URL is not a valid Redis URL: {e}"));
     let conn = match tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager()).await {
