@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `memory` (default) | in-memory event bus |
 //! | `redis` | Redis Streams event bus |
+//! | `outbox-postgres` / `outbox-sqlite` | transactional outbox, relay and inbox (`windlass::outbox`) |
 //!
 //! ```
 //! use windlass::eventbus::{Event, MemoryBus, Publisher, Topic};
@@ -28,3 +29,5 @@ pub use windlass_core as core;
 pub use windlass_eventbus as eventbus;
 #[cfg(feature = "jobs")]
 pub use windlass_jobs as jobs;
+#[cfg(any(feature = "outbox-postgres", feature = "outbox-sqlite"))]
+pub use windlass_outbox as outbox;

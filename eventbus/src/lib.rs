@@ -42,6 +42,7 @@ mod handler;
 pub mod kafka;
 #[cfg(feature = "memory")]
 mod memory;
+pub mod migrate;
 pub mod replay;
 pub mod runner;
 #[cfg(feature = "redis")]

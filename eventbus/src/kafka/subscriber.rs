@@ -38,6 +38,9 @@ pub const DLQ_ORIGIN_HEADER: &str = "windlass_dlq_origin";
 /// Header of a DLQ record: when it was dead-lettered (RFC 3339).
 pub const DLQ_FAILED_AT_HEADER: &str = "windlass_dlq_failed_at";
 
+/// How long a reader waits for more records once it reached the high watermarks.
+pub(crate) const READ_IDLE: Duration = Duration::from_millis(300);
+
 /// Longest reason kept in the DLQ header.
 const REASON_MAX: usize = 4096;
 
@@ -377,15 +380,22 @@ pub(crate) fn read_topic(bus: &KafkaBus, topic: &str, limit: usize, deadline: Du
     consumer.assign(&tpl).map_err(|e| Error::backend("kafka", "read", e))?;
     let until = std::time::Instant::now() + deadline;
     let mut out = Vec::new();
-    while !ends.is_empty() && out.len() < limit {
+    // tansu reports a high watermark one past the *first* offset of the last batch, so the
+    // watermarks are only a lower bound: read on until the partitions stay idle.
+    let mut idle_since = std::time::Instant::now();
+    while out.len() < limit {
         if std::time::Instant::now() > until {
             return Err(Error::Timeout("kafka read of the dead-letter topic"));
         }
-        match consumer.poll(Duration::from_millis(200)) {
+        if ends.is_empty() && idle_since.elapsed() >= READ_IDLE {
+            break;
+        }
+        match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Err(e)) => tracing::debug!(topic, error = %e, "kafka read error"),
             Some(Ok(m)) => {
                 let m = m.detach();
+                idle_since = std::time::Instant::now();
                 if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
                     ends.remove(&m.partition());
                 }

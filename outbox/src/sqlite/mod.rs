@@ -454,11 +454,23 @@ where
 {
     async fn handle(&self, event: &Event, _ctx: &DeliveryContext) -> HandlerResult {
         let mut tx = self.inbox.inner.pool.begin_with("BEGIN IMMEDIATE").await.map_err(HandlerError::retry)?;
-        if self.inbox.record(&mut tx, event).await.map_err(HandlerError::retry)? == Received::Duplicate {
+        let received = match self.inbox.record(&mut tx, event).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(HandlerError::retry(e));
+            }
+        };
+        if received == Received::Duplicate {
             tx.rollback().await.map_err(HandlerError::retry)?;
             return Ok(());
         }
-        (self.work)(&mut tx, event).await?;
+        // Roll back explicitly: a dropped transaction only queues its ROLLBACK, and the pooled
+        // connection would keep the work's row locks until it is used again.
+        if let Err(e) = (self.work)(&mut tx, event).await {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
         tx.commit().await.map_err(HandlerError::retry)?;
         Ok(())
     }
