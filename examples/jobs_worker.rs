@@ -54,16 +54,28 @@ impl Job for Demo {
 }
 
 fn env_ms(name: &str, default: u64) -> Duration {
-    Duration::from_millis(std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default))
+    Duration::from_millis(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("WINDLASS_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&url).await.map_err(|e| {
-        format!("cannot connect to {}: {e}", windlass::core::redact_url(&url))
-    })?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&url)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot connect to {}: {e}",
+                windlass::core::redact_url(&url)
+            )
+        })?;
     migrate(&pool).await?;
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS windlass_demo_runs (job_id bigint NOT NULL, attempt int NOT NULL, \
@@ -77,19 +89,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("enqueue") {
         let n: u64 = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(100);
-        let demos: Vec<Demo> = (0..n).map(|n| Demo { n, sleep_ms: 10, sleep_first_attempt_only: false }).collect();
+        let demos: Vec<Demo> = (0..n)
+            .map(|n| Demo {
+                n,
+                sleep_ms: 10,
+                sleep_first_attempt_only: false,
+            })
+            .collect();
         let out = jobs.enqueue_many(&demos, &EnqueueOptions::new()).await?;
         println!("enqueued {} jobs", out.len());
         return Ok(());
     }
 
     let _ = POOL.set(pool);
-    let concurrency = std::env::var("JOBS_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let concurrency = std::env::var("JOBS_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let config = WorkerConfig::default()
         .queue("default", concurrency)
-        .heartbeat(env_ms("JOBS_HEARTBEAT_MS", 5_000), env_ms("JOBS_RESCUE_AFTER_MS", 60_000))
+        .heartbeat(
+            env_ms("JOBS_HEARTBEAT_MS", 5_000),
+            env_ms("JOBS_RESCUE_AFTER_MS", 60_000),
+        )
         .rescue_interval(env_ms("JOBS_RESCUE_INTERVAL_MS", 15_000));
-    let worker = Worker::new(jobs.store().clone()).register::<Demo>().config(config).start()?;
+    let worker = Worker::new(jobs.store().clone())
+        .register::<Demo>()
+        .config(config)
+        .start()?;
     let _ = WORKER_ID.set(worker.id().to_owned());
     println!("ready {}", worker.id());
 

@@ -20,7 +20,13 @@ use windlass::outbox::{OutboxConfig, Relay, RelayOptions};
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Places an order: the business row and the event commit together, or neither does.
-async fn place_order(pool: &PgPool, outbox: &Outbox, order_id: &str, customer: &str, cents: i64) -> Result<(), AnyError> {
+async fn place_order(
+    pool: &PgPool,
+    outbox: &Outbox,
+    order_id: &str,
+    customer: &str,
+    cents: i64,
+) -> Result<(), AnyError> {
     let mut tx = pool.begin().await?;
     sqlx::query("INSERT INTO orders (id, customer, cents) VALUES ($1, $2, $3)")
         .bind(order_id)
@@ -43,8 +49,12 @@ async fn place_order(pool: &PgPool, outbox: &Outbox, order_id: &str, customer: &
 async fn main() -> Result<(), AnyError> {
     let pg_url = std::env::var("WINDLASS_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let redis_url = std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&pg_url).await?;
+    let redis_url =
+        std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&pg_url)
+        .await?;
     migrate(&pool).await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS orders (id text PRIMARY KEY, customer text NOT NULL, cents bigint NOT NULL);
@@ -55,13 +65,17 @@ async fn main() -> Result<(), AnyError> {
 
     // A fresh stream prefix per run keeps runs apart.
     let prefix = format!("order-service-{}", uuid_suffix());
-    let bus = RedisBus::connect(RedisConfig::new(redis_url.as_str()).prefix(prefix.as_str())).await?;
+    let bus =
+        RedisBus::connect(RedisConfig::new(redis_url.as_str()).prefix(prefix.as_str())).await?;
     let topic = Topic::new("orders")?;
 
     // Relay: outbox -> Redis Streams (LISTEN/NOTIFY wake-ups, polling as fallback).
-    let relay = Relay::new(PgStore::new(pool.clone(), OutboxConfig::default())?, bus.clone())
-        .with_options(RelayOptions::default().poll_interval(Duration::from_millis(500)))
-        .spawn();
+    let relay = Relay::new(
+        PgStore::new(pool.clone(), OutboxConfig::default())?,
+        bus.clone(),
+    )
+    .with_options(RelayOptions::default().poll_interval(Duration::from_millis(500)))
+    .spawn();
 
     // Consumer: the inbox record and the projection update commit together.
     let projection = Inbox::new(pool.clone(), "customer-revenue")?.handler(|tx, event| {
@@ -86,9 +100,20 @@ async fn main() -> Result<(), AnyError> {
         })
     });
     let sub = bus
-        .subscribe(&topic, &Group::new("customer-revenue")?, Arc::new(projection), SubscribeOptions::default())
+        .subscribe(
+            &topic,
+            &Group::new("customer-revenue")?,
+            Arc::new(projection),
+            SubscribeOptions::default(),
+        )
         .await?;
 
+    // The projection may hold earlier runs: compare against where it starts.
+    let before: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(cents), 0)::bigint FROM customer_revenue")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
     let outbox = Outbox::default();
     let run = uuid_suffix();
     let mut expected = 0i64;
@@ -100,34 +125,36 @@ async fn main() -> Result<(), AnyError> {
     // A failed business transaction: no order, and no event either.
     {
         let mut tx = pool.begin().await?;
-        let ghost = Event::builder("/orders", "order.placed").subject("ghost").build()?;
+        let ghost = Event::builder("/orders", "order.placed")
+            .subject("ghost")
+            .build()?;
         outbox.enqueue(&mut tx, "orders", &ghost).await?;
         tx.rollback().await?;
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let before: i64 = sqlx::query_scalar("SELECT coalesce(sum(cents), 0)::bigint FROM customer_revenue")
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(0);
     loop {
-        let projected: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(r.cents), 0)::bigint FROM customer_revenue r",
-        )
-        .fetch_one(&pool)
-        .await?;
+        let projected: i64 =
+            sqlx::query_scalar("SELECT coalesce(sum(r.cents), 0)::bigint FROM customer_revenue r")
+                .fetch_one(&pool)
+                .await?;
         if projected - before >= expected || tokio::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rows: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT customer, orders, cents FROM customer_revenue ORDER BY customer").fetch_all(&pool).await?;
+        sqlx::query_as("SELECT customer, orders, cents FROM customer_revenue ORDER BY customer")
+            .fetch_all(&pool)
+            .await?;
     for (customer, orders, cents) in rows {
         println!("{customer}: {orders} orders, {cents} cents in all");
     }
     let stats = PgStore::new(pool.clone(), OutboxConfig::default())?;
-    println!("outbox: {:?}", windlass::outbox::OutboxStore::stats(&stats).await?);
+    println!(
+        "outbox: {:?}",
+        windlass::outbox::OutboxStore::stats(&stats).await?
+    );
 
     sub.shutdown().await?;
     relay.shutdown().await;
@@ -135,5 +162,11 @@ async fn main() -> Result<(), AnyError> {
 }
 
 fn uuid_suffix() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    )
 }

@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use windlass::eventbus::redis::{RedisBus, RedisConfig, Trim};
 use windlass::eventbus::{
-    DeadLetters, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions, Subscriber, Topic, handler_fn,
+    DeadLetters, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions, Subscriber,
+    Topic, handler_fn,
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url =
+        std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let prefix = format!("windlass-example-{}", std::process::id());
     let config = RedisConfig::new(url.clone())
         .prefix(prefix.clone())
@@ -29,7 +31,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .trim(Trim::MaxLen(100_000));
     let bus = RedisBus::connect(config).await?;
     let invoices = Topic::new("invoices")?;
-    println!("stream {} / dead letters {}", bus.stream_key(&invoices), bus.dlq_key(&invoices));
+    println!(
+        "stream {} / dead letters {}",
+        bus.stream_key(&invoices),
+        bus.dlq_key(&invoices)
+    );
 
     // Two members of the group "ledger" split the events between them.
     let handled = Arc::new(AtomicUsize::new(0));
@@ -40,21 +46,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let handler = handler_fn(move |event, ctx| {
             let handled = handled.clone();
             async move {
-                let amount: u64 = event.data_as().map_err(HandlerError::reject)?.unwrap_or_default();
+                let amount: u64 = event
+                    .data_as()
+                    .map_err(HandlerError::reject)?
+                    .unwrap_or_default();
                 if amount == 13 {
                     // A bug this handler cannot get past: retried, then dead-lettered.
                     return Err(HandlerError::retry(format!("cannot book amount {amount}")));
                 }
                 handled.fetch_add(1, Ordering::SeqCst);
-                println!("{}: booked {amount} (event {}, attempt {})", ctx.consumer, event.id(), ctx.attempt);
+                println!(
+                    "{}: booked {amount} (event {}, attempt {})",
+                    ctx.consumer,
+                    event.id(),
+                    ctx.attempt
+                );
                 Ok(())
             }
         });
         let options = SubscribeOptions::default()
             .consumer(member)
             .concurrency(4)
-            .retry(RetryPolicy::default().with_max_attempts(3).with_delays(Duration::from_millis(20), Duration::from_millis(100)));
-        subs.push(bus.subscribe(&invoices, &ledger, Arc::new(handler), options).await?);
+            .retry(
+                RetryPolicy::default()
+                    .with_max_attempts(3)
+                    .with_delays(Duration::from_millis(20), Duration::from_millis(100)),
+            );
+        subs.push(
+            bus.subscribe(&invoices, &ledger, Arc::new(handler), options)
+                .await?,
+        );
     }
 
     // Another group gets every event too.
@@ -69,7 +90,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
     };
-    subs.push(bus.subscribe(&invoices, &Group::new("audit")?, Arc::new(audit), SubscribeOptions::default()).await?);
+    subs.push(
+        bus.subscribe(
+            &invoices,
+            &Group::new("audit")?,
+            Arc::new(audit),
+            SubscribeOptions::default(),
+        )
+        .await?,
+    );
 
     let events: Vec<Event> = (10..20u64)
         .map(|amount| {
@@ -96,15 +125,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for sub in subs {
         sub.shutdown().await?;
     }
-    println!("ledger handled {}, audit saw {}", handled.load(Ordering::SeqCst), audited.load(Ordering::SeqCst));
+    println!(
+        "ledger handled {}, audit saw {}",
+        handled.load(Ordering::SeqCst),
+        audited.load(Ordering::SeqCst)
+    );
     for letter in &dead {
-        println!("dead letter {} (group {}): {}", letter.id, letter.group, letter.error);
+        println!(
+            "dead letter {} (group {}): {}",
+            letter.id, letter.group, letter.error
+        );
     }
 
     // Clean up the example's keys.
     let client = redis::Client::open(url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await?;
     if !keys.is_empty() {
         let () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
     }

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `memory` (default) | in-memory event bus |
 //! | `redis` | Redis Streams event bus |
+//! | `cache` / `cache-redis` | tag-aware cache, in-process or on Redis (`windlass::cache`) |
 //! | `outbox-postgres` / `outbox-sqlite` | transactional outbox, relay and inbox (`windlass::outbox`) |
 //!
 //! ```
@@ -27,6 +28,8 @@
 
 pub use windlass_core as core;
 pub use windlass_eventbus as eventbus;
+#[cfg(feature = "cache")]
+pub use windlass_cache as cache;
 #[cfg(feature = "jobs")]
 pub use windlass_jobs as jobs;
 #[cfg(any(feature = "outbox-postgres", feature = "outbox-sqlite"))]

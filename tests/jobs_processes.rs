@@ -26,11 +26,21 @@ fn example_binary() -> PathBuf {
         // `cargo test` builds examples, `cargo test --test jobs_processes` does not.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = std::process::Command::new(cargo)
-            .args(["build", "--example", "jobs_worker", "--features", "jobs-postgres"])
+            .args([
+                "build",
+                "--example",
+                "jobs_worker",
+                "--features",
+                "jobs-postgres",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo build");
-        assert!(status.success() && bin.exists(), "could not build {}", bin.display());
+        assert!(
+            status.success() && bin.exists(),
+            "could not build {}",
+            bin.display()
+        );
     }
     bin
 }
@@ -42,7 +52,10 @@ struct WorkerProcess {
 
 async fn spawn_worker(url: &str, extra: &[(&str, &str)]) -> WorkerProcess {
     let mut cmd = Command::new(example_binary());
-    cmd.env("WINDLASS_POSTGRES_URL", url).stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+    cmd.env("WINDLASS_POSTGRES_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -54,7 +67,10 @@ async fn spawn_worker(url: &str, extra: &[(&str, &str)]) -> WorkerProcess {
         .expect("worker did not get ready in 30 s")
         .expect("read stdout")
         .expect("worker exited before getting ready");
-    let id = line.strip_prefix("ready ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+    let id = line
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     WorkerProcess { child, id }
@@ -63,13 +79,19 @@ async fn spawn_worker(url: &str, extra: &[(&str, &str)]) -> WorkerProcess {
 async fn terminate(mut w: WorkerProcess) {
     let pid = w.child.id().expect("pid").to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
-    let status = tokio::time::timeout(Duration::from_secs(30), w.child.wait()).await.expect("graceful stop").unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), w.child.wait())
+        .await
+        .expect("graceful stop")
+        .unwrap();
     assert!(status.success(), "worker {} exited with {status}", w.id);
 }
 
 fn demo(n: u64, sleep_ms: u64, first_only: bool) -> windlass::jobs::NewJob {
     EnqueueOptions::new()
-        .build_raw("demo", json!({"n": n, "sleep_ms": sleep_ms, "sleep_first_attempt_only": first_only}))
+        .build_raw(
+            "demo",
+            json!({"n": n, "sleep_ms": sleep_ms, "sleep_first_attempt_only": first_only}),
+        )
         .unwrap()
 }
 
@@ -83,13 +105,16 @@ async fn several_processes_drain_one_queue_without_running_a_job_twice() {
     }
     let jobs = Jobs::new(PgStore::new(db.pool.clone()));
     let total = 600;
-    jobs.insert((0..total).map(|n| demo(n, 5, false)).collect()).await.unwrap();
+    jobs.insert((0..total).map(|n| demo(n, 5, false)).collect())
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE state = 'completed'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE state = 'completed'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         if done == total as i64 {
             break;
         }
@@ -97,7 +122,10 @@ async fn several_processes_drain_one_queue_without_running_a_job_twice() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let starts: Vec<(i64, String)> =
-        sqlx::query_as("SELECT job_id, worker FROM windlass_demo_runs WHERE phase = 'start'").fetch_all(&db.pool).await.unwrap();
+        sqlx::query_as("SELECT job_id, worker FROM windlass_demo_runs WHERE phase = 'start'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     let mut per_job: HashMap<i64, usize> = HashMap::new();
     let mut per_worker: HashMap<String, usize> = HashMap::new();
     for (job, worker) in &starts {
@@ -106,7 +134,10 @@ async fn several_processes_drain_one_queue_without_running_a_job_twice() {
     }
     assert_eq!(per_job.len(), total as usize);
     assert!(per_job.values().all(|&n| n == 1), "a job ran twice");
-    assert!(per_worker.len() >= 2, "only one process did the work: {per_worker:?}");
+    assert!(
+        per_worker.len() >= 2,
+        "only one process did the work: {per_worker:?}"
+    );
     for w in workers {
         terminate(w).await;
     }
@@ -116,10 +147,16 @@ async fn several_processes_drain_one_queue_without_running_a_job_twice() {
 async fn a_killed_workers_job_is_rescued_and_completed_by_another() {
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
-    let fast = [("JOBS_HEARTBEAT_MS", "100"), ("JOBS_RESCUE_AFTER_MS", "1000"), ("JOBS_RESCUE_INTERVAL_MS", "200")];
+    let fast = [
+        ("JOBS_HEARTBEAT_MS", "100"),
+        ("JOBS_RESCUE_AFTER_MS", "1000"),
+        ("JOBS_RESCUE_INTERVAL_MS", "200"),
+    ];
     let mut victim = spawn_worker(&db.url, &fast).await;
     let jobs = Jobs::new(PgStore::new(db.pool.clone()));
-    let id = jobs.insert(vec![demo(1, 120_000, true)]).await.unwrap()[0].id().unwrap();
+    let id = jobs.insert(vec![demo(1, 120_000, true)]).await.unwrap()[0]
+        .id()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let rec = jobs.get(id).await.unwrap().unwrap();
@@ -140,17 +177,25 @@ async fn a_killed_workers_job_is_rescued_and_completed_by_another() {
         if rec.state == JobState::Completed {
             break rec;
         }
-        assert!(Instant::now() < deadline, "job not rescued and completed: {rec:?}");
+        assert!(
+            Instant::now() < deadline,
+            "job not rescued and completed: {rec:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(rec.attempt, 2);
-    assert!(rec.errors[0].error.contains("stopped heartbeating"), "{:?}", rec.errors);
-    let runs: Vec<(i32, String, String)> =
-        sqlx::query_as("SELECT attempt, worker, phase FROM windlass_demo_runs WHERE job_id = $1 ORDER BY at")
-            .bind(id)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    assert!(
+        rec.errors[0].error.contains("stopped heartbeating"),
+        "{:?}",
+        rec.errors
+    );
+    let runs: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT attempt, worker, phase FROM windlass_demo_runs WHERE job_id = $1 ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(
         runs,
         vec![

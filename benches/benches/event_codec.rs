@@ -22,8 +22,9 @@ fn small() -> Event {
 }
 
 fn large() -> Event {
-    let lines: Vec<serde_json::Value> =
-        (0..40).map(|i| serde_json::json!({"sku": format!("SKU-{i:05}"), "qty": i, "price": 1999})).collect();
+    let lines: Vec<serde_json::Value> = (0..40)
+        .map(|i| serde_json::json!({"sku": format!("SKU-{i:05}"), "qty": i, "price": 1999}))
+        .collect();
     Event::builder("/shop", "order.placed")
         .org_id("acme")
         .data_json(&serde_json::json!({"lines": lines}))
@@ -34,7 +35,9 @@ fn large() -> Event {
 fn codec(c: &mut Criterion) {
     for (name, event) in [("small", small()), ("4k", large())] {
         let bytes = event.to_json_vec();
-        c.bench_function(&format!("event_encode_{name}"), |b| b.iter(|| black_box(&event).to_json_vec()));
+        c.bench_function(&format!("event_encode_{name}"), |b| {
+            b.iter(|| black_box(&event).to_json_vec())
+        });
         c.bench_function(&format!("event_decode_{name}"), |b| {
             b.iter(|| Event::from_json(black_box(&bytes)).expect("decodes"))
         });

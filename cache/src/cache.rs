@@ -15,7 +15,7 @@ use windlass_core::{Name, OrgId, validate_key_segment};
 
 use crate::entry::{CacheEntry, TypePolicy};
 use crate::error::{Error, LoadError, Result};
-use crate::l1::{L1, key_guard, tag_guard};
+use crate::l1::{L1, key_guard, scoped_tag_guard, tag_guard};
 use crate::stats::{Registry, Stats};
 use crate::store::{Notice, Store};
 
@@ -282,7 +282,7 @@ async fn apply_notices(
                 }
                 stats.notices.fetch_add(1, Relaxed);
                 match kind {
-                    "t" => l1.bump(lines.map(|item| format!("t {item}"))),
+                    "t" => l1.bump(lines.map(scoped_tag_guard)),
                     "k" => l1.bump(lines.map(key_guard)),
                     _ => tracing::debug!(kind, "cache notice of an unknown kind ignored"),
                 }

@@ -280,9 +280,10 @@ where
     /// down or slow, or a value that no longer decodes, is a miss (counted).
     pub async fn get(&self, org: &OrgId, key: &str) -> Result<Option<T>> {
         validate_key_segment("cache key", key)?;
-        let logical = EntryRef::new(org, &self.data_type, key).logical();
-        if let Some(v) = self.l1_get(&logical) {
-            return Ok(Some(v));
+        if self.uses_l1() {
+            if let Some(v) = self.l1_get(&EntryRef::new(org, &self.data_type, key).logical()) {
+                return Ok(Some(v));
+            }
         }
         let stamp = self.stamp();
         match self.lookup(org, key, stamp).await {

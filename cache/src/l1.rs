@@ -2,7 +2,7 @@
 //! with other instances by notices.
 //!
 //! Validity is checked with epochs rather than by scanning: every notice (a tag invalidated, a
-//! key written or deleted) stamps its guards (`t {orgid}:{tag}`, `k {orgid}:{type}:{key}`) with
+//! key written or deleted) stamps its guards (the tenant's tag, or `{orgid}:{type}:{key}`) with
 //! a new sequence number. A reader takes the sequence number *before* it reads the store and
 //! inserts its value with it; the value is served only while none of its guards carries a
 //! later stamp. So a notice that lands while a reader is still on its way back from the store
@@ -21,25 +21,49 @@ use std::time::Duration;
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     pub(crate) fresh_until_ms: u64,
-    guards: Vec<String>,
+    guards: Vec<u64>,
     inserted_seq: u64,
 }
 
 pub(crate) struct L1 {
     entries: moka::sync::Cache<String, Arc<L1Entry>>,
-    epochs: RwLock<HashMap<String, u64>>,
+    // Keyed by a hash of the guard: a collision can only make a value look invalidated (a
+    // spurious miss), never keep an invalidated one.
+    epochs: RwLock<HashMap<u64, u64>>,
     seq: AtomicU64,
     floor: AtomicU64,
     enabled: AtomicBool,
     max_epochs: usize,
 }
 
-pub(crate) fn key_guard(logical: &str) -> String {
-    format!("k {logical}")
+fn guard(kind: u8, parts: &[&str]) -> u64 {
+    use std::hash::Hasher;
+    // Fixed keys: the same guard hashes the same way in every L1 of the process.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write_u8(kind);
+    for p in parts {
+        h.write(p.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.finish()
 }
 
-pub(crate) fn tag_guard(org: &str, tag: &str) -> String {
-    format!("t {org}:{tag}")
+/// The guard of one entry: `{orgid}:{type}:{key}`.
+pub(crate) fn key_guard(logical: &str) -> u64 {
+    guard(b'k', &[logical])
+}
+
+/// The guard of one tag of a tenant.
+pub(crate) fn tag_guard(org: &str, tag: &str) -> u64 {
+    guard(b't', &[org, tag])
+}
+
+/// The guard of `{orgid}:{tag}` as notices carry it.
+pub(crate) fn scoped_tag_guard(scoped: &str) -> u64 {
+    match scoped.split_once(':') {
+        Some((org, tag)) => tag_guard(org, tag),
+        None => guard(b't', &[scoped]),
+    }
 }
 
 impl L1 {
@@ -86,7 +110,7 @@ impl L1 {
         logical: String,
         value: Arc<dyn Any + Send + Sync>,
         fresh_until_ms: u64,
-        guards: Vec<String>,
+        guards: Vec<u64>,
         stamp: u64,
     ) {
         if !self.enabled.load(SeqCst) {
@@ -99,7 +123,7 @@ impl L1 {
     }
 
     /// Stamps guards: values inserted before now that carry one of them are no longer served.
-    pub(crate) fn bump<I: IntoIterator<Item = String>>(&self, guards: I) {
+    pub(crate) fn bump<I: IntoIterator<Item = u64>>(&self, guards: I) {
         let mut epochs = self.epochs.write().unwrap_or_else(|p| p.into_inner());
         let n = self.seq.fetch_add(1, SeqCst) + 1;
         for g in guards {

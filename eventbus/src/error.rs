@@ -82,6 +82,10 @@ pub enum Error {
         /// The topic.
         topic: String,
     },
+    /// The event does not match its JSON Schema (or the schema registry refused it).
+    #[cfg(feature = "schema")]
+    #[error(transparent)]
+    Schema(#[from] crate::schema::SchemaError),
     /// A replay was asked to start at an event the topic does not hold (any more).
     #[error("event {id} is not in topic {topic} (never published there, or already deleted by retention)")]
     EventNotFound {

@@ -45,6 +45,8 @@ mod memory;
 pub mod migrate;
 pub mod replay;
 pub mod runner;
+#[cfg(feature = "schema")]
+pub mod schema;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod subscription;

@@ -40,7 +40,10 @@ pub struct Undecodable {
 impl Undecodable {
     /// Describes an entry that does not decode.
     pub fn new(raw: impl Into<Vec<u8>>, reason: impl Into<String>) -> Self {
-        Self { raw: raw.into(), reason: reason.into() }
+        Self {
+            raw: raw.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -66,7 +69,12 @@ impl<T> Delivery<T> {
         delivery_id: impl Into<String>,
         delivery_count: u32,
     ) -> Self {
-        Self { payload, token, delivery_id: delivery_id.into(), delivery_count: delivery_count.max(1) }
+        Self {
+            payload,
+            token,
+            delivery_id: delivery_id.into(),
+            delivery_count: delivery_count.max(1),
+        }
     }
 }
 
@@ -118,9 +126,7 @@ struct Metrics {
 impl Metrics {
     fn new(topic: &Topic, group: &Group) -> Self {
         let (t, g) = (topic.to_string(), group.to_string());
-        let counter = |outcome: &'static str| {
-            metrics::counter!("windlass_bus_deliveries_total", "topic" => t.clone(), "group" => g.clone(), "outcome" => outcome)
-        };
+        let counter = |outcome: &'static str| metrics::counter!("windlass_bus_deliveries_total", "topic" => t.clone(), "group" => g.clone(), "outcome" => outcome);
         Self {
             acked: counter("acked"),
             retried: counter("retried"),
@@ -140,7 +146,10 @@ enum Outcome {
 
 impl<T: Transport> fmt::Debug for Shared<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared").field("topic", &self.topic).field("group", &self.group).finish()
+        f.debug_struct("Shared")
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .finish()
     }
 }
 
@@ -207,7 +216,9 @@ async fn fetch_loop<T: Transport>(
             p = room.clone().acquire_many_owned(refill as u32) => match p { Ok(p) => p, Err(_) => return },
             _ = shared.cancel.cancelled() => return,
         };
-        let extra = room.available_permits().min(FETCH_BATCH_MAX.saturating_sub(permit.num_permits()));
+        let extra = room
+            .available_permits()
+            .min(FETCH_BATCH_MAX.saturating_sub(permit.num_permits()));
         if extra > 0
             && let Ok(p) = room.clone().try_acquire_many_owned(extra as u32)
         {
@@ -425,7 +436,11 @@ fn start<T: Transport>(
     });
 }
 
-async fn dead_letter<T: Transport>(shared: &Shared<T>, delivery: &Delivery<T::Token>, reason: &str) -> Outcome {
+async fn dead_letter<T: Transport>(
+    shared: &Shared<T>,
+    delivery: &Delivery<T::Token>,
+    reason: &str,
+) -> Outcome {
     let policy = RetryPolicy::default()
         .with_delays(Duration::from_millis(50), Duration::from_secs(5))
         .with_max_attempts(u32::MAX);
@@ -487,12 +502,17 @@ async fn process<T: Transport>(shared: &Shared<T>, delivery: &Delivery<T::Token>
         let result = AssertUnwindSafe(shared.handler.handle(event, &ctx).instrument(span.clone()))
             .catch_unwind()
             .await;
-        shared.metrics.duration.record(started.elapsed().as_secs_f64());
+        shared
+            .metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
         let error = match result {
             Ok(Ok(())) => return Outcome::Acked,
             Ok(Err(e)) if e.is_reject() => {
                 let reason = format!("rejected by handler: {e}");
-                return dead_letter(shared, delivery, &reason).instrument(span).await;
+                return dead_letter(shared, delivery, &reason)
+                    .instrument(span)
+                    .await;
             }
             Ok(Err(e)) => e,
             Err(panic) => {
@@ -508,7 +528,9 @@ async fn process<T: Transport>(shared: &Shared<T>, delivery: &Delivery<T::Token>
             let reason = format!("failed {attempt} attempts; last error: {error}");
             return dead_letter(shared, delivery, &reason).await;
         }
-        let delay = error.requested_delay().unwrap_or_else(|| shared.retry.delay(attempt));
+        let delay = error
+            .requested_delay()
+            .unwrap_or_else(|| shared.retry.delay(attempt));
         tracing::debug!(parent: &span, error = %error, retry_in = ?delay, "handler failed; will retry");
         shared.metrics.retried.increment(1);
         tokio::select! {

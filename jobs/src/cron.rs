@@ -44,16 +44,27 @@ impl CronJob {
     /// A cron job named `name` (unique among your cron jobs: it forms the tick key) that
     /// enqueues `job` with `options` at each tick of `schedule`. Unique options are ignored
     /// (the tick key replaces them).
-    pub fn new<J: Job>(name: &str, schedule: &str, job: &J, options: &EnqueueOptions) -> Result<Self> {
+    pub fn new<J: Job>(
+        name: &str,
+        schedule: &str,
+        job: &J,
+        options: &EnqueueOptions,
+    ) -> Result<Self> {
         let name = Name::parse("cron name", name)?;
-        let schedule =
-            Cron::from_str(schedule).map_err(|e| Error::Cron { pattern: schedule.to_owned(), reason: e.to_string() })?;
+        let schedule = Cron::from_str(schedule).map_err(|e| Error::Cron {
+            pattern: schedule.to_owned(),
+            reason: e.to_string(),
+        })?;
         let mut options = options.clone();
         options.unique = None;
         options.run_at = None;
         options.delay = None;
         let template = options.build(job)?;
-        Ok(Self { name, schedule, template })
+        Ok(Self {
+            name,
+            schedule,
+            template,
+        })
     }
 
     /// Its name.
@@ -65,7 +76,10 @@ impl CronJob {
     pub fn next_tick(&self, after: DateTime<Utc>) -> Result<DateTime<Utc>> {
         self.schedule
             .find_next_occurrence(&after, false)
-            .map_err(|e| Error::Cron { pattern: self.schedule.pattern.to_string(), reason: e.to_string() })
+            .map_err(|e| Error::Cron {
+                pattern: self.schedule.pattern.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// The row of the tick at `tick`.
@@ -78,7 +92,8 @@ impl CronJob {
 }
 
 pub(crate) async fn cron_loop(store: Arc<dyn JobStore>, cron: CronJob, stop: CancellationToken) {
-    let retry = RetryPolicy::default().with_delays(Duration::from_millis(100), Duration::from_secs(5));
+    let retry =
+        RetryPolicy::default().with_delays(Duration::from_millis(100), Duration::from_secs(5));
     let mut last: Option<DateTime<Utc>> = None;
     loop {
         // Never go back to a tick already handled, even if the wall clock stepped back.

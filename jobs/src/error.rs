@@ -58,12 +58,19 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn invalid(option: &'static str, reason: impl Into<String>) -> Self {
-        Self::InvalidOption { option, reason: reason.into() }
+        Self::InvalidOption {
+            option,
+            reason: reason.into(),
+        }
     }
 
     #[cfg(feature = "postgres")]
     pub(crate) fn pg(op: &'static str, source: impl Into<BoxError>) -> Self {
-        Self::Store { backend: "postgres", op, source: source.into() }
+        Self::Store {
+            backend: "postgres",
+            op,
+            source: source.into(),
+        }
     }
 }
 

@@ -125,22 +125,34 @@ pub struct JobError {
 impl JobError {
     /// A failure to retry with backoff.
     pub fn retry(error: impl Into<BoxError>) -> Self {
-        Self { kind: JobErrorKind::Retry, source: error.into() }
+        Self {
+            kind: JobErrorKind::Retry,
+            source: error.into(),
+        }
     }
 
     /// A failure retrying cannot fix: the job goes to `discarded` now.
     pub fn discard(error: impl Into<BoxError>) -> Self {
-        Self { kind: JobErrorKind::Discard, source: error.into() }
+        Self {
+            kind: JobErrorKind::Discard,
+            source: error.into(),
+        }
     }
 
     /// The job decided to stop: it goes to `cancelled`.
     pub fn cancel(reason: impl Into<BoxError>) -> Self {
-        Self { kind: JobErrorKind::Cancel, source: reason.into() }
+        Self {
+            kind: JobErrorKind::Cancel,
+            source: reason.into(),
+        }
     }
 
     /// Run again after `delay`; the attempt is not counted.
     pub fn snooze(delay: Duration) -> Self {
-        Self { kind: JobErrorKind::Snooze(delay), source: format!("snoozed for {delay:?}").into() }
+        Self {
+            kind: JobErrorKind::Snooze(delay),
+            source: format!("snoozed for {delay:?}").into(),
+        }
     }
 
     /// How the worker treats it.
@@ -151,7 +163,10 @@ impl JobError {
 
 impl fmt::Debug for JobError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobError").field("kind", &self.kind).field("source", &self.source).finish()
+        f.debug_struct("JobError")
+            .field("kind", &self.kind)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -190,7 +205,11 @@ impl UniqueOptions {
     pub fn by_key(key: impl Into<String>) -> Self {
         let mut states = JobState::PENDING.to_vec();
         states.push(JobState::Completed);
-        Self { key: key.into(), period: None, states }
+        Self {
+            key: key.into(),
+            period: None,
+            states,
+        }
     }
 
     /// Limits uniqueness to one job per `period` bucket.
@@ -313,7 +332,10 @@ impl EnqueueOptions {
 
     /// Validates the options and serializes `job` into a row to insert.
     pub fn build<J: Job>(&self, job: &J) -> Result<NewJob> {
-        let args = serde_json::to_value(job).map_err(|source| Error::Serialize { kind: J::KIND.to_owned(), source })?;
+        let args = serde_json::to_value(job).map_err(|source| Error::Serialize {
+            kind: J::KIND.to_owned(),
+            source,
+        })?;
         self.build_raw(J::KIND, args)
     }
 
@@ -323,29 +345,48 @@ impl EnqueueOptions {
         let queue = Name::parse("queue", self.queue.as_deref().unwrap_or(DEFAULT_QUEUE))?;
         let priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
         if !(0..=MAX_PRIORITY).contains(&priority) {
-            return Err(Error::invalid("priority", format!("{priority} is outside 0..={MAX_PRIORITY}")));
+            return Err(Error::invalid(
+                "priority",
+                format!("{priority} is outside 0..={MAX_PRIORITY}"),
+            ));
         }
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-            return Err(Error::invalid("max_attempts", format!("{max_attempts} is outside 1..={MAX_ATTEMPTS}")));
+            return Err(Error::invalid(
+                "max_attempts",
+                format!("{max_attempts} is outside 1..={MAX_ATTEMPTS}"),
+            ));
         }
         let now = Utc::now();
         let run_at = match (self.run_at, self.delay) {
             (Some(at), _) => Some(at),
-            (None, Some(d)) => Some(now + chrono::Duration::from_std(d).map_err(|_| too_far("delay"))?),
+            (None, Some(d)) => {
+                Some(now + chrono::Duration::from_std(d).map_err(|_| too_far("delay"))?)
+            }
             (None, None) => None,
         };
         if let Some(at) = run_at {
             let ahead = at.signed_duration_since(now);
-            if ahead > chrono::Duration::from_std(MAX_SCHEDULE_AHEAD).unwrap_or(chrono::Duration::MAX) {
-                return Err(too_far(if self.run_at.is_some() { "run_at" } else { "delay" }));
+            if ahead
+                > chrono::Duration::from_std(MAX_SCHEDULE_AHEAD).unwrap_or(chrono::Duration::MAX)
+            {
+                return Err(too_far(if self.run_at.is_some() {
+                    "run_at"
+                } else {
+                    "delay"
+                }));
             }
         }
         let timeout_ms = match self.timeout {
             None => None,
-            Some(t) if t.is_zero() => return Err(Error::invalid("timeout", "must be greater than zero")),
+            Some(t) if t.is_zero() => {
+                return Err(Error::invalid("timeout", "must be greater than zero"));
+            }
             Some(t) if t > MAX_TIMEOUT => {
-                return Err(Error::invalid("timeout", format!("{t:?} is over the limit of {MAX_TIMEOUT:?}")));
+                return Err(Error::invalid(
+                    "timeout",
+                    format!("{t:?} is over the limit of {MAX_TIMEOUT:?}"),
+                ));
             }
             Some(t) => Some(t.as_millis().max(1) as i32),
         };
@@ -357,7 +398,10 @@ impl EnqueueOptions {
                 let mut key = format!("job:{kind}:{}", u.key);
                 if let Some(period) = u.period {
                     if period.as_secs() == 0 {
-                        return Err(Error::invalid("unique.period", "must be at least one second"));
+                        return Err(Error::invalid(
+                            "unique.period",
+                            "must be at least one second",
+                        ));
                     }
                     let bucket = now.timestamp().max(0) as u64 / period.as_secs();
                     key.push_str(&format!(":{bucket}"));
@@ -371,12 +415,29 @@ impl EnqueueOptions {
                 (Some(key), JobState::mask(&u.states))
             }
         };
-        Ok(NewJob { queue, kind, args, org_id, priority, run_at, max_attempts, timeout_ms, unique_key, unique_states })
+        Ok(NewJob {
+            queue,
+            kind,
+            args,
+            org_id,
+            priority,
+            run_at,
+            max_attempts,
+            timeout_ms,
+            unique_key,
+            unique_states,
+        })
     }
 }
 
 fn too_far(option: &'static str) -> Error {
-    Error::invalid(option, format!("is more than {} days ahead", MAX_SCHEDULE_AHEAD.as_secs() / 86_400))
+    Error::invalid(
+        option,
+        format!(
+            "is more than {} days ahead",
+            MAX_SCHEDULE_AHEAD.as_secs() / 86_400
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -408,13 +469,21 @@ mod tests {
             EnqueueOptions::new().delay(Duration::from_secs(100 * 365 * 24 * 3600)),
             EnqueueOptions::new().delay(Duration::MAX),
             EnqueueOptions::new().org_id("ac me"),
-            EnqueueOptions::new().unique(UniqueOptions::by_key("k").period(Duration::from_millis(10))),
+            EnqueueOptions::new()
+                .unique(UniqueOptions::by_key("k").period(Duration::from_millis(10))),
             EnqueueOptions::new().unique(UniqueOptions::by_key("")),
-            EnqueueOptions::new().unique(UniqueOptions { key: "k".into(), period: None, states: vec![] }),
+            EnqueueOptions::new().unique(UniqueOptions {
+                key: "k".into(),
+                period: None,
+                states: vec![],
+            }),
         ];
         for opts in bad {
             let err = opts.build(&Noop).unwrap_err();
-            assert!(matches!(err, Error::InvalidOption { .. } | Error::Name(_)), "{opts:?} -> {err}");
+            assert!(
+                matches!(err, Error::InvalidOption { .. } | Error::Name(_)),
+                "{opts:?} -> {err}"
+            );
         }
     }
 
@@ -426,7 +495,10 @@ mod tests {
             .unwrap();
         let key = job.unique_key.unwrap();
         assert!(key.starts_with("job:noop:inv-1:"), "{key}");
-        assert_eq!(job.unique_states & JobState::Completed.bit(), JobState::Completed.bit());
+        assert_eq!(
+            job.unique_states & JobState::Completed.bit(),
+            JobState::Completed.bit()
+        );
         assert_eq!(job.unique_states & JobState::Discarded.bit(), 0);
         let defaults = EnqueueOptions::new().build(&Noop).unwrap();
         assert_eq!(defaults.queue.as_str(), "default");

@@ -75,12 +75,13 @@ use std::time::Duration;
 pub use cron::CronJob;
 pub use error::{Error, Result};
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, EnqueueOptions, Job, JobContext, JobError, JobErrorKind,
-    MAX_ATTEMPTS, MAX_PRIORITY, MAX_SCHEDULE_AHEAD, MAX_TIMEOUT, UniqueOptions,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, EnqueueOptions, Job, JobContext,
+    JobError, JobErrorKind, MAX_ATTEMPTS, MAX_PRIORITY, MAX_SCHEDULE_AHEAD, MAX_TIMEOUT,
+    UniqueOptions,
 };
 pub use model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob, Outcome, QueueCount,
-    Rescued,
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
+    Outcome, QueueCount, Rescued,
 };
 pub use store::{JobStore, WAKE_ALL};
 pub use worker::{RunningWorker, Worker, WorkerConfig};
@@ -100,7 +101,9 @@ impl std::fmt::Debug for Jobs {
 impl Jobs {
     /// A handle on `store`.
     pub fn new(store: impl JobStore) -> Self {
-        Self { store: Arc::new(store) }
+        Self {
+            store: Arc::new(store),
+        }
     }
 
     /// A handle on a shared store.
@@ -127,7 +130,10 @@ impl Jobs {
         jobs: impl IntoIterator<Item = &'a J>,
         options: &EnqueueOptions,
     ) -> Result<Vec<Enqueued>> {
-        let rows = jobs.into_iter().map(|j| options.build(j)).collect::<Result<Vec<_>>>()?;
+        let rows = jobs
+            .into_iter()
+            .map(|j| options.build(j))
+            .collect::<Result<Vec<_>>>()?;
         self.store.insert(rows).await
     }
 

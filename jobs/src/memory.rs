@@ -12,7 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::error::Result;
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob, QueueCount, Rescued,
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
+    QueueCount, Rescued,
 };
 use crate::store::JobStore;
 
@@ -64,7 +65,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { state: Arc::new(Mutex::new(State::default())), wake: broadcast::channel(1024).0 }
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            wake: broadcast::channel(1024).0,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -79,7 +83,10 @@ impl MemoryStore {
 }
 
 fn is_waiting(s: JobState) -> bool {
-    matches!(s, JobState::Available | JobState::Scheduled | JobState::Retryable)
+    matches!(
+        s,
+        JobState::Available | JobState::Scheduled | JobState::Retryable
+    )
 }
 
 fn finalize(rec: &mut JobRecord, state: JobState, now: DateTime<Utc>) {
@@ -119,7 +126,11 @@ impl JobStore for MemoryStore {
                 st.next_id += 1;
                 let id = st.next_id;
                 let run_at = job.run_at.unwrap_or(now);
-                let state = if run_at > now { JobState::Scheduled } else { JobState::Available };
+                let state = if run_at > now {
+                    JobState::Scheduled
+                } else {
+                    JobState::Available
+                };
                 notify.insert(job.queue.as_str().to_owned());
                 let rec = JobRecord {
                     id,
@@ -141,7 +152,13 @@ impl JobStore for MemoryStore {
                     created_at: now,
                     finalized_at: None,
                 };
-                st.jobs.insert(id, Row { rec, unique_states: job.unique_states });
+                st.jobs.insert(
+                    id,
+                    Row {
+                        rec,
+                        unique_states: job.unique_states,
+                    },
+                );
                 out.push(Enqueued::New(id));
             }
         }
@@ -167,7 +184,9 @@ impl JobStore for MemoryStore {
         due.truncate(limit);
         let mut out = Vec::with_capacity(due.len());
         for (_, _, id) in due {
-            let Some(row) = st.jobs.get_mut(&id) else { continue };
+            let Some(row) = st.jobs.get_mut(&id) else {
+                continue;
+            };
             let r = &mut row.rec;
             r.state = JobState::Running;
             r.attempt += 1;
@@ -195,9 +214,14 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut applied = 0;
         for f in finished {
-            let Some(row) = st.jobs.get_mut(&f.id) else { continue };
+            let Some(row) = st.jobs.get_mut(&f.id) else {
+                continue;
+            };
             let r = &mut row.rec;
-            if r.state != JobState::Running || r.locked_by.as_deref() != Some(worker) || r.attempt != f.attempt {
+            if r.state != JobState::Running
+                || r.locked_by.as_deref() != Some(worker)
+                || r.attempt != f.attempt
+            {
                 continue;
             }
             r.attempt += f.outcome.attempt_delta();
@@ -243,13 +267,24 @@ impl JobStore for MemoryStore {
                 let worker = r.locked_by.clone();
                 r.errors.push(AttemptError::new(
                     r.attempt,
-                    format!("rescued: worker {} stopped heartbeating", worker.as_deref().unwrap_or("?")),
+                    format!(
+                        "rescued: worker {} stopped heartbeating",
+                        worker.as_deref().unwrap_or("?")
+                    ),
                     worker,
                 ));
-                let state = if r.attempt >= r.max_attempts { JobState::Discarded } else { JobState::Retryable };
+                let state = if r.attempt >= r.max_attempts {
+                    JobState::Discarded
+                } else {
+                    JobState::Retryable
+                };
                 r.run_at = now;
                 finalize(r, state, now);
-                out.push(Rescued { id: r.id, queue: r.queue.clone(), state });
+                out.push(Rescued {
+                    id: r.id,
+                    queue: r.queue.clone(),
+                    state,
+                });
             }
         }
         for r in &out {
@@ -288,7 +323,12 @@ impl JobStore for MemoryStore {
         if st.paused.contains(queue) {
             return Ok(None);
         }
-        Ok(st.jobs.values().filter(|r| r.rec.queue == queue && is_waiting(r.rec.state)).map(|r| r.rec.run_at).min())
+        Ok(st
+            .jobs
+            .values()
+            .filter(|r| r.rec.queue == queue && is_waiting(r.rec.state))
+            .map(|r| r.rec.run_at)
+            .min())
     }
 
     async fn cancel(&self, id: JobId) -> Result<bool> {
@@ -306,18 +346,27 @@ impl JobStore for MemoryStore {
         let now = Utc::now();
         let queue = {
             let mut st = self.lock();
-            let Some(row) = st.jobs.get(&id).cloned() else { return Ok(false) };
+            let Some(row) = st.jobs.get(&id).cloned() else {
+                return Ok(false);
+            };
             if row.rec.state == JobState::Running {
                 return Ok(false);
             }
             if let Some(key) = &row.rec.unique_key
                 && row.unique_states & JobState::Available.bit() != 0
                 && !row.holds_unique()
-                && st.jobs.values().any(|r| r.rec.id != id && r.rec.unique_key.as_ref() == Some(key) && r.holds_unique())
+                && st.jobs.values().any(|r| {
+                    r.rec.id != id && r.rec.unique_key.as_ref() == Some(key) && r.holds_unique()
+                })
             {
-                return Err(crate::Error::UniqueConflict { id, unique_key: key.clone() });
+                return Err(crate::Error::UniqueConflict {
+                    id,
+                    unique_key: key.clone(),
+                });
             }
-            let Some(row) = st.jobs.get_mut(&id) else { return Ok(false) };
+            let Some(row) = st.jobs.get_mut(&id) else {
+                return Ok(false);
+            };
             let r = &mut row.rec;
             r.run_at = now;
             r.max_attempts = r.max_attempts.max(r.attempt + 1);
@@ -340,10 +389,12 @@ impl JobStore for MemoryStore {
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        let cutoff =
+            Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
         let mut st = self.lock();
         let before = st.jobs.len();
-        st.jobs.retain(|_, r| r.rec.finalized_at.is_none_or(|f| f >= cutoff));
+        st.jobs
+            .retain(|_, r| r.rec.finalized_at.is_none_or(|f| f >= cutoff));
         Ok((before - st.jobs.len()) as u64)
     }
 
@@ -369,7 +420,14 @@ impl JobStore for MemoryStore {
     async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let limit = filter.effective_limit() as usize;
         let st = self.lock();
-        Ok(st.jobs.values().map(|r| &r.rec).filter(|r| filter.matches(r)).take(limit).cloned().collect())
+        Ok(st
+            .jobs
+            .values()
+            .map(|r| &r.rec)
+            .filter(|r| filter.matches(r))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
@@ -378,7 +436,13 @@ impl JobStore for MemoryStore {
         for r in st.jobs.values() {
             *m.entry((r.rec.queue.clone(), r.rec.state)).or_default() += 1;
         }
-        Ok(m.into_iter().map(|((queue, state), count)| QueueCount { queue, state, count }).collect())
+        Ok(m.into_iter()
+            .map(|((queue, state), count)| QueueCount {
+                queue,
+                state,
+                count,
+            })
+            .collect())
     }
 
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {

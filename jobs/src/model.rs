@@ -49,8 +49,12 @@ impl JobState {
     ];
 
     /// The states a job waits or runs in; unique keys always cover them.
-    pub const PENDING: [JobState; 4] =
-        [JobState::Available, JobState::Scheduled, JobState::Running, JobState::Retryable];
+    pub const PENDING: [JobState; 4] = [
+        JobState::Available,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Retryable,
+    ];
 
     /// The name stored in the `state` column.
     pub fn as_str(self) -> &'static str {
@@ -72,7 +76,10 @@ impl JobState {
 
     /// True for `completed`, `cancelled` and `discarded`.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Cancelled | JobState::Discarded)
+        matches!(
+            self,
+            JobState::Completed | JobState::Cancelled | JobState::Discarded
+        )
     }
 
     /// This state's bit in a unique-states mask (the `unique_states` column). Must match
@@ -111,7 +118,12 @@ pub struct AttemptError {
 impl AttemptError {
     /// An error of `attempt` happening now.
     pub fn new(attempt: i32, error: impl Into<String>, worker: Option<String>) -> Self {
-        Self { attempt, at: Utc::now(), error: error.into(), worker }
+        Self {
+            attempt,
+            at: Utc::now(),
+            error: error.into(),
+            worker,
+        }
     }
 }
 
@@ -278,7 +290,9 @@ impl Outcome {
     pub fn error(&self) -> Option<&AttemptError> {
         match self {
             Outcome::Completed => None,
-            Outcome::Retry { error, .. } | Outcome::Discard { error } | Outcome::Cancel { error } => Some(error),
+            Outcome::Retry { error, .. }
+            | Outcome::Discard { error }
+            | Outcome::Cancel { error } => Some(error),
             Outcome::Requeue { error, .. } => error.as_ref(),
         }
     }
@@ -293,7 +307,11 @@ impl Outcome {
 
     /// How the attempt counter moves: `-1` for a requeue (the attempt does not count).
     pub fn attempt_delta(&self) -> i32 {
-        if matches!(self, Outcome::Requeue { .. }) { -1 } else { 0 }
+        if matches!(self, Outcome::Requeue { .. }) {
+            -1
+        } else {
+            0
+        }
     }
 }
 
@@ -313,7 +331,11 @@ pub struct Finish {
 impl Finish {
     /// Builds a finish record.
     pub fn new(id: JobId, attempt: i32, outcome: Outcome) -> Self {
-        Self { id, attempt, outcome }
+        Self {
+            id,
+            attempt,
+            outcome,
+        }
     }
 }
 
@@ -399,7 +421,10 @@ impl JobFilter {
         self.queue.as_deref().is_none_or(|q| q == job.queue)
             && (self.states.is_empty() || self.states.contains(&job.state))
             && self.kind.as_deref().is_none_or(|k| k == job.kind)
-            && self.org_id.as_deref().is_none_or(|o| Some(o) == job.org_id.as_deref())
+            && self
+                .org_id
+                .as_deref()
+                .is_none_or(|o| Some(o) == job.org_id.as_deref())
             && self.after_id.is_none_or(|a| job.id > a)
     }
 }

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 
 use crate::error::Result;
-use crate::model::{Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, NewJob, QueueCount, Rescued};
+use crate::model::{
+    Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, NewJob, QueueCount, Rescued,
+};
 
 /// Wake-up message meaning "look at every queue" (sent after a listener reconnects, when
 /// notifications may have been lost).

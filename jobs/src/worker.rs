@@ -83,7 +83,8 @@ impl Default for WorkerConfig {
             rescue_interval: Duration::from_secs(15),
             default_timeout: Duration::from_secs(600),
             cancel_grace: Duration::from_secs(5),
-            retry: RetryPolicy::default().with_delays(Duration::from_secs(1), Duration::from_secs(3600)),
+            retry: RetryPolicy::default()
+                .with_delays(Duration::from_secs(1), Duration::from_secs(3600)),
             shutdown_timeout: Duration::from_secs(30),
             completion_batch: 1000,
             retention: Some(Duration::from_secs(24 * 3600)),
@@ -197,7 +198,10 @@ impl WorkerConfig {
         for (q, n) in &self.queues {
             Name::parse("queue", q.as_str())?;
             if !(1..=10_000).contains(n) {
-                return Err(Error::invalid("concurrency", format!("queue {q}: {n} is outside 1..=10000")));
+                return Err(Error::invalid(
+                    "concurrency",
+                    format!("queue {q}: {n} is outside 1..=10000"),
+                ));
             }
         }
         if !(1..=10_000).contains(&self.fetch_batch) {
@@ -305,7 +309,13 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker on `store` with the default configuration and no job types.
     pub fn new(store: Arc<dyn JobStore>) -> Self {
-        Self { store, registry: HashMap::new(), config: WorkerConfig::default(), crons: Vec::new(), errors: Vec::new() }
+        Self {
+            store,
+            registry: HashMap::new(),
+            config: WorkerConfig::default(),
+            crons: Vec::new(),
+            errors: Vec::new(),
+        }
     }
 
     /// Registers job type `J`. Every worker serving a queue must register every kind enqueued
@@ -313,7 +323,8 @@ impl Worker {
     pub fn register<J: Job>(mut self) -> Self {
         match Name::parse("job kind", J::KIND) {
             Ok(_) => {
-                self.registry.insert(J::KIND.to_owned(), Arc::new(TypedRunner::<J>(PhantomData)));
+                self.registry
+                    .insert(J::KIND.to_owned(), Arc::new(TypedRunner::<J>(PhantomData)));
             }
             Err(e) => self.errors.push(e.into()),
         }
@@ -338,13 +349,20 @@ impl Worker {
             return Err(e);
         }
         self.config.validate()?;
-        let id = self
-            .config
-            .worker_id
-            .clone()
-            .unwrap_or_else(|| format!("worker-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        let id = self.config.worker_id.clone().unwrap_or_else(|| {
+            format!(
+                "worker-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            )
+        });
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
-        let wakers = self.config.queues.iter().map(|(q, _)| (q.clone(), Arc::new(Notify::new()))).collect();
+        let wakers = self
+            .config
+            .queues
+            .iter()
+            .map(|(q, _)| (q.clone(), Arc::new(Notify::new())))
+            .collect();
         let inner = Arc::new(Inner {
             store: self.store,
             registry: self.registry,
@@ -392,7 +410,11 @@ impl RunningWorker {
     pub async fn wait(self) -> Result<()> {
         match self.handle.await {
             Ok(r) => r,
-            Err(e) => Err(Error::Store { backend: "worker", op: "run", source: Box::new(e) }),
+            Err(e) => Err(Error::Store {
+                backend: "worker",
+                op: "run",
+                source: Box::new(e),
+            }),
         }
     }
 }
@@ -464,14 +486,23 @@ async fn run(
     bg.spawn(heartbeat_loop(inner.clone(), background.clone()));
     bg.spawn(maintenance_loop(inner.clone(), background.clone()));
     for cron in crons {
-        bg.spawn(crate::cron::cron_loop(inner.store.clone(), cron, background.clone()));
+        bg.spawn(crate::cron::cron_loop(
+            inner.store.clone(),
+            cron,
+            background.clone(),
+        ));
     }
 
     let mut fetchers = JoinSet::new();
     for (queue, concurrency) in inner.config.queues.clone() {
         let sem = Arc::new(Semaphore::new(concurrency));
         for _ in 0..inner.config.fetch_parallelism.min(concurrency) {
-            fetchers.spawn(fetch_loop(inner.clone(), queue.clone(), sem.clone(), stop.clone()));
+            fetchers.spawn(fetch_loop(
+                inner.clone(),
+                queue.clone(),
+                sem.clone(),
+                stop.clone(),
+            ));
         }
     }
     tracing::info!(worker = %inner.id, "windlass-jobs worker started");
@@ -507,7 +538,9 @@ async fn run(
     let mut result = Ok(());
     if !leftover.is_empty() {
         match inner.store.release(&inner.id, &leftover).await {
-            Ok(n) => tracing::info!(worker = %inner.id, released = n, "released unfinished jobs at shutdown"),
+            Ok(n) => {
+                tracing::info!(worker = %inner.id, released = n, "released unfinished jobs at shutdown")
+            }
             Err(e) => {
                 tracing::warn!(worker = %inner.id, error = %e, "could not release jobs; they will be rescued");
                 result = Err(e);
@@ -524,10 +557,16 @@ async fn run(
 
 const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
 
-async fn fetch_loop(inner: Arc<Inner>, queue: String, sem: Arc<Semaphore>, stop: CancellationToken) {
+async fn fetch_loop(
+    inner: Arc<Inner>,
+    queue: String,
+    sem: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
     let wake = inner.wakers.get(&queue).cloned().unwrap_or_default();
     let mut failures: u32 = 0;
-    let retry = RetryPolicy::default().with_delays(Duration::from_millis(50), Duration::from_secs(5));
+    let retry =
+        RetryPolicy::default().with_delays(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         let first = tokio::select! {
             biased;
@@ -581,7 +620,15 @@ async fn fetch_loop(inner: Arc<Inner>, queue: String, sem: Arc<Semaphore>, stop:
 
 fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit) {
     let cancel = CancellationToken::new();
-    inner.flights().insert(job.id, Flight { attempt: job.attempt, cancel: cancel.clone(), abort: None, done: false });
+    inner.flights().insert(
+        job.id,
+        Flight {
+            attempt: job.attempt,
+            cancel: cancel.clone(),
+            abort: None,
+            done: false,
+        },
+    );
     let span = tracing::info_span!(
         "windlass.job",
         job.id = job.id,
@@ -627,10 +674,15 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs one attempt; `None` when the worker is shutting down hard (the job is released).
-async fn execute(inner: &Arc<Inner>, job: FetchedJob, cancel: CancellationToken) -> Option<Outcome> {
+async fn execute(
+    inner: &Arc<Inner>,
+    job: FetchedJob,
+    cancel: CancellationToken,
+) -> Option<Outcome> {
     let queue = job.queue.clone();
     let wait = (Utc::now() - job.run_at).to_std().unwrap_or(Duration::ZERO);
-    metrics::histogram!("windlass_jobs_wait_seconds", "queue" => queue.clone()).record(wait.as_secs_f64());
+    metrics::histogram!("windlass_jobs_wait_seconds", "queue" => queue.clone())
+        .record(wait.as_secs_f64());
     let worker = Some(inner.id.clone());
     let failed = |reason: &'static str, message: String| -> Outcome {
         metrics::counter!("windlass_jobs_failed_total", "queue" => queue.clone(), "reason" => reason).increment(1);
@@ -639,14 +691,18 @@ async fn execute(inner: &Arc<Inner>, job: FetchedJob, cancel: CancellationToken)
         if job.attempt >= job.max_attempts {
             Outcome::Discard { error }
         } else {
-            Outcome::Retry { run_at: Utc::now() + inner.config.retry.delay(job.attempt.max(1) as u32), error }
+            Outcome::Retry {
+                run_at: Utc::now() + inner.config.retry.delay(job.attempt.max(1) as u32),
+                error,
+            }
         }
     };
 
     let Some(runner) = inner.registry.get(&job.kind) else {
         metrics::counter!("windlass_jobs_failed_total", "queue" => queue.clone(), "reason" => "unknown_kind")
             .increment(1);
-        metrics::counter!("windlass_jobs_unknown_kind_total", "queue" => queue.clone()).increment(1);
+        metrics::counter!("windlass_jobs_unknown_kind_total", "queue" => queue.clone())
+            .increment(1);
         let message = format!(
             "no worker registered job kind {:?} (worker {} knows {:?}); register it with Worker::register",
             job.kind,
@@ -673,7 +729,9 @@ async fn execute(inner: &Arc<Inner>, job: FetchedJob, cancel: CancellationToken)
             metrics::counter!("windlass_jobs_failed_total", "queue" => queue.clone(), "reason" => "decode").increment(1);
             let message = format!("arguments no longer decode as job kind {:?}: {e}", job.kind);
             tracing::error!(error = %message, "discarding job");
-            return Some(Outcome::Discard { error: AttemptError::new(job.attempt, message, worker) });
+            return Some(Outcome::Discard {
+                error: AttemptError::new(job.attempt, message, worker),
+            });
         }
     };
     let started = Instant::now();
@@ -705,7 +763,8 @@ async fn execute(inner: &Arc<Inner>, job: FetchedJob, cancel: CancellationToken)
             failed("timeout", format!("timed out after {timeout:?}"))
         }
         Some(Ok(Ok(()))) => {
-            metrics::counter!("windlass_jobs_completed_total", "queue" => queue.clone()).increment(1);
+            metrics::counter!("windlass_jobs_completed_total", "queue" => queue.clone())
+                .increment(1);
             Outcome::Completed
         }
         Some(Ok(Err(e))) => match e.kind {
@@ -713,21 +772,30 @@ async fn execute(inner: &Arc<Inner>, job: FetchedJob, cancel: CancellationToken)
             JobErrorKind::Discard => {
                 metrics::counter!("windlass_jobs_failed_total", "queue" => queue.clone(), "reason" => "discarded")
                     .increment(1);
-                Outcome::Discard { error: AttemptError::new(job.attempt, e.to_string(), worker.clone()) }
+                Outcome::Discard {
+                    error: AttemptError::new(job.attempt, e.to_string(), worker.clone()),
+                }
             }
-            JobErrorKind::Cancel => {
-                Outcome::Cancel { error: AttemptError::new(job.attempt, e.to_string(), worker.clone()) }
-            }
+            JobErrorKind::Cancel => Outcome::Cancel {
+                error: AttemptError::new(job.attempt, e.to_string(), worker.clone()),
+            },
             JobErrorKind::Snooze(d) => Outcome::Requeue {
                 run_at: Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
                 error: None,
             },
         },
-        Some(Err(join)) if join.is_panic() => failed("panic", format!("panicked: {}", panic_message(join.into_panic()))),
+        Some(Err(join)) if join.is_panic() => failed(
+            "panic",
+            format!("panicked: {}", panic_message(join.into_panic())),
+        ),
         Some(Err(_)) => {
             if cancel.is_cancelled() {
                 Outcome::Cancel {
-                    error: AttemptError::new(job.attempt, "attempt stopped: job no longer held", worker.clone()),
+                    error: AttemptError::new(
+                        job.attempt,
+                        "attempt stopped: job no longer held",
+                        worker.clone(),
+                    ),
                 }
             } else {
                 failed("error", "attempt aborted".to_owned())
@@ -737,7 +805,11 @@ async fn execute(inner: &Arc<Inner>, job: FetchedJob, cancel: CancellationToken)
     Some(outcome)
 }
 
-async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>, stop: CancellationToken) {
+async fn completer(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Finish>,
+    stop: CancellationToken,
+) {
     let max = inner.config.completion_batch;
     loop {
         let first = tokio::select! {
@@ -768,7 +840,8 @@ async fn completer(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Finish>, s
 }
 
 async fn flush(inner: &Arc<Inner>, batch: Vec<Finish>, last: bool) {
-    let retry = RetryPolicy::default().with_delays(Duration::from_millis(20), Duration::from_secs(2));
+    let retry =
+        RetryPolicy::default().with_delays(Duration::from_millis(20), Duration::from_secs(2));
     for chunk in batch.chunks(inner.config.completion_batch) {
         let mut attempt = 0;
         loop {
@@ -835,7 +908,10 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
                     if let Some(f) = flights.get(id)
                         && !f.done
                     {
-                        tracing::info!(job.id = id, "job no longer held (cancelled, discarded or rescued); stopping it");
+                        tracing::info!(
+                            job.id = id,
+                            "job no longer held (cancelled, discarded or rescued); stopping it"
+                        );
                         f.cancel.cancel();
                     }
                 }
@@ -847,9 +923,18 @@ async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
 
 async fn maintenance_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let start = tokio::time::Instant::now();
-    let mut rescue = tokio::time::interval_at(start + inner.config.rescue_interval / 2, inner.config.rescue_interval);
-    let mut prune = tokio::time::interval_at(start + inner.config.prune_interval, inner.config.prune_interval);
-    let metrics_every = inner.config.metrics_interval.unwrap_or(Duration::from_secs(3600 * 24 * 365));
+    let mut rescue = tokio::time::interval_at(
+        start + inner.config.rescue_interval / 2,
+        inner.config.rescue_interval,
+    );
+    let mut prune = tokio::time::interval_at(
+        start + inner.config.prune_interval,
+        inner.config.prune_interval,
+    );
+    let metrics_every = inner
+        .config
+        .metrics_interval
+        .unwrap_or(Duration::from_secs(3600 * 24 * 365));
     let mut depth = tokio::time::interval(metrics_every);
     for t in [&mut rescue, &mut prune, &mut depth] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

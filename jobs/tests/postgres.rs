@@ -20,20 +20,27 @@ windlass_testkit::job_store_conformance!(crate::store());
 #[tokio::test]
 async fn migrate_is_idempotent_and_safe_concurrently() {
     let db = fresh_database().await;
-    let runs: Vec<_> = (0..4).map(|_| {
-        let pool = db.pool.clone();
-        tokio::spawn(async move { migrate(&pool).await })
-    }).collect();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let pool = db.pool.clone();
+            tokio::spawn(async move { migrate(&pool).await })
+        })
+        .collect();
     for r in runs {
         r.await.unwrap().expect("concurrent migrate");
     }
     migrate(&db.pool).await.expect("migrate again");
-    let versions: Vec<i32> =
-        sqlx::query_scalar("SELECT version FROM windlass_jobs_migrations").fetch_all(&db.pool).await.unwrap();
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM windlass_jobs_migrations")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(versions, vec![1]);
     // The shipped SQL is itself idempotent (for users running it with their own migrator).
     for (_, _, sql) in windlass_jobs::postgres::MIGRATIONS {
-        sqlx::raw_sql(*sql).execute(&db.pool).await.expect("re-run migration file");
+        sqlx::raw_sql(*sql)
+            .execute(&db.pool)
+            .await
+            .expect("re-run migration file");
     }
 }
 
@@ -42,17 +49,32 @@ async fn transactional_enqueue_follows_the_callers_transaction() {
     let (store, db) = store().await;
     let t = token();
     let opts = EnqueueOptions::new().queue("q");
-    let job = || opts.build(&Probe { token: t.clone(), n: 1, action: Action::Succeed }).unwrap();
+    let job = || {
+        opts.build(&Probe {
+            token: t.clone(),
+            n: 1,
+            action: Action::Succeed,
+        })
+        .unwrap()
+    };
 
     let mut tx = db.pool.begin().await.unwrap();
-    let rolled_back = PgStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0].id().unwrap();
+    let rolled_back = PgStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0]
+        .id()
+        .unwrap();
     tx.rollback().await.unwrap();
     assert!(store.get(rolled_back).await.unwrap().is_none());
 
-    let w = Worker::new(store.clone()).register::<Probe>().config(fast_config().poll_interval(Duration::from_secs(60))).start().unwrap();
+    let w = Worker::new(store.clone())
+        .register::<Probe>()
+        .config(fast_config().poll_interval(Duration::from_secs(60)))
+        .start()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut tx = db.pool.begin().await.unwrap();
-    let id = PgStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0].id().unwrap();
+    let id = PgStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0]
+        .id()
+        .unwrap();
     // Invisible to workers until commit.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(store.get(id).await.unwrap().is_none());
@@ -67,12 +89,27 @@ async fn bulk_insert_splits_large_batches() {
     let (store, _db) = store().await;
     let jobs = Jobs::from_arc(store.clone());
     let t = token();
-    let probes: Vec<Probe> = (0..25_000).map(|n| Probe { token: t.clone(), n, action: Action::Succeed }).collect();
-    let out = jobs.enqueue_many(&probes, &EnqueueOptions::new().queue("bulk")).await.unwrap();
+    let probes: Vec<Probe> = (0..25_000)
+        .map(|n| Probe {
+            token: t.clone(),
+            n,
+            action: Action::Succeed,
+        })
+        .collect();
+    let out = jobs
+        .enqueue_many(&probes, &EnqueueOptions::new().queue("bulk"))
+        .await
+        .unwrap();
     assert_eq!(out.iter().filter(|e| e.id().is_some()).count(), 25_000);
     let ids: Vec<i64> = out.iter().map(|e| e.id().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids are returned in input order");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE queue = 'bulk'").fetch_one(store_pool(&_db)).await.unwrap();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids are returned in input order"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE queue = 'bulk'")
+        .fetch_one(store_pool(&_db))
+        .await
+        .unwrap();
     assert_eq!(n, 25_000);
 }
 
@@ -85,7 +122,11 @@ async fn workers_survive_losing_their_listen_connection() {
     let (store, db) = store().await;
     let jobs = Jobs::from_arc(store.clone());
     let t = token();
-    let w = Worker::new(store.clone()).register::<Probe>().config(fast_config().poll_interval(Duration::from_secs(60))).start().unwrap();
+    let w = Worker::new(store.clone())
+        .register::<Probe>()
+        .config(fast_config().poll_interval(Duration::from_secs(60)))
+        .start()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Kill every other connection to the test database (the LISTEN one included).
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
@@ -93,7 +134,19 @@ async fn workers_survive_losing_their_listen_connection() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let id = jobs.enqueue(&Probe { token: t, n: 1, action: Action::Succeed }, &EnqueueOptions::new().queue("q")).await.unwrap().id().unwrap();
+    let id = jobs
+        .enqueue(
+            &Probe {
+                token: t,
+                n: 1,
+                action: Action::Succeed,
+            },
+            &EnqueueOptions::new().queue("q"),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
     wait_state(&store, id, JobState::Completed, Duration::from_secs(20)).await;
     w.shutdown().await.unwrap();
 }
@@ -108,8 +161,18 @@ async fn garbage_rows_written_by_hand_do_not_stop_the_worker() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    let w = Worker::new(store.clone()).register::<Probe>().config(fast_config()).start().unwrap();
+    let w = Worker::new(store.clone())
+        .register::<Probe>()
+        .config(fast_config())
+        .start()
+        .unwrap();
     let rec = wait_state(&store, id, JobState::Discarded, Duration::from_secs(10)).await;
-    assert!(rec.errors.iter().any(|e| e.error.contains("no longer decode")), "{:?}", rec.errors);
+    assert!(
+        rec.errors
+            .iter()
+            .any(|e| e.error.contains("no longer decode")),
+        "{:?}",
+        rec.errors
+    );
     w.shutdown().await.unwrap();
 }

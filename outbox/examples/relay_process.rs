@@ -31,7 +31,11 @@ impl<P: Publisher> Publisher for StallAfterPublish<P> {
         self.publish_batch(topic, std::slice::from_ref(event)).await
     }
 
-    async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> windlass_eventbus::Result<()> {
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        events: &[Event],
+    ) -> windlass_eventbus::Result<()> {
         self.inner.publish_batch(topic, events).await?;
         if !self.stalled.swap(true, Ordering::SeqCst) {
             println!("PUBLISHED {}", events.len());
@@ -46,10 +50,15 @@ impl<P: Publisher> Publisher for StallAfterPublish<P> {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [db, redis, prefix, rest @ ..] = args.as_slice() else {
-        anyhow::bail!("usage: relay_process <postgres-url> <redis-url> <stream-prefix> [--stall-after-publish]");
+        anyhow::bail!(
+            "usage: relay_process <postgres-url> <redis-url> <stream-prefix> [--stall-after-publish]"
+        );
     };
     let stall = rest.iter().any(|a| a == "--stall-after-publish");
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(db).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(db)
+        .await?;
     let store = PgStore::new(pool, OutboxConfig::default())?;
     let bus = RedisBus::connect(RedisConfig::new(redis.as_str()).prefix(prefix.as_str())).await?;
     let options = RelayOptions::default().poll_interval(std::time::Duration::from_millis(200));
@@ -62,10 +71,19 @@ async fn main() -> anyhow::Result<()> {
     println!("READY");
     std::io::stdout().flush().ok();
     if stall {
-        let publisher = Arc::new(StallAfterPublish { inner: bus, stalled: AtomicBool::new(false) });
-        Relay::from_arcs(Arc::new(store), publisher).with_options(options).run(token).await;
+        let publisher = Arc::new(StallAfterPublish {
+            inner: bus,
+            stalled: AtomicBool::new(false),
+        });
+        Relay::from_arcs(Arc::new(store), publisher)
+            .with_options(options)
+            .run(token)
+            .await;
     } else {
-        Relay::new(store, bus).with_options(options).run(token).await;
+        Relay::new(store, bus)
+            .with_options(options)
+            .run(token)
+            .await;
     }
     Ok(())
 }

@@ -80,10 +80,14 @@ impl OutboxConfig {
         check_ident("table", &self.table)?;
         check_ident("inbox table", &self.inbox_table)?;
         if self.table == self.inbox_table {
-            return Err(Error::Config("the outbox and inbox tables must have different names".into()));
+            return Err(Error::Config(
+                "the outbox and inbox tables must have different names".into(),
+            ));
         }
         if self.max_event_size == 0 {
-            return Err(Error::Config("max_event_size must be at least 1 byte".into()));
+            return Err(Error::Config(
+                "max_event_size must be at least 1 byte".into(),
+            ));
         }
         Ok(())
     }
@@ -120,8 +124,13 @@ impl OutboxConfig {
 }
 
 fn check_ident(what: &'static str, value: &str) -> Result<()> {
-    let ok_start = value.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
-    let ok_rest = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let ok_start = value
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let ok_rest = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !ok_start || !ok_rest || value.len() > IDENT_MAX_LEN {
         return Err(Error::Config(format!(
             "{what} name {value:?} must be 1-{IDENT_MAX_LEN} bytes of lowercase ASCII letters, digits and '_', not starting with a digit"
@@ -155,19 +164,52 @@ mod tests {
     #[test]
     fn validates_names() {
         assert!(OutboxConfig::default().validate().is_ok());
-        assert!(OutboxConfig::default().schema("app_1").table("events_out").validate().is_ok());
-        for bad in ["", "Outbox", "1abc", "a-b", "a;drop table x", "a.b", &"a".repeat(41)] {
-            assert!(OutboxConfig::default().table(bad).validate().is_err(), "{bad:?}");
-            assert!(OutboxConfig::default().schema(bad).validate().is_err(), "{bad:?}");
+        assert!(
+            OutboxConfig::default()
+                .schema("app_1")
+                .table("events_out")
+                .validate()
+                .is_ok()
+        );
+        for bad in [
+            "",
+            "Outbox",
+            "1abc",
+            "a-b",
+            "a;drop table x",
+            "a.b",
+            &"a".repeat(41),
+        ] {
+            assert!(
+                OutboxConfig::default().table(bad).validate().is_err(),
+                "{bad:?}"
+            );
+            assert!(
+                OutboxConfig::default().schema(bad).validate().is_err(),
+                "{bad:?}"
+            );
         }
-        assert!(OutboxConfig::default().inbox_table("windlass_outbox").validate().is_err());
-        assert!(OutboxConfig::default().max_event_size(0).validate().is_err());
+        assert!(
+            OutboxConfig::default()
+                .inbox_table("windlass_outbox")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            OutboxConfig::default()
+                .max_event_size(0)
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]
     fn renders_migrations_for_other_names() {
         let sql = "CREATE TABLE windlass_outbox (x int);\nCREATE INDEX windlass_outbox_x_idx ON windlass_outbox (x);\nCREATE TABLE windlass_inbox (y int);";
-        let cfg = OutboxConfig::default().schema("s").table("ob").inbox_table("ib");
+        let cfg = OutboxConfig::default()
+            .schema("s")
+            .table("ob")
+            .inbox_table("ib");
         let out = render_migration(sql, &cfg);
         assert_eq!(
             out,

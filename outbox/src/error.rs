@@ -12,7 +12,9 @@ pub enum Error {
     Name(#[from] NameError),
     /// The encoded event is over the configured size limit. Returned before any statement
     /// runs, so the caller's transaction stays usable.
-    #[error("event {id} is {size} bytes encoded, over the outbox limit of {limit} bytes; shrink the payload or raise `OutboxConfig::max_event_size`")]
+    #[error(
+        "event {id} is {size} bytes encoded, over the outbox limit of {limit} bytes; shrink the payload or raise `OutboxConfig::max_event_size`"
+    )]
     TooLarge {
         /// Event id.
         id: String,
@@ -40,7 +42,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn db(op: &'static str, source: impl Into<BoxError>) -> Self {
-        Self::Database { op, source: source.into() }
+        Self::Database {
+            op,
+            source: source.into(),
+        }
     }
 }
 

@@ -59,7 +59,9 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
-pub use config::{DEFAULT_INBOX_TABLE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_TABLE, IDENT_MAX_LEN, OutboxConfig};
+pub use config::{
+    DEFAULT_INBOX_TABLE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_TABLE, IDENT_MAX_LEN, OutboxConfig,
+};
 pub use error::{Error, Result};
 pub use relay::{Relay, RelayHandle, RelayOptions, Round};
 pub use store::{Claim, ClaimedRow, DeadEvent, FailedRow, OutboxStore, Stats, Status, Waiter};

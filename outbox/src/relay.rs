@@ -131,13 +131,19 @@ pub struct Relay<S, P> {
 
 impl<S, P> std::fmt::Debug for Relay<S, P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S, P> Clone for Relay<S, P> {
     fn clone(&self) -> Self {
-        Self { store: self.store.clone(), publisher: self.publisher.clone(), options: self.options.clone() }
+        Self {
+            store: self.store.clone(),
+            publisher: self.publisher.clone(),
+            options: self.options.clone(),
+        }
     }
 }
 
@@ -149,7 +155,11 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
 
     /// A relay sharing an existing store and publisher.
     pub fn from_arcs(store: Arc<S>, publisher: Arc<P>) -> Self {
-        Self { store, publisher, options: RelayOptions::default() }
+        Self {
+            store,
+            publisher,
+            options: RelayOptions::default(),
+        }
     }
 
     /// Replaces the options.
@@ -172,7 +182,10 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
     pub async fn run_once(&self) -> Result<Round> {
         let claim = self.store.claim(self.options.batch_size).await?;
         let rows = claim.rows();
-        let mut round = Round { claimed: rows.len(), ..Round::default() };
+        let mut round = Round {
+            claimed: rows.len(),
+            ..Round::default()
+        };
         if rows.is_empty() {
             claim.settle(&[], &[]).await?;
             return Ok(round);
@@ -184,13 +197,15 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
         round.next_retry_in = failed.iter().filter(|f| !f.dead).map(|f| f.retry_in).min();
         claim.settle(&published, &failed).await?;
         let label = self.store.label().to_owned();
-        metrics::counter!("windlass_outbox_published_total", "table" => label.clone()).increment(round.published as u64);
+        metrics::counter!("windlass_outbox_published_total", "table" => label.clone())
+            .increment(round.published as u64);
         if round.failed > 0 {
             metrics::counter!("windlass_outbox_publish_failures_total", "table" => label.clone())
                 .increment(round.failed as u64);
         }
         if round.dead > 0 {
-            metrics::counter!("windlass_outbox_dead_total", "table" => label).increment(round.dead as u64);
+            metrics::counter!("windlass_outbox_dead_total", "table" => label)
+                .increment(round.dead as u64);
         }
         Ok(round)
     }
@@ -229,19 +244,31 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
                         events.push(ev);
                         sendable.push(*row);
                     }
-                    Err(e) => failed.push(self.dead(row, format!("stored event does not decode: {e}"))),
+                    Err(e) => {
+                        failed.push(self.dead(row, format!("stored event does not decode: {e}")))
+                    }
                 }
             }
             if events.is_empty() {
                 continue;
             }
-            match self.publish_timed(self.publisher.publish_batch(&topic, &events)).await {
+            match self
+                .publish_timed(self.publisher.publish_batch(&topic, &events))
+                .await
+            {
                 Ok(()) => published.extend(sendable.iter().map(|r| r.id)),
                 Err(e) if sendable.len() == 1 => {
                     let row = sendable[0];
-                    failed.push(if e.permanent { self.dead(row, e.message) } else { self.failure(row, e.message) });
+                    failed.push(if e.permanent {
+                        self.dead(row, e.message)
+                    } else {
+                        self.failure(row, e.message)
+                    });
                 }
-                Err(_) => self.publish_one_by_one(&topic, &sendable, &events, &mut published, &mut failed).await,
+                Err(_) => {
+                    self.publish_one_by_one(&topic, &sendable, &events, &mut published, &mut failed)
+                        .await
+                }
             }
         }
         (published, failed)
@@ -303,7 +330,10 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
     ) -> Result<(), PublishError> {
         match tokio::time::timeout(self.options.publish_timeout, fut).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(PublishError { permanent: is_permanent(&e), message: error_chain(&e) }),
+            Ok(Err(e)) => Err(PublishError {
+                permanent: is_permanent(&e),
+                message: error_chain(&e),
+            }),
             Err(_) => Err(PublishError {
                 permanent: false,
                 message: format!("publish timed out after {:?}", self.options.publish_timeout),
@@ -313,7 +343,12 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
 
     fn dead(&self, row: &ClaimedRow, error: String) -> FailedRow {
         tracing::warn!(id = %row.id, topic = %row.topic, %error, "outbox event is dead");
-        FailedRow { id: row.id, error, retry_in: Duration::ZERO, dead: true }
+        FailedRow {
+            id: row.id,
+            error,
+            retry_in: Duration::ZERO,
+            dead: true,
+        }
     }
 
     fn failure(&self, row: &ClaimedRow, error: String) -> FailedRow {
@@ -323,7 +358,12 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
         }
         let retry_in = self.options.retry.delay(attempts);
         tracing::debug!(id = %row.id, topic = %row.topic, attempts, ?retry_in, %error, "outbox publish failed");
-        FailedRow { id: row.id, error, retry_in, dead: false }
+        FailedRow {
+            id: row.id,
+            error,
+            retry_in,
+            dead: false,
+        }
     }
 
     /// Runs until `shutdown` is cancelled: rounds back to back while there is work, else waits
@@ -361,7 +401,9 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
             {
                 next_retention = now + opts.retention_interval;
                 match self.store.delete_published_before(age).await {
-                    Ok(n) if n > 0 => tracing::debug!(deleted = n, table = %label, "outbox retention"),
+                    Ok(n) if n > 0 => {
+                        tracing::debug!(deleted = n, table = %label, "outbox retention")
+                    }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, table = %label, "outbox retention failed"),
                 }
@@ -404,8 +446,10 @@ impl<S: OutboxStore, P: Publisher + 'static> Relay<S, P> {
         let label = self.store.label().to_owned();
         match self.store.stats().await {
             Ok(s) => {
-                metrics::gauge!("windlass_outbox_pending", "table" => label.clone()).set(s.pending as f64);
-                metrics::gauge!("windlass_outbox_dead", "table" => label.clone()).set(s.dead as f64);
+                metrics::gauge!("windlass_outbox_pending", "table" => label.clone())
+                    .set(s.pending as f64);
+                metrics::gauge!("windlass_outbox_dead", "table" => label.clone())
+                    .set(s.dead as f64);
                 metrics::gauge!("windlass_outbox_oldest_pending_age_seconds", "table" => label)
                     .set(s.oldest_pending_age.map_or(0.0, |d| d.as_secs_f64()));
             }
@@ -459,7 +503,10 @@ struct PublishError {
 /// Errors the bus will give again for the same event: retrying cannot help.
 fn is_permanent(e: &windlass_eventbus::Error) -> bool {
     use windlass_eventbus::Error as E;
-    matches!(e, E::Event(_) | E::Name(_) | E::TooLarge { .. } | E::Config(_))
+    matches!(
+        e,
+        E::Event(_) | E::Name(_) | E::TooLarge { .. } | E::Config(_)
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -19,7 +19,11 @@ pub(crate) fn prepare(topic: &str, event: &Event, max_event_size: usize) -> Resu
     let topic = Topic::new(topic)?;
     let json = event.to_json();
     if json.len() > max_event_size {
-        return Err(Error::TooLarge { id: event.id().to_owned(), size: json.len(), limit: max_event_size });
+        return Err(Error::TooLarge {
+            id: event.id().to_owned(),
+            size: json.len(),
+            limit: max_event_size,
+        });
     }
     Ok(Prepared {
         id: uuid::Uuid::now_v7(),

@@ -16,7 +16,9 @@ use sqlx::{PgConnection, PgPool};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Notify, mpsc};
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
-use windlass_eventbus::{Event, Group, HandlerResult, MemoryBus, Publisher, SubscribeOptions, Subscriber, Topic};
+use windlass_eventbus::{
+    Event, Group, HandlerResult, MemoryBus, Publisher, SubscribeOptions, Subscriber, Topic,
+};
 use windlass_outbox::postgres::{Inbox, Outbox, PgStore, migrate};
 use windlass_outbox::{OutboxConfig, OutboxStore, Relay, RelayOptions};
 use windlass_testkit::postgres::fresh_database;
@@ -34,7 +36,11 @@ impl<P: Publisher> Publisher for StallAfterPublish<P> {
     async fn publish(&self, topic: &Topic, event: &Event) -> windlass_eventbus::Result<()> {
         self.publish_batch(topic, std::slice::from_ref(event)).await
     }
-    async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> windlass_eventbus::Result<()> {
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        events: &[Event],
+    ) -> windlass_eventbus::Result<()> {
         self.inner.publish_batch(topic, events).await?;
         if !self.stalled.swap(true, Ordering::SeqCst) {
             let _ = self.published.send(events.len());
@@ -45,7 +51,10 @@ impl<P: Publisher> Publisher for StallAfterPublish<P> {
 }
 
 async fn projection(pool: &PgPool) {
-    sqlx::query("CREATE TABLE projection (id text PRIMARY KEY, applied int NOT NULL)").execute(pool).await.unwrap();
+    sqlx::query("CREATE TABLE projection (id text PRIMARY KEY, applied int NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 /// The consumer's work: one projection row per event; `applied` counts applications.
@@ -82,15 +91,24 @@ async fn enqueue_all(pool: &PgPool, n: u64) -> Vec<String> {
 }
 
 /// Subscribes the inbox-wrapped projection to `topic` on `bus`; returns the ack counter.
-async fn consume<S: Subscriber>(bus: &S, pool: &PgPool, topic: &Topic) -> (windlass_eventbus::Subscription, Arc<AtomicUsize>) {
+async fn consume<S: Subscriber>(
+    bus: &S,
+    pool: &PgPool,
+    topic: &Topic,
+) -> (windlass_eventbus::Subscription, Arc<AtomicUsize>) {
     let acked = Arc::new(AtomicUsize::new(0));
-    let handler = Inbox::new(pool.clone(), "projection").unwrap().handler(apply);
+    let handler = Inbox::new(pool.clone(), "projection")
+        .unwrap()
+        .handler(apply);
     let sub = bus
         .subscribe(
             topic,
             &Group::new("projection").unwrap(),
             Arc::new(Counting::new(handler, acked.clone())),
-            SubscribeOptions::default().retry(windlass_eventbus::RetryPolicy::default().with_delays(Duration::from_millis(10), Duration::from_millis(100))),
+            SubscribeOptions::default().retry(
+                windlass_eventbus::RetryPolicy::default()
+                    .with_delays(Duration::from_millis(10), Duration::from_millis(100)),
+            ),
         )
         .await
         .unwrap();
@@ -110,10 +128,17 @@ async fn relay_aborted_between_publish_and_mark_republishes_and_the_inbox_drops_
     // Relay 1 (its own pool, like its own process) publishes a batch and is aborted before
     // it marks the rows.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let stalling = StallAfterPublish { inner: bus.clone(), stalled: AtomicBool::new(false), published: tx };
+    let stalling = StallAfterPublish {
+        inner: bus.clone(),
+        stalled: AtomicBool::new(false),
+        published: tx,
+    };
     let store1 = PgStore::new(db.new_pool(2).await, OutboxConfig::default()).unwrap();
     let relay1 = Relay::new(store1, stalling).spawn();
-    let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(n > 0);
     relay1.abort().await;
 
@@ -125,32 +150,60 @@ async fn relay_aborted_between_publish_and_mark_republishes_and_the_inbox_drops_
     let relay2 = Relay::new(store.clone(), bus.clone())
         .with_options(RelayOptions::default().poll_interval(Duration::from_millis(50)))
         .spawn();
-    eventually(20, "every event applied", || async { applied(&db.pool).await.0 == 40 }).await;
-    eventually(20, "every delivery acknowledged", || async { acked.load(Ordering::SeqCst) == 40 + n }).await;
+    eventually(20, "every event applied", || async {
+        applied(&db.pool).await.0 == 40
+    })
+    .await;
+    eventually(20, "every delivery acknowledged", || async {
+        acked.load(Ordering::SeqCst) == 40 + n
+    })
+    .await;
     relay2.shutdown().await;
     sub.shutdown().await.unwrap();
     assert_eq!(bus.len(&topic), 40 + n, "the stalled batch went out twice");
-    assert_eq!(applied(&db.pool).await, (40, 1), "each committed event handled exactly once");
-    let projected: HashSet<String> = sqlx::query_scalar("SELECT id FROM projection").fetch_all(&db.pool).await.unwrap().into_iter().collect();
+    assert_eq!(
+        applied(&db.pool).await,
+        (40, 1),
+        "each committed event handled exactly once"
+    );
+    let projected: HashSet<String> = sqlx::query_scalar("SELECT id FROM projection")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(projected, ids.into_iter().collect::<HashSet<_>>());
     assert_eq!(store.stats().await.unwrap().pending, 0);
 }
 
 #[tokio::test]
-async fn relay_process_killed_with_sigkill_after_publish_is_republished_exactly_once_through_redis() {
+async fn relay_process_killed_with_sigkill_after_publish_is_republished_exactly_once_through_redis()
+{
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
     projection(&db.pool).await;
     let redis = windlass_testkit::redis::fresh_prefix().await;
-    let bus = RedisBus::connect(RedisConfig::new(redis.url.as_str()).prefix(redis.prefix.as_str())).await.unwrap();
+    let bus = RedisBus::connect(RedisConfig::new(redis.url.as_str()).prefix(redis.prefix.as_str()))
+        .await
+        .unwrap();
     let topic = Topic::new("orders").unwrap();
     let (sub, acked) = consume(&bus, &db.pool, &topic).await;
     let ids = enqueue_all(&db.pool, 30).await;
 
     // The example binary, built next to this test by `cargo test`.
     let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("relay_process");
-    assert!(bin.exists(), "{} missing: build with `cargo test -p windlass-outbox --all-features`", bin.display());
+    let bin = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("relay_process");
+    assert!(
+        bin.exists(),
+        "{} missing: build with `cargo test -p windlass-outbox --all-features`",
+        bin.display()
+    );
     let spawn = |stall: bool| {
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.arg(&db.url).arg(&redis.url).arg(&redis.prefix);
@@ -176,24 +229,49 @@ async fn relay_process_killed_with_sigkill_after_publish_is_republished_exactly_
     let status = child.wait().await.unwrap();
     assert!(!status.success());
     let store = PgStore::new(db.pool.clone(), OutboxConfig::default()).unwrap();
-    eventually(10, "the killed relay's claim is released, rows pending", || async {
-        store.stats().await.unwrap().pending == 30
-    })
+    eventually(
+        10,
+        "the killed relay's claim is released, rows pending",
+        || async { store.stats().await.unwrap().pending == 30 },
+    )
     .await;
 
     // Restart the process without the stall: it publishes everything again.
     let mut child = spawn(false);
-    eventually(30, "every event applied", || async { applied(&db.pool).await.0 == 30 }).await;
-    eventually(30, "every delivery acknowledged", || async { acked.load(Ordering::SeqCst) == 30 + n }).await;
+    eventually(30, "every event applied", || async {
+        applied(&db.pool).await.0 == 30
+    })
+    .await;
+    eventually(30, "every delivery acknowledged", || async {
+        acked.load(Ordering::SeqCst) == 30 + n
+    })
+    .await;
     child.start_kill().unwrap();
     let _ = child.wait().await;
     sub.shutdown().await.unwrap();
-    assert_eq!(applied(&db.pool).await, (30, 1), "each committed event handled exactly once");
-    let projected: HashSet<String> = sqlx::query_scalar("SELECT id FROM projection").fetch_all(&db.pool).await.unwrap().into_iter().collect();
+    assert_eq!(
+        applied(&db.pool).await,
+        (30, 1),
+        "each committed event handled exactly once"
+    );
+    let projected: HashSet<String> = sqlx::query_scalar("SELECT id FROM projection")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
     assert_eq!(projected, ids.into_iter().collect::<HashSet<_>>());
     let mut conn = redis.conn.clone();
-    let len: usize = redis::cmd("XLEN").arg(bus.stream_key(&topic)).query_async(&mut conn).await.unwrap();
-    assert_eq!(len, 30 + n, "the killed relay's batch is in the stream twice");
+    let len: usize = redis::cmd("XLEN")
+        .arg(bus.stream_key(&topic))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        len,
+        30 + n,
+        "the killed relay's batch is in the stream twice"
+    );
     redis.cleanup().await;
 }
 
@@ -210,7 +288,11 @@ impl Publisher for Gate {
     async fn publish(&self, topic: &Topic, event: &Event) -> windlass_eventbus::Result<()> {
         self.publish_batch(topic, std::slice::from_ref(event)).await
     }
-    async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> windlass_eventbus::Result<()> {
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        events: &[Event],
+    ) -> windlass_eventbus::Result<()> {
         self.inner.publish_batch(topic, events).await?;
         if self.first.swap(false, Ordering::SeqCst) {
             self.reached.notify_one();
@@ -226,16 +308,26 @@ async fn relay_recovers_by_itself_after_pg_terminate_backend_mid_batch() {
     migrate(&db.pool).await.unwrap();
     let ids = enqueue_all(&db.pool, 20).await;
     let rec = Recorder::new();
-    let gate = Arc::new(Gate { inner: rec.clone(), first: AtomicBool::new(true), reached: Notify::new(), release: Notify::new() });
+    let gate = Arc::new(Gate {
+        inner: rec.clone(),
+        first: AtomicBool::new(true),
+        reached: Notify::new(),
+        release: Notify::new(),
+    });
     let relay_pool = db.new_pool(3).await;
-    let relay = Relay::from_arcs(Arc::new(PgStore::new(relay_pool, OutboxConfig::default()).unwrap()), gate.clone())
-        .with_options(
-            RelayOptions::default()
-                .poll_interval(Duration::from_millis(100))
-                .error_backoff(Duration::from_millis(50)),
-        )
-        .spawn();
-    tokio::time::timeout(Duration::from_secs(10), gate.reached.notified()).await.unwrap();
+    let relay = Relay::from_arcs(
+        Arc::new(PgStore::new(relay_pool, OutboxConfig::default()).unwrap()),
+        gate.clone(),
+    )
+    .with_options(
+        RelayOptions::default()
+            .poll_interval(Duration::from_millis(100))
+            .error_backoff(Duration::from_millis(50)),
+    )
+    .spawn();
+    tokio::time::timeout(Duration::from_secs(10), gate.reached.notified())
+        .await
+        .unwrap();
     // Kill every connection of the database but ours: the claim transaction and the LISTEN.
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -244,15 +336,19 @@ async fn relay_recovers_by_itself_after_pg_terminate_backend_mid_batch() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert!(killed.len() >= 2, "claim + listener connections terminated: {killed:?}");
+    assert!(
+        killed.len() >= 2,
+        "claim + listener connections terminated: {killed:?}"
+    );
     gate.release.notify_one();
 
     // The mark failed with the connection; the relay retries on new connections.
     eventually(20, "first batch published again and marked", || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_outbox WHERE status = 'pending'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap_or(-1);
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM windlass_outbox WHERE status = 'pending'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap_or(-1);
         pending == 0
     })
     .await;
@@ -265,7 +361,10 @@ async fn relay_recovers_by_itself_after_pg_terminate_backend_mid_batch() {
     .await;
     assert!(!relay.is_finished());
     relay.shutdown().await;
-    assert!(rec.count() > expected.len(), "the interrupted batch was published twice (at least once)");
+    assert!(
+        rec.count() > expected.len(),
+        "the interrupted batch was published twice (at least once)"
+    );
 }
 
 #[tokio::test]
@@ -275,18 +374,31 @@ async fn three_relays_one_crashing_lose_nothing_and_duplicate_only_the_crashed_b
     let ids = enqueue_all(&db.pool, 200).await;
     let rec = Recorder::new();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let options = RelayOptions::default().batch_size(20).poll_interval(Duration::from_millis(50));
+    let options = RelayOptions::default()
+        .batch_size(20)
+        .poll_interval(Duration::from_millis(50));
     let crashing = Relay::new(
         PgStore::new(db.new_pool(2).await, OutboxConfig::default()).unwrap(),
-        StallAfterPublish { inner: rec.clone(), stalled: AtomicBool::new(false), published: tx },
+        StallAfterPublish {
+            inner: rec.clone(),
+            stalled: AtomicBool::new(false),
+            published: tx,
+        },
     )
     .with_options(options.clone())
     .spawn();
-    let n = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let mut relays = Vec::new();
     for _ in 0..2 {
         let store = PgStore::new(db.new_pool(2).await, OutboxConfig::default()).unwrap();
-        relays.push(Relay::new(store, rec.clone()).with_options(options.clone()).spawn());
+        relays.push(
+            Relay::new(store, rec.clone())
+                .with_options(options.clone())
+                .spawn(),
+        );
     }
     crashing.abort().await;
     let want: HashSet<String> = ids.into_iter().collect();
@@ -297,5 +409,9 @@ async fn three_relays_one_crashing_lose_nothing_and_duplicate_only_the_crashed_b
     for r in relays {
         r.shutdown().await;
     }
-    assert_eq!(rec.count(), 200 + n, "duplicates only from the crashed relay's batch");
+    assert_eq!(
+        rec.count(),
+        200 + n,
+        "duplicates only from the crashed relay's batch"
+    );
 }

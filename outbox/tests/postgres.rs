@@ -11,12 +11,14 @@ use common::{Recorder, assert_per_key_order, event, eventually};
 use sqlx::Row;
 use windlass_core::RetryPolicy;
 use windlass_eventbus::{Event, MemoryBus, SubscribeOptions, Subscriber, Topic};
-use windlass_outbox::postgres::{Inbox, Outbox, PgStore, migrate, migrate_with, MIGRATION_0001};
+use windlass_outbox::postgres::{Inbox, MIGRATION_0001, Outbox, PgStore, migrate, migrate_with};
 use windlass_outbox::{Error, OutboxConfig, OutboxStore, Received, Relay, RelayOptions};
 use windlass_testkit::postgres::fresh_database;
 
 fn fast_retry() -> RetryPolicy {
-    RetryPolicy::default().with_delays(Duration::from_millis(20), Duration::from_millis(100)).with_jitter(0.0)
+    RetryPolicy::default()
+        .with_delays(Duration::from_millis(20), Duration::from_millis(100))
+        .with_jitter(0.0)
 }
 
 async fn setup() -> (windlass_testkit::postgres::TestDatabase, Outbox, PgStore) {
@@ -39,7 +41,10 @@ async fn drain<P: windlass_eventbus::Publisher + 'static>(relay: &Relay<PgStore,
 async fn committed_events_are_published_rolled_back_ones_never() {
     let (db, outbox, store) = setup().await;
     let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, "orders", &event("a", 1)).await.unwrap();
+    outbox
+        .enqueue(&mut tx, "orders", &event("a", 1))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
 
     let mut tx = db.pool.begin().await.unwrap();
@@ -56,13 +61,18 @@ async fn committed_events_are_published_rolled_back_ones_never() {
     assert_eq!((s.pending, s.published, s.dead), (0, 1, 0));
     assert_eq!(s.oldest_pending_age, None);
     // The row holds the routing columns and the structured JSON.
-    let row = sqlx::query("SELECT topic, partition_key, status, event->>'id' AS eid FROM windlass_outbox")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let row = sqlx::query(
+        "SELECT topic, partition_key, status, event->>'id' AS eid FROM windlass_outbox",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(row.get::<String, _>("status"), "published");
     assert_eq!(row.get::<String, _>("eid"), kept.id());
-    assert_eq!(row.get::<Option<String>, _>("partition_key").as_deref(), Some("a"));
+    assert_eq!(
+        row.get::<Option<String>, _>("partition_key").as_deref(),
+        Some("a")
+    );
 }
 
 #[tokio::test]
@@ -70,24 +80,57 @@ async fn invalid_topic_and_oversized_event_are_refused_and_the_tx_stays_usable()
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
     let outbox = Outbox::new(OutboxConfig::default().max_event_size(1024)).unwrap();
-    sqlx::query("CREATE TABLE orders (id text PRIMARY KEY)").execute(&db.pool).await.unwrap();
+    sqlx::query("CREATE TABLE orders (id text PRIMARY KEY)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
     let mut tx = db.pool.begin().await.unwrap();
-    sqlx::query("INSERT INTO orders VALUES ('o-1')").execute(&mut *tx).await.unwrap();
-    let err = outbox.enqueue(&mut tx, "orders:eu", &event("a", 1)).await.unwrap_err();
-    assert!(matches!(err, Error::Name(ref e) if e.what == "topic"), "{err:?}");
-    let big = Event::builder("/test", "big").data_json(&"x".repeat(2000)).build().unwrap();
+    sqlx::query("INSERT INTO orders VALUES ('o-1')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let err = outbox
+        .enqueue(&mut tx, "orders:eu", &event("a", 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Name(ref e) if e.what == "topic"),
+        "{err:?}"
+    );
+    let big = Event::builder("/test", "big")
+        .data_json(&"x".repeat(2000))
+        .build()
+        .unwrap();
     let err = outbox.enqueue(&mut tx, "orders", &big).await.unwrap_err();
-    assert!(matches!(err, Error::TooLarge { limit: 1024, .. }), "{err:?}");
-    let err = outbox.enqueue_batch(&mut tx, "orders", &[event("a", 1), big.clone()]).await.unwrap_err();
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
+    let err = outbox
+        .enqueue_batch(&mut tx, "orders", &[event("a", 1), big.clone()])
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
     // Still usable: more work, then commit.
-    sqlx::query("INSERT INTO orders VALUES ('o-2')").execute(&mut *tx).await.unwrap();
-    outbox.enqueue(&mut tx, "orders", &event("a", 2)).await.unwrap();
+    sqlx::query("INSERT INTO orders VALUES ('o-2')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox
+        .enqueue(&mut tx, "orders", &event("a", 2))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&db.pool).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_outbox").fetch_one(&db.pool).await.unwrap();
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_outbox")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!((orders, rows), (2, 1));
 }
 
@@ -105,10 +148,16 @@ async fn batch_enqueue_keeps_order_and_notify_wakes_a_listening_relay() {
 
     let events: Vec<Event> = (1..=50).map(|n| event("k", n)).collect();
     let mut tx = db.pool.begin().await.unwrap();
-    let ids = outbox.enqueue_batch(&mut tx, "things", &events).await.unwrap();
+    let ids = outbox
+        .enqueue_batch(&mut tx, "things", &events)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(ids.len(), 50);
-    eventually(10, "50 published after NOTIFY", || async { rec.count() == 50 }).await;
+    eventually(10, "50 published after NOTIFY", || async {
+        rec.count() == 50
+    })
+    .await;
     assert_per_key_order(&rec.published());
     relay.shutdown().await;
 }
@@ -123,11 +172,18 @@ async fn poll_only_mode_publishes_without_listen() {
     let store = PgStore::new(db.pool.clone(), config).unwrap();
     let rec = Recorder::new();
     let relay = Relay::new(store, rec.clone())
-        .with_options(RelayOptions::default().listen(false).poll_interval(Duration::from_millis(50)))
+        .with_options(
+            RelayOptions::default()
+                .listen(false)
+                .poll_interval(Duration::from_millis(50)),
+        )
         .spawn();
     for n in 1..=5 {
         let mut tx = db.pool.begin().await.unwrap();
-        outbox.enqueue(&mut tx, "things", &event("k", n)).await.unwrap();
+        outbox
+            .enqueue(&mut tx, "things", &event("k", n))
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
     }
     eventually(10, "5 published by polling", || async { rec.count() == 5 }).await;
@@ -148,7 +204,10 @@ async fn a_failing_key_waits_while_other_keys_go_on_then_catches_up_in_order() {
     let mut tx = db.pool.begin().await.unwrap();
     for n in 1..=5 {
         for key in ["a", "b", "c"] {
-            outbox.enqueue(&mut tx, "things", &event(key, n)).await.unwrap();
+            outbox
+                .enqueue(&mut tx, "things", &event(key, n))
+                .await
+                .unwrap();
         }
     }
     tx.commit().await.unwrap();
@@ -160,7 +219,10 @@ async fn a_failing_key_waits_while_other_keys_go_on_then_catches_up_in_order() {
     let round = relay.run_once().await.unwrap();
     assert_eq!(round.claimed, 15);
     assert_eq!(round.published, 10, "{round:?}");
-    assert_eq!(round.failed, 1, "only the head of key a counts an attempt: {round:?}");
+    assert_eq!(
+        round.failed, 1,
+        "only the head of key a counts an attempt: {round:?}"
+    );
     let (attempts, err): (i32, Option<String>) = sqlx::query_as(
         "SELECT attempts, last_error FROM windlass_outbox WHERE partition_key = 'a' ORDER BY seq LIMIT 1",
     )
@@ -176,7 +238,10 @@ async fn a_failing_key_waits_while_other_keys_go_on_then_catches_up_in_order() {
 
     rec.fail_key("a", false);
     let relay = relay.spawn();
-    eventually(10, "key a published after recovery", || async { rec.count() == 15 }).await;
+    eventually(10, "key a published after recovery", || async {
+        rec.count() == 15
+    })
+    .await;
     relay.shutdown().await;
     let published = rec.published();
     assert_per_key_order(&published);
@@ -202,28 +267,38 @@ async fn bus_down_events_stay_pending_back_off_and_all_publish_after_recovery() 
         .spawn();
     let mut tx = db.pool.begin().await.unwrap();
     for n in 1..=20 {
-        outbox.enqueue(&mut tx, "things", &event(&format!("k{}", n % 4), n)).await.unwrap();
+        outbox
+            .enqueue(&mut tx, "things", &event(&format!("k{}", n % 4), n))
+            .await
+            .unwrap();
     }
     tx.commit().await.unwrap();
     eventually(10, "attempts recorded with backoff", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_outbox WHERE attempts >= 2 AND status = 'pending'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM windlass_outbox WHERE attempts >= 2 AND status = 'pending'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
         n >= 4
     })
     .await;
     let s = store.stats().await.unwrap();
     assert_eq!((s.pending, s.published, s.dead), (20, 0, 0));
     assert!(s.oldest_pending_age.is_some());
-    let future: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_outbox WHERE next_attempt_at > created_at")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let future: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM windlass_outbox WHERE next_attempt_at > created_at",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert!(future >= 4, "heads back off");
 
     rec.set_down(false);
-    eventually(10, "all published after recovery", || async { rec.count() == 20 }).await;
+    eventually(10, "all published after recovery", || async {
+        rec.count() == 20
+    })
+    .await;
     relay.shutdown().await;
     assert_per_key_order(&rec.published());
     assert_eq!(store.stats().await.unwrap().pending, 0);
@@ -235,9 +310,18 @@ async fn permanent_rejection_and_exhausted_retries_go_dead_with_the_reason_and_c
     let bad = event("a", 1);
     let mut tx = db.pool.begin().await.unwrap();
     outbox.enqueue(&mut tx, "things", &bad).await.unwrap();
-    outbox.enqueue(&mut tx, "things", &event("a", 2)).await.unwrap();
-    outbox.enqueue(&mut tx, "things", &event("b", 1)).await.unwrap();
-    outbox.enqueue(&mut tx, "other", &event("z", 1)).await.unwrap();
+    outbox
+        .enqueue(&mut tx, "things", &event("a", 2))
+        .await
+        .unwrap();
+    outbox
+        .enqueue(&mut tx, "things", &event("b", 1))
+        .await
+        .unwrap();
+    outbox
+        .enqueue(&mut tx, "other", &event("z", 1))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 
     let rec = Recorder::new();
@@ -255,8 +339,24 @@ async fn permanent_rejection_and_exhausted_retries_go_dead_with_the_reason_and_c
 
     let dead = store.list_dead(10).await.unwrap();
     assert_eq!(dead.len(), 2);
-    assert!(dead[0].last_error.as_deref().unwrap().contains("over the limit"), "{:?}", dead[0].last_error);
-    assert!(dead[1].last_error.as_deref().unwrap().starts_with("gave up after 2 attempts"), "{:?}", dead[1]);
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("over the limit"),
+        "{:?}",
+        dead[0].last_error
+    );
+    assert!(
+        dead[1]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("gave up after 2 attempts"),
+        "{:?}",
+        dead[1]
+    );
     assert_eq!(dead[1].topic, "other");
     assert_eq!(Event::from_json_str(&dead[0].event).unwrap().id(), bad.id());
 
@@ -264,7 +364,10 @@ async fn permanent_rejection_and_exhausted_retries_go_dead_with_the_reason_and_c
     rec.reject(bad.id(), false);
     rec.fail_key("z", false);
     store.requeue(dead[0].id).await.unwrap();
-    assert!(matches!(store.requeue(dead[0].id).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        store.requeue(dead[0].id).await,
+        Err(Error::NotFound(_))
+    ));
     assert_eq!(store.requeue_all_dead().await.unwrap(), 1);
     drain(&relay).await;
     let s = store.stats().await.unwrap();
@@ -282,14 +385,23 @@ async fn undecodable_rows_go_dead_and_do_not_block() {
     .await
     .unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, "things", &event("a", 2)).await.unwrap();
+    outbox
+        .enqueue(&mut tx, "things", &event("a", 2))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let rec = Recorder::new();
     let relay = Relay::new(store.clone(), rec.clone());
     drain(&relay).await;
     assert_eq!(rec.count(), 1);
     let dead = store.list_dead(10).await.unwrap();
-    assert!(dead[0].last_error.as_deref().unwrap().contains("does not decode"));
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("does not decode")
+    );
 }
 
 #[tokio::test]
@@ -301,7 +413,11 @@ async fn three_relays_publish_everything_once_in_per_key_order() {
         let store = PgStore::new(db.new_pool(3).await, OutboxConfig::default()).unwrap();
         relays.push(
             Relay::new(store, rec.clone())
-                .with_options(RelayOptions::default().batch_size(25).poll_interval(Duration::from_millis(50)))
+                .with_options(
+                    RelayOptions::default()
+                        .batch_size(25)
+                        .poll_interval(Duration::from_millis(50)),
+                )
                 .spawn(),
         );
     }
@@ -316,7 +432,10 @@ async fn three_relays_publish_everything_once_in_per_key_order() {
                 // Keys are shared between writers; each writer's n grows, and commits of one
                 // writer are sequential, so per key n grows within a writer.
                 let key = format!("w{w}-k{}", i % 7);
-                outbox.enqueue(&mut tx, "things", &event(&key, i)).await.unwrap();
+                outbox
+                    .enqueue(&mut tx, "things", &event(&key, i))
+                    .await
+                    .unwrap();
                 tx.commit().await.unwrap();
             }
         }));
@@ -334,7 +453,10 @@ async fn three_relays_publish_everything_once_in_per_key_order() {
         *seen.entry(id).or_default() += 1;
     }
     assert_eq!(seen.len(), 300, "none lost");
-    assert!(seen.values().all(|&n| n == 1), "no duplicates without a crash");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "no duplicates without a crash"
+    );
     assert_per_key_order(&rec.published());
 }
 
@@ -343,19 +465,31 @@ async fn retention_deletes_old_published_rows_only() {
     let (db, outbox, store) = setup().await;
     let mut tx = db.pool.begin().await.unwrap();
     for n in 1..=3 {
-        outbox.enqueue(&mut tx, "things", &event("a", n)).await.unwrap();
+        outbox
+            .enqueue(&mut tx, "things", &event("a", n))
+            .await
+            .unwrap();
     }
     tx.commit().await.unwrap();
     let relay = Relay::new(store.clone(), Recorder::new());
     drain(&relay).await;
     let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, "things", &event("b", 1)).await.unwrap();
+    outbox
+        .enqueue(&mut tx, "things", &event("b", 1))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     sqlx::query("UPDATE windlass_outbox SET published_at = now() - interval '2 hours' WHERE partition_key = 'a' AND (event->>'data')::int <= 2")
         .execute(&db.pool)
         .await
         .unwrap();
-    assert_eq!(store.delete_published_before(Duration::from_secs(3600)).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .delete_published_before(Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        2
+    );
     let s = store.stats().await.unwrap();
     assert_eq!((s.published, s.pending), (1, 1));
 }
@@ -364,7 +498,10 @@ async fn retention_deletes_old_published_rows_only() {
 async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     let db = fresh_database().await;
     // The shipped file, as a user's migrator runs it, then migrate() on top, concurrently.
-    sqlx::raw_sql(MIGRATION_0001).execute(&db.pool).await.unwrap();
+    sqlx::raw_sql(MIGRATION_0001)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let runs = (0..4).map(|_| {
         let pool = db.pool.clone();
         async move { migrate(&pool).await }
@@ -373,7 +510,10 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
         r.unwrap();
     }
     // A configured schema and table names, migrated concurrently from fresh.
-    let config = OutboxConfig::default().schema("app").table("events_out").inbox_table("events_in");
+    let config = OutboxConfig::default()
+        .schema("app")
+        .table("events_out")
+        .inbox_table("events_in");
     let runs = (0..4).map(|_| {
         let pool = db.pool.clone();
         let config = config.clone();
@@ -385,23 +525,33 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     let outbox = Outbox::new(config.clone()).unwrap();
     let store = PgStore::new(db.pool.clone(), config.clone()).unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, "things", &event("a", 1)).await.unwrap();
+    outbox
+        .enqueue(&mut tx, "things", &event("a", 1))
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     let rec = Recorder::new();
     drain(&Relay::new(store, rec.clone())).await;
     assert_eq!(rec.count(), 1);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM app.events_out WHERE status = 'published'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM app.events_out WHERE status = 'published'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(n, 1);
     let inbox = Inbox::with_config(db.pool.clone(), "c1", &config).unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(inbox.record(&mut tx, &event("a", 1)).await.unwrap(), Received::New);
+    assert_eq!(
+        inbox.record(&mut tx, &event("a", 1)).await.unwrap(),
+        Received::New
+    );
     tx.commit().await.unwrap();
     // Bad names never reach SQL.
     assert!(matches!(
-        PgStore::new(db.pool.clone(), OutboxConfig::default().table("x; DROP TABLE y")),
+        PgStore::new(
+            db.pool.clone(),
+            OutboxConfig::default().table("x; DROP TABLE y")
+        ),
         Err(Error::Config(_))
     ));
 }
@@ -421,7 +571,10 @@ async fn inbox_tells_new_from_duplicate_and_rolls_back_with_the_work() {
     assert_eq!(inbox.record(&mut tx, &ev).await.unwrap(), Received::New);
     tx.commit().await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(inbox.record(&mut tx, &ev).await.unwrap(), Received::Duplicate);
+    assert_eq!(
+        inbox.record(&mut tx, &ev).await.unwrap(),
+        Received::Duplicate
+    );
     tx.commit().await.unwrap();
     // Another consumer has its own record.
     let other = Inbox::new(db.pool.clone(), "shipping").unwrap();
@@ -430,15 +583,27 @@ async fn inbox_tells_new_from_duplicate_and_rolls_back_with_the_work() {
     tx.commit().await.unwrap();
     assert!(Inbox::new(db.pool.clone(), "bad consumer").is_err());
 
-    sqlx::query("UPDATE windlass_inbox SET received_at = now() - interval '2 days'").execute(&db.pool).await.unwrap();
-    assert_eq!(inbox.delete_older_than(Duration::from_secs(86400)).await.unwrap(), 1);
+    sqlx::query("UPDATE windlass_inbox SET received_at = now() - interval '2 days'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        inbox
+            .delete_older_than(Duration::from_secs(86400))
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn inbox_handler_applies_each_event_once_despite_redelivery_and_failures() {
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
-    sqlx::query("CREATE TABLE totals (k text PRIMARY KEY, n bigint NOT NULL)").execute(&db.pool).await.unwrap();
+    sqlx::query("CREATE TABLE totals (k text PRIMARY KEY, n bigint NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let bus = MemoryBus::new();
     let topic = Topic::new("things").unwrap();
     let fail_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -479,7 +644,10 @@ async fn inbox_handler_applies_each_event_once_despite_redelivery_and_failures()
         bus.publish(&topic, e).await.unwrap();
     }
     eventually(10, "inbox has 10 records", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_inbox").fetch_one(&db.pool).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_inbox")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
         n == 10
     })
     .await;
@@ -489,6 +657,9 @@ async fn inbox_handler_applies_each_event_once_despite_redelivery_and_failures()
     })
     .await;
     sub.shutdown().await.unwrap();
-    let total: i64 = sqlx::query_scalar("SELECT sum(n)::bigint FROM totals").fetch_one(&db.pool).await.unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT sum(n)::bigint FROM totals")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(total, 10, "each event applied exactly once");
 }

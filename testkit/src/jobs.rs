@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use windlass_core::RetryPolicy;
 use windlass_jobs::{
-    EnqueueOptions, Enqueued, Error, Finish, Job, JobContext, JobError, JobFilter, JobId, JobRecord, JobState,
-    JobStore, Jobs, Outcome, AttemptError, RunningWorker, UniqueOptions, Worker, WorkerConfig,
+    AttemptError, EnqueueOptions, Enqueued, Error, Finish, Job, JobContext, JobError, JobFilter,
+    JobId, JobRecord, JobState, JobStore, Jobs, Outcome, RunningWorker, UniqueOptions, Worker,
+    WorkerConfig,
 };
 
 /// What a [`Probe`] job does when it runs.
@@ -66,31 +67,52 @@ pub struct ProbeEvent {
 static EVENTS: LazyLock<Mutex<HashMap<String, Vec<ProbeEvent>>>> = LazyLock::new(Default::default);
 
 fn record(token: &str, ev: ProbeEvent) {
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).entry(token.to_owned()).or_default().push(ev);
+    EVENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(token.to_owned())
+        .or_default()
+        .push(ev);
 }
 
 /// The events recorded under `token`, in order.
 pub fn events(token: &str) -> Vec<ProbeEvent> {
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).get(token).cloned().unwrap_or_default()
+    EVENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(token)
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn starts(token: &str) -> Vec<ProbeEvent> {
-    events(token).into_iter().filter(|e| e.event == "start").collect()
+    events(token)
+        .into_iter()
+        .filter(|e| e.event == "start")
+        .collect()
 }
 
 impl Job for Probe {
     const KIND: &'static str = "windlass.probe";
 
     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
-        let ev = |event| ProbeEvent { job_id: ctx.job_id(), n: self.n, attempt: ctx.attempt(), event };
+        let ev = |event| ProbeEvent {
+            job_id: ctx.job_id(),
+            n: self.n,
+            attempt: ctx.attempt(),
+            event,
+        };
         record(&self.token, ev("start"));
         match &self.action {
             Action::Succeed => Ok(()),
-            Action::FailTimes(n) if ctx.attempt() <= *n => {
-                Err(JobError::retry(format!("planned failure {}", ctx.attempt())))
-            }
+            Action::FailTimes(n) if ctx.attempt() <= *n => Err(JobError::retry(format!(
+                "planned failure {}",
+                ctx.attempt()
+            ))),
             Action::FailTimes(_) => Ok(()),
-            Action::PanicTimes(n) if ctx.attempt() <= *n => panic!("planned panic {}", ctx.attempt()),
+            Action::PanicTimes(n) if ctx.attempt() <= *n => {
+                panic!("planned panic {}", ctx.attempt())
+            }
             Action::PanicTimes(_) => Ok(()),
             Action::Sleep(ms) => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
@@ -113,7 +135,11 @@ pub fn token() -> String {
 }
 
 fn probe(token: &str, n: u64, action: Action) -> Probe {
-    Probe { token: token.to_owned(), n, action }
+    Probe {
+        token: token.to_owned(),
+        n,
+        action,
+    }
 }
 
 /// Polls `cond` every 10 ms until it holds; panics saying `what` after `timeout`.
@@ -124,20 +150,32 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !cond().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Waits until job `id` is in `state` and returns it.
-pub async fn wait_state(store: &Arc<dyn JobStore>, id: JobId, state: JobState, timeout: Duration) -> JobRecord {
+pub async fn wait_state(
+    store: &Arc<dyn JobStore>,
+    id: JobId,
+    state: JobState,
+    timeout: Duration,
+) -> JobRecord {
     let deadline = Instant::now() + timeout;
     loop {
         let job = store.get(id).await.expect("get job").expect("job exists");
         if job.state == state {
             return job;
         }
-        assert!(Instant::now() < deadline, "job {id} still {} (wanted {state}) after {timeout:?}: {job:?}", job.state);
+        assert!(
+            Instant::now() < deadline,
+            "job {id} still {} (wanted {state}) after {timeout:?}: {job:?}",
+            job.state
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -148,7 +186,11 @@ pub fn fast_config() -> WorkerConfig {
         .poll_interval(Duration::from_millis(200))
         .heartbeat(Duration::from_millis(50), Duration::from_millis(600))
         .rescue_interval(Duration::from_millis(100))
-        .retry(RetryPolicy::default().with_delays(Duration::from_millis(10), Duration::from_millis(50)).with_jitter(0.0))
+        .retry(
+            RetryPolicy::default()
+                .with_delays(Duration::from_millis(10), Duration::from_millis(50))
+                .with_jitter(0.0),
+        )
         .shutdown_timeout(Duration::from_secs(2))
         .cancel_grace(Duration::from_millis(300))
         .metrics_interval(None)
@@ -156,11 +198,19 @@ pub fn fast_config() -> WorkerConfig {
 }
 
 fn start(store: &Arc<dyn JobStore>, config: WorkerConfig) -> RunningWorker {
-    Worker::new(store.clone()).register::<Probe>().config(config).start().expect("start worker")
+    Worker::new(store.clone())
+        .register::<Probe>()
+        .config(config)
+        .start()
+        .expect("start worker")
 }
 
 async fn enqueue(jobs: &Jobs, p: Probe, opts: EnqueueOptions) -> JobId {
-    jobs.enqueue(&p, &opts).await.expect("enqueue").id().expect("new job")
+    jobs.enqueue(&p, &opts)
+        .await
+        .expect("enqueue")
+        .id()
+        .expect("new job")
 }
 
 fn q() -> EnqueueOptions {
@@ -183,17 +233,31 @@ pub async fn fetch_respects_priority_then_time(store: Arc<dyn JobStore>) {
     let mid = enqueue(&jobs, probe(&t, 2, Action::Succeed), q().priority(5)).await;
     let mid2 = enqueue(&jobs, probe(&t, 3, Action::Succeed), q().priority(5)).await;
     let high = enqueue(&jobs, probe(&t, 4, Action::Succeed), q().priority(0)).await;
-    let other = enqueue(&jobs, probe(&t, 5, Action::Succeed), EnqueueOptions::new().queue("other")).await;
+    let other = enqueue(
+        &jobs,
+        probe(&t, 5, Action::Succeed),
+        EnqueueOptions::new().queue("other"),
+    )
+    .await;
     let got = store.fetch("q", 3, "w1").await.unwrap();
-    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![high, mid, mid2]);
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![high, mid, mid2]
+    );
     assert!(got.iter().all(|j| j.attempt == 1 && j.queue == "q"));
     let rec = store.get(high).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.locked_by.as_deref(), rec.attempt), (JobState::Running, Some("w1"), 1));
+    assert_eq!(
+        (rec.state, rec.locked_by.as_deref(), rec.attempt),
+        (JobState::Running, Some("w1"), 1)
+    );
     assert!(rec.attempted_at.is_some() && rec.heartbeat_at.is_some());
     let rest = store.fetch("q", 10, "w2").await.unwrap();
     assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![low]);
     assert!(store.fetch("q", 10, "w2").await.unwrap().is_empty());
-    assert_eq!(store.get(other).await.unwrap().unwrap().state, JobState::Available);
+    assert_eq!(
+        store.get(other).await.unwrap().unwrap().state,
+        JobState::Available
+    );
 }
 
 /// A job with `run_at` in the future is `scheduled`, not fetched before its time, and
@@ -201,19 +265,31 @@ pub async fn fetch_respects_priority_then_time(store: Arc<dyn JobStore>) {
 pub async fn scheduled_jobs_wait_for_run_at(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
-    let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q().delay(Duration::from_millis(400))).await;
+    let id = enqueue(
+        &jobs,
+        probe(&t, 1, Action::Succeed),
+        q().delay(Duration::from_millis(400)),
+    )
+    .await;
     let rec = store.get(id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Scheduled);
     assert!(store.fetch("q", 10, "w").await.unwrap().is_empty());
     let due = store.next_due("q").await.unwrap().expect("a due time");
-    assert!((due - rec.run_at).num_milliseconds().abs() < 5, "{due} vs {}", rec.run_at);
+    assert!(
+        (due - rec.run_at).num_milliseconds().abs() < 5,
+        "{due} vs {}",
+        rec.run_at
+    );
     let deadline = Instant::now() + T;
     let fetched = loop {
         let got = store.fetch("q", 10, "w").await.unwrap();
         if !got.is_empty() {
             break got;
         }
-        assert!(Instant::now() < deadline, "the scheduled job was never fetched");
+        assert!(
+            Instant::now() < deadline,
+            "the scheduled job was never fetched"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert!(chrono::Utc::now() >= rec.run_at);
@@ -228,13 +304,32 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
     let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
     let got = store.fetch("q", 1, "w1").await.unwrap();
     assert_eq!(got[0].attempt, 1);
-    assert_eq!(store.finish("w2", &[Finish::new(id, 1, Outcome::Completed)]).await.unwrap(), 0);
-    assert_eq!(store.finish("w1", &[Finish::new(id, 2, Outcome::Completed)]).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .finish("w2", &[Finish::new(id, 1, Outcome::Completed)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .finish("w1", &[Finish::new(id, 2, Outcome::Completed)])
+            .await
+            .unwrap(),
+        0
+    );
     assert_eq!(store.heartbeat("w1", &[id]).await.unwrap(), vec![id]);
     assert!(store.heartbeat("w2", &[id]).await.unwrap().is_empty());
     // w1 goes silent: rescue it.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert!(store.rescue(Duration::from_secs(60)).await.unwrap().is_empty(), "fresh heartbeat must not be rescued");
+    assert!(
+        store
+            .rescue(Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty(),
+        "fresh heartbeat must not be rescued"
+    );
     let rescued = store.rescue(Duration::from_millis(5)).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(rescued[0].state, JobState::Retryable);
@@ -242,14 +337,35 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
     assert_eq!(rec.state, JobState::Retryable);
     assert!(rec.errors[0].error.contains("rescued"), "{:?}", rec.errors);
     // The slow w1 finally reports: ignored.
-    assert_eq!(store.finish("w1", &[Finish::new(id, 1, Outcome::Completed)]).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .finish("w1", &[Finish::new(id, 1, Outcome::Completed)])
+            .await
+            .unwrap(),
+        0
+    );
     assert!(store.heartbeat("w1", &[id]).await.unwrap().is_empty());
     let again = store.fetch("q", 1, "w2").await.unwrap();
     assert_eq!(again[0].attempt, 2);
-    assert_eq!(store.finish("w1", &[Finish::new(id, 1, Outcome::Completed)]).await.unwrap(), 0);
-    assert_eq!(store.finish("w2", &[Finish::new(id, 2, Outcome::Completed)]).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .finish("w1", &[Finish::new(id, 1, Outcome::Completed)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .finish("w2", &[Finish::new(id, 2, Outcome::Completed)])
+            .await
+            .unwrap(),
+        1
+    );
     let rec = store.get(id).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.attempt, rec.locked_by), (JobState::Completed, 2, None));
+    assert_eq!(
+        (rec.state, rec.attempt, rec.locked_by),
+        (JobState::Completed, 2, None)
+    );
     assert!(rec.finalized_at.is_some());
 }
 
@@ -258,8 +374,13 @@ pub async fn batched_finish_applies_many_outcomes(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let ps: Vec<Probe> = (0..40).map(|n| probe(&t, n, Action::Succeed)).collect();
-    let ids: Vec<JobId> =
-        jobs.enqueue_many(&ps, &q().max_attempts(3)).await.unwrap().into_iter().map(|e| e.id().unwrap()).collect();
+    let ids: Vec<JobId> = jobs
+        .enqueue_many(&ps, &q().max_attempts(3))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id().unwrap())
+        .collect();
     assert_eq!(ids.len(), 40);
     let got = store.fetch("q", 100, "w").await.unwrap();
     assert_eq!(got.len(), 40);
@@ -270,9 +391,15 @@ pub async fn batched_finish_applies_many_outcomes(store: Arc<dyn JobStore>) {
             let e = AttemptError::new(j.attempt, "boom", None);
             let outcome = match j.id % 4 {
                 0 => Outcome::Completed,
-                1 => Outcome::Retry { run_at: now, error: e },
+                1 => Outcome::Retry {
+                    run_at: now,
+                    error: e,
+                },
                 2 => Outcome::Discard { error: e },
-                _ => Outcome::Requeue { run_at: now, error: None },
+                _ => Outcome::Requeue {
+                    run_at: now,
+                    error: None,
+                },
             };
             Finish::new(j.id, j.attempt, outcome)
         })
@@ -289,7 +416,11 @@ pub async fn batched_finish_applies_many_outcomes(store: Arc<dyn JobStore>) {
         assert_eq!((rec.attempt, rec.errors.len()), (attempt, errors), "{f:?}");
     }
     let counts = store.counts().await.unwrap();
-    let total: i64 = counts.iter().filter(|c| c.queue == "q").map(|c| c.count).sum();
+    let total: i64 = counts
+        .iter()
+        .filter(|c| c.queue == "q")
+        .map(|c| c.count)
+        .sum();
     assert_eq!(total, 40);
 }
 
@@ -299,30 +430,82 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let opts = q().unique(UniqueOptions::by_key("invoice-1"));
-    let first = jobs.enqueue(&probe(&t, 1, Action::Succeed), &opts).await.unwrap();
+    let first = jobs
+        .enqueue(&probe(&t, 1, Action::Succeed), &opts)
+        .await
+        .unwrap();
     let id = first.id().expect("first is new");
-    assert_eq!(jobs.enqueue(&probe(&t, 2, Action::Succeed), &opts).await.unwrap(), Enqueued::Duplicate);
+    assert_eq!(
+        jobs.enqueue(&probe(&t, 2, Action::Succeed), &opts)
+            .await
+            .unwrap(),
+        Enqueued::Duplicate
+    );
     // Another key, or another kind with the same key, is not blocked.
-    assert!(jobs.enqueue(&probe(&t, 3, Action::Succeed), &q().unique(UniqueOptions::by_key("invoice-2"))).await.unwrap().id().is_some());
-    let other_kind = store.insert(vec![raw("other.kind", serde_json::json!({}), &opts)]).await.unwrap();
+    assert!(
+        jobs.enqueue(
+            &probe(&t, 3, Action::Succeed),
+            &q().unique(UniqueOptions::by_key("invoice-2"))
+        )
+        .await
+        .unwrap()
+        .id()
+        .is_some()
+    );
+    let other_kind = store
+        .insert(vec![raw("other.kind", serde_json::json!({}), &opts)])
+        .await
+        .unwrap();
     assert!(other_kind[0].id().is_some());
     // Completed is covered by default.
     let got = store.fetch("q", 1, "w").await.unwrap();
     assert_eq!(got[0].id, id);
-    assert_eq!(store.finish("w", &[Finish::new(id, 1, Outcome::Completed)]).await.unwrap(), 1);
-    assert_eq!(jobs.enqueue(&probe(&t, 4, Action::Succeed), &opts).await.unwrap(), Enqueued::Duplicate);
+    assert_eq!(
+        store
+            .finish("w", &[Finish::new(id, 1, Outcome::Completed)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        jobs.enqueue(&probe(&t, 4, Action::Succeed), &opts)
+            .await
+            .unwrap(),
+        Enqueued::Duplicate
+    );
     // A key whose states leave out `discarded`: free again once the holder is discarded.
     let pending_only = q().unique(UniqueOptions::by_key("report").states([]));
-    let a = jobs.enqueue(&probe(&t, 5, Action::Succeed), &pending_only).await.unwrap().id().unwrap();
-    assert_eq!(jobs.enqueue(&probe(&t, 6, Action::Succeed), &pending_only).await.unwrap(), Enqueued::Duplicate);
+    let a = jobs
+        .enqueue(&probe(&t, 5, Action::Succeed), &pending_only)
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    assert_eq!(
+        jobs.enqueue(&probe(&t, 6, Action::Succeed), &pending_only)
+            .await
+            .unwrap(),
+        Enqueued::Duplicate
+    );
     assert!(jobs.discard(a).await.unwrap());
-    let b = jobs.enqueue(&probe(&t, 7, Action::Succeed), &pending_only).await.unwrap().id().unwrap();
+    let b = jobs
+        .enqueue(&probe(&t, 7, Action::Succeed), &pending_only)
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
     // Bringing `a` back would make two holders: refused with a typed error.
     assert!(matches!(jobs.retry_now(a).await, Err(Error::UniqueConflict { id, .. }) if id == a));
-    assert_eq!(store.get(b).await.unwrap().unwrap().state, JobState::Available);
+    assert_eq!(
+        store.get(b).await.unwrap().unwrap().state,
+        JobState::Available
+    );
     // Duplicates inside one bulk insert.
     let bulk = jobs
-        .enqueue_many(&[probe(&t, 8, Action::Succeed), probe(&t, 9, Action::Succeed)], &q().unique(UniqueOptions::by_key("bulk")))
+        .enqueue_many(
+            &[probe(&t, 8, Action::Succeed), probe(&t, 9, Action::Succeed)],
+            &q().unique(UniqueOptions::by_key("bulk")),
+        )
         .await
         .unwrap();
     assert_eq!(bulk.iter().filter(|e| e.id().is_some()).count(), 1);
@@ -332,7 +515,12 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
         let jobs = jobs.clone();
         let t = t.clone();
         tasks.push(tokio::spawn(async move {
-            jobs.enqueue(&probe(&t, 100 + n, Action::Succeed), &q().unique(UniqueOptions::by_key("race"))).await.unwrap()
+            jobs.enqueue(
+                &probe(&t, 100 + n, Action::Succeed),
+                &q().unique(UniqueOptions::by_key("race")),
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut new = 0;
@@ -358,16 +546,36 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     assert!(jobs.retry_now(a).await.unwrap());
     let rec = store.get(a).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.finalized_at), (JobState::Available, None));
-    let b = enqueue(&jobs, probe(&t, 2, Action::Succeed), q().delay(Duration::from_secs(3600)).max_attempts(1)).await;
+    let b = enqueue(
+        &jobs,
+        probe(&t, 2, Action::Succeed),
+        q().delay(Duration::from_secs(3600)).max_attempts(1),
+    )
+    .await;
     assert!(jobs.retry_now(b).await.unwrap());
-    assert_eq!(store.get(b).await.unwrap().unwrap().state, JobState::Available);
+    assert_eq!(
+        store.get(b).await.unwrap().unwrap().state,
+        JobState::Available
+    );
     let got = store.fetch("q", 10, "w").await.unwrap();
     assert_eq!(got.len(), 2);
-    assert!(!jobs.retry_now(b).await.unwrap(), "running jobs are not retried");
+    assert!(
+        !jobs.retry_now(b).await.unwrap(),
+        "running jobs are not retried"
+    );
     assert!(jobs.discard(b).await.unwrap());
-    assert_eq!(store.get(b).await.unwrap().unwrap().state, JobState::Discarded);
+    assert_eq!(
+        store.get(b).await.unwrap().unwrap().state,
+        JobState::Discarded
+    );
     // The worker that held it cannot complete it any more.
-    assert_eq!(store.finish("w", &[Finish::new(b, 1, Outcome::Completed)]).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .finish("w", &[Finish::new(b, 1, Outcome::Completed)])
+            .await
+            .unwrap(),
+        0
+    );
     // Retrying a job with no attempt left grants one more.
     assert!(jobs.retry_now(b).await.unwrap());
     let rec = store.get(b).await.unwrap().unwrap();
@@ -381,9 +589,17 @@ pub async fn prune_deletes_old_final_jobs(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let done = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
-    let waiting = enqueue(&jobs, probe(&t, 2, Action::Succeed), q().delay(Duration::from_secs(60))).await;
+    let waiting = enqueue(
+        &jobs,
+        probe(&t, 2, Action::Succeed),
+        q().delay(Duration::from_secs(60)),
+    )
+    .await;
     store.fetch("q", 1, "w").await.unwrap();
-    store.finish("w", &[Finish::new(done, 1, Outcome::Completed)]).await.unwrap();
+    store
+        .finish("w", &[Finish::new(done, 1, Outcome::Completed)])
+        .await
+        .unwrap();
     assert_eq!(jobs.prune(Duration::from_secs(3600)).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(jobs.prune(Duration::from_millis(10)).await.unwrap(), 1);
@@ -415,22 +631,71 @@ pub async fn list_and_counts(store: Arc<dyn JobStore>) {
     for n in 0..5 {
         ids.push(enqueue(&jobs, probe(&t, n, Action::Succeed), q().org_id("acme")).await);
     }
-    enqueue(&jobs, probe(&t, 9, Action::Succeed), EnqueueOptions::new().queue("low")).await;
+    enqueue(
+        &jobs,
+        probe(&t, 9, Action::Succeed),
+        EnqueueOptions::new().queue("low"),
+    )
+    .await;
     store.fetch("q", 2, "w").await.unwrap();
-    let running = jobs.list(&JobFilter::new().queue("q").state(JobState::Running)).await.unwrap();
-    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), ids[..2].to_vec());
-    let page1 = jobs.list(&JobFilter::new().queue("q").limit(3)).await.unwrap();
-    let page2 = jobs.list(&JobFilter::new().queue("q").limit(3).after(page1[2].id)).await.unwrap();
+    let running = jobs
+        .list(&JobFilter::new().queue("q").state(JobState::Running))
+        .await
+        .unwrap();
+    assert_eq!(
+        running.iter().map(|j| j.id).collect::<Vec<_>>(),
+        ids[..2].to_vec()
+    );
+    let page1 = jobs
+        .list(&JobFilter::new().queue("q").limit(3))
+        .await
+        .unwrap();
+    let page2 = jobs
+        .list(&JobFilter::new().queue("q").limit(3).after(page1[2].id))
+        .await
+        .unwrap();
     assert_eq!(page1.len() + page2.len(), 5);
-    assert_eq!(jobs.list(&JobFilter::new().org_id("acme")).await.unwrap().len(), 5);
-    assert_eq!(jobs.list(&JobFilter::new().kind(Probe::KIND).queue("low")).await.unwrap().len(), 1);
-    assert!(jobs.list(&JobFilter::new().kind("nope")).await.unwrap().is_empty());
+    assert_eq!(
+        jobs.list(&JobFilter::new().org_id("acme"))
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        jobs.list(&JobFilter::new().kind(Probe::KIND).queue("low"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        jobs.list(&JobFilter::new().kind("nope"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let rec = &page1[0];
-    assert_eq!((rec.kind.as_str(), rec.org_id.as_deref(), rec.priority), (Probe::KIND, Some("acme"), 5));
+    assert_eq!(
+        (rec.kind.as_str(), rec.org_id.as_deref(), rec.priority),
+        (Probe::KIND, Some("acme"), 5)
+    );
     assert_eq!(rec.args["n"], 0);
     let counts = jobs.counts().await.unwrap();
-    let get = |queue: &str, state| counts.iter().find(|c| c.queue == queue && c.state == state).map_or(0, |c| c.count);
-    assert_eq!((get("q", JobState::Running), get("q", JobState::Available), get("low", JobState::Available)), (2, 3, 1));
+    let get = |queue: &str, state| {
+        counts
+            .iter()
+            .find(|c| c.queue == queue && c.state == state)
+            .map_or(0, |c| c.count)
+    };
+    assert_eq!(
+        (
+            get("q", JobState::Running),
+            get("q", JobState::Available),
+            get("low", JobState::Available)
+        ),
+        (2, 3, 1)
+    );
 }
 
 /// `release` puts held jobs back without counting the attempt.
@@ -442,7 +707,10 @@ pub async fn release_returns_jobs_without_counting_the_attempt(store: Arc<dyn Jo
     assert_eq!(store.release("other", &[id]).await.unwrap(), 0);
     assert_eq!(store.release("w", &[id]).await.unwrap(), 1);
     let rec = store.get(id).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.attempt, rec.locked_by), (JobState::Available, 0, None));
+    assert_eq!(
+        (rec.state, rec.attempt, rec.locked_by),
+        (JobState::Available, 0, None)
+    );
 }
 
 // ---------------------------------------------------------------- through a worker
@@ -452,12 +720,21 @@ pub async fn worker_retries_and_records_errors(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let w = start(&store, fast_config());
-    let id = enqueue(&jobs, probe(&t, 1, Action::FailTimes(2)), q().max_attempts(5)).await;
+    let id = enqueue(
+        &jobs,
+        probe(&t, 1, Action::FailTimes(2)),
+        q().max_attempts(5),
+    )
+    .await;
     let rec = wait_state(&store, id, JobState::Completed, T).await;
     assert_eq!(rec.attempt, 3);
     assert_eq!(rec.errors.len(), 2);
     assert_eq!(rec.errors[0].attempt, 1);
-    assert!(rec.errors[1].error.contains("planned failure 2"), "{:?}", rec.errors);
+    assert!(
+        rec.errors[1].error.contains("planned failure 2"),
+        "{:?}",
+        rec.errors
+    );
     assert_eq!(rec.errors[0].worker.as_deref(), Some(w.id()));
     assert_eq!(starts(&t).len(), 3);
     w.shutdown().await.unwrap();
@@ -468,7 +745,12 @@ pub async fn exhausted_jobs_are_discarded(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let w = start(&store, fast_config());
-    let id = enqueue(&jobs, probe(&t, 1, Action::FailTimes(100)), q().max_attempts(2)).await;
+    let id = enqueue(
+        &jobs,
+        probe(&t, 1, Action::FailTimes(100)),
+        q().max_attempts(2),
+    )
+    .await;
     let rec = wait_state(&store, id, JobState::Discarded, T).await;
     assert_eq!((rec.attempt, rec.errors.len()), (2, 2));
     assert!(rec.finalized_at.is_some());
@@ -484,7 +766,11 @@ pub async fn panics_are_caught_and_retried(store: Arc<dyn JobStore>) {
     let id = enqueue(&jobs, probe(&t, 1, Action::PanicTimes(1)), q()).await;
     let rec = wait_state(&store, id, JobState::Completed, T).await;
     assert_eq!(rec.attempt, 2);
-    assert!(rec.errors[0].error.contains("panicked: planned panic 1"), "{:?}", rec.errors);
+    assert!(
+        rec.errors[0].error.contains("panicked: planned panic 1"),
+        "{:?}",
+        rec.errors
+    );
     let after = enqueue(&jobs, probe(&t, 2, Action::Succeed), q()).await;
     wait_state(&store, after, JobState::Completed, T).await;
     w.shutdown().await.unwrap();
@@ -495,10 +781,18 @@ pub async fn timeouts_fail_the_attempt(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let w = start(&store, fast_config());
-    let id = enqueue(&jobs, probe(&t, 1, Action::Sleep(30_000)), q().timeout(Duration::from_millis(100)).max_attempts(1))
-        .await;
+    let id = enqueue(
+        &jobs,
+        probe(&t, 1, Action::Sleep(30_000)),
+        q().timeout(Duration::from_millis(100)).max_attempts(1),
+    )
+    .await;
     let rec = wait_state(&store, id, JobState::Discarded, T).await;
-    assert!(rec.errors[0].error.contains("timed out"), "{:?}", rec.errors);
+    assert!(
+        rec.errors[0].error.contains("timed out"),
+        "{:?}",
+        rec.errors
+    );
     w.shutdown().await.unwrap();
 }
 
@@ -506,10 +800,21 @@ pub async fn timeouts_fail_the_attempt(store: Arc<dyn JobStore>) {
 /// attempts left.
 pub async fn undecodable_args_are_discarded_at_once(store: Arc<dyn JobStore>) {
     let w = start(&store, fast_config());
-    let ids = store.insert(vec![raw(Probe::KIND, serde_json::json!({"unexpected": true}), &q().max_attempts(10))]).await.unwrap();
+    let ids = store
+        .insert(vec![raw(
+            Probe::KIND,
+            serde_json::json!({"unexpected": true}),
+            &q().max_attempts(10),
+        )])
+        .await
+        .unwrap();
     let rec = wait_state(&store, ids[0].id().unwrap(), JobState::Discarded, T).await;
     assert_eq!(rec.attempt, 1);
-    assert!(rec.errors[0].error.contains("no longer decode"), "{:?}", rec.errors);
+    assert!(
+        rec.errors[0].error.contains("no longer decode"),
+        "{:?}",
+        rec.errors
+    );
     w.shutdown().await.unwrap();
 }
 
@@ -519,11 +824,24 @@ pub async fn unknown_kinds_stay_retryable(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let w = start(&store, fast_config());
-    let ids = store.insert(vec![raw("nobody.knows", serde_json::json!({}), &q().max_attempts(1))]).await.unwrap();
+    let ids = store
+        .insert(vec![raw(
+            "nobody.knows",
+            serde_json::json!({}),
+            &q().max_attempts(1),
+        )])
+        .await
+        .unwrap();
     let id = ids[0].id().unwrap();
     let rec = wait_state(&store, id, JobState::Retryable, T).await;
     assert_eq!(rec.attempt, 0, "an unknown kind must not use up attempts");
-    assert!(rec.errors[0].error.contains("no worker registered job kind \"nobody.knows\""), "{:?}", rec.errors);
+    assert!(
+        rec.errors[0]
+            .error
+            .contains("no worker registered job kind \"nobody.knows\""),
+        "{:?}",
+        rec.errors
+    );
     assert!(rec.run_at > chrono::Utc::now() + chrono::Duration::seconds(30));
     let ok = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
     wait_state(&store, ok, JobState::Completed, T).await;
@@ -538,7 +856,10 @@ pub async fn job_error_kinds_choose_the_outcome(store: Arc<dyn JobStore>) {
     let d = enqueue(&jobs, probe(&t, 1, Action::Discard), q()).await;
     let c = enqueue(&jobs, probe(&t, 2, Action::Cancel), q()).await;
     let rec = wait_state(&store, d, JobState::Discarded, T).await;
-    assert_eq!((rec.attempt, rec.errors[0].error.as_str()), (1, "planned discard"));
+    assert_eq!(
+        (rec.attempt, rec.errors[0].error.as_str()),
+        (1, "planned discard")
+    );
     let rec = wait_state(&store, c, JobState::Cancelled, T).await;
     assert_eq!(rec.errors[0].error, "planned cancel");
     w.shutdown().await.unwrap();
@@ -552,7 +873,10 @@ pub async fn cancel_stops_a_running_job(store: Arc<dyn JobStore>) {
     let id = enqueue(&jobs, probe(&t, 1, Action::WaitForCancel), q()).await;
     wait_state(&store, id, JobState::Running, T).await;
     assert!(jobs.cancel(id).await.unwrap());
-    wait_for("the job to see its cancellation", T, || async { events(&t).iter().any(|e| e.event == "cancelled") }).await;
+    wait_for("the job to see its cancellation", T, || async {
+        events(&t).iter().any(|e| e.event == "cancelled")
+    })
+    .await;
     let rec = wait_state(&store, id, JobState::Cancelled, T).await;
     assert_eq!(rec.attempt, 1);
     w.shutdown().await.unwrap();
@@ -563,18 +887,30 @@ pub async fn cancel_stops_a_running_job(store: Arc<dyn JobStore>) {
 pub async fn graceful_shutdown_finishes_or_releases(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
-    let w = start(&store, fast_config().shutdown_timeout(Duration::from_millis(800)));
+    let w = start(
+        &store,
+        fast_config().shutdown_timeout(Duration::from_millis(800)),
+    );
     let short = enqueue(&jobs, probe(&t, 1, Action::Sleep(300)), q()).await;
     let long = enqueue(&jobs, probe(&t, 2, Action::Sleep(60_000)), q()).await;
     wait_for("both jobs to start", T, || async { starts(&t).len() == 2 }).await;
     w.shutdown().await.unwrap();
-    assert_eq!(store.get(short).await.unwrap().unwrap().state, JobState::Completed);
+    assert_eq!(
+        store.get(short).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
     let rec = store.get(long).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.attempt, rec.locked_by), (JobState::Available, 0, None));
+    assert_eq!(
+        (rec.state, rec.attempt, rec.locked_by),
+        (JobState::Available, 0, None)
+    );
     // Nothing new was fetched after shutdown started.
     let later = enqueue(&jobs, probe(&t, 3, Action::Succeed), q()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(store.get(later).await.unwrap().unwrap().state, JobState::Available);
+    assert_eq!(
+        store.get(later).await.unwrap().unwrap().state,
+        JobState::Available
+    );
 }
 
 /// A job held by a worker that stopped heartbeating is rescued and completed by another.
@@ -587,7 +923,13 @@ pub async fn dead_worker_jobs_are_rescued(store: Arc<dyn JobStore>) {
     let w = start(&store, fast_config());
     let rec = wait_state(&store, id, JobState::Completed, T).await;
     assert_eq!(rec.attempt, 2);
-    assert!(rec.errors[0].error.contains("worker dead stopped heartbeating"), "{:?}", rec.errors);
+    assert!(
+        rec.errors[0]
+            .error
+            .contains("worker dead stopped heartbeating"),
+        "{:?}",
+        rec.errors
+    );
     assert_eq!(rec.errors[0].worker.as_deref(), Some("dead"));
     w.shutdown().await.unwrap();
 }
@@ -599,11 +941,19 @@ pub async fn priorities_order_work_within_a_queue(store: Arc<dyn JobStore>) {
     jobs.pause("q").await.unwrap();
     let prios = [7i16, 2, 9, 0, 5, 2, 8, 1];
     for (n, p) in prios.iter().enumerate() {
-        enqueue(&jobs, probe(&t, n as u64, Action::Succeed), q().priority(*p)).await;
+        enqueue(
+            &jobs,
+            probe(&t, n as u64, Action::Succeed),
+            q().priority(*p),
+        )
+        .await;
     }
     let w = start(&store, fast_config().queue("q", 1).fetch_batch(1));
     jobs.resume("q").await.unwrap();
-    wait_for("all jobs to run", T, || async { starts(&t).len() == prios.len() }).await;
+    wait_for("all jobs to run", T, || async {
+        starts(&t).len() == prios.len()
+    })
+    .await;
     let ran: Vec<i16> = starts(&t).iter().map(|e| prios[e.n as usize]).collect();
     let mut sorted = ran.clone();
     sorted.sort();
@@ -616,13 +966,31 @@ pub async fn bulk_flood_does_not_delay_critical(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let flood: Vec<Probe> = (0..400).map(|n| probe(&t, n, Action::Sleep(20))).collect();
-    jobs.enqueue_many(&flood, &EnqueueOptions::new().queue("bulk")).await.unwrap();
+    jobs.enqueue_many(&flood, &EnqueueOptions::new().queue("bulk"))
+        .await
+        .unwrap();
     let w = start(&store, fast_config().queue("bulk", 2).queue("critical", 2));
     wait_for("the flood to start", T, || async { !starts(&t).is_empty() }).await;
-    let id = enqueue(&jobs, probe(&t, 10_000, Action::Succeed), EnqueueOptions::new().queue("critical")).await;
+    let id = enqueue(
+        &jobs,
+        probe(&t, 10_000, Action::Succeed),
+        EnqueueOptions::new().queue("critical"),
+    )
+    .await;
     wait_state(&store, id, JobState::Completed, T).await;
-    let waiting = jobs.list(&JobFilter::new().queue("bulk").state(JobState::Available).limit(10)).await.unwrap();
-    assert!(!waiting.is_empty(), "critical must complete while the bulk flood is still queued");
+    let waiting = jobs
+        .list(
+            &JobFilter::new()
+                .queue("bulk")
+                .state(JobState::Available)
+                .limit(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !waiting.is_empty(),
+        "critical must complete while the bulk flood is still queued"
+    );
     w.shutdown().await.unwrap();
 }
 
@@ -632,11 +1000,24 @@ pub async fn scheduled_jobs_run_on_time(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let w = start(&store, fast_config().poll_interval(Duration::from_secs(30)));
-    let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q().delay(Duration::from_millis(500))).await;
+    let id = enqueue(
+        &jobs,
+        probe(&t, 1, Action::Succeed),
+        q().delay(Duration::from_millis(500)),
+    )
+    .await;
     let rec = wait_state(&store, id, JobState::Completed, T).await;
     let started = rec.attempted_at.unwrap();
-    assert!(started >= rec.run_at, "started {started} before run_at {}", rec.run_at);
-    assert!(started - rec.run_at < chrono::Duration::seconds(3), "started {started}, due {}", rec.run_at);
+    assert!(
+        started >= rec.run_at,
+        "started {started} before run_at {}",
+        rec.run_at
+    );
+    assert!(
+        started - rec.run_at < chrono::Duration::seconds(3),
+        "started {started}, due {}",
+        rec.run_at
+    );
     w.shutdown().await.unwrap();
 }
 
@@ -655,19 +1036,51 @@ pub async fn new_jobs_wake_an_idle_worker(store: Arc<dyn JobStore>) {
 /// Three workers with the same cron entry enqueue each tick once.
 pub async fn cron_fires_once_per_tick_across_workers(store: Arc<dyn JobStore>) {
     let t = token();
-    let cron = windlass_jobs::CronJob::new("every-second", "* * * * * *", &probe(&t, 1, Action::Succeed), &q())
-        .expect("valid cron");
+    let cron = windlass_jobs::CronJob::new(
+        "every-second",
+        "* * * * * *",
+        &probe(&t, 1, Action::Succeed),
+        &q(),
+    )
+    .expect("valid cron");
     let workers: Vec<RunningWorker> = (0..3)
-        .map(|_| Worker::new(store.clone()).register::<Probe>().config(fast_config()).cron(cron.clone()).start().unwrap())
+        .map(|_| {
+            Worker::new(store.clone())
+                .register::<Probe>()
+                .config(fast_config())
+                .cron(cron.clone())
+                .start()
+                .unwrap()
+        })
         .collect();
-    wait_for("three ticks to run", Duration::from_secs(15), || async { starts(&t).len() >= 3 }).await;
+    wait_for("three ticks to run", Duration::from_secs(15), || async {
+        starts(&t).len() >= 3
+    })
+    .await;
     for w in workers {
         w.shutdown().await.unwrap();
     }
-    let rows = Jobs::from_arc(store.clone()).list(&JobFilter::new().kind(Probe::KIND).limit(1000)).await.unwrap();
-    let rows: Vec<_> = rows.into_iter().filter(|r| r.args["token"] == t.as_str()).collect();
-    let keys: HashSet<_> = rows.iter().map(|r| r.unique_key.clone().expect("cron rows carry their tick key")).collect();
-    assert_eq!(keys.len(), rows.len(), "a tick was enqueued twice: {keys:?}");
+    let rows = Jobs::from_arc(store.clone())
+        .list(&JobFilter::new().kind(Probe::KIND).limit(1000))
+        .await
+        .unwrap();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| r.args["token"] == t.as_str())
+        .collect();
+    let keys: HashSet<_> = rows
+        .iter()
+        .map(|r| {
+            r.unique_key
+                .clone()
+                .expect("cron rows carry their tick key")
+        })
+        .collect();
+    assert_eq!(
+        keys.len(),
+        rows.len(),
+        "a tick was enqueued twice: {keys:?}"
+    );
     assert!(rows.len() >= 3);
     let ran: HashSet<JobId> = starts(&t).iter().map(|e| e.job_id).collect();
     assert_eq!(ran.len(), starts(&t).len(), "a cron job ran twice");
@@ -679,7 +1092,12 @@ struct CronJobCheck;
 impl CronJobCheck {
     fn bad_schedule_is_refused() -> bool {
         matches!(
-            windlass_jobs::CronJob::new("x", "not a schedule", &probe("t", 1, Action::Succeed), &q()),
+            windlass_jobs::CronJob::new(
+                "x",
+                "not a schedule",
+                &probe("t", 1, Action::Succeed),
+                &q()
+            ),
             Err(Error::Cron { .. })
         )
     }

@@ -46,27 +46,50 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
     (n as f64 / elapsed.as_secs_f64()).round()
 }
 
-async fn raw_publish_one_by_one(conn: &mut MultiplexedConnection, key: &str, payloads: &[Vec<u8>]) -> BoxResult<f64> {
+async fn raw_publish_one_by_one(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    payloads: &[Vec<u8>],
+) -> BoxResult<f64> {
     let started = Instant::now();
     for p in payloads {
-        let _: String = redis::cmd("XADD").arg(key).arg("*").arg("event").arg(p).query_async(conn).await?;
+        let _: String = redis::cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("event")
+            .arg(p)
+            .query_async(conn)
+            .await?;
     }
     Ok(rate(payloads.len(), started.elapsed()))
 }
 
-async fn raw_publish_pipelined(conn: &mut MultiplexedConnection, key: &str, payloads: &[Vec<u8>]) -> BoxResult<f64> {
+async fn raw_publish_pipelined(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    payloads: &[Vec<u8>],
+) -> BoxResult<f64> {
     let started = Instant::now();
     for chunk in payloads.chunks(100) {
         let mut pipe = redis::pipe();
         for p in chunk {
-            pipe.cmd("XADD").arg(key).arg("*").arg("event").arg(p).ignore();
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("*")
+                .arg("event")
+                .arg(p)
+                .ignore();
         }
         let () = pipe.query_async(conn).await?;
     }
     Ok(rate(payloads.len(), started.elapsed()))
 }
 
-async fn ours_publish_one_by_one(bus: &RedisBus, topic: &Topic, events: &[Event]) -> BoxResult<f64> {
+async fn ours_publish_one_by_one(
+    bus: &RedisBus,
+    topic: &Topic,
+    events: &[Event],
+) -> BoxResult<f64> {
     let started = Instant::now();
     for e in events {
         bus.publish(topic, e).await?;
@@ -88,7 +111,14 @@ async fn fill(conn: &mut MultiplexedConnection, key: &str, payloads: &[Vec<u8>])
 
 async fn raw_consume(client: &redis::Client, key: &str, n: usize) -> BoxResult<f64> {
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let () = redis::cmd("XGROUP").arg("CREATE").arg(key).arg("raw").arg("0").arg("MKSTREAM").query_async(&mut conn).await?;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg("raw")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await?;
     let started = Instant::now();
     let mut done = 0;
     while done < n {
@@ -105,12 +135,22 @@ async fn raw_consume(client: &redis::Client, key: &str, n: usize) -> BoxResult<f
             .arg(">")
             .query_async(&mut conn)
             .await?;
-        let ids: Vec<String> = reply.keys.into_iter().flat_map(|k| k.ids).map(|e| e.id).collect();
+        let ids: Vec<String> = reply
+            .keys
+            .into_iter()
+            .flat_map(|k| k.ids)
+            .map(|e| e.id)
+            .collect();
         if ids.is_empty() {
             continue;
         }
         done += ids.len();
-        let _: i64 = redis::cmd("XACK").arg(key).arg("raw").arg(&ids).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd("XACK")
+            .arg(key)
+            .arg("raw")
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await?;
     }
     Ok(rate(n, started.elapsed()))
 }
@@ -129,7 +169,12 @@ async fn ours_consume(bus: &RedisBus, topic: &Topic, n: usize) -> BoxResult<f64>
     };
     let started = Instant::now();
     let sub = bus
-        .subscribe(topic, &Group::new("ours")?, Arc::new(handler), SubscribeOptions::default().consumer("c"))
+        .subscribe(
+            topic,
+            &Group::new("ours")?,
+            Arc::new(handler),
+            SubscribeOptions::default().consumer("c"),
+        )
         .await?;
     while handled.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -149,7 +194,11 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 /// Publishes `n` events at 1k/s; `send(seq)` publishes event `seq`.
-async fn paced<F, Fut>(n: usize, sent: &Mutex<HashMap<usize, Instant>>, mut send: F) -> BoxResult<()>
+async fn paced<F, Fut>(
+    n: usize,
+    sent: &Mutex<HashMap<usize, Instant>>,
+    mut send: F,
+) -> BoxResult<()>
 where
     F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = BoxResult<()>>,
@@ -164,22 +213,46 @@ where
     Ok(())
 }
 
-async fn raw_latency(client: &redis::Client, key: &str, payloads: &[Vec<u8>]) -> BoxResult<Histogram<u64>> {
+async fn raw_latency(
+    client: &redis::Client,
+    key: &str,
+    payloads: &[Vec<u8>],
+) -> BoxResult<Histogram<u64>> {
     let n = payloads.len();
     let sent: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let mut reader = client.get_multiplexed_async_connection().await?;
-    let () = redis::cmd("XGROUP").arg("CREATE").arg(key).arg("lat").arg("$").arg("MKSTREAM").query_async(&mut reader).await?;
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg("lat")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut reader)
+        .await?;
     // The payload's position tells the reader which event it is.
-    let index: HashMap<Vec<u8>, usize> = payloads.iter().cloned().enumerate().map(|(i, p)| (p, i)).collect();
+    let index: HashMap<Vec<u8>, usize> = payloads
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, p)| (p, i))
+        .collect();
     let consumer = {
         let (sent, hist, key) = (sent.clone(), hist.clone(), key.to_owned());
         tokio::spawn(async move {
             let mut seen = 0;
             while seen < n {
                 let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-                    .arg("GROUP").arg("lat").arg("c").arg("COUNT").arg(100).arg("BLOCK").arg(1000)
-                    .arg("STREAMS").arg(&key).arg(">")
+                    .arg("GROUP")
+                    .arg("lat")
+                    .arg("c")
+                    .arg("COUNT")
+                    .arg(100)
+                    .arg("BLOCK")
+                    .arg(1000)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(">")
                     .query_async(&mut reader)
                     .await
                     .expect("XREADGROUP");
@@ -188,13 +261,22 @@ async fn raw_latency(client: &redis::Client, key: &str, payloads: &[Vec<u8>]) ->
                     let payload: Vec<u8> = entry.get("event").expect("event field");
                     let seq = index[&payload];
                     if let Some(at) = sent.lock().unwrap().get(&seq) {
-                        hist.lock().unwrap().record(at.elapsed().as_micros() as u64).expect("record");
+                        hist.lock()
+                            .unwrap()
+                            .record(at.elapsed().as_micros() as u64)
+                            .expect("record");
                     }
                     ids.push(entry.id);
                     seen += 1;
                 }
                 if !ids.is_empty() {
-                    let _: i64 = redis::cmd("XACK").arg(&key).arg("lat").arg(&ids).query_async(&mut reader).await.expect("XACK");
+                    let _: i64 = redis::cmd("XACK")
+                        .arg(&key)
+                        .arg("lat")
+                        .arg(&ids)
+                        .query_async(&mut reader)
+                        .await
+                        .expect("XACK");
                 }
             }
         })
@@ -202,7 +284,12 @@ async fn raw_latency(client: &redis::Client, key: &str, payloads: &[Vec<u8>]) ->
     let mut conn = client.get_multiplexed_async_connection().await?;
     paced(n, &sent, |seq| {
         let mut conn = conn.clone();
-        let cmd = redis::cmd("XADD").arg(key).arg("*").arg("event").arg(&payloads[seq]).to_owned();
+        let cmd = redis::cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("event")
+            .arg(&payloads[seq])
+            .to_owned();
         async move {
             let _: String = cmd.query_async(&mut conn).await?;
             Ok(())
@@ -215,7 +302,11 @@ async fn raw_latency(client: &redis::Client, key: &str, payloads: &[Vec<u8>]) ->
     Ok(h)
 }
 
-async fn ours_latency(bus: &RedisBus, topic: &Topic, events: &[Event]) -> BoxResult<Histogram<u64>> {
+async fn ours_latency(
+    bus: &RedisBus,
+    topic: &Topic,
+    events: &[Event],
+) -> BoxResult<Histogram<u64>> {
     let n = events.len();
     let sent: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
@@ -225,17 +316,26 @@ async fn ours_latency(bus: &RedisBus, topic: &Topic, events: &[Event]) -> BoxRes
         handler_fn(move |event, _ctx| {
             let (sent, hist, handled) = (sent.clone(), hist.clone(), handled.clone());
             async move {
-                let seq = event.data_as::<serde_json::Value>()?.and_then(|v| v["seq"].as_u64()).unwrap_or(0) as usize;
+                let seq = event
+                    .data_as::<serde_json::Value>()?
+                    .and_then(|v| v["seq"].as_u64())
+                    .unwrap_or(0) as usize;
                 if let Some(at) = sent.lock().unwrap().get(&seq) {
-                    hist.lock().unwrap().record(at.elapsed().as_micros() as u64)?;
+                    hist.lock()
+                        .unwrap()
+                        .record(at.elapsed().as_micros() as u64)?;
                 }
                 handled.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         })
     };
-    let options = SubscribeOptions::default().consumer("lat").start_from(windlass_eventbus::StartFrom::Latest);
-    let sub = bus.subscribe(topic, &Group::new("lat")?, Arc::new(handler), options).await?;
+    let options = SubscribeOptions::default()
+        .consumer("lat")
+        .start_from(windlass_eventbus::StartFrom::Latest);
+    let sub = bus
+        .subscribe(topic, &Group::new("lat")?, Arc::new(handler), options)
+        .await?;
     paced(n, &sent, |seq| async move {
         bus.publish(topic, &events[seq]).await?;
         Ok(())
@@ -251,10 +351,20 @@ async fn ours_latency(bus: &RedisBus, topic: &Topic, events: &[Event]) -> BoxRes
 
 #[tokio::main]
 async fn main() -> BoxResult<()> {
-    let scale: f64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1.0);
+    let scale: f64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1.0);
     let scaled = |n: f64| ((n * scale) as usize).max(100);
-    let (n_single, n_batch, n_consume, n_latency) = (scaled(5_000.0), scaled(50_000.0), scaled(50_000.0), scaled(2_000.0));
-    let url = std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let (n_single, n_batch, n_consume, n_latency) = (
+        scaled(5_000.0),
+        scaled(50_000.0),
+        scaled(50_000.0),
+        scaled(2_000.0),
+    );
+    let url =
+        std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let prefix = format!("windlass-bench-{}", std::process::id());
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
@@ -269,11 +379,13 @@ async fn main() -> BoxResult<()> {
     let (mut raw_single, mut ours_single, mut raw_batch, mut ours_batch) = (0f64, 0f64, 0f64, 0f64);
     for round in 0..2 {
         let t = topic(&format!("raw-single-{round}"));
-        raw_single = raw_single.max(raw_publish_one_by_one(&mut conn, &key(&t), &payloads[..n_single]).await?);
+        raw_single = raw_single
+            .max(raw_publish_one_by_one(&mut conn, &key(&t), &payloads[..n_single]).await?);
         let t = topic(&format!("ours-single-{round}"));
         ours_single = ours_single.max(ours_publish_one_by_one(&bus, &t, &all[..n_single]).await?);
         let t = topic(&format!("raw-batch-{round}"));
-        raw_batch = raw_batch.max(raw_publish_pipelined(&mut conn, &key(&t), &payloads[..n_batch]).await?);
+        raw_batch =
+            raw_batch.max(raw_publish_pipelined(&mut conn, &key(&t), &payloads[..n_batch]).await?);
         let t = topic(&format!("ours-batch-{round}"));
         ours_batch = ours_batch.max(ours_publish_pipelined(&bus, &t, &all[..n_batch]).await?);
     }
@@ -303,7 +415,10 @@ async fn main() -> BoxResult<()> {
     let raw_lat = raw_latency(&client, &key(&topic("raw-latency")), &payloads[..n_latency]).await?;
     let ours_lat = ours_latency(&bus, &topic("ours-latency"), &all[..n_latency]).await?;
 
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await?;
     if !keys.is_empty() {
         let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
     }

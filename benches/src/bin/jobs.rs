@@ -65,10 +65,21 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { jobs: 100_000, backlog: 1_000_000, samples: 200, concurrency: 200, batch: 100, skip_apalis: false };
+    let mut a = Args {
+        jobs: 100_000,
+        backlog: 1_000_000,
+        samples: 200,
+        concurrency: 200,
+        batch: 100,
+        skip_apalis: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
-        let mut num = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{k} needs a number"));
+        let mut num = || {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{k} needs a number"))
+        };
         match k.as_str() {
             "--jobs" => a.jobs = num(),
             "--backlog" => a.backlog = num(),
@@ -91,7 +102,10 @@ fn config(a: &Args) -> WorkerConfig {
 }
 
 async fn completed(pool: &sqlx::PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE state = 'completed'").fetch_one(pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM windlass_jobs WHERE state = 'completed'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 async fn enqueue_noops(jobs: &Jobs, n: u64) -> f64 {
@@ -112,7 +126,6 @@ async fn windlass_throughput(a: &Args, async_commit: bool) -> serde_json::Value 
     let db = fresh_database().await;
     let pool = db.new_pool(20).await;
     migrate(&pool).await.unwrap();
-    if std::env::var("EXPERIMENT").is_ok() { sqlx::raw_sql(sqlx::AssertSqlSafe(std::env::var("EXPERIMENT").unwrap())).execute(&pool).await.unwrap(); }
     let jobs = Jobs::new(PgStore::new(pool.clone()));
     let enqueue_s = enqueue_noops(&jobs, a.jobs).await;
     RAN.store(0, Ordering::SeqCst);
@@ -122,7 +135,11 @@ async fn windlass_throughput(a: &Args, async_commit: bool) -> serde_json::Value 
     } else {
         jobs.store().clone()
     };
-    let worker = Worker::new(worker_store).register::<Noop>().config(config(a)).start().unwrap();
+    let worker = Worker::new(worker_store)
+        .register::<Noop>()
+        .config(config(a))
+        .start()
+        .unwrap();
     // Every job ran (in-process counter), then every outcome is committed (counted once the
     // runs are done, so the count query does not load the database during the drain).
     while RAN.load(Ordering::Relaxed) < a.jobs {
@@ -179,7 +196,8 @@ async fn windlass_pickup_latency(a: &Args) -> serde_json::Value {
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         };
-        hist.record(started.duration_since(sent).as_micros() as u64).unwrap();
+        hist.record(started.duration_since(sent).as_micros() as u64)
+            .unwrap();
         // Let the worker go idle again.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -202,7 +220,11 @@ async fn windlass_backlog(a: &Args) -> serde_json::Value {
     RAN.store(0, Ordering::SeqCst);
     let target = a.backlog * 95 / 100;
     let start = Instant::now();
-    let worker = Worker::new(jobs.store().clone()).register::<Noop>().config(config(a)).start().unwrap();
+    let worker = Worker::new(jobs.store().clone())
+        .register::<Noop>()
+        .config(config(a))
+        .start()
+        .unwrap();
     while RAN.load(Ordering::Relaxed) < target {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -225,8 +247,12 @@ async fn apalis_noop(_n: u64, wrk: WorkerContext) -> Result<(), BoxDynError> {
 async fn apalis_throughput(n: u64, batch: usize) -> serde_json::Value {
     let db = fresh_database().await;
     let pool = db.new_pool(20).await;
-    apalis_postgres::PostgresStorage::setup(&pool).await.unwrap();
-    let config = apalis_postgres::Config::default().queue("bench").batch_size(batch);
+    apalis_postgres::PostgresStorage::setup(&pool)
+        .await
+        .unwrap();
+    let config = apalis_postgres::Config::default()
+        .queue("bench")
+        .batch_size(batch);
     let mut backend: apalis_postgres::PostgresStorage<u64> =
         apalis_postgres::PostgresStorage::new(&pool).with_config(config);
     let start = Instant::now();
@@ -234,7 +260,10 @@ async fn apalis_throughput(n: u64, batch: usize) -> serde_json::Value {
     while next < n {
         let end = (next + 10_000).min(n);
         let tasks: Vec<_> = (next..end).map(|i| TaskBuilder::new(i).build()).collect();
-        backend.push_all(&mut futures::stream::iter(tasks)).await.unwrap();
+        backend
+            .push_all(&mut futures::stream::iter(tasks))
+            .await
+            .unwrap();
         next = end;
     }
     let enqueue_s = start.elapsed().as_secs_f64();
@@ -275,9 +304,16 @@ async fn main() {
             apalis.push(r);
         }
     }
-    let backlog = if a.backlog > 0 { windlass_backlog(&a).await } else { json!(null) };
+    let backlog = if a.backlog > 0 {
+        windlass_backlog(&a).await
+    } else {
+        json!(null)
+    };
     eprintln!("windlass backlog: {backlog}");
-    let best_apalis = apalis.iter().filter_map(|r| r["drain_jobs_per_s"].as_f64()).fold(0.0, f64::max);
+    let best_apalis = apalis
+        .iter()
+        .filter_map(|r| r["drain_jobs_per_s"].as_f64())
+        .fold(0.0, f64::max);
     let ours = throughput["drain_jobs_per_s"].as_f64().unwrap_or(0.0);
     println!(
         "{}",

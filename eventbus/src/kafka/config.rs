@@ -78,6 +78,10 @@ pub struct KafkaConfig {
     pub dlq_partitions: i32,
     /// How long one consumer fetch waits for the first record. Default 100 ms.
     pub poll_wait: Duration,
+    /// How long `subscribe` waits for the group to assign this member its partitions before
+    /// returning anyway (consumption then starts whenever the rebalance completes). Default
+    /// 30 s.
+    pub assignment_wait: Duration,
     /// Extra librdkafka properties for every client (applied last, so they win).
     pub client_properties: Vec<(String, String)>,
 }
@@ -95,6 +99,7 @@ impl Default for KafkaConfig {
             dlq_naming: DlqNaming::DotDlq,
             dlq_partitions: 1,
             poll_wait: Duration::from_millis(100),
+            assignment_wait: Duration::from_secs(30),
             client_properties: Vec::new(),
         }
     }
@@ -143,6 +148,11 @@ impl KafkaConfig {
     /// Sets how long a consumer fetch waits.
     pub fn poll_wait(mut self, wait: Duration) -> Self {
         self.poll_wait = wait;
+        self
+    }
+    /// Sets how long `subscribe` waits for the first partition assignment.
+    pub fn assignment_wait(mut self, wait: Duration) -> Self {
+        self.assignment_wait = wait;
         self
     }
     /// Adds a librdkafka property for every client this bus makes.

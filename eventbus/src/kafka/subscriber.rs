@@ -99,6 +99,8 @@ impl Pending {
 pub(crate) struct GroupContext {
     pending: Arc<Mutex<Pending>>,
     topic: String,
+    /// Flipped on the first assignment (empty ones included: more members than partitions).
+    assigned: tokio::sync::watch::Sender<bool>,
 }
 
 impl ClientContext for GroupContext {}
@@ -115,6 +117,7 @@ impl ConsumerContext for GroupContext {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::debug!(topic = %self.topic, ?parts, "partitions assigned");
+                self.assigned.send_replace(true);
             }
             Rebalance::Error(e) => tracing::warn!(topic = %self.topic, error = %e, "rebalance failed"),
         }
@@ -318,7 +321,8 @@ impl Subscriber for KafkaBus {
             format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
         });
         let pending = Arc::new(Mutex::new(Pending::default()));
-        let context = GroupContext { pending: pending.clone(), topic: topic.as_str().to_owned() };
+        let (assigned, mut is_assigned) = tokio::sync::watch::channel(false);
+        let context = GroupContext { pending: pending.clone(), topic: topic.as_str().to_owned(), assigned };
         let earliest = matches!(options.start_from, StartFrom::Earliest);
         let consumer: StreamConsumer<GroupContext> = self
             .inner
@@ -336,7 +340,14 @@ impl Subscriber for KafkaBus {
             group: group.as_str().to_owned(),
             name,
         };
-        Ok(runner::spawn(transport, topic.clone(), group.clone(), handler, options))
+        let subscription = runner::spawn(transport, topic.clone(), group.clone(), handler, options);
+        // Return once the group gave this member its partitions, so what is published next is
+        // read (and `StartFrom::Latest` means "after subscribe returned").
+        let wait = self.inner.config.assignment_wait;
+        if tokio::time::timeout(wait, is_assigned.wait_for(|a| *a)).await.is_err() {
+            tracing::warn!(topic = %topic, group = %group, ?wait, "no partition assignment yet; consuming will start when the group rebalances");
+        }
+        Ok(subscription)
     }
 }
 

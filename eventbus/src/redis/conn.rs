@@ -23,7 +23,9 @@ pub(crate) struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -33,7 +35,12 @@ pub(crate) fn is_connection_error(e: &RedisError) -> bool {
 }
 
 impl Conn {
-    pub(crate) fn new(client: Client, name: String, connect_timeout: Duration, response_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        name: String,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Self {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout));
@@ -57,8 +64,15 @@ impl Conn {
             return Ok(c);
         }
         let connect = async {
-            let mut conn = self.client.get_multiplexed_async_connection_with_config(&self.config).await?;
-            redis::cmd("CLIENT").arg("SETNAME").arg(&self.name).exec_async(&mut conn).await?;
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(&self.name)
+                .exec_async(&mut conn)
+                .await?;
             Ok::<_, RedisError>(conn)
         };
         let conn = match tokio::time::timeout(self.connect_timeout * 2, connect).await {
@@ -73,7 +87,10 @@ impl Conn {
     }
 
     fn cached(&self) -> Option<(u64, MultiplexedConnection)> {
-        self.current.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Drops connection `generation` after a connection error, so the next call reconnects.
@@ -85,9 +102,15 @@ impl Conn {
     }
 
     /// Runs one command; a connection error drops the connection for the next call.
-    pub(crate) async fn query<T: redis::FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T> {
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T> {
         let (generation, mut conn) = self.get().await?;
-        cmd.query_async(&mut conn).await.map_err(|e| self.fail(generation, op, e))
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(generation, op, e))
     }
 
     /// Runs a pipeline; a connection error drops the connection for the next call.
@@ -97,7 +120,9 @@ impl Conn {
         pipe: &redis::Pipeline,
     ) -> Result<T> {
         let (generation, mut conn) = self.get().await?;
-        pipe.query_async(&mut conn).await.map_err(|e| self.fail(generation, op, e))
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(generation, op, e))
     }
 
     pub(crate) fn fail(&self, generation: u64, op: &'static str, e: RedisError) -> Error {

@@ -6,7 +6,7 @@
 //!   [`RedisConfig::prefix`]). Each entry has one field, `event`, holding the CloudEvents 1.0
 //!   structured JSON of the event ([`Event::to_json_vec`]), so any CloudEvents SDK reads it.
 //! - A subscription is a member (consumer) of a Redis consumer group named after its
-//!   [`Group`]; the group is created with `XGROUP CREATE ... MKSTREAM` at `0` or `$`
+//!   [`Group`](crate::Group); the group is created with `XGROUP CREATE ... MKSTREAM` at `0` or `$`
 //!   ([`StartFrom`](crate::StartFrom)).
 //! - The dead-letter queue of topic `t` is the stream `{prefix}:t:dlq`; its entries hold
 //!   `event` (the bytes exactly as read, even when they do not decode), `error`, `failed_at`
@@ -184,7 +184,10 @@ impl Default for RedisConfig {
 impl RedisConfig {
     /// Default settings on the server at `url`.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), ..Self::default() }
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
     }
     /// Sets the key prefix.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -248,17 +251,31 @@ impl RedisConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.prefix.is_empty() || self.prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::Config(format!("redis prefix {:?} must be non-empty, without spaces", self.prefix)));
+        if self.prefix.is_empty()
+            || self
+                .prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Error::Config(format!(
+                "redis prefix {:?} must be non-empty, without spaces",
+                self.prefix
+            )));
         }
         if self.block.is_zero() || self.timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Error::Config("redis block, timeout and connect_timeout must be above zero".into()));
+            return Err(Error::Config(
+                "redis block, timeout and connect_timeout must be above zero".into(),
+            ));
         }
         if self.claim_idle < Duration::from_millis(10) || self.claim_interval.is_zero() {
-            return Err(Error::Config("redis claim_idle must be at least 10 ms and claim_interval above zero".into()));
+            return Err(Error::Config(
+                "redis claim_idle must be at least 10 ms and claim_interval above zero".into(),
+            ));
         }
         if let Trim::MaxLen(0) = self.trim {
-            return Err(Error::Config("Trim::MaxLen(0) would drop every event".into()));
+            return Err(Error::Config(
+                "Trim::MaxLen(0) would drop every event".into(),
+            ));
         }
         Ok(())
     }
@@ -282,20 +299,31 @@ pub(crate) struct Inner {
 
 impl fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisBus").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("RedisBus")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
 /// A Redis client name made of allowed characters only.
 fn sanitize_name(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect()
 }
 
 /// This host's name: `HOSTNAME`, else `/etc/hostname`, else `windlass`.
 fn host_name() -> String {
-    let from_env = std::env::var("HOSTNAME").ok().filter(|h| !h.trim().is_empty());
+    let from_env = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty());
     let name = from_env
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
         .unwrap_or_else(|| "windlass".to_owned());
     sanitize_name(&name)
 }
@@ -306,12 +334,23 @@ impl RedisBus {
     pub fn new(config: RedisConfig) -> Result<Self> {
         config.validate()?;
         let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            Error::Config(format!("invalid redis URL {}: {e}", windlass_core::redact_url(&config.url)))
+            Error::Config(format!(
+                "invalid redis URL {}: {e}",
+                windlass_core::redact_url(&config.url)
+            ))
         })?;
         let client_name = sanitize_name(
-            &config.client_name.clone().unwrap_or_else(|| format!("windlass.{}", config.prefix)),
+            &config
+                .client_name
+                .clone()
+                .unwrap_or_else(|| format!("windlass.{}", config.prefix)),
         );
-        let conn = Conn::new(client.clone(), client_name.clone(), config.connect_timeout, config.timeout);
+        let conn = Conn::new(
+            client.clone(),
+            client_name.clone(),
+            config.connect_timeout,
+            config.timeout,
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -356,7 +395,11 @@ impl RedisBus {
         let bytes = event.to_json_vec();
         let limit = self.inner.config.max_event_bytes;
         if bytes.len() > limit {
-            return Err(Error::TooLarge { id: event.id().to_owned(), size: bytes.len(), limit });
+            return Err(Error::TooLarge {
+                id: event.id().to_owned(),
+                size: bytes.len(),
+                limit,
+            });
         }
         Ok(bytes)
     }
@@ -366,7 +409,11 @@ impl RedisBus {
 impl DeadLetters for RedisBus {
     async fn dead_letters(&self, topic: &Topic, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(self.dlq_key(topic)).arg("-").arg("+").arg("COUNT").arg(limit.max(1));
+        cmd.arg(self.dlq_key(topic))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1));
         let reply: redis::Value = self.inner.conn.query("read dead letters", &cmd).await?;
         if limit == 0 {
             return Ok(Vec::new());
@@ -375,8 +422,12 @@ impl DeadLetters for RedisBus {
             .into_iter()
             .filter_map(|(id, fields)| {
                 let fields = fields?;
-                let text = |name| wire::field(&fields, name).map(|b| String::from_utf8_lossy(b).into_owned());
-                let payload = wire::field(&fields, "event").map(<[u8]>::to_vec).unwrap_or_default();
+                let text = |name| {
+                    wire::field(&fields, name).map(|b| String::from_utf8_lossy(b).into_owned())
+                };
+                let payload = wire::field(&fields, "event")
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
                 let failed_at = text("failed_at")
                     .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                     .map(|t| t.with_timezone(&Utc))

@@ -62,7 +62,8 @@ impl RedisBus {
 impl Publisher for RedisBus {
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
         let bytes = self.encode(event)?;
-        self.send_with_retry(Request::One(&self.xadd(&self.stream_key(topic), &bytes))).await
+        self.send_with_retry(Request::One(&self.xadd(&self.stream_key(topic), &bytes)))
+            .await
     }
 
     /// One round trip for the whole batch (a pipeline of `XADD`s, in order). Every event is

@@ -35,7 +35,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Creates the group (and the stream) unless it exists.
 async fn create_group(conn: &Conn, key: &str, group: &str, start: &str) -> Result<()> {
     let mut cmd = redis::cmd("XGROUP");
-    cmd.arg("CREATE").arg(key).arg(group).arg(start).arg("MKSTREAM");
+    cmd.arg("CREATE")
+        .arg(key)
+        .arg(group)
+        .arg(start)
+        .arg("MKSTREAM");
     match conn.query::<Value>("create consumer group", &cmd).await {
         Ok(_) => Ok(()),
         Err(Error::Backend { source, .. }) if source.to_string().contains("BUSYGROUP") => Ok(()),
@@ -61,12 +65,16 @@ impl Subscriber for RedisBus {
         create_group(&self.inner.conn, &key, group.as_str(), start).await?;
         let consumer = match &options.consumer {
             Some(name) if name.is_empty() || name.chars().any(char::is_control) => {
-                return Err(Error::Config(format!("consumer name {name:?} must be non-empty text")));
+                return Err(Error::Config(format!(
+                    "consumer name {name:?} must be non-empty text"
+                )));
             }
             Some(name) => name.clone(),
             None => {
                 let mut members = lock(&self.inner.members);
-                let n = members.entry((topic.to_string(), group.to_string())).or_insert(0);
+                let n = members
+                    .entry((topic.to_string(), group.to_string()))
+                    .or_insert(0);
                 *n += 1;
                 format!("{}-{n}", host_name())
             }
@@ -81,7 +89,10 @@ impl Subscriber for RedisBus {
             in_flight: Mutex::new(HashSet::new()),
             reread_own: AtomicBool::new(true),
             own_cursor: Mutex::new("-".to_owned()),
-            claim: Mutex::new(ClaimState { next: Instant::now(), cursor: "0-0".to_owned() }),
+            claim: Mutex::new(ClaimState {
+                next: Instant::now(),
+                cursor: "0-0".to_owned(),
+            }),
         });
         let transport = RedisTransport {
             conn: self.inner.conn.clone(),
@@ -106,7 +117,13 @@ impl Subscriber for RedisBus {
                 config.claim_idle,
             ));
         }
-        Ok(runner::spawn(transport, topic.clone(), group.clone(), handler, options))
+        Ok(runner::spawn(
+            transport,
+            topic.clone(),
+            group.clone(),
+            handler,
+            options,
+        ))
     }
 }
 
@@ -141,7 +158,14 @@ struct RedisTransport {
 
 /// Refreshes the idle time of in-flight entries (`XCLAIM ... JUSTID`, which does not count as
 /// a delivery) until the subscription's transport is gone.
-async fn keep_alive(state: Weak<State>, conn: Arc<Conn>, key: String, group: String, consumer: String, idle: Duration) {
+async fn keep_alive(
+    state: Weak<State>,
+    conn: Arc<Conn>,
+    key: String,
+    group: String,
+    consumer: String,
+    idle: Duration,
+) {
     let every = (idle / 3).max(Duration::from_millis(5));
     let min_idle = (idle / 4).as_millis() as u64;
     loop {
@@ -151,7 +175,12 @@ async fn keep_alive(state: Weak<State>, conn: Arc<Conn>, key: String, group: Str
         drop(state);
         for chunk in ids.chunks(1000) {
             let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(&key).arg(&group).arg(&consumer).arg(min_idle).arg(chunk).arg("JUSTID");
+            cmd.arg(&key)
+                .arg(&group)
+                .arg(&consumer)
+                .arg(min_idle)
+                .arg(chunk)
+                .arg("JUSTID");
             if let Err(e) = conn.query::<Value>("refresh in-flight entries", &cmd).await {
                 tracing::debug!(error = %e, "keep-alive of in-flight entries failed; will retry");
                 break;
@@ -161,7 +190,12 @@ async fn keep_alive(state: Weak<State>, conn: Arc<Conn>, key: String, group: Str
 }
 
 impl RedisTransport {
-    fn to_delivery(&self, id: String, fields: Vec<(Vec<u8>, Vec<u8>)>, count: u32) -> Delivery<EntryToken> {
+    fn to_delivery(
+        &self,
+        id: String,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        count: u32,
+    ) -> Delivery<EntryToken> {
         let mut fields = fields;
         let position = fields.iter().position(|(k, _)| k == b"event");
         let (payload, raw) = match position {
@@ -173,18 +207,33 @@ impl RedisTransport {
                 }
             }
             None => {
-                let names: Vec<String> = fields.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+                let names: Vec<String> = fields
+                    .iter()
+                    .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                    .collect();
                 let raw = fields.first().map(|(_, v)| v.clone()).unwrap_or_default();
                 let reason = format!("entry has no `event` field (fields: {})", names.join(", "));
                 (Err(Undecodable::new(raw.clone(), reason)), raw)
             }
         };
-        Delivery::new(payload, EntryToken { id: id.clone(), raw }, id, count)
+        Delivery::new(
+            payload,
+            EntryToken {
+                id: id.clone(),
+                raw,
+            },
+            id,
+            count,
+        )
     }
 
     /// Turns entries into deliveries (tracking them as in flight); entries whose data is gone
     /// (trimmed or deleted while pending) are acknowledged and dropped.
-    async fn deliveries(&self, entries: Vec<Entry>, counts: &HashMap<String, u32>) -> Vec<Delivery<EntryToken>> {
+    async fn deliveries(
+        &self,
+        entries: Vec<Entry>,
+        counts: &HashMap<String, u32>,
+    ) -> Vec<Delivery<EntryToken>> {
         let mut out = Vec::with_capacity(entries.len());
         let mut gone = Vec::new();
         {
@@ -215,7 +264,12 @@ impl RedisTransport {
         let cursor = lock(&self.state.own_cursor).clone();
         let page = max + lock(&self.state.in_flight).len();
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.key).arg(&self.group).arg(&cursor).arg("+").arg(page).arg(&self.consumer);
+        cmd.arg(&self.key)
+            .arg(&self.group)
+            .arg(&cursor)
+            .arg("+")
+            .arg(page)
+            .arg(&self.consumer);
         let reply: Value = self.conn.query("read pending entries", &cmd).await?;
         let rows = wire::pending_reply(&reply);
         match rows.last() {
@@ -239,7 +293,11 @@ impl RedisTransport {
         }
         let ids: Vec<&String> = counts.keys().collect();
         let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.key).arg(&self.group).arg(&self.consumer).arg(0).arg(&ids);
+        cmd.arg(&self.key)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(&ids);
         let reply: Value = self.conn.query("claim own pending entries", &cmd).await?;
         let mut entries = wire::entries(&reply);
         entries.sort_by_key(|(id, _)| stream_id(id));
@@ -268,14 +326,21 @@ impl RedisTransport {
         {
             let mut claim = lock(&self.state.claim);
             // A finished pass waits for the next interval; an unfinished one goes on next fetch.
-            claim.next = if next == "0-0" { Instant::now() + self.claim_interval } else { Instant::now() };
+            claim.next = if next == "0-0" {
+                Instant::now() + self.claim_interval
+            } else {
+                Instant::now()
+            };
             claim.cursor = next;
         }
         // An entry of ours still in flight is only being slow: the claim refreshed it, and it
         // must not run twice here.
         let entries: Vec<Entry> = {
             let in_flight = lock(&self.state.in_flight);
-            entries.into_iter().filter(|(id, _)| !in_flight.contains(id)).collect()
+            entries
+                .into_iter()
+                .filter(|(id, _)| !in_flight.contains(id))
+                .collect()
         };
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -287,10 +352,17 @@ impl RedisTransport {
 
     /// Delivery counts of entries this consumer holds (best effort: 1 when unknown).
     async fn counts_of(&self, entries: &[Entry]) -> HashMap<String, u32> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return HashMap::new() };
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return HashMap::new();
+        };
         let page = entries.len() + lock(&self.state.in_flight).len() + 1;
         let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.key).arg(&self.group).arg(&first.0).arg(&last.0).arg(page).arg(&self.consumer);
+        cmd.arg(&self.key)
+            .arg(&self.group)
+            .arg(&first.0)
+            .arg(&last.0)
+            .arg(page)
+            .arg(&self.consumer);
         match self.conn.query::<Value>("read delivery counts", &cmd).await {
             Ok(reply) => wire::pending_reply(&reply)
                 .into_iter()
@@ -316,7 +388,11 @@ impl RedisTransport {
             .arg("STREAMS")
             .arg(&self.key)
             .arg(">");
-        let (generation, mut conn) = self.reader.get().await.inspect_err(|_| self.after_read_error())?;
+        let (generation, mut conn) = self
+            .reader
+            .get()
+            .await
+            .inspect_err(|_| self.after_read_error())?;
         let reply: Value = match cmd.query_async(&mut conn).await {
             Ok(v) => v,
             Err(e) => {
@@ -328,7 +404,9 @@ impl RedisTransport {
                 return Err(self.reader.fail(generation, "read", e));
             }
         };
-        Ok(self.deliveries(wire::read_reply(&reply), &HashMap::new()).await)
+        Ok(self
+            .deliveries(wire::read_reply(&reply), &HashMap::new())
+            .await)
     }
 
     fn after_read_error(&self) {
@@ -361,7 +439,10 @@ impl Transport for RedisTransport {
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery<EntryToken>>> {
         let mut out = Vec::new();
         if self.state.reread_own.swap(false, Ordering::Relaxed) {
-            out = self.take_own(max).await.inspect_err(|_| self.after_read_error())?;
+            out = self
+                .take_own(max)
+                .await
+                .inspect_err(|_| self.after_read_error())?;
         }
         if out.len() < max {
             match self.claim_idle_entries(max - out.len()).await {
@@ -411,7 +492,11 @@ impl Transport for RedisTransport {
         let mut xack = redis::cmd("XACK");
         xack.arg(&self.key).arg(&self.group).arg(&token.id);
         let mut pipe = redis::pipe();
-        pipe.atomic().add_command(xadd).ignore().add_command(xack).ignore();
+        pipe.atomic()
+            .add_command(xadd)
+            .ignore()
+            .add_command(xack)
+            .ignore();
         self.conn.query_pipe::<()>("dead-letter", &pipe).await?;
         self.forget([&token.id]);
         Ok(())

@@ -43,7 +43,11 @@ fn entry(v: &Value) -> Option<Entry> {
         None | Some(Value::Nil) => None,
         Some(f) => {
             let flat = items(f);
-            Some(flat.chunks(2).filter_map(|kv| Some((bytes(kv.first()?)?, bytes(kv.get(1)?)?))).collect())
+            Some(
+                flat.chunks(2)
+                    .filter_map(|kv| Some((bytes(kv.first()?)?, bytes(kv.get(1)?)?)))
+                    .collect(),
+            )
         }
     };
     Some((id, fields))
@@ -73,9 +77,15 @@ pub(crate) fn read_reply(v: &Value) -> Vec<Entry> {
 /// `XAUTOCLAIM` reply: next cursor, claimed entries, ids of deleted entries.
 pub(crate) fn autoclaim_reply(v: &Value) -> (String, Vec<Entry>, Vec<String>) {
     let parts = items(v);
-    let cursor = parts.first().and_then(|c| string(c)).unwrap_or_else(|| "0-0".to_owned());
+    let cursor = parts
+        .first()
+        .and_then(|c| string(c))
+        .unwrap_or_else(|| "0-0".to_owned());
     let claimed = parts.get(1).map(|e| entries(e)).unwrap_or_default();
-    let deleted = parts.get(2).map(|d| items(d).into_iter().filter_map(string).collect()).unwrap_or_default();
+    let deleted = parts
+        .get(2)
+        .map(|d| items(d).into_iter().filter_map(string).collect())
+        .unwrap_or_default();
     (cursor, claimed, deleted)
 }
 
@@ -85,12 +95,20 @@ pub(crate) fn pending_reply(v: &Value) -> Vec<(String, String, i64, i64)> {
         .into_iter()
         .filter_map(|row| {
             let r = items(row);
-            Some((string(r.first()?)?, string(r.get(1)?)?, int(r.get(2)?)?, int(r.get(3)?)?))
+            Some((
+                string(r.first()?)?,
+                string(r.get(1)?)?,
+                int(r.get(2)?)?,
+                int(r.get(3)?)?,
+            ))
         })
         .collect()
 }
 
 /// Looks a field up in an entry's fields.
 pub(crate) fn field<'a>(fields: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    fields.iter().find(|(k, _)| k == name.as_bytes()).map(|(_, v)| v.as_slice())
+    fields
+        .iter()
+        .find(|(k, _)| k == name.as_bytes())
+        .map(|(_, v)| v.as_slice())
 }

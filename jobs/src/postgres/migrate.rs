@@ -8,8 +8,11 @@ use crate::error::{Error, Result};
 
 /// The migrations, `(version, name, sql)`, in order. Apply them yourself if you prefer your own
 /// migrator.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "windlass_jobs", include_str!("../../migrations/0001_windlass_jobs.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "windlass_jobs",
+    include_str!("../../migrations/0001_windlass_jobs.sql"),
+)];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).
 const LOCK_KEY: i64 = 0x7769_6e64_6a6f_6273; // "windjobs"
@@ -38,7 +41,10 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         if applied.contains(version) {
             continue;
         }
-        sqlx::raw_sql(*sql).execute(&mut *tx).await.map_err(|e| Error::pg("migrate", e))?;
+        sqlx::raw_sql(*sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| Error::pg("migrate", e))?;
         sqlx::query("INSERT INTO windlass_jobs_migrations (version, name) VALUES ($1, $2)")
             .bind(version)
             .bind(name)

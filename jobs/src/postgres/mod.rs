@@ -18,7 +18,8 @@ pub use migrate::{MIGRATIONS, migrate};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob, QueueCount, Rescued,
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
+    QueueCount, Rescued,
 };
 use crate::store::{JobStore, WAKE_ALL};
 
@@ -41,7 +42,11 @@ pub struct PgStore {
 impl PgStore {
     /// A store on `pool`, with LISTEN/NOTIFY wake-ups.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, listen: true, wake: Arc::new(Mutex::new(None)) }
+        Self {
+            pool,
+            listen: true,
+            wake: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// Turns LISTEN off (e.g. behind PgBouncer in transaction mode): workers then poll.
@@ -228,8 +233,12 @@ fn record(r: &PgRow) -> Result<JobRecord> {
         args: r.get("args"),
         org_id: r.get("org_id"),
         priority: r.get("priority"),
-        state: JobState::parse(&state)
-            .ok_or_else(|| Error::pg("decode", format!("unknown job state {state:?} in windlass_jobs")))?,
+        state: JobState::parse(&state).ok_or_else(|| {
+            Error::pg(
+                "decode",
+                format!("unknown job state {state:?} in windlass_jobs"),
+            )
+        })?,
         attempt: r.get("attempt"),
         max_attempts: r.get("max_attempts"),
         run_at: r.get("run_at"),
@@ -239,12 +248,15 @@ fn record(r: &PgRow) -> Result<JobRecord> {
         unique_key: r.get("unique_key"),
         // Entries written by hand that do not match are skipped rather than failing a listing.
         errors: match errors {
-            serde_json::Value::Array(items) => {
-                items.into_iter().filter_map(|v| serde_json::from_value::<AttemptError>(v).ok()).collect()
-            }
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .filter_map(|v| serde_json::from_value::<AttemptError>(v).ok())
+                .collect(),
             _ => Vec::new(),
         },
-        timeout: r.get::<Option<i32>, _>("timeout_ms").map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        timeout: r
+            .get::<Option<i32>, _>("timeout_ms")
+            .map(|ms| Duration::from_millis(ms.max(1) as u64)),
         created_at: r.get("created_at"),
         finalized_at: r.get("finalized_at"),
     })
@@ -253,7 +265,11 @@ fn record(r: &PgRow) -> Result<JobRecord> {
 #[async_trait]
 impl JobStore for PgStore {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let mut conn = self.pool.acquire().await.map_err(|e| Error::pg("insert", e))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| Error::pg("insert", e))?;
         Self::insert_in(&mut conn, jobs).await
     }
 
@@ -294,7 +310,9 @@ impl JobStore for PgStore {
                 attempt: r.get(6),
                 max_attempts: r.get(7),
                 run_at: r.get(8),
-                timeout: r.get::<Option<i32>, _>(9).map(|ms| Duration::from_millis(ms.max(1) as u64)),
+                timeout: r
+                    .get::<Option<i32>, _>(9)
+                    .map(|ms| Duration::from_millis(ms.max(1) as u64)),
             })
             .collect();
         jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
@@ -450,13 +468,17 @@ impl JobStore for PgStore {
             }
             Ok(None) => Ok(false),
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                let key: Option<String> = sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| Error::pg("retry", e))?
-                    .flatten();
-                Err(Error::UniqueConflict { id, unique_key: key.unwrap_or_default() })
+                let key: Option<String> =
+                    sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| Error::pg("retry", e))?
+                        .flatten();
+                Err(Error::UniqueConflict {
+                    id,
+                    unique_key: key.unwrap_or_default(),
+                })
             }
             Err(e) => Err(Error::pg("retry", e)),
         }
@@ -518,11 +540,13 @@ impl JobStore for PgStore {
     }
 
     async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| Error::pg("get", e))?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::pg("get", e))?;
         row.as_ref().map(record).transpose()
     }
 
@@ -550,14 +574,20 @@ impl JobStore for PgStore {
     }
 
     async fn counts(&self) -> Result<Vec<QueueCount>> {
-        let rows = sqlx::query("SELECT queue, state, count(*) FROM windlass_jobs GROUP BY queue, state ORDER BY 1, 2")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::pg("counts", e))?;
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) FROM windlass_jobs GROUP BY queue, state ORDER BY 1, 2",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("counts", e))?;
         Ok(rows
             .iter()
             .filter_map(|r| {
-                Some(QueueCount { queue: r.get(0), state: JobState::parse(r.get::<&str, _>(1))?, count: r.get(2) })
+                Some(QueueCount {
+                    queue: r.get(0),
+                    state: JobState::parse(r.get::<&str, _>(1))?,
+                    count: r.get(2),
+                })
             })
             .collect())
     }

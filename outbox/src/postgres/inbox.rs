@@ -37,15 +37,28 @@ impl Inbox {
     }
 
     /// An inbox for `consumer` in the inbox table `config` names.
-    pub fn with_config(pool: PgPool, consumer: impl Into<String>, config: &OutboxConfig) -> Result<Self> {
+    pub fn with_config(
+        pool: PgPool,
+        consumer: impl Into<String>,
+        config: &OutboxConfig,
+    ) -> Result<Self> {
         config.validate()?;
         let consumer = Name::parse("consumer", consumer)?;
         let t = config.qualified_inbox_table();
-        let insert =
-            format!("INSERT INTO {t} (consumer, source, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING");
-        let retention =
-            format!("DELETE FROM {t} WHERE consumer = $1 AND received_at < now() - $2 * interval '1 millisecond'");
-        Ok(Self { inner: Arc::new(Inner { pool, consumer, insert: insert.into(), retention: retention.into() }) })
+        let insert = format!(
+            "INSERT INTO {t} (consumer, source, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+        );
+        let retention = format!(
+            "DELETE FROM {t} WHERE consumer = $1 AND received_at < now() - $2 * interval '1 millisecond'"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                consumer,
+                insert: insert.into(),
+                retention: retention.into(),
+            }),
+        })
     }
 
     /// The consumer name.
@@ -71,7 +84,11 @@ impl Inbox {
             .execute(conn)
             .await
             .map_err(|e| Error::db("inbox record", e))?;
-        Ok(if done.rows_affected() == 1 { Received::New } else { Received::Duplicate })
+        Ok(if done.rows_affected() == 1 {
+            Received::New
+        } else {
+            Received::Duplicate
+        })
     }
 
     /// Deletes this consumer's records older than `age`; returns how many. Keep `age` well over
@@ -107,9 +124,15 @@ impl Inbox {
     /// ```
     pub fn handler<F>(&self, work: F) -> InboxHandler<F>
     where
-        F: for<'c> Fn(&'c mut PgConnection, &'c Event) -> BoxFuture<'c, HandlerResult> + Send + Sync + 'static,
+        F: for<'c> Fn(&'c mut PgConnection, &'c Event) -> BoxFuture<'c, HandlerResult>
+            + Send
+            + Sync
+            + 'static,
     {
-        InboxHandler { inbox: self.clone(), work }
+        InboxHandler {
+            inbox: self.clone(),
+            work,
+        }
     }
 }
 
@@ -121,17 +144,28 @@ pub struct InboxHandler<F> {
 
 impl<F> std::fmt::Debug for InboxHandler<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxHandler").field("consumer", &self.inbox.consumer()).finish_non_exhaustive()
+        f.debug_struct("InboxHandler")
+            .field("consumer", &self.inbox.consumer())
+            .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
 impl<F> Handler for InboxHandler<F>
 where
-    F: for<'c> Fn(&'c mut PgConnection, &'c Event) -> BoxFuture<'c, HandlerResult> + Send + Sync + 'static,
+    F: for<'c> Fn(&'c mut PgConnection, &'c Event) -> BoxFuture<'c, HandlerResult>
+        + Send
+        + Sync
+        + 'static,
 {
     async fn handle(&self, event: &Event, _ctx: &DeliveryContext) -> HandlerResult {
-        let mut tx = self.inbox.inner.pool.begin().await.map_err(HandlerError::retry)?;
+        let mut tx = self
+            .inbox
+            .inner
+            .pool
+            .begin()
+            .await
+            .map_err(HandlerError::retry)?;
         let received = match self.inbox.record(&mut tx, event).await {
             Ok(r) => r,
             Err(e) => {
@@ -142,7 +176,11 @@ where
         if received == Received::Duplicate {
             metrics::counter!("windlass_inbox_duplicates_total", "consumer" => self.inbox.consumer().to_owned())
                 .increment(1);
-            tracing::debug!(consumer = self.inbox.consumer(), id = event.id(), "inbox dropped a duplicate");
+            tracing::debug!(
+                consumer = self.inbox.consumer(),
+                id = event.id(),
+                "inbox dropped a duplicate"
+            );
             tx.rollback().await.map_err(HandlerError::retry)?;
             return Ok(());
         }

@@ -54,7 +54,10 @@ pub async fn migrate_with(pool: &PgPool, config: &OutboxConfig) -> Result<()> {
         .execute(&mut *tx)
         .await
         .map_err(|e| Error::db("migrate", e))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(|e| Error::db("migrate", e))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db("migrate", e))?;
     tx.commit().await.map_err(|e| Error::db("migrate", e))?;
     Ok(())
 }

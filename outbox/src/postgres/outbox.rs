@@ -41,7 +41,11 @@ impl Outbox {
     pub fn new(config: OutboxConfig) -> Result<Self> {
         config.validate()?;
         let t = config.qualified_table();
-        let (prefix, suffix) = if config.notify { ("WITH ins AS (", ") SELECT pg_notify($6, '')") } else { ("", "") };
+        let (prefix, suffix) = if config.notify {
+            ("WITH ins AS (", ") SELECT pg_notify($6, '')")
+        } else {
+            ("", "")
+        };
         let insert_one = format!(
             "{prefix}INSERT INTO {t} (id, org_id, topic, partition_key, event) \
              VALUES ($1, $2, $3, $4, $5::jsonb){suffix}"
@@ -53,7 +57,11 @@ impl Outbox {
                   AS u(id, org_id, pk, ev, ord) ORDER BY u.ord{suffix}"
         );
         Ok(Self {
-            inner: Arc::new(Inner { config, insert_one: insert_one.into(), insert_many: insert_many.into() }),
+            inner: Arc::new(Inner {
+                config,
+                insert_one: insert_one.into(),
+                insert_many: insert_many.into(),
+            }),
         })
     }
 
@@ -66,7 +74,12 @@ impl Outbox {
     ///
     /// Refused without touching the transaction: an invalid topic ([`Error::Name`]) or an
     /// event over [`OutboxConfig::max_event_size`] ([`Error::TooLarge`]).
-    pub async fn enqueue(&self, conn: &mut PgConnection, topic: impl AsRef<str>, event: &Event) -> Result<Uuid> {
+    pub async fn enqueue(
+        &self,
+        conn: &mut PgConnection,
+        topic: impl AsRef<str>,
+        event: &Event,
+    ) -> Result<Uuid> {
         let p = prepare(topic.as_ref(), event, self.inner.config.max_event_size)?;
         let mut q = sqlx::query(sqlx::AssertSqlSafe(self.inner.insert_one.clone()))
             .bind(p.id)

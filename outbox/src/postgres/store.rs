@@ -84,8 +84,9 @@ impl PgStore {
             "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = now() \
              WHERE id = $1 AND status = 'dead'"
         );
-        let requeue_all =
-            format!("UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE status = 'dead'");
+        let requeue_all = format!(
+            "UPDATE {t} SET status = 'pending', attempts = 0, next_attempt_at = now() WHERE status = 'dead'"
+        );
         let retention = format!(
             "DELETE FROM {t} WHERE status = 'published' AND published_at < now() - $1 * interval '1 millisecond'"
         );
@@ -163,8 +164,14 @@ impl Claim for PgClaim {
         if !failed.is_empty() {
             let ids: Vec<Uuid> = failed.iter().map(|f| f.id).collect();
             let errs: Vec<&str> = failed.iter().map(|f| f.error.as_str()).collect();
-            let sts: Vec<&str> = failed.iter().map(|f| if f.dead { "dead" } else { "pending" }).collect();
-            let ms: Vec<i64> = failed.iter().map(|f| f.retry_in.as_millis().min(i64::MAX as u128) as i64).collect();
+            let sts: Vec<&str> = failed
+                .iter()
+                .map(|f| if f.dead { "dead" } else { "pending" })
+                .collect();
+            let ms: Vec<i64> = failed
+                .iter()
+                .map(|f| f.retry_in.as_millis().min(i64::MAX as u128) as i64)
+                .collect();
             PgStore::q(&s.mark_failed)
                 .bind(ids)
                 .bind(errs)
@@ -174,7 +181,10 @@ impl Claim for PgClaim {
                 .await
                 .map_err(|e| Error::db("mark failed", e))?;
         }
-        self.tx.commit().await.map_err(|e| Error::db("commit claim", e))
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| Error::db("commit claim", e))
     }
 }
 
@@ -227,7 +237,10 @@ impl OutboxStore for PgStore {
         let keyed: Vec<&ClaimedRow> = rows.iter().filter(|r| r.partition_key.is_some()).collect();
         if !keyed.is_empty() && rows.len() < limit {
             let topics: Vec<&str> = keyed.iter().map(|r| r.topic.as_str()).collect();
-            let keys: Vec<&str> = keyed.iter().map(|r| r.partition_key.as_deref().unwrap_or_default()).collect();
+            let keys: Vec<&str> = keyed
+                .iter()
+                .map(|r| r.partition_key.as_deref().unwrap_or_default())
+                .collect();
             let heads: Vec<Uuid> = keyed.iter().map(|r| r.id).collect();
             let follower_rows = PgStore::q(&s.followers)
                 .bind(topics)
@@ -241,7 +254,10 @@ impl OutboxStore for PgStore {
             let mut stopped: HashMap<(String, String), ()> = HashMap::new();
             for r in &follower_rows {
                 let (row, due) = claimed(r).map_err(|e| Error::db("claim", e))?;
-                let key = (row.topic.clone(), row.partition_key.clone().unwrap_or_default());
+                let key = (
+                    row.topic.clone(),
+                    row.partition_key.clone().unwrap_or_default(),
+                );
                 if stopped.contains_key(&key) {
                     continue;
                 }
@@ -253,16 +269,27 @@ impl OutboxStore for PgStore {
             }
             rows.sort_by_key(|r| r.seq);
         }
-        Ok(PgClaim { tx, rows, store: self.clone() })
+        Ok(PgClaim {
+            tx,
+            rows,
+            store: self.clone(),
+        })
     }
 
     async fn waiter(&self, listen: bool) -> Result<PgWaiter> {
         if !listen {
             return Ok(PgWaiter { listener: None });
         }
-        let mut listener = PgListener::connect_with(&self.inner.pool).await.map_err(|e| Error::db("listen", e))?;
-        listener.listen(&self.inner.config.channel()).await.map_err(|e| Error::db("listen", e))?;
-        Ok(PgWaiter { listener: Some(listener) })
+        let mut listener = PgListener::connect_with(&self.inner.pool)
+            .await
+            .map_err(|e| Error::db("listen", e))?;
+        listener
+            .listen(&self.inner.config.channel())
+            .await
+            .map_err(|e| Error::db("listen", e))?;
+        Ok(PgWaiter {
+            listener: Some(listener),
+        })
     }
 
     async fn stats(&self) -> Result<Stats> {

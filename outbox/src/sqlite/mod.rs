@@ -34,7 +34,9 @@ pub const MIGRATION_0001: &str = include_str!("../../migrations/sqlite/0001_outb
 fn check(config: &OutboxConfig) -> Result<()> {
     config.validate()?;
     if config.schema.is_some() {
-        return Err(Error::Config("SQLite has no schemas; leave OutboxConfig::schema unset".into()));
+        return Err(Error::Config(
+            "SQLite has no schemas; leave OutboxConfig::schema unset".into(),
+        ));
     }
     Ok(())
 }
@@ -56,8 +58,14 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
 pub async fn migrate_with(pool: &SqlitePool, config: &OutboxConfig) -> Result<()> {
     check(config)?;
     let sql = render_migration(MIGRATION_0001, config);
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db("migrate", e))?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *tx).await.map_err(|e| Error::db("migrate", e))?;
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| Error::db("migrate", e))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::db("migrate", e))?;
     tx.commit().await.map_err(|e| Error::db("migrate", e))
 }
 
@@ -77,12 +85,19 @@ impl Outbox {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
             config.table
         );
-        Ok(Self { inner: Arc::new((config, sql.into())) })
+        Ok(Self {
+            inner: Arc::new((config, sql.into())),
+        })
     }
 
     /// Adds `event` for `topic` in the caller's transaction; returns the row id. Invalid topic
     /// and oversized events are refused before any statement runs.
-    pub async fn enqueue(&self, conn: &mut SqliteConnection, topic: impl AsRef<str>, event: &Event) -> Result<Uuid> {
+    pub async fn enqueue(
+        &self,
+        conn: &mut SqliteConnection,
+        topic: impl AsRef<str>,
+        event: &Event,
+    ) -> Result<Uuid> {
         let p = prepare(topic.as_ref(), event, self.inner.0.max_event_size)?;
         sqlx::query(sqlx::AssertSqlSafe(self.inner.1.clone()))
             .bind(p.id.to_string())
@@ -154,7 +169,14 @@ impl SqliteStore {
                       AND p.partition_key = o.partition_key AND p.seq < o.seq AND p.next_attempt_at > ?1)) \
              ORDER BY o.seq LIMIT ?2"
         );
-        Ok(Self { inner: Arc::new(StoreInner { pool, label: config.label(), table: t, claim: claim.into() }) })
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                pool,
+                label: config.label(),
+                table: t,
+                claim: claim.into(),
+            }),
+        })
     }
 
     /// The pool.
@@ -190,8 +212,9 @@ impl Claim for SqliteClaim {
         let t = &self.table;
         let now = now_ms();
         if !published.is_empty() {
-            let ids = serde_json::to_string(&published.iter().map(|u| u.to_string()).collect::<Vec<_>>())
-                .map_err(|e| Error::db("mark published", e))?;
+            let ids =
+                serde_json::to_string(&published.iter().map(|u| u.to_string()).collect::<Vec<_>>())
+                    .map_err(|e| Error::db("mark published", e))?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "UPDATE {t} SET status = 'published', published_at = ?1, attempts = attempts + 1, \
                  last_error = NULL WHERE id IN (SELECT value FROM json_each(?2))"
@@ -215,7 +238,10 @@ impl Claim for SqliteClaim {
             .await
             .map_err(|e| Error::db("mark failed", e))?;
         }
-        self.tx.commit().await.map_err(|e| Error::db("commit claim", e))
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| Error::db("commit claim", e))
     }
 }
 
@@ -236,7 +262,12 @@ impl OutboxStore for SqliteStore {
     type Waiter = SqliteWaiter;
 
     async fn claim(&self, limit: usize) -> Result<SqliteClaim> {
-        let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await.map_err(|e| Error::db("claim", e))?;
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| Error::db("claim", e))?;
         let found = sqlx::query(sqlx::AssertSqlSafe(self.inner.claim.clone()))
             .bind(now_ms())
             .bind(limit.max(1) as i64)
@@ -258,7 +289,11 @@ impl OutboxStore for SqliteStore {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::db("claim", e))?;
-        Ok(SqliteClaim { tx, rows, table: self.inner.table.clone() })
+        Ok(SqliteClaim {
+            tx,
+            rows,
+            table: self.inner.table.clone(),
+        })
     }
 
     async fn waiter(&self, _listen: bool) -> Result<SqliteWaiter> {
@@ -351,7 +386,9 @@ impl OutboxStore for SqliteStore {
     async fn delete_published_before(&self, age: Duration) -> Result<u64> {
         let t = &self.inner.table;
         let done = self
-            .sql(format!("DELETE FROM {t} WHERE status = 'published' AND published_at < ?1"))
+            .sql(format!(
+                "DELETE FROM {t} WHERE status = 'published' AND published_at < ?1"
+            ))
             .bind(now_ms().saturating_sub(ms(age)))
             .execute(&self.inner.pool)
             .await
@@ -384,10 +421,20 @@ impl Inbox {
     }
 
     /// An inbox for `consumer` in the inbox table `config` names.
-    pub fn with_config(pool: SqlitePool, consumer: impl Into<String>, config: &OutboxConfig) -> Result<Self> {
+    pub fn with_config(
+        pool: SqlitePool,
+        consumer: impl Into<String>,
+        config: &OutboxConfig,
+    ) -> Result<Self> {
         check(config)?;
         let consumer = Name::parse("consumer", consumer)?;
-        Ok(Self { inner: Arc::new(InboxInner { pool, consumer, table: config.inbox_table.clone() }) })
+        Ok(Self {
+            inner: Arc::new(InboxInner {
+                pool,
+                consumer,
+                table: config.inbox_table.clone(),
+            }),
+        })
     }
 
     /// The consumer name.
@@ -408,7 +455,11 @@ impl Inbox {
         .execute(conn)
         .await
         .map_err(|e| Error::db("inbox record", e))?;
-        Ok(if done.rows_affected() == 1 { Received::New } else { Received::Duplicate })
+        Ok(if done.rows_affected() == 1 {
+            Received::New
+        } else {
+            Received::Duplicate
+        })
     }
 
     /// Deletes this consumer's records older than `age`.
@@ -429,9 +480,15 @@ impl Inbox {
     /// duplicates acknowledged without running `work`.
     pub fn handler<F>(&self, work: F) -> InboxHandler<F>
     where
-        F: for<'c> Fn(&'c mut SqliteConnection, &'c Event) -> BoxFuture<'c, HandlerResult> + Send + Sync + 'static,
+        F: for<'c> Fn(&'c mut SqliteConnection, &'c Event) -> BoxFuture<'c, HandlerResult>
+            + Send
+            + Sync
+            + 'static,
     {
-        InboxHandler { inbox: self.clone(), work }
+        InboxHandler {
+            inbox: self.clone(),
+            work,
+        }
     }
 }
 
@@ -443,17 +500,28 @@ pub struct InboxHandler<F> {
 
 impl<F> std::fmt::Debug for InboxHandler<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxHandler").field("consumer", &self.inbox.consumer()).finish_non_exhaustive()
+        f.debug_struct("InboxHandler")
+            .field("consumer", &self.inbox.consumer())
+            .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
 impl<F> Handler for InboxHandler<F>
 where
-    F: for<'c> Fn(&'c mut SqliteConnection, &'c Event) -> BoxFuture<'c, HandlerResult> + Send + Sync + 'static,
+    F: for<'c> Fn(&'c mut SqliteConnection, &'c Event) -> BoxFuture<'c, HandlerResult>
+        + Send
+        + Sync
+        + 'static,
 {
     async fn handle(&self, event: &Event, _ctx: &DeliveryContext) -> HandlerResult {
-        let mut tx = self.inbox.inner.pool.begin_with("BEGIN IMMEDIATE").await.map_err(HandlerError::retry)?;
+        let mut tx = self
+            .inbox
+            .inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(HandlerError::retry)?;
         let received = match self.inbox.record(&mut tx, event).await {
             Ok(r) => r,
             Err(e) => {

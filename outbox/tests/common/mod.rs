@@ -20,7 +20,10 @@ where
         if cond().await {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -65,7 +68,10 @@ impl Recorder {
         self.state.lock().unwrap().calls
     }
     pub fn ids(&self) -> Vec<String> {
-        self.published().into_iter().map(|p| p.event.id().to_owned()).collect()
+        self.published()
+            .into_iter()
+            .map(|p| p.event.id().to_owned())
+            .collect()
     }
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
@@ -94,33 +100,61 @@ impl Publisher for Recorder {
         let mut s = self.state.lock().unwrap();
         s.calls += 1;
         if s.down {
-            return Err(BusError::backend("test", "publish", "connection refused (bus is down)"));
+            return Err(BusError::backend(
+                "test",
+                "publish",
+                "connection refused (bus is down)",
+            ));
         }
-        if event.partition_key().is_some_and(|k| s.failing_keys.contains(k)) {
-            return Err(BusError::backend("test", "publish", "partition unavailable"));
+        if event
+            .partition_key()
+            .is_some_and(|k| s.failing_keys.contains(k))
+        {
+            return Err(BusError::backend(
+                "test",
+                "publish",
+                "partition unavailable",
+            ));
         }
         if s.rejected.contains(event.id()) {
-            return Err(BusError::TooLarge { id: event.id().to_owned(), size: 1 << 30, limit: 1 << 20 });
+            return Err(BusError::TooLarge {
+                id: event.id().to_owned(),
+                size: 1 << 30,
+                limit: 1 << 20,
+            });
         }
-        s.published.push(Published { topic: topic.to_string(), event: event.clone() });
+        s.published.push(Published {
+            topic: topic.to_string(),
+            event: event.clone(),
+        });
         Ok(())
     }
 
-    async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> windlass_eventbus::Result<()> {
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        events: &[Event],
+    ) -> windlass_eventbus::Result<()> {
         // All or nothing, so a failed batch leaves no prefix (the relay's one-by-one pass then
         // sorts the events out).
         {
             let s = self.state.lock().unwrap();
             let bad = s.down
                 || events.iter().any(|e| {
-                    e.partition_key().is_some_and(|k| s.failing_keys.contains(k)) || s.rejected.contains(e.id())
+                    e.partition_key()
+                        .is_some_and(|k| s.failing_keys.contains(k))
+                        || s.rejected.contains(e.id())
                 });
             if bad {
                 drop(s);
                 let e = events
                     .iter()
                     .find(|e| self.state.lock().unwrap().rejected.contains(e.id()))
-                    .map(|e| BusError::TooLarge { id: e.id().to_owned(), size: 1 << 30, limit: 1 << 20 })
+                    .map(|e| BusError::TooLarge {
+                        id: e.id().to_owned(),
+                        size: 1 << 30,
+                        limit: 1 << 20,
+                    })
                     .unwrap_or_else(|| BusError::backend("test", "publish", "batch failed"));
                 self.state.lock().unwrap().calls += 1;
                 return Err(e);
@@ -135,7 +169,11 @@ impl Publisher for Recorder {
 
 /// An event for `key` with `n` as data.
 pub fn event(key: &str, n: u64) -> Event {
-    Event::builder("/test", "thing.happened").partition_key(key).data_json(&n).build().unwrap()
+    Event::builder("/test", "thing.happened")
+        .partition_key(key)
+        .data_json(&n)
+        .build()
+        .unwrap()
 }
 
 /// Checks that, for every key, the published `n`s come in strictly increasing order (no

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use windlass_eventbus::{
-    DeadLetter, DeadLetters, Event, Group, Handler, HandlerError, Publisher, RetryPolicy, SubscribeOptions,
-    Subscriber, Subscription, Topic, handler_fn,
+    DeadLetter, DeadLetters, Event, Group, Handler, HandlerError, Publisher, RetryPolicy,
+    SubscribeOptions, Subscriber, Subscription, Topic, handler_fn,
 };
 
 pub use fixtures::{MemoryFixture, RedisFixture};
@@ -119,16 +119,26 @@ pub async fn run_all<F: BusFixture>(fixture: &F) {
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Polls the dead-letter queue until it holds at least `n` entries; returns them.
-pub async fn wait_dead_letters<B: DeadLetters>(bus: &B, topic: &Topic, n: usize) -> Vec<DeadLetter> {
+pub async fn wait_dead_letters<B: DeadLetters>(
+    bus: &B,
+    topic: &Topic,
+    n: usize,
+) -> Vec<DeadLetter> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let dlq = bus.dead_letters(topic, n + 100).await.expect("read the dead-letter queue");
+        let dlq = bus
+            .dead_letters(topic, n + 100)
+            .await
+            .expect("read the dead-letter queue");
         if dlq.len() >= n {
             return dlq;
         }
@@ -143,7 +153,10 @@ pub async fn wait_dead_letters<B: DeadLetters>(bus: &B, topic: &Topic, n: usize)
 
 /// An event carrying `n` as its data.
 pub fn numbered(n: usize) -> Event {
-    Event::builder("/conformance", "conformance.numbered").data_json(&n).build().expect("valid event")
+    Event::builder("/conformance", "conformance.numbered")
+        .data_json(&n)
+        .build()
+        .expect("valid event")
 }
 
 /// An event of ordering key `key` carrying its sequence number `seq`.
@@ -172,16 +185,30 @@ struct Seen(Arc<Mutex<Vec<(String, u32, String)>>>);
 
 impl Seen {
     fn push(&self, id: &str, attempt: u32, consumer: &str) {
-        self.0.lock().unwrap().push((id.to_owned(), attempt, consumer.to_owned()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((id.to_owned(), attempt, consumer.to_owned()));
     }
     fn ids(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().map(|(id, ..)| id.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, ..)| id.clone())
+            .collect()
     }
     fn distinct(&self) -> HashSet<String> {
         self.ids().into_iter().collect()
     }
     fn attempts_of(&self, id: &str) -> Vec<u32> {
-        self.0.lock().unwrap().iter().filter(|(i, ..)| i == id).map(|(_, a, _)| *a).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(i, ..)| i == id)
+            .map(|(_, a, _)| *a)
+            .collect()
     }
     fn len(&self) -> usize {
         self.0.lock().unwrap().len()
@@ -207,7 +234,9 @@ async fn subscribe<F: BusFixture>(
     handler: Arc<dyn Handler>,
     options: SubscribeOptions,
 ) -> Subscription {
-    bus.subscribe(topic, group, handler, options).await.expect("subscribe")
+    bus.subscribe(topic, group, handler, options)
+        .await
+        .expect("subscribe")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -219,18 +248,34 @@ pub async fn at_least_once<F: BusFixture>(fixture: &F) {
     let bus = fixture.bus().await;
     let topic = fixture.topic();
     let before: Vec<Event> = (0..20).map(numbered).collect();
-    bus.publish_batch(&topic, &before).await.expect("publish batch");
+    bus.publish_batch(&topic, &before)
+        .await
+        .expect("publish batch");
     let seen = Seen::default();
-    let sub = subscribe::<F>(&bus, &topic, &group("g"), recording(&seen), fixture.options()).await;
+    let sub = subscribe::<F>(
+        &bus,
+        &topic,
+        &group("g"),
+        recording(&seen),
+        fixture.options(),
+    )
+    .await;
     let mut all: HashSet<String> = before.iter().map(|e| e.id().to_owned()).collect();
     for n in 20..40 {
         let event = numbered(n);
         bus.publish(&topic, &event).await.expect("publish");
         all.insert(event.id().to_owned());
     }
-    wait_until("all 40 events are handled", || seen.distinct().is_superset(&all)).await;
+    wait_until("all 40 events are handled", || {
+        seen.distinct().is_superset(&all)
+    })
+    .await;
     sub.shutdown().await.expect("shutdown");
-    assert_eq!(seen.distinct(), all, "the handler saw events nobody published");
+    assert_eq!(
+        seen.distinct(),
+        all,
+        "the handler saw events nobody published"
+    );
 }
 
 /// An acknowledged event is not delivered again, not even to the same consumer name after a
@@ -250,10 +295,19 @@ pub async fn ack_is_final<F: BusFixture>(fixture: &F) {
     let second = Seen::default();
     let sub = subscribe::<F>(&bus, &topic, &g, recording(&second), options).await;
     let sentinel = numbered(999);
-    bus.publish(&topic, &sentinel).await.expect("publish sentinel");
-    wait_until("the sentinel is handled", || second.distinct().contains(sentinel.id())).await;
+    bus.publish(&topic, &sentinel)
+        .await
+        .expect("publish sentinel");
+    wait_until("the sentinel is handled", || {
+        second.distinct().contains(sentinel.id())
+    })
+    .await;
     sub.shutdown().await.expect("shutdown");
-    assert_eq!(second.ids(), vec![sentinel.id().to_owned()], "acknowledged events were delivered again");
+    assert_eq!(
+        second.ids(),
+        vec![sentinel.id().to_owned()],
+        "acknowledged events were delivered again"
+    );
 }
 
 /// A handler error is retried (with the attempt number counting up) until it succeeds; nothing
@@ -269,7 +323,10 @@ pub async fn retry_after_handler_error<F: BusFixture>(fixture: &F) {
             async move {
                 seen.push(event.id(), ctx.attempt, &ctx.consumer);
                 if ctx.attempt < 3 {
-                    return Err(HandlerError::retry(format!("transient failure {}", ctx.attempt)));
+                    return Err(HandlerError::retry(format!(
+                        "transient failure {}",
+                        ctx.attempt
+                    )));
                 }
                 Ok(())
             }
@@ -283,7 +340,10 @@ pub async fn retry_after_handler_error<F: BusFixture>(fixture: &F) {
     sub.shutdown().await.expect("shutdown");
     assert_eq!(seen.attempts_of(event.id()), vec![1, 2, 3]);
     let dlq = bus.dead_letters(&topic, 10).await.expect("dead letters");
-    assert!(dlq.is_empty(), "a retried-then-handled event was dead-lettered: {dlq:?}");
+    assert!(
+        dlq.is_empty(),
+        "a retried-then-handled event was dead-lettered: {dlq:?}"
+    );
 }
 
 /// A handler that keeps failing gets exactly `max_attempts` attempts; then the event is in the
@@ -302,25 +362,53 @@ pub async fn dead_letter_after_max_attempts<F: BusFixture>(fixture: &F) {
             async move {
                 seen.push(event.id(), ctx.attempt, &ctx.consumer);
                 if poison {
-                    return Err(HandlerError::retry(format!("boom on attempt {}", ctx.attempt)));
+                    return Err(HandlerError::retry(format!(
+                        "boom on attempt {}",
+                        ctx.attempt
+                    )));
                 }
                 Ok(())
             }
         })
     };
     let g = group("g");
-    let sub = subscribe::<F>(&bus, &topic, &g, Arc::new(handler), fixture.options().retry(fast_retry(3))).await;
+    let sub = subscribe::<F>(
+        &bus,
+        &topic,
+        &g,
+        Arc::new(handler),
+        fixture.options().retry(fast_retry(3)),
+    )
+    .await;
     let after = numbered(14);
-    bus.publish_batch(&topic, &[poison.clone(), after.clone()]).await.expect("publish");
+    bus.publish_batch(&topic, &[poison.clone(), after.clone()])
+        .await
+        .expect("publish");
     let dlq = wait_dead_letters(&bus, &topic, 1).await;
-    wait_until("the event behind the poison one is handled", || seen.distinct().contains(after.id())).await;
+    wait_until("the event behind the poison one is handled", || {
+        seen.distinct().contains(after.id())
+    })
+    .await;
     sub.shutdown().await.expect("shutdown");
     assert_eq!(dlq.len(), 1, "{dlq:?}");
     let dead = &dlq[0];
     assert_eq!(seen.attempts_of(poison.id()), vec![1, 2, 3]);
-    assert_eq!(dead.event.as_ref().map(Event::id), Some(poison.id()), "{dead:?}");
-    assert_eq!(Event::from_json(&dead.payload).expect("payload decodes").id(), poison.id());
-    assert!(dead.error.contains("boom on attempt 3"), "reason lacks the last error: {}", dead.error);
+    assert_eq!(
+        dead.event.as_ref().map(Event::id),
+        Some(poison.id()),
+        "{dead:?}"
+    );
+    assert_eq!(
+        Event::from_json(&dead.payload)
+            .expect("payload decodes")
+            .id(),
+        poison.id()
+    );
+    assert!(
+        dead.error.contains("boom on attempt 3"),
+        "reason lacks the last error: {}",
+        dead.error
+    );
     assert_eq!(dead.group, g.as_str());
     assert_eq!(dead.topic, topic.as_str());
 }
@@ -340,13 +428,28 @@ pub async fn reject_dead_letters_at_once<F: BusFixture>(fixture: &F) {
             }
         })
     };
-    let sub = subscribe::<F>(&bus, &topic, &group("g"), Arc::new(handler), fixture.options().retry(fast_retry(5))).await;
+    let sub = subscribe::<F>(
+        &bus,
+        &topic,
+        &group("g"),
+        Arc::new(handler),
+        fixture.options().retry(fast_retry(5)),
+    )
+    .await;
     let event = numbered(1);
     bus.publish(&topic, &event).await.expect("publish");
     let dlq = wait_dead_letters(&bus, &topic, 1).await;
     sub.shutdown().await.expect("shutdown");
-    assert_eq!(seen.attempts_of(event.id()), vec![1], "a rejected event was retried");
-    assert!(dlq[0].error.contains("amount is negative"), "reason: {}", dlq[0].error);
+    assert_eq!(
+        seen.attempts_of(event.id()),
+        vec![1],
+        "a rejected event was retried"
+    );
+    assert!(
+        dlq[0].error.contains("amount is negative"),
+        "reason: {}",
+        dlq[0].error
+    );
     assert_eq!(dlq[0].event.as_ref().map(Event::id), Some(event.id()));
 }
 
@@ -378,7 +481,10 @@ pub async fn group_members_split_the_work<F: BusFixture>(fixture: &F) {
         all.insert(event.id().to_owned());
         bus.publish(&topic, &event).await.expect("publish");
     }
-    wait_until("all 80 events are handled", || seen.distinct().is_superset(&all)).await;
+    wait_until("all 80 events are handled", || {
+        seen.distinct().is_superset(&all)
+    })
+    .await;
     a.shutdown().await.expect("shutdown a");
     b.shutdown().await.expect("shutdown b");
     let records = seen.0.lock().unwrap().clone();
@@ -389,10 +495,14 @@ pub async fn group_members_split_the_work<F: BusFixture>(fixture: &F) {
         *per_consumer.entry(consumer).or_default() += 1;
     }
     let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "events handled by both members: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "events handled by both members: {twice:?}"
+    );
     assert_eq!(records.len(), 80);
     assert!(
-        per_consumer.get("a").copied().unwrap_or(0) > 0 && per_consumer.get("b").copied().unwrap_or(0) > 0,
+        per_consumer.get("a").copied().unwrap_or(0) > 0
+            && per_consumer.get("b").copied().unwrap_or(0) > 0,
         "one member got all the work: {per_consumer:?}"
     );
 }
@@ -402,12 +512,29 @@ pub async fn every_group_gets_every_event<F: BusFixture>(fixture: &F) {
     let bus = fixture.bus().await;
     let topic = fixture.topic();
     let (s1, s2) = (Seen::default(), Seen::default());
-    let a = subscribe::<F>(&bus, &topic, &group("billing"), recording(&s1), fixture.options()).await;
-    let b = subscribe::<F>(&bus, &topic, &group("shipping"), recording(&s2), fixture.options()).await;
+    let a = subscribe::<F>(
+        &bus,
+        &topic,
+        &group("billing"),
+        recording(&s1),
+        fixture.options(),
+    )
+    .await;
+    let b = subscribe::<F>(
+        &bus,
+        &topic,
+        &group("shipping"),
+        recording(&s2),
+        fixture.options(),
+    )
+    .await;
     let events: Vec<Event> = (0..30).map(numbered).collect();
     bus.publish_batch(&topic, &events).await.expect("publish");
     let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    wait_until("both groups handled every event", || s1.distinct() == all && s2.distinct() == all).await;
+    wait_until("both groups handled every event", || {
+        s1.distinct() == all && s2.distinct() == all
+    })
+    .await;
     a.shutdown().await.expect("shutdown");
     b.shutdown().await.expect("shutdown");
     assert_eq!(s1.len(), 30, "group billing saw duplicates");
@@ -427,21 +554,39 @@ pub async fn order_per_key_under_concurrency<F: BusFixture>(fixture: &F) {
     let busy_keys: Arc<Mutex<HashSet<String>>> = Arc::default();
     let overlap = Arc::new(AtomicUsize::new(0));
     let handler = {
-        let (order, active, max_active, busy_keys, overlap) =
-            (order.clone(), active.clone(), max_active.clone(), busy_keys.clone(), overlap.clone());
+        let (order, active, max_active, busy_keys, overlap) = (
+            order.clone(),
+            active.clone(),
+            max_active.clone(),
+            busy_keys.clone(),
+            overlap.clone(),
+        );
         handler_fn(move |event, _ctx| {
-            let (order, active, max_active, busy_keys, overlap) =
-                (order.clone(), active.clone(), max_active.clone(), busy_keys.clone(), overlap.clone());
+            let (order, active, max_active, busy_keys, overlap) = (
+                order.clone(),
+                active.clone(),
+                max_active.clone(),
+                busy_keys.clone(),
+                overlap.clone(),
+            );
             async move {
                 let key = event.partition_key().unwrap_or_default().to_owned();
-                let seq: usize = event.data_as().map_err(HandlerError::reject)?.unwrap_or_default();
+                let seq: usize = event
+                    .data_as()
+                    .map_err(HandlerError::reject)?
+                    .unwrap_or_default();
                 if !busy_keys.lock().unwrap().insert(key.clone()) {
                     overlap.fetch_add(1, Ordering::SeqCst);
                 }
                 let now = active.fetch_add(1, Ordering::SeqCst) + 1;
                 max_active.fetch_max(now, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis((seq % 3) as u64 + 1)).await;
-                order.lock().unwrap().entry(key.clone()).or_default().push(seq);
+                order
+                    .lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default()
+                    .push(seq);
                 active.fetch_sub(1, Ordering::SeqCst);
                 busy_keys.lock().unwrap().remove(&key);
                 Ok(())
@@ -467,8 +612,15 @@ pub async fn order_per_key_under_concurrency<F: BusFixture>(fixture: &F) {
     for (key, seqs) in order.iter() {
         assert_eq!(seqs, &expected, "events of {key} handled out of order");
     }
-    assert_eq!(overlap.load(Ordering::SeqCst), 0, "two events of one key ran at once");
-    assert!(max_active.load(Ordering::SeqCst) > 1, "different keys never ran concurrently");
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "two events of one key ran at once"
+    );
+    assert!(
+        max_active.load(Ordering::SeqCst) > 1,
+        "different keys never ran concurrently"
+    );
 }
 
 /// Shutdown waits for the handler in flight, acknowledges its work, and a restarted consumer
@@ -491,21 +643,40 @@ pub async fn shutdown_finishes_in_flight_work<F: BusFixture>(fixture: &F) {
             }
         })
     };
-    let options = fixture.options().consumer("c1").shutdown_timeout(Duration::from_secs(20));
+    let options = fixture
+        .options()
+        .consumer("c1")
+        .shutdown_timeout(Duration::from_secs(20));
     let sub = subscribe::<F>(&bus, &topic, &g, Arc::new(handler), options.clone()).await;
     let event = numbered(1);
     bus.publish(&topic, &event).await.expect("publish");
-    wait_until("the handler started", || started.load(Ordering::SeqCst) == 1).await;
+    wait_until("the handler started", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
     sub.shutdown().await.expect("graceful shutdown");
-    assert_eq!(finished.load(Ordering::SeqCst), 1, "shutdown returned before the in-flight handler finished");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "shutdown returned before the in-flight handler finished"
+    );
 
     let again = Seen::default();
     let sub = subscribe::<F>(&bus, &topic, &g, recording(&again), options).await;
     let sentinel = numbered(2);
-    bus.publish(&topic, &sentinel).await.expect("publish sentinel");
-    wait_until("the sentinel is handled", || again.distinct().contains(sentinel.id())).await;
+    bus.publish(&topic, &sentinel)
+        .await
+        .expect("publish sentinel");
+    wait_until("the sentinel is handled", || {
+        again.distinct().contains(sentinel.id())
+    })
+    .await;
     sub.shutdown().await.expect("shutdown");
-    assert_eq!(again.ids(), vec![sentinel.id().to_owned()], "work finished during shutdown was not acknowledged");
+    assert_eq!(
+        again.ids(),
+        vec![sentinel.id().to_owned()],
+        "work finished during shutdown was not acknowledged"
+    );
 }
 
 /// An entry that is not an event (written by a raw client) goes to the dead-letter queue with
@@ -518,15 +689,32 @@ pub async fn garbage_goes_to_dead_letters_without_blocking<F: BusFixture>(fixtur
     let events: Vec<Event> = (0..5).map(numbered).collect();
     bus.publish_batch(&topic, &events).await.expect("publish");
     let seen = Seen::default();
-    let sub = subscribe::<F>(&bus, &topic, &group("g"), recording(&seen), fixture.options()).await;
+    let sub = subscribe::<F>(
+        &bus,
+        &topic,
+        &group("g"),
+        recording(&seen),
+        fixture.options(),
+    )
+    .await;
     let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
     let dlq = wait_dead_letters(&bus, &topic, 1).await;
-    wait_until("the events behind the garbage are handled", || seen.distinct() == all).await;
+    wait_until("the events behind the garbage are handled", || {
+        seen.distinct() == all
+    })
+    .await;
     sub.shutdown().await.expect("shutdown");
     assert_eq!(dlq.len(), 1, "{dlq:?}");
-    assert_eq!(dlq[0].payload, garbage, "the dead letter does not keep the bytes as written");
+    assert_eq!(
+        dlq[0].payload, garbage,
+        "the dead letter does not keep the bytes as written"
+    );
     assert!(dlq[0].event.is_none());
-    assert!(dlq[0].error.contains("undecodable"), "reason: {}", dlq[0].error);
+    assert!(
+        dlq[0].error.contains("undecodable"),
+        "reason: {}",
+        dlq[0].error
+    );
 }
 
 /// A handler that panics is retried like one that failed, and the subscription survives.
@@ -547,12 +735,25 @@ pub async fn panicking_handler_is_retried<F: BusFixture>(fixture: &F) {
             }
         })
     };
-    let sub = subscribe::<F>(&bus, &topic, &group("g"), Arc::new(handler), fixture.options().retry(fast_retry(3))).await;
+    let sub = subscribe::<F>(
+        &bus,
+        &topic,
+        &group("g"),
+        Arc::new(handler),
+        fixture.options().retry(fast_retry(3)),
+    )
+    .await;
     let (first, second) = (numbered(1), numbered(2));
     bus.publish(&topic, &first).await.expect("publish");
-    wait_until("the retry after the panic", || seen.attempts_of(first.id()).len() >= 2).await;
+    wait_until("the retry after the panic", || {
+        seen.attempts_of(first.id()).len() >= 2
+    })
+    .await;
     bus.publish(&topic, &second).await.expect("publish");
-    wait_until("the next event is handled", || seen.attempts_of(second.id()).len() >= 2).await;
+    wait_until("the next event is handled", || {
+        seen.attempts_of(second.id()).len() >= 2
+    })
+    .await;
     sub.shutdown().await.expect("shutdown");
     assert_eq!(seen.attempts_of(first.id()), vec![1, 2]);
     let dlq = bus.dead_letters(&topic, 10).await.expect("dead letters");

@@ -25,7 +25,9 @@ impl BusFixture for MemoryFixture {
     type Bus = MemoryBus;
 
     async fn setup() -> Self {
-        Self { bus: MemoryBus::new() }
+        Self {
+            bus: MemoryBus::new(),
+        }
     }
 
     async fn bus(&self) -> MemoryBus {
@@ -37,7 +39,10 @@ impl BusFixture for MemoryFixture {
     }
 
     async fn publish_raw(&self, topic: &Topic, bytes: &[u8]) {
-        self.bus.publish_raw(topic, bytes.to_vec()).await.expect("raw publish");
+        self.bus
+            .publish_raw(topic, bytes.to_vec())
+            .await
+            .expect("raw publish");
     }
 }
 
@@ -66,11 +71,15 @@ impl BusFixture for RedisFixture {
     type Bus = RedisBus;
 
     async fn setup() -> Self {
-        Self { redis: fresh_prefix().await }
+        Self {
+            redis: fresh_prefix().await,
+        }
     }
 
     async fn bus(&self) -> RedisBus {
-        RedisBus::connect(self.config()).await.expect("connect the Redis bus")
+        RedisBus::connect(self.config())
+            .await
+            .expect("connect the Redis bus")
     }
 
     fn topic(&self) -> Topic {

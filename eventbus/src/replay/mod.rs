@@ -174,3 +174,11 @@ pub(crate) async fn deliver(
     }
     options.limit.is_none_or(|l| report.delivered + (report.failed.len() as u64) < l)
 }
+
+#[cfg(feature = "outbox-replay")]
+mod outbox;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "outbox-replay")]
+pub use outbox::OutboxHistory;

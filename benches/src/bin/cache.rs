@@ -1,0 +1,285 @@
+//! windlass-cache figures beside baselines measured in the same run, printed as one JSON line.
+//!
+//! ```text
+//! cargo run --release -p windlass-benches --bin cache [-- SCALE]
+//! ```
+//! `SCALE` (default 1.0) multiplies the operation counts. `WINDLASS_REDIS_URL` picks the server.
+//!
+//! - hit latency on Redis (no L1): `CacheEntry::get` of an entry with 2 tags vs a raw `GET` of
+//!   a value of the same size, and vs a hand-written raw Lua call doing the same GET + MGET,
+//!   interleaved in rounds, p50/p99;
+//! - L1 hit throughput: `CacheEntry::get` served by the L1 vs `moka::sync::Cache::get` + clone
+//!   of the same values, one task;
+//! - hit ratio on Zipf(1.0) over 1M keys, L1 (and store) at 10% capacity, vs moka alone at the
+//!   same capacity, and the bound no cache of that size can beat (the top 10% keys' share);
+//! - stampede: 1000 concurrent `get_or_load` of one cold key on Redis: loader runs;
+//! - L1 sync delay: invalidate on one instance, poll another until it stops serving the value.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Zipf};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use windlass_cache::{Cache, CacheOptions, L1Options, MemoryStore, RedisStore, RedisStoreOptions, TypePolicy};
+use windlass_core::OrgId;
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Invoice {
+    id: u64,
+    customer: u64,
+    amount_cents: u64,
+    currency: String,
+    lines: Vec<String>,
+}
+
+fn invoice(id: u64) -> Invoice {
+    Invoice { id, customer: id % 97, amount_cents: 12_345, currency: "EUR".into(), lines: vec!["sku-1".into(), "sku-2".into()] }
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+async fn hit_latency(url: &str, prefix: &str, n: usize) -> BoxResult<serde_json::Value> {
+    let client = redis::Client::open(url)?;
+    let store = RedisStore::new(client.clone(), RedisStoreOptions::default().prefix(prefix)).await?;
+    let cache = Cache::new(store);
+    let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
+    let acme = OrgId::new("acme")?;
+    invoices.set(&acme, "42", &invoice(42), &["invoice:42", "customer:7"]).await?;
+    let mut raw = client.get_multiplexed_async_connection().await?;
+    // Raw baseline: a value of the same size as the stored entry.
+    let stored: Vec<u8> = raw.get(format!("{prefix}:c:acme:invoice:42")).await?;
+    let raw_key = format!("{prefix}:raw");
+    let _: () = raw.set(&raw_key, &stored).await?;
+    // Second baseline: the same work hand-written as one raw Lua call (GET + MGET of 2 tags).
+    let script = redis::Script::new("return {redis.call('GET', KEYS[1]), redis.call('MGET', KEYS[2], KEYS[3])}");
+    let lua_keys = [raw_key.clone(), format!("{prefix}:c:acme:#tag:invoice:42"), format!("{prefix}:c:acme:#tag:customer:7")];
+    let (mut h_raw, mut h_ours, mut h_lua) = (hist(), hist(), hist());
+    for _ in 0..500 {
+        let _: Vec<u8> = raw.get(&raw_key).await?;
+        invoices.get(&acme, "42").await?.ok_or("warm-up miss")?;
+    }
+    let rounds = 10;
+    for _ in 0..rounds {
+        for _ in 0..n / rounds {
+            let t = Instant::now();
+            let v: Vec<u8> = raw.get(&raw_key).await?;
+            h_raw.record(t.elapsed().as_nanos() as u64)?;
+            std::hint::black_box(v);
+        }
+        for _ in 0..n / rounds {
+            let t = Instant::now();
+            let v: redis::Value = script.key(&lua_keys[..]).invoke_async(&mut raw).await?;
+            h_lua.record(t.elapsed().as_nanos() as u64)?;
+            std::hint::black_box(v);
+        }
+        for _ in 0..n / rounds {
+            let t = Instant::now();
+            let v = invoices.get(&acme, "42").await?.ok_or("unexpected miss")?;
+            h_ours.record(t.elapsed().as_nanos() as u64)?;
+            std::hint::black_box(v);
+        }
+    }
+    Ok(serde_json::json!({
+        "ops_each": n,
+        "value_bytes": stored.len(),
+        "raw_get_p50_us": us(&h_raw, 0.5), "raw_get_p99_us": us(&h_raw, 0.99),
+        "raw_lua_get_mget_p50_us": us(&h_lua, 0.5), "raw_lua_get_mget_p99_us": us(&h_lua, 0.99),
+        "cache_hit_p50_us": us(&h_ours, 0.5), "cache_hit_p99_us": us(&h_ours, 0.99),
+        "p50_ratio": us(&h_ours, 0.5) / us(&h_raw, 0.5),
+        "p99_ratio": us(&h_ours, 0.99) / us(&h_raw, 0.99),
+    }))
+}
+
+async fn l1_throughput(n: usize) -> BoxResult<serde_json::Value> {
+    let keys = 1000u64;
+    let cache = Cache::with_options(MemoryStore::new(), CacheOptions::default().l1(L1Options::capacity(10_000)));
+    while !cache.l1_active() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
+    let acme = OrgId::new("acme")?;
+    let names: Vec<String> = (0..keys).map(|k| k.to_string()).collect();
+    for k in 0..keys {
+        invoices.set(&acme, &names[k as usize], &invoice(k), &["customer:7"]).await?;
+    }
+    let moka: moka::sync::Cache<String, Arc<Invoice>> = moka::sync::Cache::new(10_000);
+    for k in 0..keys {
+        moka.insert(format!("acme:invoice:{k}"), Arc::new(invoice(k)));
+    }
+    let moka_names: Vec<String> = (0..keys).map(|k| format!("acme:invoice:{k}")).collect();
+    let t = Instant::now();
+    for i in 0..n {
+        let v = moka.get(&moka_names[i % keys as usize]).ok_or("moka miss")?;
+        std::hint::black_box((*v).clone());
+    }
+    let moka_secs = t.elapsed().as_secs_f64();
+    let before = cache.stats().of("invoice").hits_l1;
+    let t = Instant::now();
+    for i in 0..n {
+        let v = invoices.get(&acme, &names[i % keys as usize]).await?.ok_or("miss")?;
+        std::hint::black_box(v);
+    }
+    let ours_secs = t.elapsed().as_secs_f64();
+    let l1_hits = cache.stats().of("invoice").hits_l1 - before;
+    Ok(serde_json::json!({
+        "ops": n,
+        "l1_hits": l1_hits,
+        "moka_get_clone_ops_per_s": (n as f64 / moka_secs).round(),
+        "cache_l1_hit_ops_per_s": (n as f64 / ours_secs).round(),
+        "ratio": moka_secs / ours_secs,
+    }))
+}
+
+async fn zipf_hit_ratio(requests: usize) -> BoxResult<serde_json::Value> {
+    let keys = 1_000_000u64;
+    let capacity = keys / 10;
+    let zipf = Zipf::new(keys as f64, 1.0)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let sample: Vec<u64> = (0..requests).map(|_| zipf.sample(&mut rng) as u64).collect();
+    let warmup = requests / 4;
+    // The best any cache of this size can do: always hold the most popular keys.
+    let h = |n: u64| (1..=n).map(|k| 1.0 / k as f64).sum::<f64>();
+    let bound = h(capacity) / h(keys);
+
+    let moka: moka::sync::Cache<u64, Arc<Invoice>> = moka::sync::Cache::new(capacity);
+    let mut moka_hits = 0u64;
+    for (i, &k) in sample.iter().enumerate() {
+        match moka.get(&k) {
+            Some(_) if i >= warmup => moka_hits += 1,
+            Some(_) => {}
+            None => moka.insert(k, Arc::new(invoice(k))),
+        }
+    }
+    let moka_ratio = moka_hits as f64 / (requests - warmup) as f64;
+
+    let store = MemoryStore::with_capacity(capacity);
+    let cache = Cache::with_options(store, CacheOptions::default().l1(L1Options::capacity(capacity)));
+    while !cache.l1_active() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(3600)))?;
+    let acme = OrgId::new("acme")?;
+    let mut stats_at_warmup = None;
+    let t = Instant::now();
+    for (i, &k) in sample.iter().enumerate() {
+        if i == warmup {
+            stats_at_warmup = Some(cache.stats().of("invoice"));
+        }
+        invoices.get_or_load(&acme, &k.to_string(), &[], move || async move { Ok::<_, std::io::Error>(invoice(k)) }).await?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let (a, b) = (stats_at_warmup.unwrap_or_default(), cache.stats().of("invoice"));
+    let measured = (requests - warmup) as f64;
+    Ok(serde_json::json!({
+        "keys": keys, "capacity": capacity, "requests": requests, "warmup": warmup,
+        "moka_alone_hit_ratio": moka_ratio,
+        "cache_l1_hit_ratio": (b.hits_l1 - a.hits_l1) as f64 / measured,
+        "cache_hit_ratio_l1_or_store": (b.hits() - a.hits()) as f64 / measured,
+        "optimal_bound": bound,
+        "cache_ops_per_s": (requests as f64 / secs).round(),
+    }))
+}
+
+async fn stampede(url: &str, prefix: &str) -> BoxResult<serde_json::Value> {
+    let store = RedisStore::new(redis::Client::open(url)?, RedisStoreOptions::default().prefix(prefix)).await?;
+    let cache = Cache::with_options(store, CacheOptions::default().timeout(Duration::from_secs(5)));
+    let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
+    let acme = OrgId::new("acme")?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..1000 {
+        let (invoices, acme, calls) = (invoices.clone(), acme.clone(), calls.clone());
+        set.spawn(async move {
+            invoices
+                .get_or_load(&acme, "cold", &["invoice:cold"], move || {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Ok::<_, std::io::Error>(invoice(1))
+                    }
+                })
+                .await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(serde_json::json!({"callers": 1000, "loader_runs": calls.load(Ordering::SeqCst), "wall_ms": t.elapsed().as_secs_f64() * 1000.0}))
+}
+
+async fn l1_sync_delay(url: &str, prefix: &str, rounds: usize) -> BoxResult<serde_json::Value> {
+    let client = redis::Client::open(url)?;
+    let options = CacheOptions::default().l1(L1Options::capacity(1000));
+    let a = Cache::with_options(RedisStore::new(client.clone(), RedisStoreOptions::default().prefix(prefix)).await?, options.clone());
+    let b = Cache::with_options(RedisStore::new(client, RedisStoreOptions::default().prefix(prefix)).await?, options);
+    while !(a.l1_active() && b.l1_active()) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let ea = a.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
+    let eb = b.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
+    let acme = OrgId::new("acme")?;
+    let mut h = hist();
+    for i in 0..rounds {
+        let key = format!("k{i}");
+        ea.set(&acme, &key, &invoice(i as u64), &["hot"]).await?;
+        eb.get(&acme, &key).await?.ok_or("b missed")?;
+        eb.get(&acme, &key).await?.ok_or("b missed")?; // now from B's L1
+        let t = Instant::now();
+        a.invalidate_tag(&acme, "hot").await?;
+        while eb.get(&acme, &key).await?.is_some() {
+            tokio::task::yield_now().await;
+        }
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    Ok(serde_json::json!({
+        "rounds": rounds,
+        "from_invalidate_call_p50_us": us(&h, 0.5), "p99_us": us(&h, 0.99), "max_us": h.max() as f64 / 1000.0,
+        "b_l1_hits": b.stats().of("invoice").hits_l1,
+    }))
+}
+
+#[tokio::main]
+async fn main() -> BoxResult<()> {
+    let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let n = |base: f64| ((base * scale) as usize).max(10);
+    let url = std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("bench-cache-{}", std::process::id());
+    let result = async {
+        let hit = hit_latency(&url, &prefix, n(20_000.0)).await?;
+        let l1 = l1_throughput(n(2_000_000.0)).await?;
+        let zipf = zipf_hit_ratio(n(2_000_000.0)).await?;
+        let stampede = stampede(&url, &prefix).await?;
+        let sync = l1_sync_delay(&url, &prefix, n(300.0)).await?;
+        Ok::<_, Box<dyn std::error::Error>>(serde_json::json!({
+            "bench": "cache", "scale": scale,
+            "hit_latency_redis": hit, "l1_hit_throughput": l1, "zipf_1_0": zipf,
+            "stampede": stampede, "l1_sync_delay_redis": sync,
+        }))
+    }
+    .await;
+    // Tidy up whatever happened.
+    if let Ok(client) = redis::Client::open(url.as_str()) {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
+            for chunk in keys.chunks(500) {
+                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+            }
+        }
+    }
+    println!("{}", result?);
+    Ok(())
+}

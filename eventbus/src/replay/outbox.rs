@@ -1,0 +1,129 @@
+//! Replay from the outbox history (feature `outbox-replay`): the published rows the outbox
+//! table still holds (its retention decides how far back that goes), in commit order (`seq`).
+//! A plain query: it neither claims nor changes rows, so the relay never notices.
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use windlass_core::{Name, Topic};
+
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::handler::Handler;
+use crate::replay::{Replay, ReplayFrom, ReplayOptions, ReplayReport, deliver};
+
+const PAGE: i64 = 500;
+
+/// The published history of a `windlass_outbox` table, as a [`Replay`] source.
+#[derive(Debug, Clone)]
+pub struct OutboxHistory {
+    pool: PgPool,
+    table: String,
+}
+
+impl OutboxHistory {
+    /// Replays from `windlass_outbox` on `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, table: "windlass_outbox".to_owned() }
+    }
+
+    /// Replays from another table (`schema.table` or `table`; each part validated as a name).
+    pub fn with_table(pool: PgPool, table: &str) -> Result<Self> {
+        for part in table.split('.') {
+            let name = Name::parse("outbox table", part)?;
+            if name.as_str().contains('-') {
+                return Err(Error::Config(format!("outbox table {table:?} holds '-', not a SQL identifier")));
+            }
+        }
+        Ok(Self { pool, table: table.to_owned() })
+    }
+}
+
+fn db(e: sqlx::Error) -> Error {
+    Error::backend("postgres", "replay", e)
+}
+
+#[async_trait]
+impl Replay for OutboxHistory {
+    async fn replay(
+        &self,
+        topic: &Topic,
+        from: ReplayFrom,
+        handler: &dyn Handler,
+        options: &ReplayOptions,
+    ) -> Result<ReplayReport> {
+        let t = &self.table;
+        let work = async {
+            // The end as it is now.
+            let end: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT max(seq) FROM {t} WHERE topic = $1 AND status = 'published'"
+            )))
+            .bind(topic.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            let mut report = ReplayReport::default();
+            let Some(end) = end else { return Ok(report) };
+            // `after`: the replay reads rows with seq > after.
+            let mut after: i64 = match &from {
+                ReplayFrom::Beginning => 0,
+                ReplayFrom::Time(at) => {
+                    let first: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT min(seq) FROM {t} WHERE topic = $1 AND status = 'published' AND created_at >= $2"
+                    )))
+                    .bind(topic.as_str())
+                    .bind(at)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?;
+                    match first {
+                        Some(s) => s - 1,
+                        None => return Ok(report),
+                    }
+                }
+                ReplayFrom::EventId(id) => {
+                    let at: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT min(seq) FROM {t} WHERE topic = $1 AND status = 'published' AND event->>'id' = $2"
+                    )))
+                    .bind(topic.as_str())
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?;
+                    match at {
+                        Some(s) => s - 1,
+                        None => return Err(Error::EventNotFound { topic: topic.to_string(), id: id.clone() }),
+                    }
+                }
+            };
+            let until = options.until;
+            loop {
+                let rows: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT seq, event::text FROM {t} WHERE topic = $1 AND status = 'published' \
+                     AND seq > $2 AND seq <= $3 AND ($4::timestamptz IS NULL OR created_at <= $4) \
+                     ORDER BY seq LIMIT $5"
+                )))
+                .bind(topic.as_str())
+                .bind(after)
+                .bind(end)
+                .bind(until)
+                .bind(PAGE)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+                let n = rows.len();
+                for (seq, json) in rows {
+                    after = seq;
+                    let entry = Event::from_json(json.as_bytes()).map_err(|e| format!("undecodable outbox row: {e}"));
+                    if !deliver(&mut report, handler, options, topic, format!("seq {seq}"), entry).await {
+                        return Ok(report);
+                    }
+                }
+                if (n as i64) < PAGE {
+                    break;
+                }
+            }
+            Ok(report)
+        };
+        tokio::time::timeout(options.timeout, work).await.map_err(|_| Error::Timeout("outbox replay"))?
+    }
+}
