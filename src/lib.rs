@@ -10,6 +10,8 @@
 //! |---|---|
 //! | `memory` (default) | in-memory event bus |
 //! | `redis` | Redis Streams event bus |
+//! | `kafka` | Kafka event bus (`windlass::eventbus::kafka`), replay, Redis -> Kafka migration |
+//! | `schema` | JSON Schema validation of events (`windlass::eventbus::schema`) |
 //! | `cache` / `cache-redis` | tag-aware cache, in-process or on Redis (`windlass::cache`) |
 //! | `outbox-postgres` / `outbox-sqlite` | transactional outbox, relay and inbox (`windlass::outbox`) |
 //!

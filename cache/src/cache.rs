@@ -35,14 +35,20 @@ pub struct L1Options {
 
 impl Default for L1Options {
     fn default() -> Self {
-        Self { capacity: 10_000, ttl: Duration::from_secs(60) }
+        Self {
+            capacity: 10_000,
+            ttl: Duration::from_secs(60),
+        }
     }
 }
 
 impl L1Options {
     /// An L1 holding up to `capacity` values.
     pub fn capacity(capacity: u64) -> Self {
-        Self { capacity: capacity.max(1), ..Self::default() }
+        Self {
+            capacity: capacity.max(1),
+            ..Self::default()
+        }
     }
     /// Sets the longest time a value stays in the L1.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -67,7 +73,11 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_millis(250), l1: None, tombstone_ttl: Duration::from_secs(60) }
+        Self {
+            timeout: Duration::from_millis(250),
+            l1: None,
+            tombstone_ttl: Duration::from_secs(60),
+        }
     }
 }
 
@@ -157,7 +167,12 @@ impl Cache {
             let notices = store.notices();
             let l1 = Arc::new(L1::new(o.capacity, o.ttl, notices.is_some()));
             if let Some(notices) = notices {
-                let task = tokio::spawn(apply_notices(notices, l1.clone(), stats.clone(), instance.clone()));
+                let task = tokio::spawn(apply_notices(
+                    notices,
+                    l1.clone(),
+                    stats.clone(),
+                    instance.clone(),
+                ));
                 notice_task = Some(task.abort_handle());
             }
             l1
@@ -185,9 +200,17 @@ impl Cache {
         let data_type = Name::parse("cache data type", data_type)?;
         if !policy.ttl.is_zero() {
             let counters = self.inner.stats.of(&data_type);
-            Ok(CacheEntry { cache: self.clone(), data_type, policy, counters, _t: PhantomData })
+            Ok(CacheEntry {
+                cache: self.clone(),
+                data_type,
+                policy,
+                counters,
+                _t: PhantomData,
+            })
         } else {
-            Err(Error::Config(format!("data type {data_type}: the TTL must be above zero")))
+            Err(Error::Config(format!(
+                "data type {data_type}: the TTL must be above zero"
+            )))
         }
     }
 
@@ -204,8 +227,17 @@ impl Cache {
         if tags.is_empty() {
             return Ok(());
         }
-        let notice = notice(&self.inner.instance, 't', tags.iter().map(|t| format!("{org}:{t}")));
-        let res = self.timed("invalidate", self.inner.store.invalidate(org, tags, Some(&notice))).await;
+        let notice = notice(
+            &self.inner.instance,
+            't',
+            tags.iter().map(|t| format!("{org}:{t}")),
+        );
+        let res = self
+            .timed(
+                "invalidate",
+                self.inner.store.invalidate(org, tags, Some(&notice)),
+            )
+            .await;
         // Bump locally whatever the outcome: a timed-out call may still have been applied.
         if let Some(l1) = &self.inner.l1 {
             l1.bump(tags.iter().map(|t| tag_guard(org, t)));
@@ -230,18 +262,28 @@ impl Cache {
         &self.inner.store
     }
 
-    pub(crate) async fn timed<T>(&self, op: &'static str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let timeout = self.inner.options.timeout;
         match tokio::time::timeout(timeout, fut).await {
             Ok(res) => res,
-            Err(_) => Err(Error::Timeout { op, millis: timeout.as_millis() as u64 }),
+            Err(_) => Err(Error::Timeout {
+                op,
+                millis: timeout.as_millis() as u64,
+            }),
         }
     }
 }
 
 pub(crate) fn check_tags(tags: &[&str]) -> Result<()> {
     if tags.len() > MAX_TAGS {
-        return Err(Error::TooManyTags { count: tags.len(), limit: MAX_TAGS });
+        return Err(Error::TooManyTags {
+            count: tags.len(),
+            limit: MAX_TAGS,
+        });
     }
     for tag in tags {
         validate_key_segment("cache tag", tag)?;
@@ -276,7 +318,9 @@ async fn apply_notices(
             Notice::Down => l1.down(),
             Notice::Message(text) => {
                 let mut lines = text.split('\n');
-                let (Some(origin), Some(kind)) = (lines.next(), lines.next()) else { continue };
+                let (Some(origin), Some(kind)) = (lines.next(), lines.next()) else {
+                    continue;
+                };
                 if origin == instance {
                     continue;
                 }

@@ -66,11 +66,18 @@ impl Default for TypePolicy {
 impl TypePolicy {
     /// The default policy with this TTL.
     pub fn ttl(ttl: Duration) -> Self {
-        Self { ttl, ..Self::default() }
+        Self {
+            ttl,
+            ..Self::default()
+        }
     }
     /// Sets the jitter fraction (clamped to `0.0..=1.0`).
     pub fn jitter(mut self, jitter: f64) -> Self {
-        self.jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        self.jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self
     }
     /// Turns fail-safe on: when the loader fails, a value up to `grace` past its TTL is served.
@@ -108,15 +115,38 @@ impl TypePolicy {
 
     /// (fresh TTL with jitter, TTL the store keeps the value).
     fn ttls(&self) -> (Duration, Duration) {
-        let cut = if self.jitter > 0.0 { rand::rng().random_range(0.0..=self.jitter) } else { 0.0 };
+        let cut = if self.jitter > 0.0 {
+            rand::rng().random_range(0.0..=self.jitter)
+        } else {
+            0.0
+        };
         let fresh = self.ttl.mul_f64(1.0 - cut).max(Duration::from_millis(1));
-        let hard = if self.keeps_stale() { fresh + self.stale_for } else { fresh };
+        let hard = if self.keeps_stale() {
+            fresh + self.stale_for
+        } else {
+            fresh
+        };
         (fresh, hard)
     }
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The outcome of a flight for its callers; `None` keeps what they got already (a stale value
+/// served by stale-while-revalidate is not replaced by a failed refresh's error).
+fn finish<T: Send + Sync + 'static>(
+    served_stale: bool,
+    outcome: std::result::Result<Arc<T>, LoadError>,
+) -> Option<FlightValue> {
+    if outcome.is_err() && served_stale {
+        return None;
+    }
+    Some(outcome.map(|v| v as Arc<dyn Any + Send + Sync>))
 }
 
 /// Removes a flight from the table when its task ends, however it ends.
@@ -127,7 +157,12 @@ struct Landing {
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        let mut flights = self.cache.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+        let mut flights = self
+            .cache
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         flights.remove(&self.key);
     }
 }
@@ -214,14 +249,29 @@ where
     }
 
     fn stamp(&self) -> u64 {
-        self.cache.inner.l1.as_ref().map(|l1| l1.stamp()).unwrap_or(0)
+        self.cache
+            .inner
+            .l1
+            .as_ref()
+            .map(|l1| l1.stamp())
+            .unwrap_or(0)
     }
 
-    fn l1_insert(&self, org: &OrgId, key: &str, value: Arc<T>, fresh_until_ms: u64, tags: &[&str], stamp: u64) {
+    fn l1_insert(
+        &self,
+        org: &OrgId,
+        key: &str,
+        value: Arc<T>,
+        fresh_until_ms: u64,
+        tags: &[&str],
+        stamp: u64,
+    ) {
         if !self.uses_l1() {
             return;
         }
-        let Some(l1) = &self.cache.inner.l1 else { return };
+        let Some(l1) = &self.cache.inner.l1 else {
+            return;
+        };
         let logical = EntryRef::new(org, &self.data_type, key).logical();
         let mut guards = Vec::with_capacity(tags.len() + 1);
         guards.push(key_guard(&logical));
@@ -230,36 +280,53 @@ where
     }
 
     /// Reads the store once and classifies what it holds.
-    async fn lookup(&self, org: &OrgId, key: &str, stamp: u64) -> Found<T> {
+    /// `quiet`: a first look that will be repeated; failures are counted by the second one.
+    async fn lookup(&self, org: &OrgId, key: &str, stamp: u64, quiet: bool) -> Found<T> {
         let entry = EntryRef::new(org, &self.data_type, key);
-        let read = match self.cache.timed("read", self.cache.inner.store.read(entry)).await {
+        let read = match self
+            .cache
+            .timed("read", self.cache.inner.store.read(entry))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
-                self.counters.fail_open.inc();
+                if !quiet {
+                    self.counters.fail_open.inc();
+                }
                 tracing::debug!(error = %e, data_type = %self.data_type, "cache read failed; treated as a miss");
                 return Found::Unavailable;
             }
         };
-        let Some(read) = read else { return Found::Miss(String::new()) };
+        let Some(read) = read else {
+            return Found::Miss(String::new());
+        };
         let write_id = format::write_id(&read.value);
         let env = match format::decode(&read.value) {
             Some(Stored::Value(env)) => env,
             Some(Stored::Tombstone) => return Found::Miss(write_id),
             None => {
-                self.counters.decode_failures.inc();
+                if !quiet {
+                    self.counters.decode_failures.inc();
+                }
                 return Found::Miss(write_id);
             }
         };
         // A tag bumped since the write (or lost) makes the value unusable, even as stale.
         let valid = env.tags.len() == read.tag_versions.len()
-            && env.tags.iter().zip(&read.tag_versions).all(|((_, stored), current)| stored == current);
+            && env
+                .tags
+                .iter()
+                .zip(&read.tag_versions)
+                .all(|((_, stored), current)| stored == current);
         if !valid {
             return Found::Miss(write_id);
         }
         let value: T = match serde_json::from_slice(env.payload) {
             Ok(v) => v,
             Err(e) => {
-                self.counters.decode_failures.inc();
+                if !quiet {
+                    self.counters.decode_failures.inc();
+                }
                 tracing::debug!(error = %e, data_type = %self.data_type, "cached value does not decode; treated as a miss");
                 return Found::Miss(write_id);
             }
@@ -269,7 +336,9 @@ where
             let tags: Vec<&str> = env.tags.iter().map(|(t, _)| *t).collect();
             self.l1_insert(org, key, value.clone(), env.fresh_until_ms, &tags, stamp);
             Found::Fresh(value)
-        } else if self.policy.keeps_stale() && now_ms() < env.fresh_until_ms + self.policy.stale_for.as_millis() as u64 {
+        } else if self.policy.keeps_stale()
+            && now_ms() < env.fresh_until_ms + self.policy.stale_for.as_millis() as u64
+        {
             Found::Stale(value, write_id)
         } else {
             Found::Miss(write_id)
@@ -280,13 +349,13 @@ where
     /// down or slow, or a value that no longer decodes, is a miss (counted).
     pub async fn get(&self, org: &OrgId, key: &str) -> Result<Option<T>> {
         validate_key_segment("cache key", key)?;
-        if self.uses_l1() {
-            if let Some(v) = self.l1_get(&EntryRef::new(org, &self.data_type, key).logical()) {
-                return Ok(Some(v));
-            }
+        if self.uses_l1()
+            && let Some(v) = self.l1_get(&EntryRef::new(org, &self.data_type, key).logical())
+        {
+            return Ok(Some(v));
         }
         let stamp = self.stamp();
-        match self.lookup(org, key, stamp).await {
+        match self.lookup(org, key, stamp, false).await {
             Found::Fresh(v) => {
                 self.counters.hits_l2.inc();
                 Ok(Some((*v).clone()))
@@ -298,9 +367,16 @@ where
         }
     }
 
-    fn encode(&self, value: &T, tags: &[(String, String)], fresh: Duration) -> Result<(Vec<u8>, u64)> {
-        let payload = serde_json::to_vec(value)
-            .map_err(|source| Error::Encode { data_type: self.data_type.to_string(), source })?;
+    fn encode(
+        &self,
+        value: &T,
+        tags: &[(String, String)],
+        fresh: Duration,
+    ) -> Result<(Vec<u8>, u64)> {
+        let payload = serde_json::to_vec(value).map_err(|source| Error::Encode {
+            data_type: self.data_type.to_string(),
+            source,
+        })?;
         let now = now_ms();
         let fresh_until = now + fresh.as_millis() as u64;
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -325,19 +401,46 @@ where
         check_tags(tags)?;
         let (fresh, hard) = self.policy.ttls();
         let stamp = self.stamp();
-        let versions = self.cache.timed("tag_versions", self.cache.inner.store.tag_versions(org, tags)).await?;
-        let pairs: Vec<(String, String)> = tags.iter().map(|t| (*t).to_owned()).zip(versions).collect();
+        let versions = self
+            .cache
+            .timed(
+                "tag_versions",
+                self.cache.inner.store.tag_versions(org, tags),
+            )
+            .await?;
+        let pairs: Vec<(String, String)> =
+            tags.iter().map(|t| (*t).to_owned()).zip(versions).collect();
         let (bytes, fresh_until) = self.encode(value, &pairs, fresh)?;
         let entry = EntryRef::new(org, &self.data_type, key);
         let logical = entry.logical();
-        let notice = notice(&self.cache.inner.instance, 'k', std::iter::once(logical.clone()));
-        let write = Write { value: bytes, ttl: hard, expect: Expect::Any, tags: &pairs, notice: Some(&notice) };
-        let res = self.cache.timed("write", self.cache.inner.store.write(entry, write)).await;
+        let notice = notice(
+            &self.cache.inner.instance,
+            'k',
+            std::iter::once(logical.clone()),
+        );
+        let write = Write {
+            value: bytes,
+            ttl: hard,
+            expect: Expect::Any,
+            tags: &pairs,
+            notice: Some(&notice),
+        };
+        let res = self
+            .cache
+            .timed("write", self.cache.inner.store.write(entry, write))
+            .await;
         if let Some(l1) = &self.cache.inner.l1 {
             l1.bump([key_guard(&logical)]);
         }
         if res? {
-            self.l1_insert(org, key, Arc::new(value.clone()), fresh_until, tags, self.stamp().max(stamp));
+            self.l1_insert(
+                org,
+                key,
+                Arc::new(value.clone()),
+                fresh_until,
+                tags,
+                self.stamp().max(stamp),
+            );
         } else {
             self.counters.writes_discarded.inc();
         }
@@ -350,7 +453,11 @@ where
         validate_key_segment("cache key", key)?;
         let entry = EntryRef::new(org, &self.data_type, key);
         let logical = entry.logical();
-        let notice = notice(&self.cache.inner.instance, 'k', std::iter::once(logical.clone()));
+        let notice = notice(
+            &self.cache.inner.instance,
+            'k',
+            std::iter::once(logical.clone()),
+        );
         let id = uuid::Uuid::new_v4().simple().to_string();
         let write = Write {
             value: format::tombstone(&id),
@@ -359,7 +466,10 @@ where
             tags: &[],
             notice: Some(&notice),
         };
-        let res = self.cache.timed("delete", self.cache.inner.store.write(entry, write)).await;
+        let res = self
+            .cache
+            .timed("delete", self.cache.inner.store.write(entry, write))
+            .await;
         if let Some(l1) = &self.cache.inner.l1 {
             l1.bump([key_guard(&logical)]);
         }
@@ -383,7 +493,13 @@ where
     ///
     /// Errors: [`Error::Load`] when the loader fails and no stale value may be served; invalid
     /// names.
-    pub async fn get_or_load<F, Fut, E>(&self, org: &OrgId, key: &str, tags: &[&str], loader: F) -> Result<T>
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        org: &OrgId,
+        key: &str,
+        tags: &[&str],
+        loader: F,
+    ) -> Result<T>
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
@@ -395,9 +511,20 @@ where
         if let Some(v) = self.l1_get(&logical) {
             return Ok(v);
         }
+        // Hits are served without the flight table; anything else is looked at again inside
+        // the flight (another flight may have just written it).
+        if let Found::Fresh(v) = self.lookup(org, key, self.stamp(), true).await {
+            self.counters.hits_l2.inc();
+            return Ok((*v).clone());
+        }
         let flight_key = (TypeId::of::<T>(), logical);
         let mut rx = {
-            let mut flights = self.cache.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flights = self
+                .cache
+                .inner
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             match flights.get(&flight_key) {
                 Some(rx) => rx.clone(),
                 None => {
@@ -413,8 +540,17 @@ where
                     };
                     tokio::spawn(async move {
                         // Removes the flight even if the loader panics.
-                        let _landing = Landing { cache: this.cache.clone(), key: flight_key };
-                        this.fly(&org, &key, &tags, loader, &tx).await;
+                        let landing = Landing {
+                            cache: this.cache.clone(),
+                            key: flight_key,
+                        };
+                        let outcome = this.fly(&org, &key, &tags, loader, &tx).await;
+                        // Leave the table before publishing the outcome, so a caller that
+                        // arrives later starts a flight of its own instead of taking it.
+                        drop(landing);
+                        if let Some(outcome) = outcome {
+                            let _ = tx.send(Some(outcome));
+                        }
                     });
                     rx
                 }
@@ -423,21 +559,34 @@ where
         let outcome = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
             // The flight task died (panicked loader): report it as a load error.
-            Err(_) => Some(Err(LoadError::new("the cache loader panicked or was aborted"))),
+            Err(_) => Some(Err(LoadError::new(
+                "the cache loader panicked or was aborted",
+            ))),
         };
         match outcome {
-            Some(Ok(v)) => v
-                .downcast::<T>()
-                .map(|v| (*v).clone())
-                .map_err(|_| Error::Config(format!("data type {} is used with two Rust types", self.data_type))),
+            Some(Ok(v)) => v.downcast::<T>().map(|v| (*v).clone()).map_err(|_| {
+                Error::Config(format!(
+                    "data type {} is used with two Rust types",
+                    self.data_type
+                ))
+            }),
             Some(Err(e)) => Err(Error::Load(e)),
-            None => Err(Error::Load(LoadError::new("the cache loader finished without a result"))),
+            None => Err(Error::Load(LoadError::new(
+                "the cache loader finished without a result",
+            ))),
         }
     }
 
     /// The body of one flight: read, then load and write as needed, sending the caller-visible
     /// outcome as soon as it is known (a stale-while-revalidate refresh goes on after it).
-    async fn fly<L, Fut>(&self, org: &OrgId, key: &str, tags: &[String], loader: L, tx: &watch::Sender<Option<FlightValue>>)
+    async fn fly<L, Fut>(
+        &self,
+        org: &OrgId,
+        key: &str,
+        tags: &[String],
+        loader: L,
+        tx: &watch::Sender<Option<FlightValue>>,
+    ) -> Option<FlightValue>
     where
         L: Fn() -> Fut + Send + Sync,
         Fut: Future<Output = std::result::Result<T, LoadError>> + Send,
@@ -445,27 +594,20 @@ where
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
         // Once a stale value went out (stale-while-revalidate), a failed refresh must not
         // replace it with an error for callers that join later.
-        let served = std::sync::atomic::AtomicBool::new(false);
-        let send = |v: std::result::Result<Arc<T>, LoadError>| {
-            if v.is_err() && served.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
-            served.store(v.is_ok(), std::sync::atomic::Ordering::Relaxed);
-            let v: FlightValue = v.map(|v| v as Arc<dyn Any + Send + Sync>);
-            let _ = tx.send(Some(v));
-        };
+        let mut served_stale = false;
         let mut stamp = self.stamp();
-        let mut found = self.lookup(org, key, stamp).await;
+        let mut found = self.lookup(org, key, stamp, false).await;
         let mut stale = None;
         let mut expect = match found {
             Found::Fresh(v) => {
                 self.counters.hits_l2.inc();
-                return send(Ok(v));
+                return finish(served_stale, Ok(v));
             }
             Found::Stale(v, id) => {
                 if self.policy.stale_while_revalidate {
                     self.counters.stale_served.inc();
-                    send(Ok(v.clone()));
+                    served_stale = true;
+                    let _ = tx.send(Some(Ok(v.clone() as Arc<dyn Any + Send + Sync>)));
                 }
                 stale = Some(v);
                 Some(id)
@@ -481,7 +623,14 @@ where
             // Tag versions before the load: the write below only lands if none moved.
             let mut versions = None;
             if expect.is_some() {
-                match self.cache.timed("tag_versions", self.cache.inner.store.tag_versions(org, &tags)).await {
+                match self
+                    .cache
+                    .timed(
+                        "tag_versions",
+                        self.cache.inner.store.tag_versions(org, &tags),
+                    )
+                    .await
+                {
                     Ok(v) => versions = Some(v),
                     Err(e) => {
                         self.counters.fail_open.inc();
@@ -503,48 +652,61 @@ where
                                 self.counters.stale_served.inc();
                             }
                             tracing::warn!(error = %e, data_type = %self.data_type, "cache loader failed; serving the stale value (fail-safe)");
-                            return send(Ok(stale));
+                            return finish(served_stale, Ok(stale));
                         }
-                        _ => return send(Err(e)),
+                        _ => return finish::<T>(served_stale, Err(e)),
                     }
                 }
             };
-            let (Some(expected), Some(versions)) = (expect.clone(), versions) else { return send(Ok(value)) };
-            let pairs: Vec<(String, String)> = tags.iter().map(|t| (*t).to_owned()).zip(versions).collect();
+            let (Some(expected), Some(versions)) = (expect.clone(), versions) else {
+                return finish(served_stale, Ok(value));
+            };
+            let pairs: Vec<(String, String)> =
+                tags.iter().map(|t| (*t).to_owned()).zip(versions).collect();
             let (fresh, hard) = self.policy.ttls();
             let (bytes, fresh_until) = match self.encode(&value, &pairs, fresh) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "loaded value not cached");
-                    return send(Ok(value));
+                    return finish(served_stale, Ok(value));
                 }
             };
             let entry = EntryRef::new(org, &self.data_type, key);
-            let write = Write { value: bytes, ttl: hard, expect: Expect::WriteId(expected), tags: &pairs, notice: None };
-            match self.cache.timed("write", self.cache.inner.store.write(entry, write)).await {
+            let write = Write {
+                value: bytes,
+                ttl: hard,
+                expect: Expect::WriteId(expected),
+                tags: &pairs,
+                notice: None,
+            };
+            match self
+                .cache
+                .timed("write", self.cache.inner.store.write(entry, write))
+                .await
+            {
                 Ok(true) => {
                     self.l1_insert(org, key, value.clone(), fresh_until, &tags, stamp);
-                    return send(Ok(value));
+                    return finish(served_stale, Ok(value));
                 }
                 Ok(false) => {
                     self.counters.writes_discarded.inc();
                     if attempt >= self.policy.max_reloads {
-                        return send(Ok(value));
+                        return finish(served_stale, Ok(value));
                     }
                     attempt += 1;
                     stamp = self.stamp();
-                    found = self.lookup(org, key, stamp).await;
+                    found = self.lookup(org, key, stamp, false).await;
                     expect = match found {
                         // Another writer stored a fresh value meanwhile: that one wins.
-                        Found::Fresh(v) => return send(Ok(v)),
+                        Found::Fresh(v) => return finish(served_stale, Ok(v)),
                         Found::Stale(_, id) | Found::Miss(id) => Some(id),
-                        Found::Unavailable => return send(Ok(value)),
+                        Found::Unavailable => return finish(served_stale, Ok(value)),
                     };
                 }
                 Err(e) => {
                     self.counters.fail_open.inc();
                     tracing::debug!(error = %e, "cache write failed; value returned uncached");
-                    return send(Ok(value));
+                    return finish(served_stale, Ok(value));
                 }
             }
         }

@@ -15,7 +15,9 @@ pub enum Error {
     #[error(transparent)]
     Name(#[from] NameError),
     /// The encoded value is larger than the data type's limit; it was not stored.
-    #[error("cache value for {data_type} is {size} bytes, over the limit of {limit} bytes; raise TypePolicy::max_value_bytes or cache less")]
+    #[error(
+        "cache value for {data_type} is {size} bytes, over the limit of {limit} bytes; raise TypePolicy::max_value_bytes or cache less"
+    )]
     TooLarge {
         /// The data type.
         data_type: String,
@@ -54,7 +56,9 @@ pub enum Error {
         source: BoxError,
     },
     /// A store call did not answer within [`CacheOptions::timeout`](crate::CacheOptions).
-    #[error("cache store {op} timed out after {millis} ms; is the store overloaded or unreachable?")]
+    #[error(
+        "cache store {op} timed out after {millis} ms; is the store overloaded or unreachable?"
+    )]
     Timeout {
         /// Operation.
         op: &'static str,
@@ -73,7 +77,11 @@ pub enum Error {
 impl Error {
     /// Wraps a store error.
     pub fn backend(backend: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
-        Self::Backend { backend, op, source: source.into() }
+        Self::Backend {
+            backend,
+            op,
+            source: source.into(),
+        }
     }
 
     /// True for store failures and timeouts (the cases a caller may ignore on writes).

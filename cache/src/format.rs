@@ -42,7 +42,14 @@ pub(crate) fn encode(
     tags: &[(String, String)],
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 48 + tags.iter().map(|(t, v)| t.len() + v.len() + 4).sum::<usize>());
+    let mut out = Vec::with_capacity(
+        payload.len()
+            + 48
+            + tags
+                .iter()
+                .map(|(t, v)| t.len() + v.len() + 4)
+                .sum::<usize>(),
+    );
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(format!("{write_id} {created_ms} {fresh_until_ms}\n").as_bytes());
     for (tag, version) in tags {
@@ -69,8 +76,13 @@ fn header_end(raw: &[u8]) -> Option<usize> {
 /// The write id of a stored value, as the write script's compare sees it: the first word after
 /// the magic, or `?` when there is none (garbage). Never empty (empty means "no value").
 pub(crate) fn write_id(raw: &[u8]) -> String {
-    let Some(rest) = raw.strip_prefix(MAGIC) else { return "?".to_owned() };
-    let end = rest.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(rest.len());
+    let Some(rest) = raw.strip_prefix(MAGIC) else {
+        return "?".to_owned();
+    };
+    let end = rest
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(rest.len());
     match std::str::from_utf8(&rest[..end]) {
         Ok(id) if !id.is_empty() => id.to_owned(),
         _ => "?".to_owned(),
@@ -82,8 +94,12 @@ pub(crate) fn tag_names(raw: &[u8]) -> Vec<&str> {
     if !raw.starts_with(MAGIC) {
         return Vec::new();
     }
-    let Some(end) = header_end(raw) else { return Vec::new() };
-    let Ok(header) = std::str::from_utf8(&raw[..end]) else { return Vec::new() };
+    let Some(end) = header_end(raw) else {
+        return Vec::new();
+    };
+    let Ok(header) = std::str::from_utf8(&raw[..end]) else {
+        return Vec::new();
+    };
     header
         .split('\n')
         .skip(1)
@@ -125,7 +141,12 @@ pub(crate) fn decode(raw: &[u8]) -> Option<Stored<'_>> {
         }
         tags.push((tag, version));
     }
-    Some(Stored::Value(Envelope { created_ms, fresh_until_ms, tags, payload: &raw[end + 2..] }))
+    Some(Stored::Value(Envelope {
+        created_ms,
+        fresh_until_ms,
+        tags,
+        payload: &raw[end + 2..],
+    }))
 }
 
 #[cfg(test)]
@@ -134,11 +155,16 @@ mod tests {
 
     #[test]
     fn round_trips_values_and_tombstones() {
-        let tags = vec![("invoice:42".to_owned(), "7".to_owned()), ("customer/9".to_owned(), "123".to_owned())];
+        let tags = vec![
+            ("invoice:42".to_owned(), "7".to_owned()),
+            ("customer/9".to_owned(), "123".to_owned()),
+        ];
         let raw = encode("ab12", 1000, 2000, &tags, b"{\"a\":\"x\\n\\ny\"}\n\nmore");
         assert_eq!(write_id(&raw), "ab12");
         assert_eq!(tag_names(&raw), vec!["invoice:42", "customer/9"]);
-        let Some(Stored::Value(env)) = decode(&raw) else { panic!("no value") };
+        let Some(Stored::Value(env)) = decode(&raw) else {
+            panic!("no value")
+        };
         assert_eq!(env.created_ms, 1000);
         assert_eq!(env.fresh_until_ms, 2000);
         assert_eq!(env.tags, vec![("invoice:42", "7"), ("customer/9", "123")]);
@@ -150,12 +176,22 @@ mod tests {
         assert!(tag_names(&t).is_empty());
 
         let untagged = encode("i", 1, 2, &[], b"");
-        assert!(matches!(decode(&untagged), Some(Stored::Value(e)) if e.tags.is_empty() && e.payload.is_empty()));
+        assert!(
+            matches!(decode(&untagged), Some(Stored::Value(e)) if e.tags.is_empty() && e.payload.is_empty())
+        );
     }
 
     #[test]
     fn garbage_does_not_decode() {
-        for raw in [&b""[..], b"garbage", b"WLC1 ", b"WLC1 id 1 2\nX\n\n{}", b"WLC2 id 1 2\n\n{}", b"WLC1 id x 2\n\n{}", b"WLC1 id 1 2"] {
+        for raw in [
+            &b""[..],
+            b"garbage",
+            b"WLC1 ",
+            b"WLC1 id 1 2\nX\n\n{}",
+            b"WLC2 id 1 2\n\n{}",
+            b"WLC1 id x 2\n\n{}",
+            b"WLC1 id 1 2",
+        ] {
             assert!(decode(raw).is_none(), "{:?}", String::from_utf8_lossy(raw));
         }
         assert_eq!(write_id(b"garbage"), "?");

@@ -70,7 +70,10 @@ impl L1 {
     /// `synced`: true when notices will arrive (the L1 stays off until the first reset).
     pub(crate) fn new(capacity: u64, ttl: Duration, synced: bool) -> Self {
         Self {
-            entries: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
             epochs: RwLock::new(HashMap::new()),
             seq: AtomicU64::new(1),
             floor: AtomicU64::new(0),
@@ -102,7 +105,10 @@ impl L1 {
             return false;
         }
         let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
-        entry.guards.iter().all(|g| epochs.get(g).is_none_or(|&e| e <= entry.inserted_seq))
+        entry
+            .guards
+            .iter()
+            .all(|g| epochs.get(g).is_none_or(|&e| e <= entry.inserted_seq))
     }
 
     pub(crate) fn insert(
@@ -116,7 +122,12 @@ impl L1 {
         if !self.enabled.load(SeqCst) {
             return;
         }
-        let entry = Arc::new(L1Entry { value, fresh_until_ms, guards, inserted_seq: stamp });
+        let entry = Arc::new(L1Entry {
+            value,
+            fresh_until_ms,
+            guards,
+            inserted_seq: stamp,
+        });
         if self.is_valid(&entry) {
             self.entries.insert(logical, entry);
         }

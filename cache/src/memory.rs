@@ -27,7 +27,12 @@ struct Stored {
 struct PerEntryTtl;
 
 impl Expiry<String, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _key: &String, value: &Stored, _now: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Stored,
+        _now: Instant,
+    ) -> Option<Duration> {
         Some(value.ttl)
     }
     fn expire_after_update(
@@ -62,7 +67,9 @@ struct MemoryInner {
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryStore").field("entries", &self.inner.entries.entry_count()).finish_non_exhaustive()
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.inner.entries.entry_count())
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +90,10 @@ impl MemoryStore {
         let (notices, _) = broadcast::channel(4096);
         Self {
             inner: Arc::new(MemoryInner {
-                entries: moka::sync::Cache::builder().max_capacity(entries).expire_after(PerEntryTtl).build(),
+                entries: moka::sync::Cache::builder()
+                    .max_capacity(entries)
+                    .expire_after(PerEntryTtl)
+                    .build(),
                 tags: Mutex::new(HashMap::new()),
                 notices,
             }),
@@ -105,7 +115,13 @@ impl MemoryStore {
     /// Stores raw bytes under an entry, bypassing the format: for tests of bad input (a value
     /// from another version of the program, garbage).
     pub fn put_raw(&self, entry: EntryRef<'_>, bytes: &[u8], ttl: Duration) {
-        self.inner.entries.insert(Self::key(entry), Stored { bytes: bytes.into(), ttl });
+        self.inner.entries.insert(
+            Self::key(entry),
+            Stored {
+                bytes: bytes.into(),
+                ttl,
+            },
+        );
     }
 
     /// Entries currently held (approximate, as moka counts).
@@ -123,12 +139,21 @@ impl Store for MemoryStore {
 
     async fn read(&self, entry: EntryRef<'_>) -> Result<Option<RawRead>> {
         let tags = self.lock();
-        let Some(stored) = self.inner.entries.get(&Self::key(entry)) else { return Ok(None) };
+        let Some(stored) = self.inner.entries.get(&Self::key(entry)) else {
+            return Ok(None);
+        };
         let tag_versions = format::tag_names(&stored.bytes)
             .into_iter()
-            .map(|t| tags.get(&Self::tag_key(entry.org, t)).map(u64::to_string).unwrap_or_default())
+            .map(|t| {
+                tags.get(&Self::tag_key(entry.org, t))
+                    .map(u64::to_string)
+                    .unwrap_or_default()
+            })
             .collect();
-        Ok(Some(RawRead { value: stored.bytes.to_vec(), tag_versions }))
+        Ok(Some(RawRead {
+            value: stored.bytes.to_vec(),
+            tag_versions,
+        }))
     }
 
     async fn tag_versions(&self, org: &OrgId, tags: &[&str]) -> Result<Vec<String>> {
@@ -147,18 +172,32 @@ impl Store for MemoryStore {
         let tags = self.lock();
         let key = Self::key(entry);
         if let Expect::WriteId(expected) = &write.expect {
-            let current = self.inner.entries.get(&key).map(|s| format::write_id(&s.bytes)).unwrap_or_default();
+            let current = self
+                .inner
+                .entries
+                .get(&key)
+                .map(|s| format::write_id(&s.bytes))
+                .unwrap_or_default();
             if &current != expected {
                 return Ok(false);
             }
         }
         for (tag, version) in write.tags {
-            let current = tags.get(&Self::tag_key(entry.org, tag)).map(u64::to_string).unwrap_or_default();
+            let current = tags
+                .get(&Self::tag_key(entry.org, tag))
+                .map(u64::to_string)
+                .unwrap_or_default();
             if &current != version {
                 return Ok(false);
             }
         }
-        self.inner.entries.insert(key, Stored { bytes: write.value.into(), ttl: write.ttl });
+        self.inner.entries.insert(
+            key,
+            Stored {
+                bytes: write.value.into(),
+                ttl: write.ttl,
+            },
+        );
         if let Some(notice) = write.notice {
             let _ = self.inner.notices.send(notice.to_owned());
         }
@@ -186,6 +225,10 @@ impl Store for MemoryStore {
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         });
-        Some(futures::stream::once(async { Notice::Reset }).chain(stream).boxed())
+        Some(
+            futures::stream::once(async { Notice::Reset })
+                .chain(stream)
+                .boxed(),
+        )
     }
 }

@@ -101,7 +101,10 @@ pub struct RedisStoreOptions {
 
 impl Default for RedisStoreOptions {
     fn default() -> Self {
-        Self { prefix: "windlass".to_owned(), resubscribe_delay: Duration::from_millis(200) }
+        Self {
+            prefix: "windlass".to_owned(),
+            resubscribe_delay: Duration::from_millis(200),
+        }
     }
 }
 
@@ -138,7 +141,9 @@ struct RedisInner {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStore").field("prefix", &self.inner.prefix).finish_non_exhaustive()
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,12 +163,18 @@ impl RedisStore {
     /// connection per [`Store::notices`] stream).
     pub async fn new(client: redis::Client, options: RedisStoreOptions) -> Result<Self> {
         validate_key_segment("key prefix", &options.prefix)?;
-        let conn = ConnectionManager::new(client.clone()).await.map_err(redis_err("connect"))?;
+        let conn = ConnectionManager::new(client.clone())
+            .await
+            .map_err(redis_err("connect"))?;
         Ok(Self::with_connection(client, conn, options))
     }
 
     /// A store on an existing connection manager (shared with other users of the client).
-    pub fn with_connection(client: redis::Client, conn: ConnectionManager, options: RedisStoreOptions) -> Self {
+    pub fn with_connection(
+        client: redis::Client,
+        conn: ConnectionManager,
+        options: RedisStoreOptions,
+    ) -> Self {
         let prefix = format!("{}:c", options.prefix);
         Self {
             inner: Arc::new(RedisInner {
@@ -182,7 +193,10 @@ impl RedisStore {
 
     /// The Redis key of an entry: `{prefix}:c:{orgid}:{type}:{key}`.
     pub fn entry_key(&self, entry: EntryRef<'_>) -> String {
-        format!("{}:{}:{}:{}", self.inner.prefix, entry.org, entry.data_type, entry.key)
+        format!(
+            "{}:{}:{}:{}",
+            self.inner.prefix, entry.org, entry.data_type, entry.key
+        )
     }
 
     /// The Redis key holding a tag's version: `{prefix}:c:{orgid}:#tag:{tag}`.
@@ -210,7 +224,9 @@ fn bytes(v: Value) -> Option<Vec<u8>> {
 }
 
 fn string(v: Value) -> String {
-    bytes(v).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    bytes(v)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 #[async_trait]
@@ -228,17 +244,28 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err("read"))?;
-        let Value::Array(mut parts) = value else { return Ok(None) };
+        let Value::Array(mut parts) = value else {
+            return Ok(None);
+        };
         if parts.len() != 2 {
-            return Err(Error::backend("redis", "read", "unexpected reply from the read script"));
+            return Err(Error::backend(
+                "redis",
+                "read",
+                "unexpected reply from the read script",
+            ));
         }
         let versions = parts.pop().unwrap_or(Value::Nil);
-        let Some(value) = parts.pop().and_then(bytes) else { return Ok(None) };
+        let Some(value) = parts.pop().and_then(bytes) else {
+            return Ok(None);
+        };
         let tag_versions = match versions {
             Value::Array(v) => v.into_iter().map(string).collect(),
             _ => Vec::new(),
         };
-        Ok(Some(RawRead { value, tag_versions }))
+        Ok(Some(RawRead {
+            value,
+            tag_versions,
+        }))
     }
 
     async fn tag_versions(&self, org: &OrgId, tags: &[&str]) -> Result<Vec<String>> {
@@ -250,10 +277,17 @@ impl Store for RedisStore {
         for tag in tags {
             inv.arg(*tag).arg(fresh_version());
         }
-        let value: Value = inv.invoke_async(&mut self.conn()).await.map_err(redis_err("tag_versions"))?;
+        let value: Value = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err("tag_versions"))?;
         match value {
             Value::Array(v) if v.len() == tags.len() => Ok(v.into_iter().map(string).collect()),
-            _ => Err(Error::backend("redis", "tag_versions", "unexpected reply from the tag script")),
+            _ => Err(Error::backend(
+                "redis",
+                "tag_versions",
+                "unexpected reply from the tag script",
+            )),
         }
     }
 
@@ -273,7 +307,10 @@ impl Store for RedisStore {
         for (tag, version) in write.tags {
             inv.arg(tag).arg(version);
         }
-        let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(redis_err("write"))?;
+        let done: i64 = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err("write"))?;
         Ok(done == 1)
     }
 
@@ -282,11 +319,16 @@ impl Store for RedisStore {
             return Ok(());
         }
         let mut inv = self.inner.invalidate.prepare_invoke();
-        inv.arg(self.tag_prefix(org)).arg(&self.inner.channel).arg(notice.unwrap_or(""));
+        inv.arg(self.tag_prefix(org))
+            .arg(&self.inner.channel)
+            .arg(notice.unwrap_or(""));
         for tag in tags {
             inv.arg(*tag);
         }
-        let _: i64 = inv.invoke_async(&mut self.conn()).await.map_err(redis_err("invalidate"))?;
+        let _: i64 = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_err("invalidate"))?;
         Ok(())
     }
 

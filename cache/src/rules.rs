@@ -87,7 +87,10 @@ impl TagTemplate {
         if parts.is_empty() {
             return Err(bad("empty template"));
         }
-        Ok(Self { source: template.to_owned(), parts })
+        Ok(Self {
+            source: template.to_owned(),
+            parts,
+        })
     }
 
     /// Renders the template for an event. Errors name the missing attribute.
@@ -95,18 +98,31 @@ impl TagTemplate {
         let mut out = String::new();
         let mut data: Option<serde_json::Value> = None;
         for part in &self.parts {
-            let missing = |what: &str| format!("tag template {:?} needs `{what}`, which event {} lacks", self.source, event.id());
+            let missing = |what: &str| {
+                format!(
+                    "tag template {:?} needs `{what}`, which event {} lacks",
+                    self.source,
+                    event.id()
+                )
+            };
             match part {
                 Part::Literal(s) => out.push_str(s),
                 Part::Subject => out.push_str(event.subject().ok_or_else(|| missing("subject"))?),
                 Part::OrgId => out.push_str(event.org_id().ok_or_else(|| missing("orgid"))?),
-                Part::PartitionKey => out.push_str(event.partition_key().ok_or_else(|| missing("partitionkey"))?),
+                Part::PartitionKey => out.push_str(
+                    event
+                        .partition_key()
+                        .ok_or_else(|| missing("partitionkey"))?,
+                ),
                 Part::Id => out.push_str(event.id()),
                 Part::Source => out.push_str(event.source()),
                 Part::Type => out.push_str(event.ty()),
-                Part::Extension(name) => {
-                    out.push_str(&event.extension(name).ok_or_else(|| missing(name))?.to_string())
-                }
+                Part::Extension(name) => out.push_str(
+                    &event
+                        .extension(name)
+                        .ok_or_else(|| missing(name))?
+                        .to_string(),
+                ),
                 Part::Data(path) => {
                     if data.is_none() {
                         data = Some(
@@ -118,13 +134,20 @@ impl TagTemplate {
                     }
                     let mut v = data.as_ref().unwrap_or(&serde_json::Value::Null);
                     for field in path {
-                        v = v.get(field).ok_or_else(|| missing(&format!("data.{}", path.join("."))))?;
+                        v = v
+                            .get(field)
+                            .ok_or_else(|| missing(&format!("data.{}", path.join("."))))?;
                     }
                     match v {
                         serde_json::Value::String(s) => out.push_str(s),
                         serde_json::Value::Number(n) => out.push_str(&n.to_string()),
                         serde_json::Value::Bool(b) => out.push_str(&b.to_string()),
-                        _ => return Err(missing(&format!("data.{} as a string, number or boolean", path.join(".")))),
+                        _ => {
+                            return Err(missing(&format!(
+                                "data.{} as a string, number or boolean",
+                                path.join(".")
+                            )));
+                        }
                     }
                 }
             }
@@ -143,7 +166,11 @@ struct Rule {
 
 impl Rule {
     fn matches(&self, ty: &str) -> bool {
-        if self.prefix { ty.starts_with(&self.event_type) } else { ty == self.event_type }
+        if self.prefix {
+            ty.starts_with(&self.event_type)
+        } else {
+            ty == self.event_type
+        }
     }
 }
 
@@ -184,7 +211,11 @@ impl InvalidationRules {
         if event_type.is_empty() && !prefix {
             return Err(Error::Config("a rule needs an event type".to_owned()));
         }
-        self.rules.push(Rule { event_type: event_type.to_owned(), prefix, tags: TagTemplate::parse(template)? });
+        self.rules.push(Rule {
+            event_type: event_type.to_owned(),
+            prefix,
+            tags: TagTemplate::parse(template)?,
+        });
         Ok(self)
     }
 
@@ -203,10 +234,22 @@ impl InvalidationRules {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bad = || Error::Config(format!("rule line {}: expected `on event type \"<type>\" invalidate tag \"<template>\"`, got {line:?}", n + 1));
-            let rest = line.strip_prefix("on event type").ok_or_else(bad)?.trim_start();
+            let bad = || {
+                Error::Config(format!(
+                    "rule line {}: expected `on event type \"<type>\" invalidate tag \"<template>\"`, got {line:?}",
+                    n + 1
+                ))
+            };
+            let rest = line
+                .strip_prefix("on event type")
+                .ok_or_else(bad)?
+                .trim_start();
             let (ty, rest) = quoted(rest).ok_or_else(bad)?;
-            let rest = rest.trim_start().strip_prefix("invalidate tag").ok_or_else(bad)?.trim_start();
+            let rest = rest
+                .trim_start()
+                .strip_prefix("invalidate tag")
+                .ok_or_else(bad)?
+                .trim_start();
             let (template, rest) = quoted(rest).ok_or_else(bad)?;
             if !rest.trim().is_empty() {
                 return Err(bad());
@@ -228,7 +271,10 @@ impl InvalidationRules {
 
     /// The tenant and the tags an event invalidates (no tags when no rule matches). Errors
     /// say why a matching rule cannot be applied.
-    pub fn tags_for(&self, event: &Event) -> std::result::Result<(Option<OrgId>, Vec<String>), String> {
+    pub fn tags_for(
+        &self,
+        event: &Event,
+    ) -> std::result::Result<(Option<OrgId>, Vec<String>), String> {
         let mut tags = BTreeSet::new();
         for rule in self.rules.iter().filter(|r| r.matches(event.ty())) {
             tags.insert(rule.tags.render(event)?);
@@ -240,7 +286,12 @@ impl InvalidationRules {
             .org_id()
             .or(self.default_org.as_ref())
             .cloned()
-            .ok_or_else(|| format!("event {} has no orgid and the rules have no default tenant", event.id()))?;
+            .ok_or_else(|| {
+                format!(
+                    "event {} has no orgid and the rules have no default tenant",
+                    event.id()
+                )
+            })?;
         Ok((Some(org), tags.into_iter().collect()))
     }
 }
@@ -262,7 +313,10 @@ pub struct InvalidationHandler {
 impl InvalidationHandler {
     /// A handler applying `rules` to `cache`.
     pub fn new(cache: Cache, rules: InvalidationRules) -> Self {
-        Self { cache, rules: Arc::new(rules) }
+        Self {
+            cache,
+            rules: Arc::new(rules),
+        }
     }
 }
 
@@ -273,9 +327,17 @@ impl Handler for InvalidationHandler {
         let Some(org) = org else { return Ok(()) };
         for chunk in tags.chunks(MAX_TAGS) {
             let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            self.cache.invalidate_tags(&org, &chunk).await.map_err(HandlerError::retry)?;
+            self.cache
+                .invalidate_tags(&org, &chunk)
+                .await
+                .map_err(HandlerError::retry)?;
         }
-        tracing::debug!(event = event.id(), ty = event.ty(), tags = tags.len(), "cache tags invalidated by event");
+        tracing::debug!(
+            event = event.id(),
+            ty = event.ty(),
+            tags = tags.len(),
+            "cache tags invalidated by event"
+        );
         Ok(())
     }
 }
@@ -295,11 +357,28 @@ mod tests {
 
     #[test]
     fn renders_attributes_and_data() {
-        let t = TagTemplate::parse("invoice:{subject}/c{data.customer.id}:{orgid}:{data.flag}").unwrap();
+        let t = TagTemplate::parse("invoice:{subject}/c{data.customer.id}:{orgid}:{data.flag}")
+            .unwrap();
         assert_eq!(t.render(&event()).unwrap(), "invoice:inv_42/c7:acme:true");
-        assert!(TagTemplate::parse("x:{partitionkey}").unwrap().render(&event()).unwrap_err().contains("partitionkey"));
-        assert!(TagTemplate::parse("x:{data.obj}").unwrap().render(&event()).is_err());
-        assert!(TagTemplate::parse("bad tag {subject}").unwrap().render(&event()).is_err());
+        assert!(
+            TagTemplate::parse("x:{partitionkey}")
+                .unwrap()
+                .render(&event())
+                .unwrap_err()
+                .contains("partitionkey")
+        );
+        assert!(
+            TagTemplate::parse("x:{data.obj}")
+                .unwrap()
+                .render(&event())
+                .is_err()
+        );
+        assert!(
+            TagTemplate::parse("bad tag {subject}")
+                .unwrap()
+                .render(&event())
+                .is_err()
+        );
     }
 
     #[test]
@@ -308,7 +387,9 @@ mod tests {
             assert!(TagTemplate::parse(bad).is_err(), "{bad:?}");
         }
         assert!(InvalidationRules::parse("on event \"x\" invalidate tag \"y\"").is_err());
-        assert!(InvalidationRules::parse("on event type \"x\" invalidate tag \"y\" extra").is_err());
+        assert!(
+            InvalidationRules::parse("on event type \"x\" invalidate tag \"y\" extra").is_err()
+        );
         assert!(InvalidationRules::new().on("", "x").is_err());
     }
 
@@ -322,12 +403,21 @@ mod tests {
         .unwrap();
         let (org, tags) = rules.tags_for(&event()).unwrap();
         assert_eq!(org.unwrap().as_str(), "acme");
-        assert_eq!(tags, vec!["invoice:inv_42".to_owned(), "invoices".to_owned()]);
+        assert_eq!(
+            tags,
+            vec!["invoice:inv_42".to_owned(), "invoices".to_owned()]
+        );
         let unrelated = Event::builder("/x", "order.placed").build().unwrap();
         assert_eq!(rules.tags_for(&unrelated).unwrap(), (None, vec![]));
-        let no_org = Event::builder("/x", "invoice.paid").subject("s").build().unwrap();
+        let no_org = Event::builder("/x", "invoice.paid")
+            .subject("s")
+            .build()
+            .unwrap();
         assert!(rules.tags_for(&no_org).is_err());
         let with_default = rules.default_org(OrgId::new("dflt").unwrap());
-        assert_eq!(with_default.tags_for(&no_org).unwrap().0.unwrap().as_str(), "dflt");
+        assert_eq!(
+            with_default.tags_for(&no_org).unwrap().0.unwrap().as_str(),
+            "dflt"
+        );
     }
 }

@@ -41,7 +41,10 @@ impl Metric {
             Some(tier) => metrics::counter!(name, "type" => ty.to_owned(), "tier" => tier),
             None => metrics::counter!(name, "type" => ty.to_owned()),
         };
-        Self { local: AtomicU64::new(0), exported }
+        Self {
+            local: AtomicU64::new(0),
+            exported,
+        }
     }
 
     pub(crate) fn inc(&self) {
@@ -72,7 +75,8 @@ impl TypeCounters {
     }
 
     pub(crate) fn record_load(&self, took: Duration) {
-        self.load_nanos.fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.load_nanos
+            .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
         self.load_seconds.record(took.as_secs_f64());
     }
 
@@ -128,7 +132,11 @@ impl TypeStats {
     /// Hits over lookups (hits plus misses); 0 when nothing was looked up.
     pub fn hit_ratio(&self) -> f64 {
         let total = self.hits() + self.misses;
-        if total == 0 { 0.0 } else { self.hits() as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.hits() as f64 / total as f64
+        }
     }
 }
 
@@ -165,7 +173,10 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn of(&self, ty: &str) -> Arc<TypeCounters> {
         let mut types = self.types.lock().unwrap_or_else(|p| p.into_inner());
-        types.entry(ty.to_owned()).or_insert_with(|| Arc::new(TypeCounters::new(ty))).clone()
+        types
+            .entry(ty.to_owned())
+            .or_insert_with(|| Arc::new(TypeCounters::new(ty)))
+            .clone()
     }
 
     pub(crate) fn invalidated(&self, n: usize) {
@@ -176,7 +187,10 @@ impl Registry {
     pub(crate) fn snapshot(&self) -> Stats {
         let types = self.types.lock().unwrap_or_else(|p| p.into_inner());
         Stats {
-            types: types.iter().map(|(k, v)| (k.clone(), v.snapshot())).collect(),
+            types: types
+                .iter()
+                .map(|(k, v)| (k.clone(), v.snapshot()))
+                .collect(),
             invalidations: self.invalidations.load(Relaxed),
             notices: self.notices.load(Relaxed),
             l1_resets: self.l1_resets.load(Relaxed),

@@ -28,7 +28,11 @@ pub struct EntryRef<'a> {
 impl<'a> EntryRef<'a> {
     /// Points at one entry. The parts must be validated already (the cache does it).
     pub fn new(org: &'a OrgId, data_type: &'a Name, key: &'a str) -> Self {
-        Self { org, data_type, key }
+        Self {
+            org,
+            data_type,
+            key,
+        }
     }
 
     /// `{orgid}:{type}:{key}`: the entry's name without the store's prefix. Unambiguous, since

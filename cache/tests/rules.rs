@@ -6,19 +6,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use windlass_cache::{Cache, CacheOptions, InvalidationHandler, InvalidationRules, MemoryStore};
-use windlass_eventbus::{DeadLetters, Event, MemoryBus, Publisher, SubscribeOptions, Subscriber};
 use windlass_core::{Group, RetryPolicy, Topic};
+use windlass_eventbus::{DeadLetters, Event, MemoryBus, Publisher, SubscribeOptions, Subscriber};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_invoice_events_invalidate_their_tags_on_the_memory_bus() {
     let cache = Cache::with_options(MemoryStore::new(), CacheOptions::default());
-    let invoices = cache.entry::<common::Invoice>("invoice", common::minute()).unwrap();
+    let invoices = cache
+        .entry::<common::Invoice>("invoice", common::minute())
+        .unwrap();
     let (acme, other) = (common::org("acme"), common::org("other"));
-    invoices.set(&acme, "42", &common::inv(42, 1), &["invoice:inv_42"]).await.unwrap();
-    invoices.set(&acme, "43", &common::inv(43, 1), &["invoice:inv_43"]).await.unwrap();
-    invoices.set(&other, "42", &common::inv(42, 9), &["invoice:inv_42"]).await.unwrap();
+    invoices
+        .set(&acme, "42", &common::inv(42, 1), &["invoice:inv_42"])
+        .await
+        .unwrap();
+    invoices
+        .set(&acme, "43", &common::inv(43, 1), &["invoice:inv_43"])
+        .await
+        .unwrap();
+    invoices
+        .set(&other, "42", &common::inv(42, 9), &["invoice:inv_42"])
+        .await
+        .unwrap();
 
-    let rules = InvalidationRules::parse(r#"on event type "invoice.paid" invalidate tag "invoice:{subject}""#).unwrap();
+    let rules = InvalidationRules::parse(
+        r#"on event type "invoice.paid" invalidate tag "invoice:{subject}""#,
+    )
+    .unwrap();
     let bus = MemoryBus::new();
     let topic = Topic::new("billing").unwrap();
     let sub = bus
@@ -30,10 +44,17 @@ async fn paid_invoice_events_invalidate_their_tags_on_the_memory_bus() {
         )
         .await
         .unwrap();
-    let paid = Event::builder("/billing", "invoice.paid").subject("inv_42").org_id("acme").build().unwrap();
+    let paid = Event::builder("/billing", "invoice.paid")
+        .subject("inv_42")
+        .org_id("acme")
+        .build()
+        .unwrap();
     bus.publish(&topic, &paid).await.unwrap();
     // An event no rule can render (no subject) goes to the DLQ with the reason.
-    let broken = Event::builder("/billing", "invoice.paid").org_id("acme").build().unwrap();
+    let broken = Event::builder("/billing", "invoice.paid")
+        .org_id("acme")
+        .build()
+        .unwrap();
     bus.publish(&topic, &broken).await.unwrap();
 
     let (inv, a) = (invoices.clone(), acme.clone());
@@ -42,8 +63,15 @@ async fn paid_invoice_events_invalidate_their_tags_on_the_memory_bus() {
         async move { inv.get(&a, "42").await.unwrap().is_none() }
     })
     .await;
-    assert_eq!(invoices.get(&acme, "43").await.unwrap(), Some(common::inv(43, 1)));
-    assert_eq!(invoices.get(&other, "42").await.unwrap(), Some(common::inv(42, 9)), "another tenant was invalidated");
+    assert_eq!(
+        invoices.get(&acme, "43").await.unwrap(),
+        Some(common::inv(43, 1))
+    );
+    assert_eq!(
+        invoices.get(&other, "42").await.unwrap(),
+        Some(common::inv(42, 9)),
+        "another tenant was invalidated"
+    );
     let bus2 = bus.clone();
     let topic2 = topic.clone();
     common::eventually(Duration::from_secs(5), move || {
@@ -68,7 +96,12 @@ async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
     let t = windlass_testkit::redis::fresh_prefix().await;
     let options = CacheOptions::default().l1(L1Options::capacity(100));
     let store = || async {
-        RedisStore::new(t.client.clone(), RedisStoreOptions::default().prefix(&t.prefix)).await.unwrap()
+        RedisStore::new(
+            t.client.clone(),
+            RedisStoreOptions::default().prefix(&t.prefix),
+        )
+        .await
+        .unwrap()
     };
     let reader = Cache::with_options(store().await, options.clone());
     let invalidator = Cache::with_options(store().await, options);
@@ -78,16 +111,22 @@ async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
         async move { r.l1_active() }
     })
     .await;
-    let invoices = reader.entry::<common::Invoice>("invoice", common::minute()).unwrap();
+    let invoices = reader
+        .entry::<common::Invoice>("invoice", common::minute())
+        .unwrap();
     let acme = common::org("acme");
     let loaded = invoices
-        .get_or_load(&acme, "42", &["invoice:inv_42", "customer:7"], || async { Ok::<_, std::io::Error>(common::inv(42, 1)) })
+        .get_or_load(&acme, "42", &["invoice:inv_42", "customer:7"], || async {
+            Ok::<_, std::io::Error>(common::inv(42, 1))
+        })
         .await
         .unwrap();
     assert_eq!(invoices.get(&acme, "42").await.unwrap(), Some(loaded));
     assert!(reader.stats().of("invoice").hits_l1 >= 1);
 
-    let bus = RedisBus::connect(RedisConfig::new(&t.url).prefix(&t.prefix)).await.unwrap();
+    let bus = RedisBus::connect(RedisConfig::new(&t.url).prefix(&t.prefix))
+        .await
+        .unwrap();
     let topic = Topic::new("billing").unwrap();
     let rules = InvalidationRules::new()
         .on("invoice.paid", "invoice:{subject}")
@@ -103,7 +142,11 @@ async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
         )
         .await
         .unwrap();
-    let paid = Event::builder("/billing", "invoice.paid").subject("inv_42").org_id("acme").build().unwrap();
+    let paid = Event::builder("/billing", "invoice.paid")
+        .subject("inv_42")
+        .org_id("acme")
+        .build()
+        .unwrap();
     bus.publish(&topic, &paid).await.unwrap();
     let (inv, a) = (invoices.clone(), acme.clone());
     let took = common::eventually(Duration::from_secs(10), move || {
@@ -114,7 +157,10 @@ async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
     println!("event published -> reader stops serving the value: {took:?}");
 
     // A data-field template, on an entry that only the customer tag covers.
-    invoices.set(&acme, "43", &common::inv(43, 1), &["customer:7"]).await.unwrap();
+    invoices
+        .set(&acme, "43", &common::inv(43, 1), &["customer:7"])
+        .await
+        .unwrap();
     let updated = Event::builder("/crm", "customer.updated")
         .org_id("acme")
         .data_json(&serde_json::json!({"customer_id": 7}))

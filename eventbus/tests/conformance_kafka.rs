@@ -35,7 +35,10 @@ impl BusFixture for KafkaFixture {
             windlass_testkit::kafka::create_topic(&brokers, &t, PARTITIONS).await;
             topics.push(t);
         }
-        let bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+        // Kafka groups are cluster-wide and the suite's group names are fixed: a prefix per test.
+        let prefix = format!("{}.", uuid::Uuid::new_v4().simple());
+        let bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu()).group_prefix(prefix))
+            .unwrap();
         let raw = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
         Self { brokers, bus, topics: Mutex::new(topics), raw }
     }

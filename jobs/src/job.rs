@@ -44,6 +44,7 @@ pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(10 * 366 * 24 * 360
 ///         Ok(())
 ///     }
 /// }
+/// # let _ = SendInvoice { invoice_id: 42 };
 /// ```
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The kind name stored with each row and used to find the job's type in a worker.

@@ -24,7 +24,9 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Zipf};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use windlass_cache::{Cache, CacheOptions, L1Options, MemoryStore, RedisStore, RedisStoreOptions, TypePolicy};
+use windlass_cache::{
+    Cache, CacheOptions, L1Options, MemoryStore, RedisStore, RedisStoreOptions, TypePolicy,
+};
 use windlass_core::OrgId;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -39,7 +41,13 @@ struct Invoice {
 }
 
 fn invoice(id: u64) -> Invoice {
-    Invoice { id, customer: id % 97, amount_cents: 12_345, currency: "EUR".into(), lines: vec!["sku-1".into(), "sku-2".into()] }
+    Invoice {
+        id,
+        customer: id % 97,
+        amount_cents: 12_345,
+        currency: "EUR".into(),
+        lines: vec!["sku-1".into(), "sku-2".into()],
+    }
 }
 
 fn hist() -> Histogram<u64> {
@@ -52,19 +60,28 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
 
 async fn hit_latency(url: &str, prefix: &str, n: usize) -> BoxResult<serde_json::Value> {
     let client = redis::Client::open(url)?;
-    let store = RedisStore::new(client.clone(), RedisStoreOptions::default().prefix(prefix)).await?;
+    let store =
+        RedisStore::new(client.clone(), RedisStoreOptions::default().prefix(prefix)).await?;
     let cache = Cache::new(store);
     let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
     let acme = OrgId::new("acme")?;
-    invoices.set(&acme, "42", &invoice(42), &["invoice:42", "customer:7"]).await?;
+    invoices
+        .set(&acme, "42", &invoice(42), &["invoice:42", "customer:7"])
+        .await?;
     let mut raw = client.get_multiplexed_async_connection().await?;
     // Raw baseline: a value of the same size as the stored entry.
     let stored: Vec<u8> = raw.get(format!("{prefix}:c:acme:invoice:42")).await?;
     let raw_key = format!("{prefix}:raw");
     let _: () = raw.set(&raw_key, &stored).await?;
     // Second baseline: the same work hand-written as one raw Lua call (GET + MGET of 2 tags).
-    let script = redis::Script::new("return {redis.call('GET', KEYS[1]), redis.call('MGET', KEYS[2], KEYS[3])}");
-    let lua_keys = [raw_key.clone(), format!("{prefix}:c:acme:#tag:invoice:42"), format!("{prefix}:c:acme:#tag:customer:7")];
+    let script = redis::Script::new(
+        "return {redis.call('GET', KEYS[1]), redis.call('MGET', KEYS[2], KEYS[3])}",
+    );
+    let lua_keys = [
+        raw_key.clone(),
+        format!("{prefix}:c:acme:#tag:invoice:42"),
+        format!("{prefix}:c:acme:#tag:customer:7"),
+    ];
     let (mut h_raw, mut h_ours, mut h_lua) = (hist(), hist(), hist());
     for _ in 0..500 {
         let _: Vec<u8> = raw.get(&raw_key).await?;
@@ -104,7 +121,10 @@ async fn hit_latency(url: &str, prefix: &str, n: usize) -> BoxResult<serde_json:
 
 async fn l1_throughput(n: usize) -> BoxResult<serde_json::Value> {
     let keys = 1000u64;
-    let cache = Cache::with_options(MemoryStore::new(), CacheOptions::default().l1(L1Options::capacity(10_000)));
+    let cache = Cache::with_options(
+        MemoryStore::new(),
+        CacheOptions::default().l1(L1Options::capacity(10_000)),
+    );
     while !cache.l1_active() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -112,7 +132,9 @@ async fn l1_throughput(n: usize) -> BoxResult<serde_json::Value> {
     let acme = OrgId::new("acme")?;
     let names: Vec<String> = (0..keys).map(|k| k.to_string()).collect();
     for k in 0..keys {
-        invoices.set(&acme, &names[k as usize], &invoice(k), &["customer:7"]).await?;
+        invoices
+            .set(&acme, &names[k as usize], &invoice(k), &["customer:7"])
+            .await?;
     }
     let moka: moka::sync::Cache<String, Arc<Invoice>> = moka::sync::Cache::new(10_000);
     for k in 0..keys {
@@ -121,14 +143,19 @@ async fn l1_throughput(n: usize) -> BoxResult<serde_json::Value> {
     let moka_names: Vec<String> = (0..keys).map(|k| format!("acme:invoice:{k}")).collect();
     let t = Instant::now();
     for i in 0..n {
-        let v = moka.get(&moka_names[i % keys as usize]).ok_or("moka miss")?;
+        let v = moka
+            .get(&moka_names[i % keys as usize])
+            .ok_or("moka miss")?;
         std::hint::black_box((*v).clone());
     }
     let moka_secs = t.elapsed().as_secs_f64();
     let before = cache.stats().of("invoice").hits_l1;
     let t = Instant::now();
     for i in 0..n {
-        let v = invoices.get(&acme, &names[i % keys as usize]).await?.ok_or("miss")?;
+        let v = invoices
+            .get(&acme, &names[i % keys as usize])
+            .await?
+            .ok_or("miss")?;
         std::hint::black_box(v);
     }
     let ours_secs = t.elapsed().as_secs_f64();
@@ -147,7 +174,9 @@ async fn zipf_hit_ratio(requests: usize) -> BoxResult<serde_json::Value> {
     let capacity = keys / 10;
     let zipf = Zipf::new(keys as f64, 1.0)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let sample: Vec<u64> = (0..requests).map(|_| zipf.sample(&mut rng) as u64).collect();
+    let sample: Vec<u64> = (0..requests)
+        .map(|_| zipf.sample(&mut rng) as u64)
+        .collect();
     let warmup = requests / 4;
     // The best any cache of this size can do: always hold the most popular keys.
     let h = |n: u64| (1..=n).map(|k| 1.0 / k as f64).sum::<f64>();
@@ -165,7 +194,10 @@ async fn zipf_hit_ratio(requests: usize) -> BoxResult<serde_json::Value> {
     let moka_ratio = moka_hits as f64 / (requests - warmup) as f64;
 
     let store = MemoryStore::with_capacity(capacity);
-    let cache = Cache::with_options(store, CacheOptions::default().l1(L1Options::capacity(capacity)));
+    let cache = Cache::with_options(
+        store,
+        CacheOptions::default().l1(L1Options::capacity(capacity)),
+    );
     while !cache.l1_active() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -177,10 +209,17 @@ async fn zipf_hit_ratio(requests: usize) -> BoxResult<serde_json::Value> {
         if i == warmup {
             stats_at_warmup = Some(cache.stats().of("invoice"));
         }
-        invoices.get_or_load(&acme, &k.to_string(), &[], move || async move { Ok::<_, std::io::Error>(invoice(k)) }).await?;
+        invoices
+            .get_or_load(&acme, &k.to_string(), &[], move || async move {
+                Ok::<_, std::io::Error>(invoice(k))
+            })
+            .await?;
     }
     let secs = t.elapsed().as_secs_f64();
-    let (a, b) = (stats_at_warmup.unwrap_or_default(), cache.stats().of("invoice"));
+    let (a, b) = (
+        stats_at_warmup.unwrap_or_default(),
+        cache.stats().of("invoice"),
+    );
     let measured = (requests - warmup) as f64;
     Ok(serde_json::json!({
         "keys": keys, "capacity": capacity, "requests": requests, "warmup": warmup,
@@ -193,8 +232,15 @@ async fn zipf_hit_ratio(requests: usize) -> BoxResult<serde_json::Value> {
 }
 
 async fn stampede(url: &str, prefix: &str) -> BoxResult<serde_json::Value> {
-    let store = RedisStore::new(redis::Client::open(url)?, RedisStoreOptions::default().prefix(prefix)).await?;
-    let cache = Cache::with_options(store, CacheOptions::default().timeout(Duration::from_secs(5)));
+    let store = RedisStore::new(
+        redis::Client::open(url)?,
+        RedisStoreOptions::default().prefix(prefix),
+    )
+    .await?;
+    let cache = Cache::with_options(
+        store,
+        CacheOptions::default().timeout(Duration::from_secs(5)),
+    );
     let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(600)))?;
     let acme = OrgId::new("acme")?;
     let calls = Arc::new(AtomicUsize::new(0));
@@ -218,14 +264,22 @@ async fn stampede(url: &str, prefix: &str) -> BoxResult<serde_json::Value> {
     while let Some(r) = set.join_next().await {
         r??;
     }
-    Ok(serde_json::json!({"callers": 1000, "loader_runs": calls.load(Ordering::SeqCst), "wall_ms": t.elapsed().as_secs_f64() * 1000.0}))
+    Ok(
+        serde_json::json!({"callers": 1000, "loader_runs": calls.load(Ordering::SeqCst), "wall_ms": t.elapsed().as_secs_f64() * 1000.0}),
+    )
 }
 
 async fn l1_sync_delay(url: &str, prefix: &str, rounds: usize) -> BoxResult<serde_json::Value> {
     let client = redis::Client::open(url)?;
     let options = CacheOptions::default().l1(L1Options::capacity(1000));
-    let a = Cache::with_options(RedisStore::new(client.clone(), RedisStoreOptions::default().prefix(prefix)).await?, options.clone());
-    let b = Cache::with_options(RedisStore::new(client, RedisStoreOptions::default().prefix(prefix)).await?, options);
+    let a = Cache::with_options(
+        RedisStore::new(client.clone(), RedisStoreOptions::default().prefix(prefix)).await?,
+        options.clone(),
+    );
+    let b = Cache::with_options(
+        RedisStore::new(client, RedisStoreOptions::default().prefix(prefix)).await?,
+        options,
+    );
     while !(a.l1_active() && b.l1_active()) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -254,14 +308,18 @@ async fn l1_sync_delay(url: &str, prefix: &str, rounds: usize) -> BoxResult<serd
 
 #[tokio::main]
 async fn main() -> BoxResult<()> {
-    let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     let n = |base: f64| ((base * scale) as usize).max(10);
-    let url = std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url =
+        std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let prefix = format!("bench-cache-{}", std::process::id());
     let result = async {
         let hit = hit_latency(&url, &prefix, n(20_000.0)).await?;
         let l1 = l1_throughput(n(2_000_000.0)).await?;
-        let zipf = zipf_hit_ratio(n(2_000_000.0)).await?;
+        let zipf = zipf_hit_ratio(n(1_000_000.0)).await?;
         let stampede = stampede(&url, &prefix).await?;
         let sync = l1_sync_delay(&url, &prefix, n(300.0)).await?;
         Ok::<_, Box<dyn std::error::Error>>(serde_json::json!({
@@ -272,12 +330,16 @@ async fn main() -> BoxResult<()> {
     }
     .await;
     // Tidy up whatever happened.
-    if let Ok(client) = redis::Client::open(url.as_str()) {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-            }
+    if let Ok(client) = redis::Client::open(url.as_str())
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
         }
     }
     println!("{}", result?);

@@ -82,6 +82,10 @@ pub struct KafkaConfig {
     /// returning anyway (consumption then starts whenever the rebalance completes). Default
     /// 30 s.
     pub assignment_wait: Duration,
+    /// Prefix of the Kafka consumer group ids (`{prefix}{group}`). Kafka groups are
+    /// cluster-wide, unlike Redis groups (per stream): a prefix keeps applications (or test
+    /// runs) sharing a cluster apart. Default none.
+    pub group_prefix: String,
     /// Extra librdkafka properties for every client (applied last, so they win).
     pub client_properties: Vec<(String, String)>,
 }
@@ -100,6 +104,7 @@ impl Default for KafkaConfig {
             dlq_partitions: 1,
             poll_wait: Duration::from_millis(100),
             assignment_wait: Duration::from_secs(30),
+            group_prefix: String::new(),
             client_properties: Vec::new(),
         }
     }
@@ -155,6 +160,11 @@ impl KafkaConfig {
         self.assignment_wait = wait;
         self
     }
+    /// Sets the consumer group id prefix.
+    pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.group_prefix = prefix.into();
+        self
+    }
     /// Adds a librdkafka property for every client this bus makes.
     pub fn client_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.client_properties.push((key.into(), value.into()));
@@ -187,7 +197,7 @@ impl KafkaConfig {
 
     pub(crate) fn consumer_config(&self, group: &str, client_id: &str, earliest: bool) -> rdkafka::ClientConfig {
         let mut c = self.base();
-        c.set("group.id", group)
+        c.set("group.id", format!("{}{group}", self.group_prefix))
             .set("client.id", client_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

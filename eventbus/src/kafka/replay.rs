@@ -169,7 +169,8 @@ impl KafkaBus {
         let (topic, group) = (topic.clone(), group.clone());
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(120);
-            let consumer = reader(&bus, Some(group.as_str()))?;
+            let group_id = format!("{}{}", bus.inner.config.group_prefix, group);
+            let consumer = reader(&bus, Some(&group_id))?;
             let plan = plan(&bus, &consumer, &topic, &from, deadline)?;
             let mut all = TopicPartitionList::new();
             for p in plan.ranges.keys() {

@@ -21,6 +21,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use windlass_core::{Group, Topic};
 
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::handler::Handler;
 use crate::kafka::KafkaBus;
 use crate::kafka::codec;
@@ -435,12 +436,14 @@ impl DeadLetters for KafkaBus {
                     .map(|t| t.with_timezone(&Utc))
                     .unwrap_or_else(Utc::now);
                 let ts = r.timestamp().to_millis().unwrap_or(0);
+                let event = codec::decode(&r).ok();
                 let letter = DeadLetter {
                     id: format!("{}@{}", r.partition(), r.offset()),
                     topic: topic.as_str().to_owned(),
                     group: header_str(&r, DLQ_GROUP_HEADER).unwrap_or_default(),
-                    event: codec::decode(&r).ok(),
-                    payload: r.payload().unwrap_or_default().to_vec(),
+                    event: event.clone(),
+                    // The event in canonical structured JSON when it decodes, else the bytes read.
+                    payload: event.as_ref().map_or_else(|| r.payload().unwrap_or_default().to_vec(), Event::to_json_vec),
                     error: header_str(&r, DLQ_REASON_HEADER).unwrap_or_default(),
                     failed_at,
                 };

@@ -73,6 +73,7 @@ impl PgStore {
     /// PgStore::insert_in(&mut tx, vec![job]).await?;
     /// tx.commit().await?;
     /// # Ok(()) }
+    /// # let _ = demo;
     /// ```
     pub async fn insert_in(conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let mut out = Vec::with_capacity(jobs.len());

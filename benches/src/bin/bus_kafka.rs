@@ -1,0 +1,246 @@
+//! Kafka publish throughput and end-to-end latency of `KafkaBus` beside raw rdkafka baselines
+//! measured in the same run, printed as one JSON line.
+//!
+//! ```text
+//! cargo run --release -p windlass-benches --bin bus_kafka [-- SCALE]
+//! ```
+//! `SCALE` (default 1.0) multiplies the event counts. `WINDLASS_KAFKA_BROKERS` picks the
+//! cluster; unset, the testkit harness starts (or reuses) a local tansu broker.
+//!
+//! - publish: `KafkaBus::publish_batch` in windows of 1000 vs a raw `FutureProducer` with the
+//!   same settings (idempotence, `acks=all`, `linger.ms=1`) sending the same key, value and
+//!   CloudEvents headers, 1000 sends in flight; alternating rounds, best of each;
+//! - end-to-end latency at a fixed rate (1k events/s): publish -> handler of a group
+//!   subscription (offsets committed per batch) vs raw produce -> raw `StreamConsumer` with
+//!   manual assignment (no group, no commit).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use windlass_eventbus::kafka::{GroupTimeouts, KafkaBus, KafkaConfig};
+use windlass_eventbus::{Event, Group, Publisher, SubscribeOptions, Subscriber, Topic, handler_fn};
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+const WINDOW: usize = 1000;
+
+fn event(i: usize, sent_nanos: u64) -> Event {
+    Event::builder("/bench", "bench.order.placed")
+        .subject(format!("order-{i}"))
+        .org_id("acme")
+        .partition_key(format!("order-{}", i % 64))
+        .data_json(&serde_json::json!({"seq": i, "amount": 1234, "currency": "EUR", "sku": "ABC-123", "sent": sent_nanos}))
+        .build()
+        .expect("valid event")
+}
+
+/// What the raw producer sends: the same key, value and headers our publisher would.
+struct RawRecord {
+    key: String,
+    value: Vec<u8>,
+    headers: Vec<(String, String)>,
+}
+
+fn raw_record(e: &Event) -> RawRecord {
+    let mut headers = vec![
+        ("ce_specversion".to_owned(), "1.0".to_owned()),
+        ("ce_id".to_owned(), e.id().to_owned()),
+        ("ce_source".to_owned(), e.source().to_owned()),
+        ("ce_type".to_owned(), e.ty().to_owned()),
+        ("ce_time".to_owned(), e.time().map(|t| t.to_rfc3339()).unwrap_or_default()),
+        ("ce_subject".to_owned(), e.subject().unwrap_or_default().to_owned()),
+        ("ce_orgid".to_owned(), "acme".to_owned()),
+        ("ce_partitionkey".to_owned(), e.partition_key().unwrap_or_default().to_owned()),
+    ];
+    headers.push(("content-type".to_owned(), "application/json".to_owned()));
+    RawRecord {
+        key: e.ordering_key().unwrap_or_default().to_owned(),
+        value: e.data_bytes().map(|b| b.to_vec()).unwrap_or_default(),
+        headers,
+    }
+}
+
+fn producer(brokers: &str) -> BoxResult<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?)
+}
+
+async fn raw_publish(p: &FutureProducer, topic: &str, records: &[RawRecord]) -> BoxResult<f64> {
+    let started = Instant::now();
+    for chunk in records.chunks(WINDOW) {
+        let sends = chunk.iter().map(|r| {
+            let mut h = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            }
+            p.send(FutureRecord::to(topic).key(&r.key).payload(&r.value).headers(h), Timeout::Never)
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e)?;
+        }
+    }
+    Ok(records.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn ours_publish(bus: &KafkaBus, topic: &Topic, events: &[Event]) -> BoxResult<f64> {
+    let started = Instant::now();
+    for chunk in events.chunks(WINDOW) {
+        bus.publish_batch(topic, chunk).await?;
+    }
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+fn nanos_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "p50_ms": h.value_at_quantile(0.50) as f64 / 1e6,
+        "p99_ms": h.value_at_quantile(0.99) as f64 / 1e6,
+        "max_ms": h.max() as f64 / 1e6,
+        "n": h.len(),
+    })
+}
+
+async fn ours_latency(bus: &KafkaBus, topic: &Topic, n: usize, epoch: Instant) -> BoxResult<Histogram<u64>> {
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let h2 = hist.clone();
+    let group = Group::new(format!("bench-{}", uuid::Uuid::new_v4().simple()))?;
+    let sub = bus
+        .subscribe(
+            topic,
+            &group,
+            Arc::new(handler_fn(move |e, _| {
+                let h = h2.clone();
+                async move {
+                    let v: serde_json::Value = e.data_as().ok().flatten().unwrap_or_default();
+                    let sent = v["sent"].as_u64().unwrap_or(0);
+                    let _ = h.lock().unwrap().record(nanos_since(epoch).saturating_sub(sent));
+                    Ok(())
+                }
+            })),
+            SubscribeOptions::default(),
+        )
+        .await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..n {
+        tick.tick().await;
+        bus.publish(topic, &event(i, nanos_since(epoch))).await?;
+    }
+    let end = Instant::now() + Duration::from_secs(30);
+    while (hist.lock().unwrap().len() as usize) < n && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sub.shutdown().await?;
+    let h = hist.lock().unwrap().clone();
+    Ok(h)
+}
+
+async fn raw_latency(brokers: &str, topic: &str, n: usize, epoch: Instant) -> BoxResult<Histogram<u64>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::End)?;
+    consumer.assign(&tpl)?;
+    let p = producer(brokers)?;
+    let topic_owned = topic.to_owned();
+    let sender = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        // Let the consumer reach the end before sending.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for i in 0..n {
+            tick.tick().await;
+            let r = raw_record(&event(i, 0));
+            let sent = nanos_since(epoch).to_string();
+            let mut h = OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            }
+            h = h.insert(Header { key: "sent", value: Some(sent.as_bytes()) });
+            let _ = p.send(FutureRecord::to(&topic_owned).key(&r.key).payload(&r.value).headers(h), Timeout::Never).await;
+        }
+    });
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut stream = consumer.stream();
+    let end = Instant::now() + Duration::from_secs(40);
+    while (hist.len() as usize) < n && Instant::now() < end {
+        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await else { continue };
+        let sent = m
+            .headers()
+            .and_then(|hs| hs.iter().find(|h| h.key == "sent").and_then(|h| h.value))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        hist.record(nanos_since(epoch).saturating_sub(sent))?;
+    }
+    sender.await?;
+    Ok(hist)
+}
+
+#[tokio::main]
+async fn main() -> BoxResult<()> {
+    let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let n = ((50_000.0 * scale) as usize).max(WINDOW);
+    let latency_n = ((3_000.0 * scale) as usize).max(100);
+    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await?;
+    let bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu()))?;
+    let raw = producer(&brokers)?;
+
+    let mut raw_best: f64 = 0.0;
+    let mut ours_best: f64 = 0.0;
+    for round in 0..2 {
+        let t_raw = windlass_testkit::kafka::unique_topic();
+        let t_ours = windlass_testkit::kafka::unique_topic();
+        windlass_testkit::kafka::create_topic(&brokers, &t_raw, 3).await;
+        windlass_testkit::kafka::create_topic(&brokers, &t_ours, 3).await;
+        let events: Vec<Event> = (0..n).map(|i| event(i, 0)).collect();
+        let records: Vec<RawRecord> = events.iter().map(raw_record).collect();
+        // Alternate who goes first.
+        if round % 2 == 0 {
+            raw_best = raw_best.max(raw_publish(&raw, t_raw.as_str(), &records).await?);
+            ours_best = ours_best.max(ours_publish(&bus, &t_ours, &events).await?);
+        } else {
+            ours_best = ours_best.max(ours_publish(&bus, &t_ours, &events).await?);
+            raw_best = raw_best.max(raw_publish(&raw, t_raw.as_str(), &records).await?);
+        }
+    }
+
+    let epoch = Instant::now();
+    let t_lat = windlass_testkit::kafka::unique_topic();
+    windlass_testkit::kafka::create_topic(&brokers, &t_lat, 1).await;
+    let ours_lat = ours_latency(&bus, &t_lat, latency_n, epoch).await?;
+    let t_raw_lat = windlass_testkit::kafka::unique_topic();
+    windlass_testkit::kafka::create_topic(&brokers, &t_raw_lat, 1).await;
+    let raw_lat = raw_latency(&brokers, t_raw_lat.as_str(), latency_n, epoch).await?;
+
+    let report = serde_json::json!({
+        "bench": "bus_kafka",
+        "brokers": brokers,
+        "events": n,
+        "publish": {
+            "ours_per_s": ours_best.round(),
+            "raw_rdkafka_per_s": raw_best.round(),
+            "ratio": (ours_best / raw_best * 1000.0).round() / 1000.0,
+        },
+        "e2e_latency_1k_per_s": {
+            "ours": percentiles(&ours_lat),
+            "raw_rdkafka": percentiles(&raw_lat),
+        },
+    });
+    println!("{report}");
+    Ok(())
+}
