@@ -25,13 +25,16 @@ use windlass::eventbus::{Event, Group, Publisher, SubscriberExt, Topic};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let redis_url = std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let redis_url =
+        std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let domain = format!("billing{}", &run[..8]);
     let invoices = Topic::new(format!("{domain}.invoices"))?;
 
-    let redis = RedisBus::connect(RedisConfig::new(&redis_url).prefix(format!("example-{}", &run[..8]))).await?;
+    let redis =
+        RedisBus::connect(RedisConfig::new(&redis_url).prefix(format!("example-{}", &run[..8])))
+            .await?;
     // Real Kafka: keep the default group timeouts. tansu needs shorter ones (see docs/kafka.md).
     let kafka = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu()))?;
     kafka.create_topic(invoices.as_str(), 3).await?;
@@ -43,9 +46,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .subscribe_fn(&invoices, &Group::new("ledger")?, move |event, ctx| {
             let handled = handled.clone();
             async move {
-                let new = handled.lock().unwrap().insert((event.source().to_owned(), event.id().to_owned()));
-                let via = if ctx.delivery_id.contains('@') { "kafka" } else { "redis" };
-                println!("{via:5} {} {}", event.id(), if new { "handled" } else { "duplicate dropped" });
+                let new = handled
+                    .lock()
+                    .unwrap()
+                    .insert((event.source().to_owned(), event.id().to_owned()));
+                let via = if ctx.delivery_id.contains('@') {
+                    "kafka"
+                } else {
+                    "redis"
+                };
+                println!(
+                    "{via:5} {} {}",
+                    event.id(),
+                    if new { "handled" } else { "duplicate dropped" }
+                );
                 Ok(())
             }
         })
@@ -56,29 +70,44 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = invoices.clone();
         async move {
             for i in 0..n {
-                let e = Event::builder("/billing", "invoice.paid").subject(format!("inv_{i}")).data_json(&i).build()?;
+                let e = Event::builder("/billing", "invoice.paid")
+                    .subject(format!("inv_{i}"))
+                    .data_json(&i)
+                    .build()?;
                 m.publish(&t, &e).await?; // Redis and Kafka
             }
             Ok::<_, Box<dyn std::error::Error>>(())
         }
     };
 
-    println!("-- 1. dual publish, {domain} consumers on {}", migration.backend_for(&invoices));
+    println!(
+        "-- 1. dual publish, {domain} consumers on {}",
+        migration.backend_for(&invoices)
+    );
     publish(3).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     migration.switch(domain.as_str(), Backend::Kafka);
-    println!("-- 2. switched {domain} to {}", migration.backend_for(&invoices));
+    println!(
+        "-- 2. switched {domain} to {}",
+        migration.backend_for(&invoices)
+    );
     tokio::time::sleep(Duration::from_secs(5)).await; // the Kafka group joins
     publish(3).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     migration.switch(domain.as_str(), Backend::Redis);
-    println!("-- 3. rolled {domain} back to {}", migration.backend_for(&invoices));
+    println!(
+        "-- 3. rolled {domain} back to {}",
+        migration.backend_for(&invoices)
+    );
     publish(3).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     sub.shutdown().await?;
-    println!("-- {} distinct events handled (9 published)", seen.lock().unwrap().len());
+    println!(
+        "-- {} distinct events handled (9 published)",
+        seen.lock().unwrap().len()
+    );
     Ok(())
 }

@@ -433,14 +433,15 @@ where
             l1.bump([key_guard(&logical)]);
         }
         if res? {
-            self.l1_insert(
-                org,
-                key,
-                Arc::new(value.clone()),
-                fresh_until,
-                tags,
-                self.stamp().max(stamp),
-            );
+            // Stamped after our own key bump, so it is not shadowed by it; but only if none of
+            // its tags was invalidated since before the write (that value is already stale).
+            if let Some(l1) = &self.cache.inner.l1 {
+                let after = l1.stamp();
+                let tag_guards: Vec<u64> = tags.iter().map(|t| tag_guard(org, t)).collect();
+                if l1.unchanged_since(&tag_guards, stamp) {
+                    self.l1_insert(org, key, Arc::new(value.clone()), fresh_until, tags, after);
+                }
+            }
         } else {
             self.counters.writes_discarded.inc();
         }

@@ -90,6 +90,7 @@ pub(crate) fn write_id(raw: &[u8]) -> String {
 }
 
 /// The tag names of a stored value, as the read script finds them (for the memory store).
+#[cfg(any(test, feature = "memory"))]
 pub(crate) fn tag_names(raw: &[u8]) -> Vec<&str> {
     if !raw.starts_with(MAGIC) {
         return Vec::new();

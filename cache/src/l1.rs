@@ -133,6 +133,17 @@ impl L1 {
         }
     }
 
+    /// True when none of `guards` was stamped after `stamp`.
+    pub(crate) fn unchanged_since(&self, guards: &[u64], stamp: u64) -> bool {
+        if stamp < self.floor.load(SeqCst) {
+            return false;
+        }
+        let epochs = self.epochs.read().unwrap_or_else(|p| p.into_inner());
+        guards
+            .iter()
+            .all(|g| epochs.get(g).is_none_or(|&e| e <= stamp))
+    }
+
     /// Stamps guards: values inserted before now that carry one of them are no longer served.
     pub(crate) fn bump<I: IntoIterator<Item = u64>>(&self, guards: I) {
         let mut epochs = self.epochs.write().unwrap_or_else(|p| p.into_inner());
@@ -173,5 +184,86 @@ impl L1 {
 
     pub(crate) fn is_enabled(&self) -> bool {
         self.enabled.load(SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(v: u32) -> Arc<dyn Any + Send + Sync> {
+        Arc::new(v)
+    }
+
+    #[test]
+    fn a_value_read_before_a_notice_is_not_served_after_it() {
+        let l1 = L1::new(100, Duration::from_secs(60), false);
+        let t = tag_guard("acme", "invoice:1");
+        // A reader stamps, reads the store; the notice lands before it inserts.
+        let stamp = l1.stamp();
+        l1.bump([t]);
+        l1.insert("k".into(), one(1), u64::MAX, vec![t], stamp);
+        assert!(l1.get("k").is_none());
+        // Read after the notice: served until the next one.
+        let stamp = l1.stamp();
+        l1.insert(
+            "k".into(),
+            one(2),
+            u64::MAX,
+            vec![t, key_guard("acme:invoice:k")],
+            stamp,
+        );
+        assert!(l1.get("k").is_some());
+        l1.bump([tag_guard("other", "invoice:1")]);
+        assert!(
+            l1.get("k").is_some(),
+            "another tenant's tag must not invalidate"
+        );
+        l1.bump([scoped_tag_guard("acme:invoice:1")]);
+        assert!(l1.get("k").is_none());
+        assert!(!l1.unchanged_since(&[t], stamp));
+    }
+
+    #[test]
+    fn down_stops_serving_and_reset_drops_everything() {
+        let l1 = L1::new(100, Duration::from_secs(60), true);
+        assert!(!l1.is_enabled(), "off until notices flow");
+        l1.insert("k".into(), one(1), u64::MAX, vec![], l1.stamp());
+        assert!(l1.get("k").is_none());
+        l1.reset();
+        let before_reset = l1.stamp();
+        l1.insert("k".into(), one(1), u64::MAX, vec![], before_reset);
+        assert!(l1.get("k").is_some());
+        l1.down();
+        assert!(l1.get("k").is_none());
+        l1.reset();
+        // A value stamped before the reset is never served again.
+        l1.insert("k".into(), one(1), u64::MAX, vec![], before_reset);
+        assert!(l1.get("k").is_none());
+    }
+
+    #[test]
+    fn a_full_epoch_table_resets_instead_of_forgetting() {
+        let l1 = L1::new(1, Duration::from_secs(60), false);
+        let stamp = l1.stamp();
+        l1.insert(
+            "k".into(),
+            one(1),
+            u64::MAX,
+            vec![tag_guard("a", "t")],
+            stamp,
+        );
+        for i in 0..2000 {
+            l1.bump([tag_guard("a", &format!("other{i}"))]);
+        }
+        l1.bump([tag_guard("a", "t")]);
+        l1.insert(
+            "k".into(),
+            one(1),
+            u64::MAX,
+            vec![tag_guard("a", "t")],
+            stamp,
+        );
+        assert!(l1.get("k").is_none());
     }
 }

@@ -1,4 +1,5 @@
 //! The store suite on the in-process store.
+#![cfg(feature = "memory")]
 
 mod common;
 

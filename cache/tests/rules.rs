@@ -5,13 +5,17 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use windlass_cache::{Cache, CacheOptions, InvalidationHandler, InvalidationRules, MemoryStore};
-use windlass_core::{Group, RetryPolicy, Topic};
-use windlass_eventbus::{DeadLetters, Event, MemoryBus, Publisher, SubscribeOptions, Subscriber};
+use windlass_cache::{Cache, CacheOptions, InvalidationHandler, InvalidationRules};
+use windlass_core::{Group, Topic};
+use windlass_eventbus::{Event, Publisher, SubscribeOptions, Subscriber};
 
+#[cfg(feature = "memory")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_invoice_events_invalidate_their_tags_on_the_memory_bus() {
-    let cache = Cache::with_options(MemoryStore::new(), CacheOptions::default());
+    use windlass_core::RetryPolicy;
+    use windlass_eventbus::{DeadLetters, MemoryBus};
+
+    let cache = Cache::with_options(windlass_cache::MemoryStore::new(), CacheOptions::default());
     let invoices = cache
         .entry::<common::Invoice>("invoice", common::minute())
         .unwrap();

@@ -9,7 +9,10 @@
 //! - The runner behind every backend: concurrency limit, order per ordering key, retry with
 //!   exponential backoff and jitter ([`RetryPolicy`]), a dead-letter queue, one `tracing` span
 //!   per delivery.
-//! - Backends: [`MemoryBus`] (feature `memory`, default), `redis::RedisBus` (feature `redis`).
+//! - Backends: [`MemoryBus`] (feature `memory`, default), `redis::RedisBus` (feature `redis`),
+//!   `kafka::KafkaBus` (feature `kafka`). Around them: [`migrate`] (Redis -> Kafka, dual
+//!   publish and per-domain routing), [`replay`] (re-read a topic from a time or an event id) and
+//!   `schema` (JSON Schema validation, feature `schema`).
 //!
 //! ```
 //! use windlass_eventbus::{Event, HandlerError, MemoryBus, Publisher, SubscriberExt};

@@ -86,7 +86,10 @@ pub struct Routes {
 impl Routes {
     /// Every topic on `default` until a domain is routed elsewhere.
     pub fn new(default: Backend) -> Self {
-        Self { default, domains: BTreeMap::new() }
+        Self {
+            default,
+            domains: BTreeMap::new(),
+        }
     }
 
     /// Routes `domain` (`billing` covers `billing` and `billing.*`) to `backend`.
@@ -106,7 +109,10 @@ impl Routes {
         let t = topic.as_str();
         self.domains
             .iter()
-            .filter(|(d, _)| t == d.as_str() || (t.starts_with(d.as_str()) && t.as_bytes().get(d.len()) == Some(&b'.')))
+            .filter(|(d, _)| {
+                t == d.as_str()
+                    || (t.starts_with(d.as_str()) && t.as_bytes().get(d.len()) == Some(&b'.'))
+            })
             .max_by_key(|(d, _)| d.len())
             .map_or(self.default, |(_, b)| *b)
     }
@@ -139,13 +145,18 @@ impl<A: Publisher, B: Publisher> DualPublisher<A, B> {
 #[async_trait]
 impl<A: Publisher, B: Publisher> Publisher for DualPublisher<A, B> {
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
-        let (a, b) = tokio::join!(self.first.publish(topic, event), self.second.publish(topic, event));
+        let (a, b) = tokio::join!(
+            self.first.publish(topic, event),
+            self.second.publish(topic, event)
+        );
         a.and(b)
     }
 
     async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> Result<()> {
-        let (a, b) =
-            tokio::join!(self.first.publish_batch(topic, events), self.second.publish_batch(topic, events));
+        let (a, b) = tokio::join!(
+            self.first.publish_batch(topic, events),
+            self.second.publish_batch(topic, events)
+        );
         a.and(b)
     }
 }
@@ -159,13 +170,19 @@ pub struct Migration<R, K> {
 
 impl<R, K> Clone for Migration<R, K> {
     fn clone(&self) -> Self {
-        Self { redis: self.redis.clone(), kafka: self.kafka.clone(), routes: self.routes.clone() }
+        Self {
+            redis: self.redis.clone(),
+            kafka: self.kafka.clone(),
+            routes: self.routes.clone(),
+        }
     }
 }
 
 impl<R, K> fmt::Debug for Migration<R, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Migration").field("routes", &*self.routes.borrow()).finish_non_exhaustive()
+        f.debug_struct("Migration")
+            .field("routes", &*self.routes.borrow())
+            .finish_non_exhaustive()
     }
 }
 
@@ -176,7 +193,11 @@ where
 {
     /// A migration between `redis` (from) and `kafka` (to) with the initial `routes`.
     pub fn new(redis: R, kafka: K, routes: Routes) -> Self {
-        Self { redis: Arc::new(redis), kafka: Arc::new(kafka), routes: Arc::new(watch::Sender::new(routes)) }
+        Self {
+            redis: Arc::new(redis),
+            kafka: Arc::new(kafka),
+            routes: Arc::new(watch::Sender::new(routes)),
+        }
     }
 
     /// The current routes.
@@ -221,8 +242,16 @@ where
         options: &SubscribeOptions,
     ) -> Result<Subscription> {
         match backend {
-            Backend::Redis => self.redis.subscribe(topic, group, handler.clone(), options.clone()).await,
-            Backend::Kafka => self.kafka.subscribe(topic, group, handler.clone(), options.clone()).await,
+            Backend::Redis => {
+                self.redis
+                    .subscribe(topic, group, handler.clone(), options.clone())
+                    .await
+            }
+            Backend::Kafka => {
+                self.kafka
+                    .subscribe(topic, group, handler.clone(), options.clone())
+                    .await
+            }
         }
     }
 }
@@ -236,11 +265,15 @@ where
     /// Dual publish: both buses, whatever the routes say (consumers of either can be moved at
     /// any time without missing an event).
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
-        DualPublisher::new(&*self.redis, &*self.kafka).publish(topic, event).await
+        DualPublisher::new(&*self.redis, &*self.kafka)
+            .publish(topic, event)
+            .await
     }
 
     async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> Result<()> {
-        DualPublisher::new(&*self.redis, &*self.kafka).publish_batch(topic, events).await
+        DualPublisher::new(&*self.redis, &*self.kafka)
+            .publish_batch(topic, events)
+            .await
     }
 }
 
@@ -270,7 +303,9 @@ where
     ) -> Result<Subscription> {
         let mut routes = self.routes.subscribe();
         let mut current = routes.borrow_and_update().backend_for(topic);
-        let mut sub = self.start(current, topic, group, &handler, &options).await?;
+        let mut sub = self
+            .start(current, topic, group, &handler, &options)
+            .await?;
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         let this = self.clone();

@@ -140,7 +140,10 @@ pub struct SchemaRegistry {
 impl fmt::Debug for SchemaRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let types = self.types.read().map(|t| t.len()).unwrap_or(0);
-        f.debug_struct("SchemaRegistry").field("types", &types).field("strict", &self.strict).finish()
+        f.debug_struct("SchemaRegistry")
+            .field("types", &types)
+            .field("strict", &self.strict)
+            .finish()
     }
 }
 
@@ -152,26 +155,47 @@ impl SchemaRegistry {
 
     /// An empty registry that refuses events of unregistered types.
     pub fn strict() -> Self {
-        Self { strict: true, ..Self::default() }
+        Self {
+            strict: true,
+            ..Self::default()
+        }
     }
 
     /// Registers `schema` as version `version` (the `dataschema` URI events carry) of
     /// `event_type`, after checking it against the latest version of the type with
     /// [`check_compatible`]. Registering the same version again replaces it (checked too).
-    pub fn register(&self, event_type: &str, version: &str, schema: Value) -> Result<(), SchemaError> {
+    pub fn register(
+        &self,
+        event_type: &str,
+        version: &str,
+        schema: Value,
+    ) -> Result<(), SchemaError> {
         self.insert(event_type, version, schema, true)
     }
 
     /// Like [`SchemaRegistry::register`], without the compatibility check (for a deliberate
     /// breaking change, after every consumer moved on).
-    pub fn register_unchecked(&self, event_type: &str, version: &str, schema: Value) -> Result<(), SchemaError> {
+    pub fn register_unchecked(
+        &self,
+        event_type: &str,
+        version: &str,
+        schema: Value,
+    ) -> Result<(), SchemaError> {
         self.insert(event_type, version, schema, false)
     }
 
     /// Registers a schema read from a JSON file.
-    pub fn register_file(&self, event_type: &str, version: &str, path: impl AsRef<Path>) -> Result<(), SchemaError> {
+    pub fn register_file(
+        &self,
+        event_type: &str,
+        version: &str,
+        path: impl AsRef<Path>,
+    ) -> Result<(), SchemaError> {
         let path = path.as_ref();
-        let file = |reason: String| SchemaError::File { path: path.display().to_string(), reason };
+        let file = |reason: String| SchemaError::File {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
         let schema: Value = serde_json::from_str(&text).map_err(|e| file(e.to_string()))?;
         self.register(event_type, version, schema)
@@ -182,9 +206,15 @@ impl SchemaRegistry {
     /// has one, else the file stem.
     pub fn load_dir(&self, dir: impl AsRef<Path>) -> Result<usize, SchemaError> {
         let dir = dir.as_ref();
-        let io = |p: &Path, e: std::io::Error| SchemaError::File { path: p.display().to_string(), reason: e.to_string() };
+        let io = |p: &Path, e: std::io::Error| SchemaError::File {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
         let mut n = 0;
-        let mut types: Vec<_> = std::fs::read_dir(dir).map_err(|e| io(dir, e))?.filter_map(|e| e.ok()).collect();
+        let mut types: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io(dir, e))?
+            .filter_map(|e| e.ok())
+            .collect();
         types.sort_by_key(|e| e.file_name());
         for ty in types {
             if !ty.path().is_dir() {
@@ -197,13 +227,22 @@ impl SchemaRegistry {
                 .map(|e| e.path())
                 .filter(|p| p.extension().is_some_and(|x| x == "json"))
                 .collect();
-            files.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+            files.sort_by_key(|p| natural_key(p));
             for f in files {
                 let text = std::fs::read_to_string(&f).map_err(|e| io(&f, e))?;
-                let schema: Value = serde_json::from_str(&text)
-                    .map_err(|e| SchemaError::File { path: f.display().to_string(), reason: e.to_string() })?;
-                let stem = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let version = schema.get("$id").and_then(Value::as_str).map(str::to_owned).unwrap_or(stem);
+                let schema: Value = serde_json::from_str(&text).map_err(|e| SchemaError::File {
+                    path: f.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                let stem = f
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let version = schema
+                    .get("$id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or(stem);
                 self.register(&ty_name, &version, schema)?;
                 n += 1;
             }
@@ -211,7 +250,13 @@ impl SchemaRegistry {
         Ok(n)
     }
 
-    fn insert(&self, ty: &str, version: &str, schema: Value, check: bool) -> Result<(), SchemaError> {
+    fn insert(
+        &self,
+        ty: &str,
+        version: &str,
+        schema: Value,
+        check: bool,
+    ) -> Result<(), SchemaError> {
         let validator = jsonschema::validator_for(&schema).map_err(|e| SchemaError::BadSchema {
             ty: ty.to_owned(),
             version: version.to_owned(),
@@ -219,17 +264,26 @@ impl SchemaRegistry {
         })?;
         let mut types = self.types.write().unwrap_or_else(|p| p.into_inner());
         let versions = types.entry(ty.to_owned()).or_default();
-        if check {
-            if let Some(prev) = versions.iter().rev().find(|v| v.uri != version) {
-                check_compatible(&prev.schema, &schema).map_err(|reasons| SchemaError::Incompatible {
+        if let Some(prev) = versions
+            .iter()
+            .rev()
+            .find(|v| v.uri != version)
+            .filter(|_| check)
+        {
+            check_compatible(&prev.schema, &schema).map_err(|reasons| {
+                SchemaError::Incompatible {
                     ty: ty.to_owned(),
                     version: version.to_owned(),
                     previous: prev.uri.clone(),
                     reasons,
-                })?;
-            }
+                }
+            })?;
         }
-        let v = Arc::new(Version { uri: version.to_owned(), schema, validator });
+        let v = Arc::new(Version {
+            uri: version.to_owned(),
+            schema,
+            validator,
+        });
         match versions.iter_mut().find(|x| x.uri == version) {
             Some(slot) => *slot = v,
             None => versions.push(v),
@@ -240,7 +294,10 @@ impl SchemaRegistry {
     /// The versions registered for `event_type`, oldest first.
     pub fn versions(&self, event_type: &str) -> Vec<String> {
         let types = self.types.read().unwrap_or_else(|p| p.into_inner());
-        types.get(event_type).map(|v| v.iter().map(|x| x.uri.clone()).collect()).unwrap_or_default()
+        types
+            .get(event_type)
+            .map(|v| v.iter().map(|x| x.uri.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Checks `event` against the schema of its type and `dataschema` (else the latest version).
@@ -249,7 +306,11 @@ impl SchemaRegistry {
         let version = {
             let types = self.types.read().unwrap_or_else(|p| p.into_inner());
             let Some(versions) = types.get(event.ty()) else {
-                return if self.strict { Err(SchemaError::Unregistered(event.ty().to_owned())) } else { Ok(()) };
+                return if self.strict {
+                    Err(SchemaError::Unregistered(event.ty().to_owned()))
+                } else {
+                    Ok(())
+                };
             };
             match event.data_schema() {
                 Some(uri) => match versions.iter().find(|v| v.uri == uri) {
@@ -276,8 +337,12 @@ impl SchemaRegistry {
         };
         let instance: Value = match event.data() {
             None => Value::Null,
-            Some(Data::Json(raw)) => serde_json::from_str(raw.get()).map_err(|e| invalid(vec![e.to_string()]))?,
-            Some(Data::Binary(_)) => return Err(invalid(vec!["data is binary, not JSON".to_owned()])),
+            Some(Data::Json(raw)) => {
+                serde_json::from_str(raw.get()).map_err(|e| invalid(vec![e.to_string()]))?
+            }
+            Some(Data::Binary(_)) => {
+                return Err(invalid(vec!["data is binary, not JSON".to_owned()]));
+            }
         };
         let errors: Vec<String> = version
             .validator
@@ -288,12 +353,19 @@ impl SchemaRegistry {
                 format!("{}: {e}", if path.is_empty() { "/" } else { path.as_str() })
             })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(errors))
+        }
     }
 }
 
 fn natural_key(p: &Path) -> (u64, String) {
-    let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let digits: String = stem.chars().filter(char::is_ascii_digit).collect();
     (digits.parse().unwrap_or(u64::MAX), stem)
 }
@@ -301,7 +373,12 @@ fn natural_key(p: &Path) -> (u64, String) {
 fn types_of(schema: &Value) -> Option<BTreeSet<String>> {
     match schema.get("type")? {
         Value::String(s) => Some([s.clone()].into()),
-        Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -310,27 +387,40 @@ fn required_of(schema: &Value) -> BTreeSet<String> {
     schema
         .get("required")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn compare(old: &Value, new: &Value, at: &str, reasons: &mut Vec<String>) {
     let here = if at.is_empty() { "/" } else { at };
-    if let (Some(o), Some(n)) = (types_of(old), types_of(new)) {
-        if o != n {
-            reasons.push(format!("{here}: type changed from {o:?} to {n:?}"));
-            return;
-        }
+    if let (Some(o), Some(n)) = (types_of(old), types_of(new))
+        && o != n
+    {
+        reasons.push(format!("{here}: type changed from {o:?} to {n:?}"));
+        return;
     }
     let old_req = required_of(old);
     let new_req = required_of(new);
     let empty = serde_json::Map::new();
-    let old_props = old.get("properties").and_then(Value::as_object).unwrap_or(&empty);
-    let new_props = new.get("properties").and_then(Value::as_object).unwrap_or(&empty);
+    let old_props = old
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let new_props = new
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
     for r in &old_req {
         if !new_req.contains(r) {
             if new_props.contains_key(r) {
-                reasons.push(format!("{at}/{r}: no longer required (consumers rely on it)"));
+                reasons.push(format!(
+                    "{at}/{r}: no longer required (consumers rely on it)"
+                ));
             } else {
                 reasons.push(format!("{at}/{r}: required field removed"));
             }
@@ -339,7 +429,9 @@ fn compare(old: &Value, new: &Value, at: &str, reasons: &mut Vec<String>) {
     for r in new_req.difference(&old_req) {
         let has_default = new_props.get(r).is_some_and(|p| p.get("default").is_some());
         if !has_default {
-            reasons.push(format!("{at}/{r}: newly required without a default (existing events no longer validate)"));
+            reasons.push(format!(
+                "{at}/{r}: newly required without a default (existing events no longer validate)"
+            ));
         }
     }
     let allowed = |s: &Value| !matches!(s.get("additionalProperties"), Some(Value::Bool(false)));
@@ -361,7 +453,11 @@ fn compare(old: &Value, new: &Value, at: &str, reasons: &mut Vec<String>) {
 pub fn check_compatible(old: &Value, new: &Value) -> Result<(), Vec<String>> {
     let mut reasons = Vec::new();
     compare(old, new, "", &mut reasons);
-    if reasons.is_empty() { Ok(()) } else { Err(reasons) }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
 }
 
 /// A [`Publisher`] that validates every event before publishing it; an invalid event (or batch
@@ -417,7 +513,9 @@ impl<H: Handler> ValidatingHandler<H> {
 #[async_trait]
 impl<H: Handler> Handler for ValidatingHandler<H> {
     async fn handle(&self, event: &Event, ctx: &DeliveryContext) -> HandlerResult {
-        self.registry.validate(event).map_err(HandlerError::reject)?;
+        self.registry
+            .validate(event)
+            .map_err(HandlerError::reject)?;
         self.inner.handle(event, ctx).await
     }
 }
@@ -466,11 +564,22 @@ mod tests {
         let all = reasons.join("\n");
         assert!(all.contains("/amount: type changed"), "{all}");
         assert!(all.contains("/currency: no longer required"), "{all}");
-        assert!(all.contains("/due: newly required without a default"), "{all}");
+        assert!(
+            all.contains("/due: newly required without a default"),
+            "{all}"
+        );
         assert!(all.contains("additionalProperties became false"), "{all}");
-        assert!(all.contains("/lines/items/sku: no longer required"), "{all}");
+        assert!(
+            all.contains("/lines/items/sku: no longer required"),
+            "{all}"
+        );
         let removed = json!({ "type": "object", "required": ["amount"], "properties": { "amount": { "type": "integer" } } });
-        assert!(check_compatible(&v1(), &removed).unwrap_err().join(" ").contains("/currency: required field removed"));
+        assert!(
+            check_compatible(&v1(), &removed)
+                .unwrap_err()
+                .join(" ")
+                .contains("/currency: required field removed")
+        );
     }
 
     #[test]
@@ -482,24 +591,49 @@ mod tests {
         v2["additionalProperties"] = json!(true);
         r.register("paid", "s/2", v2).unwrap();
         assert_eq!(r.versions("paid"), vec!["s/1", "s/2"]);
-        let ok = Event::builder("/b", "paid").data_json(&json!({"amount": 1, "currency": "EUR"})).build().unwrap();
+        let ok = Event::builder("/b", "paid")
+            .data_json(&json!({"amount": 1, "currency": "EUR"}))
+            .build()
+            .unwrap();
         r.validate(&ok).unwrap();
-        let bad = Event::builder("/b", "paid").data_schema("s/1").data_json(&json!({"amount": 1})).build().unwrap();
+        let bad = Event::builder("/b", "paid")
+            .data_schema("s/1")
+            .data_json(&json!({"amount": 1}))
+            .build()
+            .unwrap();
         let err = r.validate(&bad).unwrap_err().to_string();
         assert!(err.contains("s/1") && err.contains("currency"), "{err}");
-        let unknown = Event::builder("/b", "paid").data_schema("s/9").build().unwrap();
-        assert!(matches!(r.validate(&unknown), Err(SchemaError::UnknownVersion { .. })));
+        let unknown = Event::builder("/b", "paid")
+            .data_schema("s/9")
+            .build()
+            .unwrap();
+        assert!(matches!(
+            r.validate(&unknown),
+            Err(SchemaError::UnknownVersion { .. })
+        ));
         let other = Event::builder("/b", "other").build().unwrap();
         r.validate(&other).unwrap();
-        assert!(matches!(SchemaRegistry::strict().validate(&other), Err(SchemaError::Unregistered(_))));
-        let binary = Event::builder("/b", "paid").data_binary("application/octet-stream", vec![1u8]).build().unwrap();
+        assert!(matches!(
+            SchemaRegistry::strict().validate(&other),
+            Err(SchemaError::Unregistered(_))
+        ));
+        let binary = Event::builder("/b", "paid")
+            .data_binary("application/octet-stream", vec![1u8])
+            .build()
+            .unwrap();
         assert!(r.validate(&binary).is_err());
-        assert!(matches!(r.register("paid", "bad", json!({"type": 12})), Err(SchemaError::BadSchema { .. })));
+        assert!(matches!(
+            r.register("paid", "bad", json!({"type": 12})),
+            Err(SchemaError::BadSchema { .. })
+        ));
     }
 
     #[test]
     fn load_dir_registers_versions_in_natural_order() {
-        let dir = std::env::temp_dir().join(format!("windlass-schemas-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "windlass-schemas-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(dir.join("order.placed")).unwrap();
         let base = json!({ "type": "object", "required": ["id"], "properties": { "id": { "type": "string" } } });
         let mut v10 = base.clone();
@@ -510,8 +644,15 @@ mod tests {
         assert_eq!(r.load_dir(&dir).unwrap(), 2);
         assert_eq!(r.versions("order.placed"), vec!["2", "10"]);
         // A breaking file is refused.
-        std::fs::write(dir.join("order.placed/11.json"), json!({ "type": "object" }).to_string()).unwrap();
-        assert!(matches!(SchemaRegistry::new().load_dir(&dir), Err(SchemaError::Incompatible { .. })));
+        std::fs::write(
+            dir.join("order.placed/11.json"),
+            json!({ "type": "object" }).to_string(),
+        )
+        .unwrap();
+        assert!(matches!(
+            SchemaRegistry::new().load_dir(&dir),
+            Err(SchemaError::Incompatible { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -28,7 +28,9 @@ impl BusFixture for KafkaFixture {
     type Bus = KafkaBus;
 
     async fn setup() -> Self {
-        let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await.unwrap();
+        let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers)
+            .await
+            .unwrap();
         let mut topics = Vec::new();
         for _ in 0..TOPICS {
             let t = windlass_testkit::kafka::unique_topic();
@@ -37,10 +39,22 @@ impl BusFixture for KafkaFixture {
         }
         // Kafka groups are cluster-wide and the suite's group names are fixed: a prefix per test.
         let prefix = format!("{}.", uuid::Uuid::new_v4().simple());
-        let bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu()).group_prefix(prefix))
+        let bus = KafkaBus::new(
+            KafkaConfig::new(&brokers)
+                .group_timeouts(GroupTimeouts::tansu())
+                .group_prefix(prefix),
+        )
+        .unwrap();
+        let raw = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
             .unwrap();
-        let raw = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
-        Self { brokers, bus, topics: Mutex::new(topics), raw }
+        Self {
+            brokers,
+            bus,
+            topics: Mutex::new(topics),
+            raw,
+        }
     }
 
     async fn bus(&self) -> KafkaBus {
@@ -48,13 +62,21 @@ impl BusFixture for KafkaFixture {
     }
 
     fn topic(&self) -> Topic {
-        self.topics.lock().unwrap().pop().unwrap_or_else(|| panic!("the Kafka fixture pre-creates {TOPICS} topics on {}; raise TOPICS", self.brokers))
+        self.topics.lock().unwrap().pop().unwrap_or_else(|| {
+            panic!(
+                "the Kafka fixture pre-creates {TOPICS} topics on {}; raise TOPICS",
+                self.brokers
+            )
+        })
     }
 
     async fn publish_raw(&self, topic: &Topic, bytes: &[u8]) {
         // As a foreign producer would: no CloudEvents headers at all.
         self.raw
-            .send(FutureRecord::<str, [u8]>::to(topic.as_str()).payload(bytes), Duration::from_secs(10))
+            .send(
+                FutureRecord::<str, [u8]>::to(topic.as_str()).payload(bytes),
+                Duration::from_secs(10),
+            )
             .await
             .expect("raw produce");
     }

@@ -14,13 +14,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Mutex;
 use windlass_eventbus::kafka::{DLQ_REASON_HEADER, GroupTimeouts, KafkaBus, KafkaConfig, WireMode};
 use windlass_eventbus::{
-    DeadLetters, Error, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions, Subscriber, SubscriberExt,
-    Topic, handler_fn,
+    DeadLetters, Error, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions,
+    Subscriber, SubscriberExt, Topic, handler_fn,
 };
 use windlass_testkit::kafka::{TestKafka, fresh_topic, fresh_topic_with};
 
 fn bus(k: &TestKafka) -> KafkaBus {
-    KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).expect("kafka bus")
+    KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu()))
+        .expect("kafka bus")
 }
 
 fn group() -> Group {
@@ -45,7 +46,9 @@ async fn wait_for<F: Fn() -> bool>(what: &str, deadline: Duration, f: F) {
 }
 
 fn fast_retry(max: u32) -> RetryPolicy {
-    RetryPolicy::default().with_delays(Duration::from_millis(5), Duration::from_millis(20)).with_max_attempts(max)
+    RetryPolicy::default()
+        .with_delays(Duration::from_millis(5), Duration::from_millis(20))
+        .with_max_attempts(max)
 }
 
 /// Reads every record of `topic` with a plain rdkafka consumer (manual assignment).
@@ -56,10 +59,13 @@ fn raw_read(brokers: &str, topic: &str, expect: usize) -> Vec<rdkafka::message::
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in md.topics()[0].partitions() {
-        tpl.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -95,13 +101,20 @@ async fn binary_mode_headers_key_and_value_follow_the_cloudevents_binding() {
     bus.publish(&k.topic, &e).await.unwrap();
     let brokers = k.brokers.clone();
     let topic = k.topic.to_string();
-    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &topic, 1)).await.unwrap();
+    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &topic, 1))
+        .await
+        .unwrap();
     assert_eq!(recs.len(), 1);
     let r = &recs[0];
     assert_eq!(r.key(), Some(&b"inv_42"[..]));
     assert_eq!(r.payload(), Some(&br#"{"amount":100}"#[..]));
     let h = r.headers().unwrap();
-    let get = |n: &str| h.iter().find(|x| x.key == n).and_then(|x| x.value).map(|v| String::from_utf8(v.to_vec()).unwrap());
+    let get = |n: &str| {
+        h.iter()
+            .find(|x| x.key == n)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+    };
     assert_eq!(get("ce_specversion").as_deref(), Some("1.0"));
     assert_eq!(get("ce_id").as_deref(), Some(e.id()));
     assert_eq!(get("ce_source").as_deref(), Some("/billing"));
@@ -138,15 +151,33 @@ async fn binary_mode_headers_key_and_value_follow_the_cloudevents_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn structured_mode_round_trips_and_binary_consumers_read_it() {
     let k = fresh_topic().await;
-    let structured = KafkaBus::new(KafkaConfig::new(&k.brokers).wire_mode(WireMode::Structured).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let structured = KafkaBus::new(
+        KafkaConfig::new(&k.brokers)
+            .wire_mode(WireMode::Structured)
+            .group_timeouts(GroupTimeouts::tansu()),
+    )
+    .unwrap();
     let events: Vec<Event> = (0..5).map(event).collect();
     structured.publish_batch(&k.topic, &events).await.unwrap();
     let brokers = k.brokers.clone();
     let topic = k.topic.to_string();
-    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &topic, 5)).await.unwrap();
-    let ct = recs[0].headers().unwrap().iter().find(|h| h.key == "content-type").unwrap().value.unwrap().to_vec();
+    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &topic, 5))
+        .await
+        .unwrap();
+    let ct = recs[0]
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "content-type")
+        .unwrap()
+        .value
+        .unwrap()
+        .to_vec();
     assert_eq!(ct, b"application/cloudevents+json");
-    assert_eq!(Event::from_json(recs[0].payload().unwrap()).unwrap(), events[0]);
+    assert_eq!(
+        Event::from_json(recs[0].payload().unwrap()).unwrap(),
+        events[0]
+    );
     let got = Arc::new(std::sync::Mutex::new(Vec::new()));
     let g2 = got.clone();
     let sub = bus(&k)
@@ -156,7 +187,10 @@ async fn structured_mode_round_trips_and_binary_consumers_read_it() {
         })
         .await
         .unwrap();
-    wait_for("5 events", Duration::from_secs(30), || got.lock().unwrap().len() == 5).await;
+    wait_for("5 events", Duration::from_secs(30), || {
+        got.lock().unwrap().len() == 5
+    })
+    .await;
     let mut seen = got.lock().unwrap().clone();
     seen.sort_by(|a, b| a.id().cmp(b.id()));
     assert_eq!(seen, events);
@@ -181,8 +215,11 @@ async fn order_is_kept_per_key_and_offsets_are_committed_after_success() {
                 async move {
                     let i: serde_json::Value = ev.data_as().unwrap().unwrap();
                     // Jitter so keys complete out of order.
-                    tokio::time::sleep(Duration::from_millis((i["i"].as_u64().unwrap() * 7) % 5)).await;
-                    s.lock().unwrap().push((ev.subject().unwrap().to_owned(), i["i"].as_u64().unwrap()));
+                    tokio::time::sleep(Duration::from_millis((i["i"].as_u64().unwrap() * 7) % 5))
+                        .await;
+                    s.lock()
+                        .unwrap()
+                        .push((ev.subject().unwrap().to_owned(), i["i"].as_u64().unwrap()));
                     Ok(())
                 }
             })),
@@ -190,11 +227,18 @@ async fn order_is_kept_per_key_and_offsets_are_committed_after_success() {
         )
         .await
         .unwrap();
-    wait_for("60 events", Duration::from_secs(30), || seen.lock().unwrap().len() >= 60).await;
+    wait_for("60 events", Duration::from_secs(30), || {
+        seen.lock().unwrap().len() >= 60
+    })
+    .await;
     sub.shutdown().await.unwrap();
     let seen = seen.lock().unwrap().clone();
     for key in ["k0", "k1", "k2", "k3"] {
-        let per: Vec<u64> = seen.iter().filter(|(k, _)| k == key).map(|(_, i)| *i).collect();
+        let per: Vec<u64> = seen
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, i)| *i)
+            .collect();
         let mut sorted = per.clone();
         sorted.sort();
         assert_eq!(per, sorted, "order of key {key}");
@@ -211,9 +255,16 @@ async fn order_is_kept_per_key_and_offsets_are_committed_after_success() {
         .await
         .unwrap();
     bus.publish(&k.topic, &event(1000)).await.unwrap();
-    wait_for("the new event", Duration::from_secs(30), || again.load(Ordering::SeqCst) >= 1).await;
+    wait_for("the new event", Duration::from_secs(30), || {
+        again.load(Ordering::SeqCst) >= 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(again.load(Ordering::SeqCst), 1, "committed events were delivered again");
+    assert_eq!(
+        again.load(Ordering::SeqCst),
+        1,
+        "committed events were delivered again"
+    );
     sub.shutdown().await.unwrap();
 }
 
@@ -237,7 +288,10 @@ async fn a_crash_before_the_handler_succeeded_redelivers() {
         .unwrap();
     let e = event(1);
     bus.publish(&k.topic, &e).await.unwrap();
-    wait_for("the first delivery", Duration::from_secs(30), || started.load(Ordering::SeqCst) == 1).await;
+    wait_for("the first delivery", Duration::from_secs(30), || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
     sub.abort();
     let got = Arc::new(std::sync::Mutex::new(Vec::new()));
     let g2 = got.clone();
@@ -248,7 +302,10 @@ async fn a_crash_before_the_handler_succeeded_redelivers() {
         })
         .await
         .unwrap();
-    wait_for("the redelivery", Duration::from_secs(40), || !got.lock().unwrap().is_empty()).await;
+    wait_for("the redelivery", Duration::from_secs(40), || {
+        !got.lock().unwrap().is_empty()
+    })
+    .await;
     assert_eq!(got.lock().unwrap()[0], e.id());
     sub.shutdown().await.unwrap();
 }
@@ -294,9 +351,19 @@ async fn retries_then_dead_letters_with_the_reason() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
-    let p = letters.iter().find(|l| l.event.as_ref().is_some_and(|e| e.id() == poison.id())).expect("poison in DLQ");
-    assert!(p.error.contains("failed 3 attempts") && p.error.contains("boom"), "{}", p.error);
-    let b = letters.iter().find(|l| l.event.as_ref().is_some_and(|e| e.id() == bad.id())).expect("bad in DLQ");
+    let p = letters
+        .iter()
+        .find(|l| l.event.as_ref().is_some_and(|e| e.id() == poison.id()))
+        .expect("poison in DLQ");
+    assert!(
+        p.error.contains("failed 3 attempts") && p.error.contains("boom"),
+        "{}",
+        p.error
+    );
+    let b = letters
+        .iter()
+        .find(|l| l.event.as_ref().is_some_and(|e| e.id() == bad.id()))
+        .expect("bad in DLQ");
     assert!(b.error.contains("not for us"), "{}", b.error);
     assert!(!b.group.is_empty());
     sub.shutdown().await.unwrap();
@@ -316,18 +383,54 @@ async fn records_without_cloudevents_headers_or_with_garbage_go_to_the_dlq() {
         .await
         .unwrap();
     // Garbage written with a raw producer.
-    let raw: FutureProducer = ClientConfig::new().set("bootstrap.servers", &k.brokers).create().unwrap();
+    let raw: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .create()
+        .unwrap();
     let t = k.topic.as_str();
-    raw.send(FutureRecord::<str, [u8]>::to(t).payload(b"plain bytes, no headers"), Duration::from_secs(10)).await.unwrap();
+    raw.send(
+        FutureRecord::<str, [u8]>::to(t).payload(b"plain bytes, no headers"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let h = OwnedHeaders::new()
-        .insert(Header { key: "ce_specversion", value: Some("1.0") })
-        .insert(Header { key: "ce_id", value: Some("x1") })
-        .insert(Header { key: "ce_source", value: Some("/x") })
-        .insert(Header { key: "ce_type", value: Some("x") })
-        .insert(Header { key: "ce_time", value: Some("not a time") });
-    raw.send(FutureRecord::<str, [u8]>::to(t).payload(b"{}").headers(h), Duration::from_secs(10)).await.unwrap();
-    let h = OwnedHeaders::new().insert(Header { key: "ce_specversion", value: Some(&[0xff, 0xfe][..]) });
-    raw.send(FutureRecord::<str, [u8]>::to(t).payload(b"{}").headers(h), Duration::from_secs(10)).await.unwrap();
+        .insert(Header {
+            key: "ce_specversion",
+            value: Some("1.0"),
+        })
+        .insert(Header {
+            key: "ce_id",
+            value: Some("x1"),
+        })
+        .insert(Header {
+            key: "ce_source",
+            value: Some("/x"),
+        })
+        .insert(Header {
+            key: "ce_type",
+            value: Some("x"),
+        })
+        .insert(Header {
+            key: "ce_time",
+            value: Some("not a time"),
+        });
+    raw.send(
+        FutureRecord::<str, [u8]>::to(t).payload(b"{}").headers(h),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let h = OwnedHeaders::new().insert(Header {
+        key: "ce_specversion",
+        value: Some(&[0xff, 0xfe][..]),
+    });
+    raw.send(
+        FutureRecord::<str, [u8]>::to(t).payload(b"{}").headers(h),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     bus.publish(&k.topic, &event(1)).await.unwrap();
     let end = Instant::now() + Duration::from_secs(30);
     let letters = loop {
@@ -338,17 +441,34 @@ async fn records_without_cloudevents_headers_or_with_garbage_go_to_the_dlq() {
         assert!(Instant::now() < end, "dead letters did not arrive: {l:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    wait_for("the good event", Duration::from_secs(10), || ok.load(Ordering::SeqCst) == 1).await;
+    wait_for("the good event", Duration::from_secs(10), || {
+        ok.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let reasons: Vec<&str> = letters.iter().map(|l| l.error.as_str()).collect();
-    assert!(reasons.iter().any(|r| r.contains("no CloudEvents headers")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("no CloudEvents headers")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("ce_time")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("UTF-8")), "{reasons:?}");
-    assert!(letters.iter().any(|l| l.payload == b"plain bytes, no headers"));
+    assert!(
+        letters
+            .iter()
+            .any(|l| l.payload == b"plain bytes, no headers")
+    );
     // The reason is a header of the DLQ record.
     let brokers = k.brokers.clone();
     let dlq = bus.dlq_topic(&k.topic);
-    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &dlq, 3)).await.unwrap();
-    assert!(recs.iter().all(|r| r.headers().unwrap().iter().any(|h| h.key == DLQ_REASON_HEADER)));
+    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &dlq, 3))
+        .await
+        .unwrap();
+    assert!(recs.iter().all(|r| {
+        r.headers()
+            .unwrap()
+            .iter()
+            .any(|h| h.key == DLQ_REASON_HEADER)
+    }));
     sub.shutdown().await.unwrap();
 }
 
@@ -378,7 +498,12 @@ async fn two_consumers_of_a_group_split_the_partitions() {
     // Let both join before publishing, so the split is visible.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let events: Vec<Event> = (0..200)
-        .map(|i| Event::builder("/t", "x").partition_key(format!("key-{i}")).build().unwrap())
+        .map(|i| {
+            Event::builder("/t", "x")
+                .partition_key(format!("key-{i}"))
+                .build()
+                .unwrap()
+        })
         .collect();
     let total = || counts[0].load(Ordering::SeqCst) + counts[1].load(Ordering::SeqCst);
     bus.publish_batch(&k.topic, &events).await.unwrap();
@@ -393,7 +518,10 @@ async fn two_consumers_of_a_group_split_the_partitions() {
 async fn oversized_events_fail_with_too_large_before_sending() {
     let k = fresh_topic().await;
     let bus = KafkaBus::new(KafkaConfig::new(&k.brokers).max_message_bytes(10_000)).unwrap();
-    let big = Event::builder("/t", "big").data_json(&"x".repeat(20_000)).build().unwrap();
+    let big = Event::builder("/t", "big")
+        .data_json(&"x".repeat(20_000))
+        .build()
+        .unwrap();
     match bus.publish(&k.topic, &big).await {
         Err(Error::TooLarge { size, limit, .. }) => {
             assert!(size > 20_000);
@@ -408,18 +536,30 @@ async fn oversized_events_fail_with_too_large_before_sending() {
     bus.publish(&k.topic, &event(2)).await.unwrap();
     let brokers = k.brokers.clone();
     let topic = k.topic.to_string();
-    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &topic, 2)).await.unwrap();
-    assert_eq!(recs.len(), 1, "the batch with an oversized event must send nothing");
+    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, &topic, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        recs.len(),
+        1,
+        "the batch with an oversized event must send nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_gives_a_timeout_after_bounded_retries() {
     // Nothing listens on this port: every connection attempt fails, librdkafka retries until
     // publish_timeout, then the publish fails with a typed error.
-    let bus = KafkaBus::new(KafkaConfig::new("127.0.0.1:1").publish_timeout(Duration::from_secs(2))).unwrap();
+    let bus =
+        KafkaBus::new(KafkaConfig::new("127.0.0.1:1").publish_timeout(Duration::from_secs(2)))
+            .unwrap();
     let started = Instant::now();
-    let r = bus.publish(&Topic::new("nowhere").unwrap(), &event(1)).await;
-    assert!(matches!(r, Err(Error::Timeout(_))), "expected Timeout, got {r:?}");
+    let r = bus
+        .publish(&Topic::new("nowhere").unwrap(), &event(1))
+        .await;
+    assert!(
+        matches!(r, Err(Error::Timeout(_))),
+        "expected Timeout, got {r:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
-

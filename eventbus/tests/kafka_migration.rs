@@ -12,8 +12,8 @@ use windlass_eventbus::kafka::{GroupTimeouts, KafkaBus, KafkaConfig};
 use windlass_eventbus::migrate::{Backend, Migration, Routes};
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
 use windlass_eventbus::{
-    DeliveryContext, Event, Group, Handler, HandlerError, HandlerResult, Publisher, SubscribeOptions, Subscriber,
-    Topic,
+    DeliveryContext, Event, Group, Handler, HandlerError, HandlerResult, Publisher,
+    SubscribeOptions, Subscriber, Topic,
 };
 use windlass_outbox::Received;
 use windlass_outbox::postgres::Inbox;
@@ -37,7 +37,13 @@ impl Handler for Projection {
             self.via_redis.fetch_add(1, Ordering::SeqCst);
         }
         let mut tx = self.pool.begin().await.map_err(HandlerError::retry)?;
-        if self.inbox.record(&mut tx, event).await.map_err(HandlerError::retry)? == Received::Duplicate {
+        if self
+            .inbox
+            .record(&mut tx, event)
+            .await
+            .map_err(HandlerError::retry)?
+            == Received::Duplicate
+        {
             self.duplicates.fetch_add(1, Ordering::SeqCst);
             return Ok(());
         }
@@ -67,7 +73,10 @@ async fn wait_handled(pool: &PgPool, consumer: &str, n: i64) {
         if all >= n {
             return;
         }
-        assert!(Instant::now() < end, "{consumer}: {all} of {n} events handled");
+        assert!(
+            Instant::now() < end,
+            "{consumer}: {all} of {n} events handled"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -76,9 +85,14 @@ async fn wait_handled(pool: &PgPool, consumer: &str, n: i64) {
 async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
     let db = windlass_testkit::postgres::fresh_database().await;
     windlass_outbox::postgres::migrate(&db.pool).await.unwrap();
-    sqlx::query("CREATE TABLE handled (consumer text NOT NULL, event_id text NOT NULL)").execute(&db.pool).await.unwrap();
+    sqlx::query("CREATE TABLE handled (consumer text NOT NULL, event_id text NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let redis = windlass_testkit::redis::fresh_prefix().await;
-    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await.unwrap();
+    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers)
+        .await
+        .unwrap();
 
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let billing_domain = format!("billing{tag}");
@@ -88,8 +102,11 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
         windlass_testkit::kafka::create_topic(&brokers, t, 2).await;
     }
 
-    let redis_bus = RedisBus::connect(RedisConfig::new(&redis.url).prefix(&redis.prefix)).await.unwrap();
-    let kafka_bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let redis_bus = RedisBus::connect(RedisConfig::new(&redis.url).prefix(&redis.prefix))
+        .await
+        .unwrap();
+    let kafka_bus =
+        KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
     let migration = Migration::new(redis_bus, kafka_bus, Routes::new(Backend::Redis));
 
     let projection = |consumer: &str| {
@@ -104,18 +121,34 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
     let ledger = projection("ledger");
     let tracker = projection("tracker");
     let opts = SubscribeOptions::default().concurrency(4);
-    let ledger_sub =
-        migration.subscribe(&billing, &Group::new("ledger").unwrap(), ledger.clone(), opts.clone()).await.unwrap();
-    let tracker_sub =
-        migration.subscribe(&shipping, &Group::new("tracker").unwrap(), tracker.clone(), opts).await.unwrap();
+    let ledger_sub = migration
+        .subscribe(
+            &billing,
+            &Group::new("ledger").unwrap(),
+            ledger.clone(),
+            opts.clone(),
+        )
+        .await
+        .unwrap();
+    let tracker_sub = migration
+        .subscribe(
+            &shipping,
+            &Group::new("tracker").unwrap(),
+            tracker.clone(),
+            opts,
+        )
+        .await
+        .unwrap();
 
-    // A publisher keeps dual-publishing to both domains through every phase.
+    // A publisher dual-publishes both domains in three phases; the routes switch while a
+    // phase is being published.
+    let (go, mut phases) = tokio::sync::mpsc::unbounded_channel::<u32>();
     let publisher = {
         let m = migration.clone();
         let (b, s) = (billing.clone(), shipping.clone());
         tokio::spawn(async move {
             let mut n = 0u32;
-            for phase in 0..3 {
+            while let Some(phase) = phases.recv().await {
                 for i in 0..40 {
                     for t in [&b, &s] {
                         let e = Event::builder("/test", "thing")
@@ -126,48 +159,68 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
                         m.publish(t, &e).await.unwrap();
                         n += 1;
                     }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                // Let the test switch routes between phases.
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             n / 2
         })
     };
 
-    // Phase 1 on Redis; then billing moves to Kafka while shipping stays on Redis.
-    wait_handled(&db.pool, "ledger", 20).await;
+    // Phase 0 on Redis.
+    go.send(0).unwrap();
+    wait_handled(&db.pool, "ledger", 40).await;
+    // Phase 1: billing moves to Kafka mid-phase, shipping stays on Redis.
+    go.send(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     migration.switch(billing_domain.as_str(), Backend::Kafka);
     assert_eq!(migration.backend_for(&billing), Backend::Kafka);
     assert_eq!(migration.backend_for(&shipping), Backend::Redis);
+    wait_handled(&db.pool, "ledger", 80).await;
     let end = Instant::now() + Duration::from_secs(40);
     while ledger.via_kafka.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < end, "the ledger never read from Kafka");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Roll back.
-    wait_handled(&db.pool, "ledger", 80).await;
+    // Phase 2: roll back mid-phase.
+    go.send(2).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let redis_before_rollback = ledger.via_redis.load(Ordering::SeqCst);
     migration.switch(billing_domain.as_str(), Backend::Redis);
+    drop(go);
     let per_topic = i64::from(publisher.await.unwrap());
-    let redis_after_rollback = ledger.via_redis.load(Ordering::SeqCst);
+    assert_eq!(per_topic, 120);
 
     wait_handled(&db.pool, "ledger", per_topic).await;
     wait_handled(&db.pool, "tracker", per_topic).await;
     // Give late duplicates a moment to show up as (wrong) extra rows.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (all, distinct) = handled(&db.pool, "ledger").await;
-    assert_eq!((all, distinct), (per_topic, per_topic), "ledger: every event exactly once");
+    assert_eq!(
+        (all, distinct),
+        (per_topic, per_topic),
+        "ledger: every event exactly once"
+    );
     let (all, distinct) = handled(&db.pool, "tracker").await;
-    assert_eq!((all, distinct), (per_topic, per_topic), "tracker: every event exactly once");
+    assert_eq!(
+        (all, distinct),
+        (per_topic, per_topic),
+        "tracker: every event exactly once"
+    );
     assert!(ledger.via_kafka.load(Ordering::SeqCst) > 0);
-    assert!(ledger.duplicates.load(Ordering::SeqCst) > 0, "dual delivery made no duplicate for the inbox to drop");
-    assert_eq!(tracker.via_kafka.load(Ordering::SeqCst), 0, "shipping stayed on Redis");
-    // After the rollback the ledger reads Redis again.
-    let end = Instant::now() + Duration::from_secs(20);
-    while ledger.via_redis.load(Ordering::SeqCst) <= redis_after_rollback {
-        assert!(Instant::now() < end, "the ledger did not read Redis after the rollback");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        ledger.duplicates.load(Ordering::SeqCst) > 0,
+        "dual delivery made no duplicate for the inbox to drop"
+    );
+    assert_eq!(
+        tracker.via_kafka.load(Ordering::SeqCst),
+        0,
+        "shipping stayed on Redis"
+    );
+    // After the rollback the ledger read Redis again.
+    assert!(
+        ledger.via_redis.load(Ordering::SeqCst) > redis_before_rollback,
+        "the ledger did not read Redis after the rollback"
+    );
     ledger_sub.shutdown().await.unwrap();
     tracker_sub.shutdown().await.unwrap();
     redis.cleanup().await;

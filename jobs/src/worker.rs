@@ -868,7 +868,7 @@ async fn flush(inner: &Arc<Inner>, batch: Vec<Finish>, last: bool) {
                 }
             }
         }
-        let mut retry_queues = Vec::new();
+        let mut retries = 0usize;
         {
             let mut flights = inner.flights();
             for f in chunk {
@@ -876,11 +876,11 @@ async fn flush(inner: &Arc<Inner>, batch: Vec<Finish>, last: bool) {
                     flights.remove(&f.id);
                 }
                 if matches!(f.outcome, Outcome::Retry { .. } | Outcome::Requeue { .. }) {
-                    retry_queues.push(f.id);
+                    retries += 1;
                 }
             }
         }
-        if !retry_queues.is_empty() {
+        if retries > 0 {
             // A retry may be due before the next poll: let fetchers recompute their wait.
             inner.wake_all();
         }

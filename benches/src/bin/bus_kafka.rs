@@ -54,10 +54,19 @@ fn raw_record(e: &Event) -> RawRecord {
         ("ce_id".to_owned(), e.id().to_owned()),
         ("ce_source".to_owned(), e.source().to_owned()),
         ("ce_type".to_owned(), e.ty().to_owned()),
-        ("ce_time".to_owned(), e.time().map(|t| t.to_rfc3339()).unwrap_or_default()),
-        ("ce_subject".to_owned(), e.subject().unwrap_or_default().to_owned()),
+        (
+            "ce_time".to_owned(),
+            e.time().map(|t| t.to_rfc3339()).unwrap_or_default(),
+        ),
+        (
+            "ce_subject".to_owned(),
+            e.subject().unwrap_or_default().to_owned(),
+        ),
         ("ce_orgid".to_owned(), "acme".to_owned()),
-        ("ce_partitionkey".to_owned(), e.partition_key().unwrap_or_default().to_owned()),
+        (
+            "ce_partitionkey".to_owned(),
+            e.partition_key().unwrap_or_default().to_owned(),
+        ),
     ];
     headers.push(("content-type".to_owned(), "application/json".to_owned()));
     RawRecord {
@@ -82,9 +91,18 @@ async fn raw_publish(p: &FutureProducer, topic: &str, records: &[RawRecord]) -> 
         let sends = chunk.iter().map(|r| {
             let mut h = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in &r.headers {
-                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
             }
-            p.send(FutureRecord::to(topic).key(&r.key).payload(&r.value).headers(h), Timeout::Never)
+            p.send(
+                FutureRecord::to(topic)
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .headers(h),
+                Timeout::Never,
+            )
         });
         for r in futures::future::join_all(sends).await {
             r.map_err(|(e, _)| e)?;
@@ -114,7 +132,12 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-async fn ours_latency(bus: &KafkaBus, topic: &Topic, n: usize, epoch: Instant) -> BoxResult<Histogram<u64>> {
+async fn ours_latency(
+    bus: &KafkaBus,
+    topic: &Topic,
+    n: usize,
+    epoch: Instant,
+) -> BoxResult<Histogram<u64>> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let h2 = hist.clone();
     let group = Group::new(format!("bench-{}", uuid::Uuid::new_v4().simple()))?;
@@ -127,7 +150,10 @@ async fn ours_latency(bus: &KafkaBus, topic: &Topic, n: usize, epoch: Instant) -
                 async move {
                     let v: serde_json::Value = e.data_as().ok().flatten().unwrap_or_default();
                     let sent = v["sent"].as_u64().unwrap_or(0);
-                    let _ = h.lock().unwrap().record(nanos_since(epoch).saturating_sub(sent));
+                    let _ = h
+                        .lock()
+                        .unwrap()
+                        .record(nanos_since(epoch).saturating_sub(sent));
                     Ok(())
                 }
             })),
@@ -148,7 +174,12 @@ async fn ours_latency(bus: &KafkaBus, topic: &Topic, n: usize, epoch: Instant) -
     Ok(h)
 }
 
-async fn raw_latency(brokers: &str, topic: &str, n: usize, epoch: Instant) -> BoxResult<Histogram<u64>> {
+async fn raw_latency(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    epoch: Instant,
+) -> BoxResult<Histogram<u64>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-raw")
@@ -169,17 +200,34 @@ async fn raw_latency(brokers: &str, topic: &str, n: usize, epoch: Instant) -> Bo
             let sent = nanos_since(epoch).to_string();
             let mut h = OwnedHeaders::new();
             for (k, v) in &r.headers {
-                h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
             }
-            h = h.insert(Header { key: "sent", value: Some(sent.as_bytes()) });
-            let _ = p.send(FutureRecord::to(&topic_owned).key(&r.key).payload(&r.value).headers(h), Timeout::Never).await;
+            h = h.insert(Header {
+                key: "sent",
+                value: Some(sent.as_bytes()),
+            });
+            let _ = p
+                .send(
+                    FutureRecord::to(&topic_owned)
+                        .key(&r.key)
+                        .payload(&r.value)
+                        .headers(h),
+                    Timeout::Never,
+                )
+                .await;
         }
     });
     let mut hist = Histogram::<u64>::new(3)?;
     let mut stream = consumer.stream();
     let end = Instant::now() + Duration::from_secs(40);
     while (hist.len() as usize) < n && Instant::now() < end {
-        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await else { continue };
+        let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(1), stream.next()).await
+        else {
+            continue;
+        };
         let sent = m
             .headers()
             .and_then(|hs| hs.iter().find(|h| h.key == "sent").and_then(|h| h.value))
@@ -193,12 +241,22 @@ async fn raw_latency(brokers: &str, topic: &str, n: usize, epoch: Instant) -> Bo
 
 #[tokio::main]
 async fn main() -> BoxResult<()> {
-    let scale: f64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let scale: f64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
     let n = ((50_000.0 * scale) as usize).max(WINDOW);
     let latency_n = ((3_000.0 * scale) as usize).max(100);
     let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await?;
     let bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu()))?;
     let raw = producer(&brokers)?;
+    // Latency runs: both consumers with the same `fetch.wait.max.ms` (librdkafka: 500).
+    let fetch_wait = std::env::var("BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "500".to_owned());
+    let lat_bus = KafkaBus::new(
+        KafkaConfig::new(&brokers)
+            .group_timeouts(GroupTimeouts::tansu())
+            .client_property("fetch.wait.max.ms", &fetch_wait),
+    )?;
 
     let mut raw_best: f64 = 0.0;
     let mut ours_best: f64 = 0.0;
@@ -222,10 +280,10 @@ async fn main() -> BoxResult<()> {
     let epoch = Instant::now();
     let t_lat = windlass_testkit::kafka::unique_topic();
     windlass_testkit::kafka::create_topic(&brokers, &t_lat, 1).await;
-    let ours_lat = ours_latency(&bus, &t_lat, latency_n, epoch).await?;
+    let ours_lat = ours_latency(&lat_bus, &t_lat, latency_n, epoch).await?;
     let t_raw_lat = windlass_testkit::kafka::unique_topic();
     windlass_testkit::kafka::create_topic(&brokers, &t_raw_lat, 1).await;
-    let raw_lat = raw_latency(&brokers, t_raw_lat.as_str(), latency_n, epoch).await?;
+    let raw_lat = raw_latency(&brokers, t_raw_lat.as_str(), latency_n, epoch, &fetch_wait).await?;
 
     let report = serde_json::json!({
         "bench": "bus_kafka",
@@ -236,6 +294,7 @@ async fn main() -> BoxResult<()> {
             "raw_rdkafka_per_s": raw_best.round(),
             "ratio": (ours_best / raw_best * 1000.0).round() / 1000.0,
         },
+        "fetch_wait_max_ms": fetch_wait,
         "e2e_latency_1k_per_s": {
             "ours": percentiles(&ours_lat),
             "raw_rdkafka": percentiles(&raw_lat),

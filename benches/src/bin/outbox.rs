@@ -196,24 +196,7 @@ async fn lib_throughput(rows: usize, keys: usize, relays: usize) -> f64 {
     let start = Instant::now();
     let tasks: Vec<_> = built
         .into_iter()
-        .map(|relay| {
-            tokio::spawn(async move {
-                let (mut rounds, mut n) = (0, 0);
-                loop {
-                    let t = Instant::now();
-                    let r = relay.run_once().await.unwrap();
-                    if std::env::var("OUTBOX_BENCH_DEBUG").is_ok() {
-                        eprintln!("round claimed {} in {:?}", r.claimed, t.elapsed());
-                    }
-                    if r.claimed == 0 {
-                        break;
-                    }
-                    rounds += 1;
-                    n += r.claimed;
-                }
-                (rounds, n)
-            })
-        })
+        .map(|relay| tokio::spawn(async move { while relay.run_once().await.unwrap().claimed > 0 {} }))
         .collect();
     for t in tasks {
         t.await.unwrap();

@@ -37,7 +37,10 @@ pub(crate) struct Encoded<'a> {
 
 fn push(headers: OwnedHeaders, size: &mut usize, key: &str, value: &str) -> OwnedHeaders {
     *size += key.len() + value.len();
-    headers.insert(Header { key, value: Some(value.as_bytes()) })
+    headers.insert(Header {
+        key,
+        value: Some(value.as_bytes()),
+    })
 }
 
 /// Lays `event` out as a record.
@@ -48,8 +51,18 @@ pub(crate) fn encode(event: &Event, mode: WireMode) -> Encoded<'_> {
         WireMode::Structured => {
             let value = event.to_json_vec();
             size += value.len();
-            let headers = push(OwnedHeaders::new_with_capacity(1), &mut size, "content-type", STRUCTURED_CONTENT_TYPE);
-            Encoded { key, value: Some(value.into()), headers, size }
+            let headers = push(
+                OwnedHeaders::new_with_capacity(1),
+                &mut size,
+                "content-type",
+                STRUCTURED_CONTENT_TYPE,
+            );
+            Encoded {
+                key,
+                value: Some(value.into()),
+                headers,
+                size,
+            }
         }
         WireMode::Binary => {
             let mut h = OwnedHeaders::new_with_capacity(12);
@@ -58,7 +71,12 @@ pub(crate) fn encode(event: &Event, mode: WireMode) -> Encoded<'_> {
             h = push(h, &mut size, "ce_source", event.source());
             h = push(h, &mut size, "ce_type", event.ty());
             if let Some(t) = event.time() {
-                h = push(h, &mut size, "ce_time", &t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+                h = push(
+                    h,
+                    &mut size,
+                    "ce_time",
+                    &t.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                );
             }
             if let Some(s) = event.subject() {
                 h = push(h, &mut size, "ce_subject", s);
@@ -92,7 +110,12 @@ pub(crate) fn encode(event: &Event, mode: WireMode) -> Encoded<'_> {
             }
             let value = event.data_bytes();
             size += value.as_ref().map_or(0, |v| v.len());
-            Encoded { key, value, headers: h, size }
+            Encoded {
+                key,
+                value,
+                headers: h,
+                size,
+            }
         }
     }
 }
@@ -107,9 +130,9 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
             if h.key.eq_ignore_ascii_case(name) {
                 return match h.value {
                     None => Ok(None),
-                    Some(v) => std::str::from_utf8(v)
-                        .map(Some)
-                        .map_err(|_| Undecodable::new(raw(), format!("header {name} is not UTF-8"))),
+                    Some(v) => std::str::from_utf8(v).map(Some).map_err(|_| {
+                        Undecodable::new(raw(), format!("header {name} is not UTF-8"))
+                    }),
                 };
             }
         }
@@ -119,10 +142,15 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
     let spec = header("ce_specversion")?;
     if spec.is_none() {
         if content_type.is_some_and(|ct| {
-            ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(STRUCTURED_CONTENT_TYPE)
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(STRUCTURED_CONTENT_TYPE)
         }) {
-            return Event::from_json(msg.payload().unwrap_or_default())
-                .map_err(|e| Undecodable::new(raw(), format!("structured CloudEvent does not decode: {e}")));
+            return Event::from_json(msg.payload().unwrap_or_default()).map_err(|e| {
+                Undecodable::new(raw(), format!("structured CloudEvent does not decode: {e}"))
+            });
         }
         return Err(Undecodable::new(
             raw(),
@@ -131,29 +159,45 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
     }
     let spec = spec.unwrap_or_default();
     if spec != crate::event::SPEC_VERSION {
-        return Err(Undecodable::new(raw(), format!("unsupported ce_specversion {spec:?}")));
+        return Err(Undecodable::new(
+            raw(),
+            format!("unsupported ce_specversion {spec:?}"),
+        ));
     }
     let required = |name: &'static str| -> Result<&str, Undecodable> {
         header(name)?.ok_or_else(|| Undecodable::new(raw(), format!("header {name} is missing")))
     };
-    let mut b: EventBuilder = Event::builder(required("ce_source")?, required("ce_type")?).id(required("ce_id")?);
+    let mut b: EventBuilder =
+        Event::builder(required("ce_source")?, required("ce_type")?).id(required("ce_id")?);
     b = match header("ce_time")? {
         Some(t) => match DateTime::parse_from_rfc3339(t) {
             Ok(t) => b.time(t.with_timezone(&Utc)),
-            Err(e) => return Err(Undecodable::new(raw(), format!("header ce_time {t:?} is not RFC 3339: {e}"))),
+            Err(e) => {
+                return Err(Undecodable::new(
+                    raw(),
+                    format!("header ce_time {t:?} is not RFC 3339: {e}"),
+                ));
+            }
         },
         None => b.without_time(),
     };
     if let Some(hs) = headers {
         for h in hs.iter() {
-            let Some(name) = h.key.strip_prefix("ce_") else { continue };
+            let Some(name) = h.key.strip_prefix("ce_") else {
+                continue;
+            };
             if matches!(name, "specversion" | "id" | "source" | "type" | "time") {
                 continue;
             }
             let value = match h.value.map(std::str::from_utf8) {
                 None => continue,
                 Some(Ok(v)) => v,
-                Some(Err(_)) => return Err(Undecodable::new(raw(), format!("header {} is not UTF-8", h.key))),
+                Some(Err(_)) => {
+                    return Err(Undecodable::new(
+                        raw(),
+                        format!("header {} is not UTF-8", h.key),
+                    ));
+                }
             };
             b = match name {
                 "subject" => b.subject(value),
@@ -168,7 +212,12 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
     } else if let Some(ct) = content_type {
         b = b.data_content_type(ct);
     }
-    b.build().map_err(|e| Undecodable::new(raw(), format!("CloudEvents headers do not make a valid event: {e}")))
+    b.build().map_err(|e| {
+        Undecodable::new(
+            raw(),
+            format!("CloudEvents headers do not make a valid event: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -213,7 +262,19 @@ mod tests {
         let msg = record(&enc);
         let h = msg.headers().unwrap();
         let names: Vec<&str> = h.iter().map(|h| h.key).collect();
-        for n in ["ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "ce_orgid", "ce_correlationid", "ce_causationid", "ce_traceparent", "ce_region"] {
+        for n in [
+            "ce_specversion",
+            "ce_id",
+            "ce_source",
+            "ce_type",
+            "ce_time",
+            "ce_subject",
+            "ce_orgid",
+            "ce_correlationid",
+            "ce_causationid",
+            "ce_traceparent",
+            "ce_region",
+        ] {
             assert!(names.contains(&n), "{n} missing from {names:?}");
         }
         assert_eq!(decode(&msg).unwrap(), e);
@@ -228,33 +289,100 @@ mod tests {
 
     #[test]
     fn binary_payloads_and_text_round_trip() {
-        let bin = Event::builder("/s", "t").data_binary("application/octet-stream", vec![0u8, 159, 146, 150]).build().unwrap();
-        assert_eq!(decode(&record(&encode(&bin, WireMode::Binary))).unwrap(), bin);
-        let text = Event::builder("/s", "t").data_bytes(Some("text/plain"), &b"hello"[..]).build().unwrap();
+        let bin = Event::builder("/s", "t")
+            .data_binary("application/octet-stream", vec![0u8, 159, 146, 150])
+            .build()
+            .unwrap();
+        assert_eq!(
+            decode(&record(&encode(&bin, WireMode::Binary))).unwrap(),
+            bin
+        );
+        let text = Event::builder("/s", "t")
+            .data_bytes(Some("text/plain"), &b"hello"[..])
+            .build()
+            .unwrap();
         let enc = encode(&text, WireMode::Binary);
         assert_eq!(enc.value.as_deref(), Some(&b"hello"[..]));
         assert_eq!(decode(&record(&enc)).unwrap(), text);
         let none = Event::builder("/s", "t").without_time().build().unwrap();
-        assert_eq!(decode(&record(&encode(&none, WireMode::Binary))).unwrap(), none);
+        assert_eq!(
+            decode(&record(&encode(&none, WireMode::Binary))).unwrap(),
+            none
+        );
     }
 
     #[test]
     fn garbage_is_undecodable_with_a_reason() {
-        let plain = OwnedMessage::new(Some(b"hi".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, None);
-        assert!(decode(&plain).unwrap_err().reason.contains("no CloudEvents headers"));
+        let plain = OwnedMessage::new(
+            Some(b"hi".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        assert!(
+            decode(&plain)
+                .unwrap_err()
+                .reason
+                .contains("no CloudEvents headers")
+        );
         let h = OwnedHeaders::new()
-            .insert(Header { key: "ce_specversion", value: Some(&b"1.0"[..]) })
-            .insert(Header { key: "ce_id", value: Some(&b"1"[..]) })
-            .insert(Header { key: "ce_type", value: Some(&b"x"[..]) });
-        let m = OwnedMessage::new(Some(b"{}".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(h.clone()));
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some(&b"1.0"[..]),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(&b"1"[..]),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(&b"x"[..]),
+            });
+        let m = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(h.clone()),
+        );
         assert!(decode(&m).unwrap_err().reason.contains("ce_source"));
         let h = h
-            .insert(Header { key: "ce_source", value: Some(&b"/s"[..]) })
-            .insert(Header { key: "ce_time", value: Some(&b"yesterday"[..]) });
-        let m = OwnedMessage::new(Some(b"{}".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(h));
+            .insert(Header {
+                key: "ce_source",
+                value: Some(&b"/s"[..]),
+            })
+            .insert(Header {
+                key: "ce_time",
+                value: Some(&b"yesterday"[..]),
+            });
+        let m = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(h),
+        );
         assert!(decode(&m).unwrap_err().reason.contains("ce_time"));
-        let h = OwnedHeaders::new().insert(Header { key: "content-type", value: Some(STRUCTURED_CONTENT_TYPE.as_bytes()) });
-        let m = OwnedMessage::new(Some(b"{not json".to_vec()), None, "t".into(), Timestamp::NotAvailable, 0, 0, Some(h));
+        let h = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(STRUCTURED_CONTENT_TYPE.as_bytes()),
+        });
+        let m = OwnedMessage::new(
+            Some(b"{not json".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(h),
+        );
         assert!(decode(&m).unwrap_err().reason.contains("structured"));
     }
 }

@@ -44,7 +44,11 @@ pub struct GroupTimeouts {
 impl GroupTimeouts {
     /// The timeouts that make tansu assign a group quickly: 6000 / 6000 / 1000 ms.
     pub fn tansu() -> Self {
-        Self { session_timeout_ms: Some(6000), max_poll_interval_ms: Some(6000), heartbeat_interval_ms: Some(1000) }
+        Self {
+            session_timeout_ms: Some(6000),
+            max_poll_interval_ms: Some(6000),
+            heartbeat_interval_ms: Some(1000),
+        }
     }
 }
 
@@ -113,7 +117,10 @@ impl Default for KafkaConfig {
 impl KafkaConfig {
     /// A configuration for `brokers` with defaults for the rest.
     pub fn new(brokers: impl Into<String>) -> Self {
-        Self { brokers: brokers.into(), ..Self::default() }
+        Self {
+            brokers: brokers.into(),
+            ..Self::default()
+        }
     }
     /// Sets the wire mode.
     pub fn wire_mode(mut self, mode: WireMode) -> Self {
@@ -188,21 +195,38 @@ impl KafkaConfig {
         let mut c = self.base();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", self.publish_timeout.as_millis().max(1).to_string())
-            .set("topic.metadata.propagation.max.ms", self.unknown_topic_timeout.as_millis().max(1).to_string())
+            .set(
+                "message.timeout.ms",
+                self.publish_timeout.as_millis().max(1).to_string(),
+            )
+            .set(
+                "topic.metadata.propagation.max.ms",
+                self.unknown_topic_timeout.as_millis().max(1).to_string(),
+            )
             .set("linger.ms", self.linger.as_millis().to_string())
-            .set("message.max.bytes", self.max_message_bytes.max(1000).to_string());
+            .set(
+                "message.max.bytes",
+                self.max_message_bytes.max(1000).to_string(),
+            );
         self.finish(c)
     }
 
-    pub(crate) fn consumer_config(&self, group: &str, client_id: &str, earliest: bool) -> rdkafka::ClientConfig {
+    pub(crate) fn consumer_config(
+        &self,
+        group: &str,
+        client_id: &str,
+        earliest: bool,
+    ) -> rdkafka::ClientConfig {
         let mut c = self.base();
         c.set("group.id", format!("{}{group}", self.group_prefix))
             .set("client.id", client_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", if earliest { "earliest" } else { "latest" });
+            .set(
+                "auto.offset.reset",
+                if earliest { "earliest" } else { "latest" },
+            );
         let t = self.group_timeouts;
         if let Some(v) = t.session_timeout_ms {
             c.set("session.timeout.ms", v.to_string());

@@ -4,9 +4,9 @@
 //!   `content-type`, value = payload bytes, key = `partitionkey` else `subject`), structured
 //!   mode as an option ([`WireMode`]). Consumers read both.
 //! - **Publisher**: idempotent (`enable.idempotence=true`, `acks=all`); bounded retries inside
-//!   librdkafka (`publish_timeout`), then typed errors: [`Error::TooLarge`](crate::Error::TooLarge)
+//!   librdkafka (`publish_timeout`), then typed errors: [`Error::TooLarge`]
 //!   (checked before sending, and mapped from the broker's refusal),
-//!   [`Error::UnknownTopic`](crate::Error::UnknownTopic), [`Error::Timeout`](crate::Error::Timeout)
+//!   [`Error::UnknownTopic`], [`Error::Timeout`]
 //!   when no broker acknowledged in time.
 //! - **Subscriber**: a consumer group member driven by the shared [runner](crate::runner):
 //!   offsets are committed only after the handler succeeded (the highest contiguous
@@ -57,7 +57,9 @@ use rdkafka::producer::{FutureProducer, Producer};
 
 pub use codec::WireMode;
 pub use config::{DlqNaming, GroupTimeouts, KafkaConfig};
-pub use subscriber::{DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER};
+pub use subscriber::{
+    DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
+};
 
 pub(crate) use codec::decode as decode_record;
 
@@ -79,7 +81,9 @@ pub(crate) struct Inner {
 
 impl fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KafkaBus").field("brokers", &self.inner.config.brokers).finish_non_exhaustive()
+        f.debug_struct("KafkaBus")
+            .field("brokers", &self.inner.config.brokers)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,11 +94,21 @@ impl KafkaBus {
         if config.brokers.trim().is_empty() {
             return Err(Error::Config("kafka brokers list is empty".to_owned()));
         }
-        let producer: FutureProducer =
-            config.producer_config().create().map_err(|e| Error::backend("kafka", "connect", e))?;
-        let admin: AdminClient<DefaultClientContext> =
-            config.finish(config.base()).create().map_err(|e| Error::backend("kafka", "connect", e))?;
-        Ok(Self { inner: Arc::new(Inner { config, producer, admin }) })
+        let producer: FutureProducer = config
+            .producer_config()
+            .create()
+            .map_err(|e| Error::backend("kafka", "connect", e))?;
+        let admin: AdminClient<DefaultClientContext> = config
+            .finish(config.base())
+            .create()
+            .map_err(|e| Error::backend("kafka", "connect", e))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                producer,
+                admin,
+            }),
+        })
     }
 
     /// The configuration.
@@ -106,7 +120,11 @@ impl KafkaBus {
     pub async fn ping(&self, timeout: Duration) -> Result<()> {
         let bus = self.clone();
         tokio::task::spawn_blocking(move || {
-            bus.inner.producer.client().fetch_metadata(None, timeout).map(|_| ())
+            bus.inner
+                .producer
+                .client()
+                .fetch_metadata(None, timeout)
+                .map(|_| ())
         })
         .await
         .map_err(|e| Error::backend("kafka", "ping", e))?

@@ -39,25 +39,43 @@ fn reader(bus: &KafkaBus, group: Option<&str>) -> Result<BaseConsumer> {
 }
 
 fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<HashMap<i32, (i64, i64)>> {
-    let md = consumer.fetch_metadata(Some(topic), META_TIMEOUT).map_err(kerr("replay"))?;
-    let Some(t) = md.topics().first() else { return Err(Error::UnknownTopic { topic: topic.to_owned() }) };
+    let md = consumer
+        .fetch_metadata(Some(topic), META_TIMEOUT)
+        .map_err(kerr("replay"))?;
+    let Some(t) = md.topics().first() else {
+        return Err(Error::UnknownTopic {
+            topic: topic.to_owned(),
+        });
+    };
     if t.error().is_some() || t.partitions().is_empty() {
-        return Err(Error::UnknownTopic { topic: topic.to_owned() });
+        return Err(Error::UnknownTopic {
+            topic: topic.to_owned(),
+        });
     }
     let mut out = HashMap::new();
     for p in t.partitions() {
-        let wm = consumer.fetch_watermarks(topic, p.id(), META_TIMEOUT).map_err(kerr("replay"))?;
+        let wm = consumer
+            .fetch_watermarks(topic, p.id(), META_TIMEOUT)
+            .map_err(kerr("replay"))?;
         out.insert(p.id(), wm);
     }
     Ok(out)
 }
 
-fn offsets_for_time(consumer: &BaseConsumer, topic: &str, parts: &HashMap<i32, (i64, i64)>, ms: i64) -> Result<HashMap<i32, i64>> {
+fn offsets_for_time(
+    consumer: &BaseConsumer,
+    topic: &str,
+    parts: &HashMap<i32, (i64, i64)>,
+    ms: i64,
+) -> Result<HashMap<i32, i64>> {
     let mut tpl = TopicPartitionList::new();
     for p in parts.keys() {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(ms)).map_err(kerr("replay"))?;
+        tpl.add_partition_offset(topic, *p, Offset::Offset(ms))
+            .map_err(kerr("replay"))?;
     }
-    let found = consumer.offsets_for_times(tpl, META_TIMEOUT).map_err(kerr("replay"))?;
+    let found = consumer
+        .offsets_for_times(tpl, META_TIMEOUT)
+        .map_err(kerr("replay"))?;
     let mut out = HashMap::new();
     for e in found.elements() {
         let high = parts.get(&e.partition()).map_or(0, |w| w.1);
@@ -83,7 +101,8 @@ fn scan(
     let mut tpl = TopicPartitionList::new();
     let mut left: HashMap<i32, i64> = HashMap::new();
     for (p, (start, end)) in ranges {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*start)).map_err(kerr("replay"))?;
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*start))
+            .map_err(kerr("replay"))?;
         if end > start {
             left.insert(*p, *end);
         }
@@ -105,7 +124,10 @@ fn scan(
             Some(Ok(m)) => {
                 let m = m.detach();
                 idle_since = Instant::now();
-                if left.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                if left
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
                     left.remove(&m.partition());
                 }
                 if !f(m) {
@@ -119,33 +141,61 @@ fn scan(
 }
 
 fn header_is(m: &OwnedMessage, name: &str, value: &str) -> bool {
-    m.headers().is_some_and(|hs| hs.iter().any(|h| h.key == name && h.value == Some(value.as_bytes())))
+    m.headers().is_some_and(|hs| {
+        hs.iter()
+            .any(|h| h.key == name && h.value == Some(value.as_bytes()))
+    })
 }
 
 /// Finds the record of event `id` (binary or structured mode).
-fn find_event(consumer: &BaseConsumer, topic: &str, parts: &HashMap<i32, (i64, i64)>, id: &str, deadline: Instant) -> Result<Option<(i32, i64, i64)>> {
+fn find_event(
+    consumer: &BaseConsumer,
+    topic: &str,
+    parts: &HashMap<i32, (i64, i64)>,
+    id: &str,
+    deadline: Instant,
+) -> Result<Option<(i32, i64, i64)>> {
     let mut found = None;
     scan(consumer, topic, parts, deadline, |m| {
         let hit = header_is(&m, "ce_id", id)
-            || (m.headers().is_none_or(|hs| !hs.iter().any(|h| h.key == "ce_id"))
+            || (m
+                .headers()
+                .is_none_or(|hs| !hs.iter().any(|h| h.key == "ce_id"))
                 && decode_record(&m).is_ok_and(|e| e.id() == id));
         if hit {
-            found = Some((m.partition(), m.offset(), m.timestamp().to_millis().unwrap_or(0)));
+            found = Some((
+                m.partition(),
+                m.offset(),
+                m.timestamp().to_millis().unwrap_or(0),
+            ));
         }
         !hit
     })?;
     Ok(found)
 }
 
-fn plan(bus: &KafkaBus, consumer: &BaseConsumer, topic: &Topic, from: &ReplayFrom, deadline: Instant) -> Result<Plan> {
+fn plan(
+    bus: &KafkaBus,
+    consumer: &BaseConsumer,
+    topic: &Topic,
+    from: &ReplayFrom,
+    deadline: Instant,
+) -> Result<Plan> {
     let _ = bus;
     let parts = watermarks(consumer, topic.as_str())?;
     let starts: HashMap<i32, i64> = match from {
         ReplayFrom::Beginning => parts.iter().map(|(p, (low, _))| (*p, *low)).collect(),
-        ReplayFrom::Time(t) => offsets_for_time(consumer, topic.as_str(), &parts, t.timestamp_millis())?,
+        ReplayFrom::Time(t) => {
+            offsets_for_time(consumer, topic.as_str(), &parts, t.timestamp_millis())?
+        }
         ReplayFrom::EventId(id) => {
-            let Some((partition, offset, ts)) = find_event(consumer, topic.as_str(), &parts, id, deadline)? else {
-                return Err(Error::EventNotFound { topic: topic.to_string(), id: id.clone() });
+            let Some((partition, offset, ts)) =
+                find_event(consumer, topic.as_str(), &parts, id, deadline)?
+            else {
+                return Err(Error::EventNotFound {
+                    topic: topic.to_string(),
+                    id: id.clone(),
+                });
             };
             // The event's own partition starts at it; the others at its timestamp.
             let mut starts = offsets_for_time(consumer, topic.as_str(), &parts, ts)?;
@@ -155,7 +205,12 @@ fn plan(bus: &KafkaBus, consumer: &BaseConsumer, topic: &Topic, from: &ReplayFro
     };
     let ranges = parts
         .iter()
-        .map(|(p, (low, high))| (*p, (starts.get(p).copied().unwrap_or(*high).max(*low), *high)))
+        .map(|(p, (low, high))| {
+            (
+                *p,
+                (starts.get(p).copied().unwrap_or(*high).max(*low), *high),
+            )
+        })
         .collect();
     Ok(Plan { ranges })
 }
@@ -164,7 +219,12 @@ impl KafkaBus {
     /// Creates consumer group `group` on `topic` positioned at `from`, for a replay through a
     /// normal subscription (which then reads from there on, live events included). Refuses a
     /// group that already committed offsets on the topic, so live consumers are never moved.
-    pub async fn start_group_at(&self, topic: &Topic, group: &Group, from: ReplayFrom) -> Result<()> {
+    pub async fn start_group_at(
+        &self,
+        topic: &Topic,
+        group: &Group,
+        from: ReplayFrom,
+    ) -> Result<()> {
         let bus = self.clone();
         let (topic, group) = (topic.clone(), group.clone());
         tokio::task::spawn_blocking(move || {
@@ -217,7 +277,9 @@ impl Replay for KafkaBus {
             let plan = plan(&bus, &consumer, &t, &from, deadline)?;
             scan(&consumer, t.as_str(), &plan.ranges, deadline, |m| {
                 let ts = m.timestamp().to_millis();
-                if until.is_some_and(|u| ts.is_some_and(|ts| ts > u)) || since.is_some_and(|s| ts.is_some_and(|ts| ts < s)) {
+                if until.is_some_and(|u| ts.is_some_and(|ts| ts > u))
+                    || since.is_some_and(|s| ts.is_some_and(|ts| ts < s))
+                {
                     return true;
                 }
                 tx.blocking_send(m).is_ok()
@@ -232,7 +294,9 @@ impl Replay for KafkaBus {
             }
         }
         drop(rx);
-        reader_task.await.map_err(|e| Error::backend("kafka", "replay", e))??;
+        reader_task
+            .await
+            .map_err(|e| Error::backend("kafka", "replay", e))??;
         Ok(report)
     }
 }

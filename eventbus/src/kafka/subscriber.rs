@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
@@ -53,7 +55,10 @@ pub(crate) struct Pending {
 
 impl Pending {
     fn fetched(&mut self, partition: i32, offset: i64) {
-        self.parts.entry(partition).or_default().insert(offset, false);
+        self.parts
+            .entry(partition)
+            .or_default()
+            .insert(offset, false);
     }
 
     /// Marks offsets acknowledged; returns the offsets to commit (one past the highest
@@ -61,18 +66,22 @@ impl Pending {
     fn acked(&mut self, tokens: impl Iterator<Item = (i32, i64)>) -> Vec<(i32, i64)> {
         let mut touched = Vec::new();
         for (p, o) in tokens {
-            if let Some(offsets) = self.parts.get_mut(&p) {
-                if let Some(done) = offsets.get_mut(&o) {
-                    *done = true;
-                    if !touched.contains(&p) {
-                        touched.push(p);
-                    }
+            if let Some(done) = self
+                .parts
+                .get_mut(&p)
+                .and_then(|offsets| offsets.get_mut(&o))
+            {
+                *done = true;
+                if !touched.contains(&p) {
+                    touched.push(p);
                 }
             }
         }
         let mut commits = Vec::new();
         for p in touched {
-            let Some(offsets) = self.parts.get_mut(&p) else { continue };
+            let Some(offsets) = self.parts.get_mut(&p) else {
+                continue;
+            };
             let mut next = None;
             while let Some(entry) = offsets.first_entry() {
                 if !*entry.get() {
@@ -110,8 +119,12 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(tpl) => {
-                let parts: Vec<i32> =
-                    tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect();
+                let parts: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| e.partition())
+                    .collect();
                 tracing::debug!(topic = %self.topic, ?parts, "partitions revoked");
                 lock(&self.pending).revoked(parts.into_iter());
             }
@@ -120,7 +133,9 @@ impl ConsumerContext for GroupContext {
                 tracing::debug!(topic = %self.topic, ?parts, "partitions assigned");
                 self.assigned.send_replace(true);
             }
-            Rebalance::Error(e) => tracing::warn!(topic = %self.topic, error = %e, "rebalance failed"),
+            Rebalance::Error(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "rebalance failed")
+            }
         }
     }
 }
@@ -150,14 +165,20 @@ pub(crate) struct KafkaTransport {
 
 impl KafkaTransport {
     fn consumer(&self) -> &StreamConsumer<GroupContext> {
-        self.consumer.as_deref().expect("the consumer lives as long as the transport")
+        self.consumer
+            .as_deref()
+            .expect("the consumer lives as long as the transport")
     }
 
     fn delivery(&self, record: OwnedMessage) -> Delivery<KafkaToken> {
         let (partition, offset) = (record.partition(), record.offset());
         lock(&self.pending).fetched(partition, offset);
         let payload = codec::decode(&record);
-        let token = KafkaToken { partition, offset, record: Box::new(record) };
+        let token = KafkaToken {
+            partition,
+            offset,
+            record: Box::new(record),
+        };
         Delivery::new(payload, token, format!("{partition}@{offset}"), 1)
     }
 
@@ -167,9 +188,13 @@ impl KafkaTransport {
         }
         let mut tpl = TopicPartitionList::with_capacity(commits.len());
         for (p, o) in commits {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o)).map_err(|e| Error::backend("kafka", "ack", e))?;
+            tpl.add_partition_offset(&self.topic, p, Offset::Offset(o))
+                .map_err(|e| Error::backend("kafka", "ack", e))?;
         }
-        let consumer = self.consumer.clone().expect("the consumer lives as long as the transport");
+        let consumer = self
+            .consumer
+            .clone()
+            .expect("the consumer lives as long as the transport");
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
             .map_err(|e| Error::backend("kafka", "ack", e))?
@@ -201,11 +226,12 @@ impl Transport for KafkaTransport {
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery<KafkaToken>>> {
         let consumer = self.consumer();
-        let first = match tokio::time::timeout(self.bus.inner.config.poll_wait, consumer.recv()).await {
-            Err(_) => return Ok(Vec::new()),
-            Ok(Err(e)) => return Err(Error::backend("kafka", "read", e)),
-            Ok(Ok(m)) => m.detach(),
-        };
+        let first =
+            match tokio::time::timeout(self.bus.inner.config.poll_wait, consumer.recv()).await {
+                Err(_) => return Ok(Vec::new()),
+                Ok(Err(e)) => return Err(Error::backend("kafka", "read", e)),
+                Ok(Ok(m)) => m.detach(),
+            };
         let mut out = Vec::with_capacity(max.min(64));
         out.push(self.delivery(first));
         while out.len() < max {
@@ -236,7 +262,10 @@ impl Transport for KafkaTransport {
         if let Some(hs) = record.headers() {
             for h in hs.iter() {
                 if !h.key.starts_with("windlass_dlq_") {
-                    headers = headers.insert(Header { key: h.key, value: h.value });
+                    headers = headers.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
                 }
             }
         }
@@ -251,11 +280,24 @@ impl Transport for KafkaTransport {
         let origin = format!("{}/{}@{}", self.topic, record.partition(), record.offset());
         let failed_at = Utc::now().to_rfc3339();
         headers = headers
-            .insert(Header { key: DLQ_REASON_HEADER, value: Some(reason.as_bytes()) })
-            .insert(Header { key: DLQ_GROUP_HEADER, value: Some(self.group.as_bytes()) })
-            .insert(Header { key: DLQ_ORIGIN_HEADER, value: Some(origin.as_bytes()) })
-            .insert(Header { key: DLQ_FAILED_AT_HEADER, value: Some(failed_at.as_bytes()) });
-        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.dlq_topic).headers(headers);
+            .insert(Header {
+                key: DLQ_REASON_HEADER,
+                value: Some(reason.as_bytes()),
+            })
+            .insert(Header {
+                key: DLQ_GROUP_HEADER,
+                value: Some(self.group.as_bytes()),
+            })
+            .insert(Header {
+                key: DLQ_ORIGIN_HEADER,
+                value: Some(origin.as_bytes()),
+            })
+            .insert(Header {
+                key: DLQ_FAILED_AT_HEADER,
+                value: Some(failed_at.as_bytes()),
+            });
+        let mut out: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.dlq_topic).headers(headers);
         if let Some(k) = record.key() {
             out = out.key(k);
         }
@@ -269,7 +311,15 @@ impl Transport for KafkaTransport {
             .producer
             .send(out, Timeout::After(cfg.publish_timeout))
             .await
-            .map_err(|(e, _)| map_produce_error(e, &self.dlq_topic, &delivery.delivery_id, size, cfg.max_message_bytes))?;
+            .map_err(|(e, _)| {
+                map_produce_error(
+                    e,
+                    &self.dlq_topic,
+                    &delivery.delivery_id,
+                    size,
+                    cfg.max_message_bytes,
+                )
+            })?;
         self.ack(std::slice::from_ref(&delivery.token)).await
     }
 }
@@ -296,7 +346,11 @@ impl KafkaBus {
             match r {
                 Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((name, code)) => {
-                    return Err(Error::backend("kafka", "create topic", format!("{name}: {code}")));
+                    return Err(Error::backend(
+                        "kafka",
+                        "create topic",
+                        format!("{name}: {code}"),
+                    ));
                 }
             }
         }
@@ -314,7 +368,10 @@ impl Subscriber for KafkaBus {
         options: SubscribeOptions,
     ) -> Result<Subscription> {
         let dlq_topic = self.dlq_topic(topic);
-        if let Err(e) = self.create_topic(&dlq_topic, self.inner.config.dlq_partitions).await {
+        if let Err(e) = self
+            .create_topic(&dlq_topic, self.inner.config.dlq_partitions)
+            .await
+        {
             tracing::warn!(topic = %topic, dlq = %dlq_topic, error = %e, "could not create the DLQ topic; dead-lettering fails until it exists");
         }
         let name = options.consumer.clone().unwrap_or_else(|| {
@@ -323,7 +380,11 @@ impl Subscriber for KafkaBus {
         });
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (assigned, mut is_assigned) = tokio::sync::watch::channel(false);
-        let context = GroupContext { pending: pending.clone(), topic: topic.as_str().to_owned(), assigned };
+        let context = GroupContext {
+            pending: pending.clone(),
+            topic: topic.as_str().to_owned(),
+            assigned,
+        };
         let earliest = matches!(options.start_from, StartFrom::Earliest);
         let consumer: StreamConsumer<GroupContext> = self
             .inner
@@ -331,7 +392,9 @@ impl Subscriber for KafkaBus {
             .consumer_config(group.as_str(), &name, earliest)
             .create_with_context(context)
             .map_err(|e| Error::backend("kafka", "subscribe", e))?;
-        consumer.subscribe(&[topic.as_str()]).map_err(|e| Error::backend("kafka", "subscribe", e))?;
+        consumer
+            .subscribe(&[topic.as_str()])
+            .map_err(|e| Error::backend("kafka", "subscribe", e))?;
         let transport = KafkaTransport {
             bus: self.clone(),
             consumer: Some(Arc::new(consumer)),
@@ -345,7 +408,10 @@ impl Subscriber for KafkaBus {
         // Return once the group gave this member its partitions, so what is published next is
         // read (and `StartFrom::Latest` means "after subscribe returned").
         let wait = self.inner.config.assignment_wait;
-        if tokio::time::timeout(wait, is_assigned.wait_for(|a| *a)).await.is_err() {
+        if tokio::time::timeout(wait, is_assigned.wait_for(|a| *a))
+            .await
+            .is_err()
+        {
             tracing::warn!(topic = %topic, group = %group, ?wait, "no partition assignment yet; consuming will start when the group rebalances");
         }
         Ok(subscription)
@@ -363,15 +429,27 @@ fn header_str(record: &OwnedMessage, name: &str) -> Option<String> {
 
 /// Reads a whole (small) topic from the beginning with manual assignment: no group, no commit,
 /// invisible to live consumers. Stops at the high watermarks seen when it starts.
-pub(crate) fn read_topic(bus: &KafkaBus, topic: &str, limit: usize, deadline: Duration) -> Result<Vec<OwnedMessage>> {
+pub(crate) fn read_topic(
+    bus: &KafkaBus,
+    topic: &str,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Vec<OwnedMessage>> {
     let cfg = &bus.inner.config;
     let mut c = cfg.base();
-    c.set("enable.auto.commit", "false").set("enable.partition.eof", "false").set("group.id", "windlass-reader");
-    let consumer: BaseConsumer = cfg.finish(c).create().map_err(|e| Error::backend("kafka", "read", e))?;
+    c.set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("group.id", "windlass-reader");
+    let consumer: BaseConsumer = cfg
+        .finish(c)
+        .create()
+        .map_err(|e| Error::backend("kafka", "read", e))?;
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|e| Error::backend("kafka", "read", e))?;
-    let Some(t) = md.topics().first() else { return Ok(Vec::new()) };
+    let Some(t) = md.topics().first() else {
+        return Ok(Vec::new());
+    };
     if t.error().is_some() {
         return Ok(Vec::new());
     }
@@ -382,14 +460,17 @@ pub(crate) fn read_topic(bus: &KafkaBus, topic: &str, limit: usize, deadline: Du
             .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
             .map_err(|e| Error::backend("kafka", "read", e))?;
         if high > low {
-            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low)).map_err(|e| Error::backend("kafka", "read", e))?;
+            tpl.add_partition_offset(topic, p.id(), Offset::Offset(low))
+                .map_err(|e| Error::backend("kafka", "read", e))?;
             ends.insert(p.id(), high);
         }
     }
     if ends.is_empty() {
         return Ok(Vec::new());
     }
-    consumer.assign(&tpl).map_err(|e| Error::backend("kafka", "read", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| Error::backend("kafka", "read", e))?;
     let until = std::time::Instant::now() + deadline;
     let mut out = Vec::new();
     // tansu reports a high watermark one past the *first* offset of the last batch, so the
@@ -408,7 +489,10 @@ pub(crate) fn read_topic(bus: &KafkaBus, topic: &str, limit: usize, deadline: Du
             Some(Ok(m)) => {
                 let m = m.detach();
                 idle_since = std::time::Instant::now();
-                if ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                if ends
+                    .get(&m.partition())
+                    .is_some_and(|end| m.offset() + 1 >= *end)
+                {
                     ends.remove(&m.partition());
                 }
                 out.push(m);
@@ -425,9 +509,11 @@ impl DeadLetters for KafkaBus {
         let dlq = self.dlq_topic(topic);
         let bus = self.clone();
         let dlq2 = dlq.clone();
-        let records = tokio::task::spawn_blocking(move || read_topic(&bus, &dlq2, limit, Duration::from_secs(30)))
-            .await
-            .map_err(|e| Error::backend("kafka", "read", e))??;
+        let records = tokio::task::spawn_blocking(move || {
+            read_topic(&bus, &dlq2, limit, Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| Error::backend("kafka", "read", e))??;
         let mut out: Vec<(i64, DeadLetter)> = records
             .into_iter()
             .map(|r| {
@@ -443,7 +529,10 @@ impl DeadLetters for KafkaBus {
                     group: header_str(&r, DLQ_GROUP_HEADER).unwrap_or_default(),
                     event: event.clone(),
                     // The event in canonical structured JSON when it decodes, else the bytes read.
-                    payload: event.as_ref().map_or_else(|| r.payload().unwrap_or_default().to_vec(), Event::to_json_vec),
+                    payload: event.as_ref().map_or_else(
+                        || r.payload().unwrap_or_default().to_vec(),
+                        Event::to_json_vec,
+                    ),
                     error: header_str(&r, DLQ_REASON_HEADER).unwrap_or_default(),
                     failed_at,
                 };

@@ -139,7 +139,11 @@ pub(crate) async fn deliver(
     let event = match entry {
         Ok(e) => e,
         Err(reason) => {
-            report.failed.push(ReplayFailure { position, event_id: None, error: reason });
+            report.failed.push(ReplayFailure {
+                position,
+                event_id: None,
+                error: reason,
+            });
             return true;
         }
     };
@@ -166,13 +170,17 @@ pub(crate) async fn deliver(
                 break;
             }
             Err(e) => {
-                let delay = e.requested_delay().unwrap_or_else(|| options.retry.delay(attempt));
+                let delay = e
+                    .requested_delay()
+                    .unwrap_or_else(|| options.retry.delay(attempt));
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
         }
     }
-    options.limit.is_none_or(|l| report.delivered + (report.failed.len() as u64) < l)
+    options
+        .limit
+        .is_none_or(|l| report.delivered + (report.failed.len() as u64) < l)
 }
 
 #[cfg(feature = "outbox-replay")]

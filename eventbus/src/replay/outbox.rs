@@ -23,7 +23,10 @@ pub struct OutboxHistory {
 impl OutboxHistory {
     /// Replays from `windlass_outbox` on `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, table: "windlass_outbox".to_owned() }
+        Self {
+            pool,
+            table: "windlass_outbox".to_owned(),
+        }
     }
 
     /// Replays from another table (`schema.table` or `table`; each part validated as a name).
@@ -31,10 +34,15 @@ impl OutboxHistory {
         for part in table.split('.') {
             let name = Name::parse("outbox table", part)?;
             if name.as_str().contains('-') {
-                return Err(Error::Config(format!("outbox table {table:?} holds '-', not a SQL identifier")));
+                return Err(Error::Config(format!(
+                    "outbox table {table:?} holds '-', not a SQL identifier"
+                )));
             }
         }
-        Ok(Self { pool, table: table.to_owned() })
+        Ok(Self {
+            pool,
+            table: table.to_owned(),
+        })
     }
 }
 
@@ -91,7 +99,12 @@ impl Replay for OutboxHistory {
                     .map_err(db)?;
                     match at {
                         Some(s) => s - 1,
-                        None => return Err(Error::EventNotFound { topic: topic.to_string(), id: id.clone() }),
+                        None => {
+                            return Err(Error::EventNotFound {
+                                topic: topic.to_string(),
+                                id: id.clone(),
+                            });
+                        }
                     }
                 }
             };
@@ -113,8 +126,18 @@ impl Replay for OutboxHistory {
                 let n = rows.len();
                 for (seq, json) in rows {
                     after = seq;
-                    let entry = Event::from_json(json.as_bytes()).map_err(|e| format!("undecodable outbox row: {e}"));
-                    if !deliver(&mut report, handler, options, topic, format!("seq {seq}"), entry).await {
+                    let entry = Event::from_json(json.as_bytes())
+                        .map_err(|e| format!("undecodable outbox row: {e}"));
+                    if !deliver(
+                        &mut report,
+                        handler,
+                        options,
+                        topic,
+                        format!("seq {seq}"),
+                        entry,
+                    )
+                    .await
+                    {
                         return Ok(report);
                     }
                 }
@@ -124,6 +147,8 @@ impl Replay for OutboxHistory {
             }
             Ok(report)
         };
-        tokio::time::timeout(options.timeout, work).await.map_err(|_| Error::Timeout("outbox replay"))?
+        tokio::time::timeout(options.timeout, work)
+            .await
+            .map_err(|_| Error::Timeout("outbox replay"))?
     }
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamRangeReply, StreamId};
+use redis::streams::{StreamId, StreamRangeReply};
 use windlass_core::{Group, Topic};
 
 use crate::error::{Error, Result};
@@ -35,7 +35,9 @@ fn before(id: &str) -> String {
 
 fn decode(entry: &StreamId) -> std::result::Result<Event, String> {
     match entry.map.get("event") {
-        Some(redis::Value::BulkString(b)) => Event::from_json(b).map_err(|e| format!("undecodable entry: {e}")),
+        Some(redis::Value::BulkString(b)) => {
+            Event::from_json(b).map_err(|e| format!("undecodable entry: {e}"))
+        }
         Some(redis::Value::SimpleString(s)) => {
             Event::from_json(s.as_bytes()).map_err(|e| format!("undecodable entry: {e}"))
         }
@@ -45,13 +47,26 @@ fn decode(entry: &StreamId) -> std::result::Result<Event, String> {
 
 impl RedisBus {
     async fn replay_conn(&self) -> Result<MultiplexedConnection> {
-        let client = redis::Client::open(self.config().url.as_str())
-            .map_err(|e| Error::Config(format!("invalid redis URL {}: {e}", windlass_core::redact_url(&self.config().url))))?;
-        client.get_multiplexed_async_connection().await.map_err(rerr("replay"))
+        let client = redis::Client::open(self.config().url.as_str()).map_err(|e| {
+            Error::Config(format!(
+                "invalid redis URL {}: {e}",
+                windlass_core::redact_url(&self.config().url)
+            ))
+        })?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(rerr("replay"))
     }
 
     /// The id of the first entry of the replay (inclusive), or `None` when nothing is left.
-    async fn replay_start(&self, conn: &mut MultiplexedConnection, key: &str, topic: &Topic, from: &ReplayFrom) -> Result<String> {
+    async fn replay_start(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+        topic: &Topic,
+        from: &ReplayFrom,
+    ) -> Result<String> {
         Ok(match from {
             ReplayFrom::Beginning => "-".to_owned(),
             ReplayFrom::Time(t) => format!("{}-0", t.timestamp_millis().max(0)),
@@ -68,12 +83,22 @@ impl RedisBus {
                         .await
                         .map_err(rerr("replay"))?;
                     if page.ids.is_empty() {
-                        return Err(Error::EventNotFound { topic: topic.to_string(), id: id.clone() });
+                        return Err(Error::EventNotFound {
+                            topic: topic.to_string(),
+                            id: id.clone(),
+                        });
                     }
-                    if let Some(hit) = page.ids.iter().find(|e| decode(e).is_ok_and(|ev| ev.id() == id)) {
+                    if let Some(hit) = page
+                        .ids
+                        .iter()
+                        .find(|e| decode(e).is_ok_and(|ev| ev.id() == id))
+                    {
                         break hit.id.clone();
                     }
-                    start = format!("({}", page.ids.last().map(|e| e.id.as_str()).unwrap_or("0-0"));
+                    start = format!(
+                        "({}",
+                        page.ids.last().map(|e| e.id.as_str()).unwrap_or("0-0")
+                    );
                 }
             }
         })
@@ -82,11 +107,20 @@ impl RedisBus {
     /// Creates consumer group `group` on `topic`'s stream positioned just before `from`, for a
     /// replay through a normal subscription. Refuses a group that exists already, so live
     /// consumers are never moved.
-    pub async fn start_group_at(&self, topic: &Topic, group: &Group, from: ReplayFrom) -> Result<()> {
+    pub async fn start_group_at(
+        &self,
+        topic: &Topic,
+        group: &Group,
+        from: ReplayFrom,
+    ) -> Result<()> {
         let mut conn = self.replay_conn().await?;
         let key = self.stream_key(topic);
         let start = self.replay_start(&mut conn, &key, topic, &from).await?;
-        let last = if start == "-" { "0".to_owned() } else { before(&start) };
+        let last = if start == "-" {
+            "0".to_owned()
+        } else {
+            before(&start)
+        };
         let r: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(&key)
@@ -128,11 +162,17 @@ impl Replay for RedisBus {
                 .await
                 .map_err(rerr("replay"))?;
             let mut report = ReplayReport::default();
-            let Some(end) = last.ids.first().map(|e| e.id.clone()) else { return Ok(report) };
+            let Some(end) = last.ids.first().map(|e| e.id.clone()) else {
+                return Ok(report);
+            };
             let end = match options.until {
                 Some(u) => {
                     let bound = format!("{}-{}", u.timestamp_millis().max(0), u64::MAX);
-                    if parse_id(&bound) < parse_id(&end) { bound } else { end }
+                    if parse_id(&bound) < parse_id(&end) {
+                        bound
+                    } else {
+                        end
+                    }
                 }
                 None => end,
             };
@@ -147,9 +187,20 @@ impl Replay for RedisBus {
                     .query_async(&mut conn)
                     .await
                     .map_err(rerr("replay"))?;
-                let Some(last) = page.ids.last().map(|e| e.id.clone()) else { break };
+                let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
+                    break;
+                };
                 for entry in &page.ids {
-                    if !deliver(&mut report, handler, options, topic, entry.id.clone(), decode(entry)).await {
+                    if !deliver(
+                        &mut report,
+                        handler,
+                        options,
+                        topic,
+                        entry.id.clone(),
+                        decode(entry),
+                    )
+                    .await
+                    {
                         return Ok(report);
                     }
                 }
@@ -160,7 +211,9 @@ impl Replay for RedisBus {
             }
             Ok(report)
         };
-        tokio::time::timeout(options.timeout, work).await.map_err(|_| Error::Timeout("redis replay"))?
+        tokio::time::timeout(options.timeout, work)
+            .await
+            .map_err(|_| Error::Timeout("redis replay"))?
     }
 }
 
