@@ -6,6 +6,7 @@
 //!
 //! 1. Event bus: publish events, subscribe in consumer groups, watch a failing handler retried
 //!    with backoff and then dead-lettered, and follow a correlation chain across events.
+//! 2. Jobs: typed background jobs on named queues, a retry, a unique job, graceful shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,6 +22,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     event_bus().await?;
+    jobs().await?;
     println!("\nquickstart finished: every step above ran in this process, no service needed");
     Ok(())
 }
@@ -80,10 +82,16 @@ async fn event_bus() -> Result<(), Error> {
                 async move {
                     if order.subject() == Some("ord-2") {
                         attempts.fetch_add(1, Ordering::SeqCst);
-                        println!("   mailer: attempt {} for ord-2 fails (SMTP down)", ctx.attempt);
+                        println!(
+                            "   mailer: attempt {} for ord-2 fails (SMTP down)",
+                            ctx.attempt
+                        );
                         return Err(HandlerError::retry("SMTP server unreachable"));
                     }
-                    println!("   mailer: confirmation sent for {}", order.subject().unwrap_or("?"));
+                    println!(
+                        "   mailer: confirmation sent for {}",
+                        order.subject().unwrap_or("?")
+                    );
                     Ok(())
                 }
             })),
@@ -128,13 +136,23 @@ async fn event_bus() -> Result<(), Error> {
             .partition_key(format!("ord-{n}"))
             .data_json(&serde_json::json!({ "total": n * 10 }))
             .build()?;
-        println!("   shop: published order.placed {} (id {})", order.subject().unwrap_or("?"), order.id());
+        println!(
+            "   shop: published order.placed {} (id {})",
+            order.subject().unwrap_or("?"),
+            order.id()
+        );
         bus.publish(&orders, &order).await?;
         placed.push(order);
     }
 
-    let dead_lettered = wait_until(Duration::from_secs(10), || attempts.load(Ordering::SeqCst) >= 3).await;
-    let invoiced = wait_until(Duration::from_secs(10), || chains.lock().unwrap().len() == 3).await;
+    let dead_lettered = wait_until(Duration::from_secs(10), || {
+        attempts.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let invoiced = wait_until(Duration::from_secs(10), || {
+        chains.lock().unwrap().len() == 3
+    })
+    .await;
     let mut dlq = Vec::new();
     for _ in 0..100 {
         dlq = bus.dead_letters(&orders, 10).await?;
@@ -153,12 +171,82 @@ async fn event_bus() -> Result<(), Error> {
         );
     }
     for invoice in chains.lock().unwrap().iter() {
-        let order = placed.iter().find(|o| Some(o.id()) == invoice.causation_id()).expect("a cause");
+        let order = placed
+            .iter()
+            .find(|o| Some(o.id()) == invoice.causation_id())
+            .expect("a cause");
         assert_eq!(invoice.correlation_id(), Some(order.id()));
-        assert_eq!(invoice.org_id(), order.org_id(), "the tenant flows along the chain");
+        assert_eq!(
+            invoice.org_id(),
+            order.org_id(),
+            "the tenant flows along the chain"
+        );
     }
     for sub in [billing, mailer, auditor] {
         sub.shutdown().await?;
     }
+    Ok(())
+}
+
+/// A job: a serde struct with a kind name and an async `run`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SendWelcomeEmail {
+    user_id: u64,
+}
+
+impl windlass::jobs::Job for SendWelcomeEmail {
+    const KIND: &'static str = "send_welcome_email";
+
+    async fn run(&self, ctx: windlass::jobs::JobContext) -> Result<(), windlass::jobs::JobError> {
+        if ctx.attempt() == 1 && self.user_id == 2 {
+            println!("   worker: user 2, attempt 1 fails (mail server busy): retried with backoff");
+            return Err(windlass::jobs::JobError::retry("mail server busy"));
+        }
+        println!(
+            "   worker: welcomed user {} (attempt {}, tenant {:?})",
+            self.user_id,
+            ctx.attempt(),
+            ctx.org_id()
+        );
+        Ok(())
+    }
+}
+
+async fn jobs() -> Result<(), Error> {
+    use windlass::jobs::memory::MemoryStore;
+    use windlass::jobs::{EnqueueOptions, JobState, Jobs, UniqueOptions, Worker, WorkerConfig};
+
+    println!("\n== 2. background jobs (memory store; PgStore on Postgres in production)");
+    let jobs = Jobs::new(MemoryStore::new());
+    let worker = Worker::new(jobs.store().clone())
+        .register::<SendWelcomeEmail>()
+        .config(WorkerConfig::default().retry(
+            RetryPolicy::default().with_delays(Duration::from_millis(10), Duration::from_secs(1)),
+        ))
+        .start()?;
+
+    let first = jobs
+        .enqueue(&SendWelcomeEmail { user_id: 1 }, &EnqueueOptions::new().queue("critical"))
+        .await?;
+    let flaky = jobs
+        .enqueue(&SendWelcomeEmail { user_id: 2 }, &EnqueueOptions::new().org_id("acme"))
+        .await?;
+    let unique = EnqueueOptions::new().unique(UniqueOptions::by_key("welcome-user-3"));
+    jobs.enqueue(&SendWelcomeEmail { user_id: 3 }, &unique).await?;
+    let again = jobs.enqueue(&SendWelcomeEmail { user_id: 3 }, &unique).await?;
+    println!(
+        "   enqueue: the second unique job for user 3 was {}",
+        if again.id().is_none() { "refused (already queued)" } else { "accepted (unexpected!)" }
+    );
+
+    for id in [first.id(), flaky.id()].into_iter().flatten() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while jobs.get(id).await?.map(|j| j.state) != Some(JobState::Completed) {
+            assert!(tokio::time::Instant::now() < deadline, "job {id} did not complete");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    worker.shutdown().await?; // finishes running jobs, releases the rest
+    println!("   worker: shut down gracefully");
     Ok(())
 }

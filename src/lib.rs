@@ -28,10 +28,10 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
-pub use windlass_core as core;
-pub use windlass_eventbus as eventbus;
 #[cfg(feature = "cache")]
 pub use windlass_cache as cache;
+pub use windlass_core as core;
+pub use windlass_eventbus as eventbus;
 #[cfg(feature = "jobs")]
 pub use windlass_jobs as jobs;
 #[cfg(any(feature = "outbox-postgres", feature = "outbox-sqlite"))]

@@ -31,7 +31,9 @@ mod name;
 mod retry;
 mod url;
 
-pub use name::{Group, KEY_SEGMENT_MAX_LEN, NAME_MAX_LEN, Name, NameError, OrgId, Topic, validate_key_segment};
+pub use name::{
+    Group, KEY_SEGMENT_MAX_LEN, NAME_MAX_LEN, Name, NameError, OrgId, Topic, validate_key_segment,
+};
 pub use retry::RetryPolicy;
 pub use url::redact_url;
 

@@ -30,7 +30,11 @@ impl NameError {
         while !value.is_char_boundary(end) {
             end -= 1;
         }
-        Self { what, value: value[..end].to_owned(), reason }
+        Self {
+            what,
+            value: value[..end].to_owned(),
+            reason,
+        }
     }
 }
 
@@ -41,9 +45,9 @@ fn check(what: &'static str, value: &str, max: usize, extra: &[u8]) -> Result<()
     if value.len() > max {
         return Err(NameError::new(what, value, "is too long"));
     }
-    let ok = value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || extra.contains(&b));
+    let ok = value.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || extra.contains(&b)
+    });
     if !ok {
         return Err(NameError::new(
             what,
@@ -227,7 +231,10 @@ mod tests {
             let err = Topic::new(bad).unwrap_err();
             assert_eq!(err.what, "topic", "{bad:?}");
         }
-        assert_eq!(Topic::new("a".repeat(NAME_MAX_LEN + 1)).unwrap_err().reason, "is too long");
+        assert_eq!(
+            Topic::new("a".repeat(NAME_MAX_LEN + 1)).unwrap_err().reason,
+            "is too long"
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// A policy that never retries: the first failure exhausts it.
     pub fn no_retry() -> Self {
-        Self { max_attempts: 1, ..Self::default() }
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
     }
 
     /// Sets the number of attempts in all (at least 1).
@@ -66,13 +69,21 @@ impl RetryPolicy {
 
     /// Sets the growth factor (clamped to at least 1.0).
     pub fn with_multiplier(mut self, multiplier: f64) -> Self {
-        self.multiplier = if multiplier.is_finite() { multiplier.max(1.0) } else { 2.0 };
+        self.multiplier = if multiplier.is_finite() {
+            multiplier.max(1.0)
+        } else {
+            2.0
+        };
         self
     }
 
     /// Sets the jitter fraction (clamped to `0.0..=1.0`).
     pub fn with_jitter(mut self, jitter: f64) -> Self {
-        self.jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
+        self.jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -137,10 +148,14 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_bounds() {
-        let p = RetryPolicy::default().with_delays(Duration::from_millis(100), Duration::from_secs(1));
+        let p =
+            RetryPolicy::default().with_delays(Duration::from_millis(100), Duration::from_secs(1));
         for _ in 0..1000 {
             let d = p.delay(1);
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+                "{d:?}"
+            );
         }
     }
 

@@ -10,11 +10,15 @@
 /// assert_eq!(windlass_core::redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_owned() };
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
     let userinfo = &authority[..at];
     let redacted = match userinfo.find(':') {
         Some(colon) => format!("{}:***", &userinfo[..colon]),
@@ -32,9 +36,15 @@ mod tests {
 
     #[test]
     fn redacts_passwords_only() {
-        assert_eq!(redact_url("redis://:pw@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(
+            redact_url("redis://:pw@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
         assert_eq!(redact_url("redis://user@host"), "redis://***@host");
-        assert_eq!(redact_url("postgres://u:p@h/db?x=@"), "postgres://u:***@h/db?x=@");
+        assert_eq!(
+            redact_url("postgres://u:p@h/db?x=@"),
+            "postgres://u:***@h/db?x=@"
+        );
         assert_eq!(redact_url("not a url"), "not a url");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }

@@ -27,7 +27,10 @@ pub enum EventError {
 
 impl EventError {
     pub(crate) fn invalid(attribute: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::Invalid { attribute: attribute.into(), reason: reason.into() }
+        Self::Invalid {
+            attribute: attribute.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -87,7 +90,9 @@ pub enum Error {
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
     /// A replay was asked to start at an event the topic does not hold (any more).
-    #[error("event {id} is not in topic {topic} (never published there, or already deleted by retention)")]
+    #[error(
+        "event {id} is not in topic {topic} (never published there, or already deleted by retention)"
+    )]
     EventNotFound {
         /// The topic.
         topic: String,
@@ -99,7 +104,11 @@ pub enum Error {
 impl Error {
     /// Wraps a backend error.
     pub fn backend(backend: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
-        Self::Backend { backend, op, source: source.into() }
+        Self::Backend {
+            backend,
+            op,
+            source: source.into(),
+        }
     }
 }
 

@@ -185,7 +185,10 @@ impl Event {
     /// A builder holding a copy of this event's attributes, to derive a modified event (a new
     /// immutable value; this one is untouched).
     pub fn to_builder(&self) -> EventBuilder {
-        EventBuilder { inner: (*self.0).clone(), error: None }
+        EventBuilder {
+            inner: (*self.0).clone(),
+            error: None,
+        }
     }
 
     /// `id`.
@@ -267,9 +270,10 @@ impl Event {
         match &self.0.data {
             None => Ok(None),
             Some(Data::Json(raw)) => Ok(Some(serde_json::from_str(raw.get())?)),
-            Some(Data::Binary(_)) => {
-                Err(EventError::invalid("data", "is binary (data_base64), not JSON"))
-            }
+            Some(Data::Binary(_)) => Err(EventError::invalid(
+                "data",
+                "is binary (data_base64), not JSON",
+            )),
         }
     }
 
@@ -319,7 +323,12 @@ impl Event {
 /// or any `+json` suffix.
 pub fn is_json_media_type(ct: Option<&str>) -> bool {
     let Some(ct) = ct else { return true };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }
 
@@ -364,11 +373,28 @@ impl EventBuilder {
         }
     }
 
+    /// A builder with nothing set: no generated id, no time (decoding fills it).
     fn empty() -> Self {
-        let mut b = Self::new("", "");
-        b.inner.id.clear();
-        b.inner.time = None;
-        b
+        Self {
+            inner: Inner {
+                id: String::new(),
+                source: String::new(),
+                ty: String::new(),
+                subject: None,
+                time: None,
+                datacontenttype: None,
+                dataschema: None,
+                data: None,
+                orgid: None,
+                correlationid: None,
+                causationid: None,
+                traceparent: None,
+                tracestate: None,
+                partitionkey: None,
+                extensions: BTreeMap::new(),
+            },
+            error: None,
+        }
     }
 
     /// Overrides the generated UUIDv7 id.
@@ -427,9 +453,15 @@ impl EventBuilder {
         let bytes = bytes.into();
         self.inner.datacontenttype = content_type.map(str::to_owned);
         if is_json_media_type(content_type) {
-            match std::str::from_utf8(&bytes).ok().map(|s| RawValue::from_string(s.to_owned())) {
+            match std::str::from_utf8(&bytes)
+                .ok()
+                .map(|s| RawValue::from_string(s.to_owned()))
+            {
                 Some(Ok(raw)) => self.inner.data = Some(Data::Json(Arc::from(raw))),
-                _ => self.error = Some("data: the media type says JSON but the bytes are not JSON".into()),
+                _ => {
+                    self.error =
+                        Some("data: the media type says JSON but the bytes are not JSON".into())
+                }
             }
         } else if content_type.is_some_and(|c| c.trim_start().starts_with("text/"))
             && std::str::from_utf8(&bytes).is_ok()
@@ -491,8 +523,12 @@ impl EventBuilder {
     /// trace context and the partition key are inherited when not set already.
     pub fn caused_by(mut self, parent: &Event) -> Self {
         self.inner.causationid = Some(parent.id().to_owned());
-        self.inner.correlationid =
-            Some(parent.correlation_id().unwrap_or_else(|| parent.id()).to_owned());
+        self.inner.correlationid = Some(
+            parent
+                .correlation_id()
+                .unwrap_or_else(|| parent.id())
+                .to_owned(),
+        );
         if self.inner.orgid.is_none() {
             self.inner.orgid = parent.org_id().cloned();
         }
@@ -574,23 +610,36 @@ impl EventBuilder {
 
 fn check_text(name: &str, value: &str, max: usize) -> Result<(), EventError> {
     if value.len() > max {
-        return Err(EventError::invalid(name, format!("is longer than {max} bytes")));
+        return Err(EventError::invalid(
+            name,
+            format!("is longer than {max} bytes"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(EventError::invalid(name, "must not contain control characters"));
+        return Err(EventError::invalid(
+            name,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
 
 fn check_extension_name(name: &str) -> Result<(), EventError> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
         return Err(EventError::invalid(
             name,
             "extension names may only hold lower-case ASCII letters and digits",
         ));
     }
     if RESERVED.contains(&name) {
-        return Err(EventError::invalid(name, "is a reserved CloudEvents attribute name"));
+        return Err(EventError::invalid(
+            name,
+            "is a reserved CloudEvents attribute name",
+        ));
     }
     Ok(())
 }
@@ -598,7 +647,9 @@ fn check_extension_name(name: &str) -> Result<(), EventError> {
 fn check_traceparent(tp: &str) -> Result<(), EventError> {
     let parts: Vec<&str> = tp.split('-').collect();
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let ok = parts.len() == 4
         && hex(parts[0], 2)
@@ -674,7 +725,9 @@ impl<'de> Deserialize<'de> for EventBuilder {
 /// bytes; `data` needs a `serde_json` deserializer.
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        EventBuilder::deserialize(d)?.build().map_err(de::Error::custom)
+        EventBuilder::deserialize(d)?
+            .build()
+            .map_err(de::Error::custom)
     }
 }
 
@@ -692,14 +745,19 @@ impl<'de> Visitor<'de> for EventVisitor {
         let mut spec = None::<String>;
         let mut data_json = None::<Box<RawValue>>;
         let mut data_b64 = None::<String>;
-        let string_attr = |name: &str, v: serde_json::Value| -> Result<String, A::Error> {
-            match v {
-                serde_json::Value::String(s) => Ok(s),
-                other => Err(de::Error::custom(format!(
-                    "event attribute `{name}` must be a string, got {other}"
-                ))),
-            }
-        };
+        // Attributes are read straight into strings (no intermediate JSON tree): this is the
+        // hot path of every consumer.
+        fn text<'de, A: MapAccess<'de>>(
+            map: &mut A,
+            name: &str,
+        ) -> Result<Option<String>, A::Error> {
+            map.next_value::<Option<String>>().map_err(|e| {
+                de::Error::custom(format!("event attribute `{name}` must be a string: {e}"))
+            })
+        }
+        fn required<E: de::Error>(name: &str, v: Option<String>) -> Result<String, E> {
+            v.ok_or_else(|| E::custom(format!("event attribute `{name}` is required")))
+        }
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
                 "data" => {
@@ -708,54 +766,51 @@ impl<'de> Visitor<'de> for EventVisitor {
                     }
                     data_json = Some(map.next_value()?);
                 }
-                "data_base64" => {
-                    let v: serde_json::Value = map.next_value()?;
-                    data_b64 = Some(string_attr("data_base64", v)?);
+                "data_base64" => data_b64 = text(&mut map, "data_base64")?,
+                "specversion" => {
+                    spec = Some(required("specversion", text(&mut map, "specversion")?)?)
                 }
-                name => {
-                    let v: serde_json::Value = map.next_value()?;
-                    if v.is_null() {
-                        // The spec allows null for absent optional attributes.
-                        if matches!(name, "specversion" | "id" | "source" | "type") {
+                "id" => b.inner.id = required("id", text(&mut map, "id")?)?,
+                "source" => b.inner.source = required("source", text(&mut map, "source")?)?,
+                "type" => b.inner.ty = required("type", text(&mut map, "type")?)?,
+                "subject" => b.inner.subject = text(&mut map, "subject")?,
+                "datacontenttype" => b.inner.datacontenttype = text(&mut map, "datacontenttype")?,
+                "dataschema" => b.inner.dataschema = text(&mut map, "dataschema")?,
+                "correlationid" => b.inner.correlationid = text(&mut map, "correlationid")?,
+                "causationid" => b.inner.causationid = text(&mut map, "causationid")?,
+                "traceparent" => b.inner.traceparent = text(&mut map, "traceparent")?,
+                "tracestate" => b.inner.tracestate = text(&mut map, "tracestate")?,
+                "partitionkey" => b.inner.partitionkey = text(&mut map, "partitionkey")?,
+                "orgid" => {
+                    if let Some(org) = text(&mut map, "orgid")? {
+                        b = b.org_id(org);
+                    }
+                }
+                "time" => {
+                    if let Some(s) = text(&mut map, "time")? {
+                        let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
+                            de::Error::custom(format!(
+                                "event attribute `time` is not RFC 3339: {e}"
+                            ))
+                        })?;
+                        b.inner.time = Some(t.with_timezone(&Utc));
+                    }
+                }
+                ext => {
+                    let value = match map.next_value::<serde_json::Value>()? {
+                        serde_json::Value::Null => continue,
+                        serde_json::Value::String(s) => ExtensionValue::String(s),
+                        serde_json::Value::Bool(x) => ExtensionValue::Bool(x),
+                        serde_json::Value::Number(n) if n.is_i64() => {
+                            ExtensionValue::Integer(n.as_i64().unwrap_or_default())
+                        }
+                        other => {
                             return Err(de::Error::custom(format!(
-                                "event attribute `{name}` is required"
+                                "extension `{ext}` must be a string, boolean or integer, got {other}"
                             )));
                         }
-                        continue;
-                    }
-                    match name {
-                        "specversion" => spec = Some(string_attr(name, v)?),
-                        "id" => b.inner.id = string_attr(name, v)?,
-                        "source" => b.inner.source = string_attr(name, v)?,
-                        "type" => b.inner.ty = string_attr(name, v)?,
-                        "subject" => b.inner.subject = Some(string_attr(name, v)?),
-                        "datacontenttype" => b.inner.datacontenttype = Some(string_attr(name, v)?),
-                        "dataschema" => b.inner.dataschema = Some(string_attr(name, v)?),
-                        "time" => {
-                            let s = string_attr(name, v)?;
-                            let t = DateTime::parse_from_rfc3339(&s).map_err(|e| {
-                                de::Error::custom(format!(
-                                    "event attribute `time` is not RFC 3339: {e}"
-                                ))
-                            })?;
-                            b.inner.time = Some(t.with_timezone(&Utc));
-                        }
-                        ext => {
-                            let value = match v {
-                                serde_json::Value::String(s) => ExtensionValue::String(s),
-                                serde_json::Value::Bool(x) => ExtensionValue::Bool(x),
-                                serde_json::Value::Number(n) if n.is_i64() => {
-                                    ExtensionValue::Integer(n.as_i64().unwrap_or_default())
-                                }
-                                other => {
-                                    return Err(de::Error::custom(format!(
-                                        "extension `{ext}` must be a string, boolean or integer, got {other}"
-                                    )));
-                                }
-                            };
-                            b = b.extension(ext, value);
-                        }
-                    }
+                    };
+                    b = b.extension(ext, value);
                 }
             }
         }
@@ -764,11 +819,17 @@ impl<'de> Visitor<'de> for EventVisitor {
             Some(other) => {
                 return Err(de::Error::custom(EventError::SpecVersion(other.to_owned())));
             }
-            None => return Err(de::Error::custom("event attribute `specversion` is required")),
+            None => {
+                return Err(de::Error::custom(
+                    "event attribute `specversion` is required",
+                ));
+            }
         }
         match (data_json, data_b64) {
             (Some(_), Some(_)) => {
-                return Err(de::Error::custom("an event carries `data` or `data_base64`, not both"));
+                return Err(de::Error::custom(
+                    "an event carries `data` or `data_base64`, not both",
+                ));
             }
             (Some(raw), None) => {
                 if raw.get() != "null" {
@@ -802,7 +863,9 @@ mod tests {
 
     #[test]
     fn traceparent_rules() {
-        assert!(check_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_ok());
+        assert!(
+            check_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_ok()
+        );
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",

@@ -39,18 +39,30 @@ impl HandlerError {
     /// A failure that may pass: the event is retried with backoff, then dead-lettered once the
     /// retry policy is exhausted. `?` on any error gives this.
     pub fn retry(source: impl Into<BoxError>) -> Self {
-        Self { reject: false, retry_after: None, source: source.into() }
+        Self {
+            reject: false,
+            retry_after: None,
+            source: source.into(),
+        }
     }
 
     /// A failure that asks for the next attempt after `delay` rather than the policy's backoff.
     pub fn retry_after(source: impl Into<BoxError>, delay: Duration) -> Self {
-        Self { reject: false, retry_after: Some(delay), source: source.into() }
+        Self {
+            reject: false,
+            retry_after: Some(delay),
+            source: source.into(),
+        }
     }
 
     /// A permanent failure (invalid content, a bug the retry cannot fix): the event goes to the
     /// dead-letter queue now, with this error as the reason.
     pub fn reject(source: impl Into<BoxError>) -> Self {
-        Self { reject: true, retry_after: None, source: source.into() }
+        Self {
+            reject: true,
+            retry_after: None,
+            source: source.into(),
+        }
     }
 
     /// True when the handler rejected the event.

@@ -46,20 +46,24 @@ pub mod kafka;
 #[cfg(feature = "memory")]
 mod memory;
 pub mod migrate;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod replay;
 pub mod runner;
 #[cfg(feature = "schema")]
 pub mod schema;
-#[cfg(feature = "redis")]
-pub mod redis;
 mod subscription;
 mod traits;
 
 pub use error::{Error, EventError, Result};
-pub use event::{ATTRIBUTE_MAX_LEN, Data, Event, EventBuilder, ExtensionValue, SPEC_VERSION, is_json_media_type};
+pub use event::{
+    ATTRIBUTE_MAX_LEN, Data, Event, EventBuilder, ExtensionValue, SPEC_VERSION, is_json_media_type,
+};
 pub use handler::{DeliveryContext, FnHandler, Handler, HandlerError, HandlerResult, handler_fn};
 #[cfg(feature = "memory")]
 pub use memory::{MemoryBus, MemoryConfig};
 pub use subscription::Subscription;
-pub use traits::{DeadLetter, DeadLetters, Publisher, StartFrom, SubscribeOptions, Subscriber, SubscriberExt};
+pub use traits::{
+    DeadLetter, DeadLetters, Publisher, StartFrom, SubscribeOptions, Subscriber, SubscriberExt,
+};
 pub use windlass_core::{Group, OrgId, RetryPolicy, Topic};

@@ -107,7 +107,9 @@ struct BusInner {
 
 impl fmt::Debug for MemoryBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryBus").field("config", &self.inner.config).finish_non_exhaustive()
+        f.debug_struct("MemoryBus")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +169,14 @@ impl TopicState {
         let Some(keep_from) = self
             .groups
             .values()
-            .map(|g| g.pending.keys().next().copied().unwrap_or(g.cursor).min(g.cursor))
+            .map(|g| {
+                g.pending
+                    .keys()
+                    .next()
+                    .copied()
+                    .unwrap_or(g.cursor)
+                    .min(g.cursor)
+            })
             .min()
         else {
             // No group yet: keep everything (a first subscriber starting at the earliest entry
@@ -189,11 +198,19 @@ impl MemoryBus {
 
     /// A bus with these settings.
     pub fn with_config(config: MemoryConfig) -> Self {
-        Self { inner: Arc::new(BusInner { config, topics: Mutex::default() }) }
+        Self {
+            inner: Arc::new(BusInner {
+                config,
+                topics: Mutex::default(),
+            }),
+        }
     }
 
     fn log(&self, topic: &str) -> Arc<TopicLog> {
-        lock(&self.inner.topics).entry(topic.to_owned()).or_default().clone()
+        lock(&self.inner.topics)
+            .entry(topic.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// Appends bytes that are not necessarily an event, as a foreign producer could. For tests
@@ -254,11 +271,13 @@ impl MemoryBus {
 #[async_trait]
 impl Publisher for MemoryBus {
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
-        self.append(topic, vec![Payload::Event(event.clone())]).await
+        self.append(topic, vec![Payload::Event(event.clone())])
+            .await
     }
 
     async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> Result<()> {
-        self.append(topic, events.iter().cloned().map(Payload::Event).collect()).await
+        self.append(topic, events.iter().cloned().map(Payload::Event).collect())
+            .await
     }
 }
 
@@ -280,7 +299,10 @@ impl Subscriber for MemoryBus {
             };
             st.groups
                 .entry(group.to_string())
-                .or_insert_with(|| GroupState { cursor: start, pending: BTreeMap::new() });
+                .or_insert_with(|| GroupState {
+                    cursor: start,
+                    pending: BTreeMap::new(),
+                });
         }
         let consumer: Arc<str> = options
             .consumer
@@ -296,7 +318,13 @@ impl Subscriber for MemoryBus {
             block: self.inner.config.block,
             reread_own: AtomicBool::new(true),
         };
-        Ok(runner::spawn(transport, topic.clone(), group.clone(), handler, options))
+        Ok(runner::spawn(
+            transport,
+            topic.clone(),
+            group.clone(),
+            handler,
+            options,
+        ))
     }
 }
 
@@ -322,7 +350,9 @@ struct MemoryTransport {
 fn decode(payload: &Payload) -> std::result::Result<Event, Undecodable> {
     match payload {
         Payload::Event(e) => Ok(e.clone()),
-        Payload::Raw(bytes) => Event::from_json(bytes).map_err(|e| Undecodable::new(bytes.to_vec(), e.to_string())),
+        Payload::Raw(bytes) => {
+            Event::from_json(bytes).map_err(|e| Undecodable::new(bytes.to_vec(), e.to_string()))
+        }
     }
 }
 
@@ -333,7 +363,9 @@ impl MemoryTransport {
         let now = Instant::now();
         let mut out = Vec::new();
         let base = st.base;
-        let Some(group) = st.groups.get_mut(&self.group) else { return out };
+        let Some(group) = st.groups.get_mut(&self.group) else {
+            return out;
+        };
         let entry = |seq: u64| st.entries.get((seq - base) as usize);
         let reread = self.reread_own.swap(false, Ordering::Relaxed);
         // Entries this consumer name held before a restart, then idle entries of dead members.
@@ -342,19 +374,32 @@ impl MemoryTransport {
                 break;
             }
             let mine = *p.consumer == *self.consumer;
-            let claim = (reread && mine) || (!mine && now.duration_since(p.delivered_at) >= self.claim_idle);
+            let claim = (reread && mine)
+                || (!mine && now.duration_since(p.delivered_at) >= self.claim_idle);
             if claim && let Some(payload) = entry(seq) {
                 p.consumer = self.consumer.clone();
                 p.count += 1;
                 p.delivered_at = now;
-                out.push(Delivery::new(decode(payload), seq, seq.to_string(), p.count));
+                out.push(Delivery::new(
+                    decode(payload),
+                    seq,
+                    seq.to_string(),
+                    p.count,
+                ));
             }
         }
         while out.len() < max && group.cursor < base + st.entries.len() as u64 {
             let seq = group.cursor;
             group.cursor += 1;
             if let Some(payload) = entry(seq) {
-                group.pending.insert(seq, Pending { consumer: self.consumer.clone(), count: 1, delivered_at: now });
+                group.pending.insert(
+                    seq,
+                    Pending {
+                        consumer: self.consumer.clone(),
+                        count: 1,
+                        delivered_at: now,
+                    },
+                );
                 out.push(Delivery::new(decode(payload), seq, seq.to_string(), 1));
             }
         }
@@ -401,7 +446,11 @@ impl Transport for MemoryTransport {
     async fn dead_letter(&self, delivery: &Delivery<u64>, reason: &str) -> Result<()> {
         let mut st = lock(&self.log.state);
         let base = st.base;
-        let payload = st.entries.get((delivery.token - base) as usize).map(Payload::bytes).unwrap_or_default();
+        let payload = st
+            .entries
+            .get((delivery.token - base) as usize)
+            .map(Payload::bytes)
+            .unwrap_or_default();
         st.dlq_seq += 1;
         let id = st.dlq_seq.to_string();
         st.dlq.push(DeadLetter {
@@ -430,7 +479,10 @@ mod tests {
     use crate::handler::handler_fn;
 
     fn event(n: usize) -> Event {
-        Event::builder("/test", "t").subject(format!("s{n}")).build().unwrap()
+        Event::builder("/test", "t")
+            .subject(format!("s{n}"))
+            .build()
+            .unwrap()
     }
 
     async fn eventually(mut cond: impl FnMut() -> bool) {
@@ -444,7 +496,9 @@ mod tests {
     #[tokio::test]
     async fn a_full_topic_makes_publish_wait_then_fail_loudly() {
         let bus = MemoryBus::with_config(
-            MemoryConfig::default().capacity(3).publish_timeout(Duration::from_millis(50)),
+            MemoryConfig::default()
+                .capacity(3)
+                .publish_timeout(Duration::from_millis(50)),
         );
         let topic = Topic::new("full").unwrap();
         for n in 0..3 {
@@ -458,7 +512,9 @@ mod tests {
     #[tokio::test]
     async fn acknowledged_entries_make_room() {
         let bus = MemoryBus::with_config(
-            MemoryConfig::default().capacity(2).publish_timeout(Duration::from_secs(5)),
+            MemoryConfig::default()
+                .capacity(2)
+                .publish_timeout(Duration::from_secs(5)),
         );
         let topic = Topic::new("room").unwrap();
         let handled = Arc::new(AtomicUsize::new(0));
@@ -501,7 +557,8 @@ mod tests {
                     Arc::new(handler_fn(move |e: Event, c: crate::DeliveryContext| {
                         let seen = seen.clone();
                         async move {
-                            lock(&seen).push((c.group.to_string(), e.subject().unwrap().to_owned()));
+                            lock(&seen)
+                                .push((c.group.to_string(), e.subject().unwrap().to_owned()));
                             Ok(())
                         }
                     })),
@@ -530,7 +587,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_members_entries_are_claimed_after_the_idle_timeout() {
-        let bus = MemoryBus::with_config(MemoryConfig::default().claim_idle(Duration::from_millis(100)));
+        let bus =
+            MemoryBus::with_config(MemoryConfig::default().claim_idle(Duration::from_millis(100)));
         let topic = Topic::new("claims").unwrap();
         let group = Group::new("g").unwrap();
         // The first member takes the event and hangs forever, then dies.
@@ -572,7 +630,11 @@ mod tests {
             .await
             .unwrap();
         eventually(|| !lock(&attempts).is_empty()).await;
-        assert_eq!(lock(&attempts)[0], ("b".to_owned(), 2), "second delivery, by the rescuer");
+        assert_eq!(
+            lock(&attempts)[0],
+            ("b".to_owned(), 2),
+            "second delivery, by the rescuer"
+        );
         rescuer.shutdown().await.unwrap();
     }
 }

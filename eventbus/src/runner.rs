@@ -335,10 +335,7 @@ async fn dispatch_loop<T: Transport>(
                 if let Ok(Some(key)) = done {
                     let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
                     match next {
-                        Some(item) if !stopping => {
-                            let slot = slot(&shared).await;
-                            start(&shared, &mut tasks, item, slot, Some(key));
-                        }
+                        Some(item) if !stopping => start(&shared, &mut tasks, item, Some(key)),
                         Some(item) => {
                             shared.transport.release(vec![item.0.token]).await;
                         }
@@ -361,14 +358,10 @@ async fn dispatch_loop<T: Transport>(
                             Some(queue) => queue.push_back(item),
                             None => {
                                 waiting.insert(key.clone(), VecDeque::new());
-                                let slot = slot(&shared).await;
-                                start(&shared, &mut tasks, item, slot, Some(key));
+                                start(&shared, &mut tasks, item, Some(key));
                             }
                         },
-                        None => {
-                            let slot = slot(&shared).await;
-                            start(&shared, &mut tasks, item, slot, None);
-                        }
+                        None => start(&shared, &mut tasks, item, None),
                     }
                 }
                 None => stopping = true,
@@ -420,30 +413,16 @@ async fn dispatch_loop<T: Transport>(
     Ok(())
 }
 
-/// A handler slot. Taken by the dispatcher before spawning, so at most `concurrency` handler
-/// tasks exist (instead of one task per read-ahead delivery, all parked on the semaphore and
-/// woken one by one: measurably slower on a busy stream). Slots free up as handler tasks end,
-/// whether or not the dispatcher has joined them, so waiting here cannot deadlock.
-async fn slot<T: Transport>(shared: &Shared<T>) -> OwnedSemaphorePermit {
-    shared
-        .concurrency
-        .clone()
-        .acquire_owned()
-        .await
-        .expect("the concurrency semaphore is never closed")
-}
-
 fn start<T: Transport>(
     shared: &Arc<Shared<T>>,
     tasks: &mut JoinSet<Option<String>>,
     item: Item<T::Token>,
-    slot: OwnedSemaphorePermit,
     key: Option<String>,
 ) {
     let shared = shared.clone();
     tasks.spawn(async move {
         let (delivery, _room) = item;
-        let _slot = slot;
+        let _slot = shared.concurrency.clone().acquire_owned().await;
         let outcome = process(&shared, &delivery).await;
         match outcome {
             Outcome::Acked => {

@@ -18,7 +18,9 @@ pub struct Subscription {
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription").field("running", &self.is_running()).finish()
+        f.debug_struct("Subscription")
+            .field("running", &self.is_running())
+            .finish()
     }
 }
 
@@ -29,7 +31,11 @@ impl Subscription {
         task: JoinHandle<Result<()>>,
         abort: Vec<tokio::task::AbortHandle>,
     ) -> Self {
-        Self { cancel, task: Some(task), abort }
+        Self {
+            cancel,
+            task: Some(task),
+            abort,
+        }
     }
 
     /// True until the subscription stopped.
@@ -57,7 +63,9 @@ impl Subscription {
     /// Stops with a deadline: like [`Subscription::shutdown`], then aborts whatever is left.
     pub async fn shutdown_within(mut self, deadline: Duration) -> Result<()> {
         self.cancel.cancel();
-        let Some(task) = self.task.take() else { return Ok(()) };
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
         let abort = task.abort_handle();
         match tokio::time::timeout(deadline, task).await {
             Ok(res) => res.unwrap_or(Err(Error::Closed)),

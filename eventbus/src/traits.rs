@@ -9,8 +9,8 @@ use windlass_core::{Group, RetryPolicy, Topic};
 
 use crate::error::Result;
 use crate::event::Event;
-use crate::handler::{FnHandler, Handler, HandlerResult};
 use crate::handler::{DeliveryContext, handler_fn};
+use crate::handler::{FnHandler, Handler, HandlerResult};
 use crate::subscription::Subscription;
 
 /// Publishes events to topics. Implementations are cheap to share (`Arc`) and safe to call
@@ -170,7 +170,13 @@ pub trait SubscriberExt: Subscriber {
         Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
         FnHandler<F>: Handler,
     {
-        self.subscribe(topic, group, Arc::new(handler_fn(f)), SubscribeOptions::default()).await
+        self.subscribe(
+            topic,
+            group,
+            Arc::new(handler_fn(f)),
+            SubscribeOptions::default(),
+        )
+        .await
     }
 }
 

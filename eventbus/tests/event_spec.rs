@@ -31,8 +31,14 @@ fn spec_example_xml_string_data() {
     assert_eq!(e.id(), "A234-1234-1234");
     assert_eq!(e.ty(), "com.github.pull_request.opened");
     assert_eq!(e.subject(), Some("123"));
-    assert_eq!(e.extension("comexampleextension1"), Some(&ExtensionValue::String("value".into())));
-    assert_eq!(e.extension("comexampleothervalue"), Some(&ExtensionValue::Integer(5)));
+    assert_eq!(
+        e.extension("comexampleextension1"),
+        Some(&ExtensionValue::String("value".into()))
+    );
+    assert_eq!(
+        e.extension("comexampleothervalue"),
+        Some(&ExtensionValue::Integer(5))
+    );
     assert_eq!(e.data_bytes().unwrap().as_ref(), b"<much wow=\"xml\"/>");
     assert_eq!(canonical(&e), src, "re-encoding gives the same JSON");
 }
@@ -89,7 +95,10 @@ fn minimal_event_has_only_required_attributes() {
     let e = parse(json!({"specversion":"1.0","id":"1","source":"/s","type":"t"})).unwrap();
     assert_eq!(e.time(), None);
     assert_eq!(e.data(), None);
-    assert_eq!(canonical(&e), json!({"specversion":"1.0","id":"1","source":"/s","type":"t"}));
+    assert_eq!(
+        canonical(&e),
+        json!({"specversion":"1.0","id":"1","source":"/s","type":"t"})
+    );
 }
 
 #[test]
@@ -135,14 +144,31 @@ fn ids_are_uuid_v7_and_time_defaults_to_now() {
 
 #[test]
 fn caused_by_builds_a_correlation_chain() {
-    let root = Event::builder("/shop", "order.placed").org_id("acme").build().unwrap();
-    let child = Event::builder("/billing", "invoice.created").caused_by(&root).build().unwrap();
-    let grandchild = Event::builder("/mail", "mail.sent").caused_by(&child).build().unwrap();
+    let root = Event::builder("/shop", "order.placed")
+        .org_id("acme")
+        .build()
+        .unwrap();
+    let child = Event::builder("/billing", "invoice.created")
+        .caused_by(&root)
+        .build()
+        .unwrap();
+    let grandchild = Event::builder("/mail", "mail.sent")
+        .caused_by(&child)
+        .build()
+        .unwrap();
     assert_eq!(child.causation_id(), Some(root.id()));
     assert_eq!(child.correlation_id(), Some(root.id()));
     assert_eq!(grandchild.causation_id(), Some(child.id()));
-    assert_eq!(grandchild.correlation_id(), Some(root.id()), "the conversation id is inherited");
-    assert_eq!(grandchild.org_id().unwrap().as_str(), "acme", "the tenant is inherited");
+    assert_eq!(
+        grandchild.correlation_id(),
+        Some(root.id()),
+        "the conversation id is inherited"
+    );
+    assert_eq!(
+        grandchild.org_id().unwrap().as_str(),
+        "acme",
+        "the tenant is inherited"
+    );
 }
 
 fn invalid_attr(r: Result<Event, EventError>) -> String {
@@ -158,20 +184,52 @@ fn builder_rejects_invalid_events_naming_the_attribute() {
     assert_eq!(invalid_attr(Event::builder("", "t").build()), "source");
     assert_eq!(invalid_attr(Event::builder("/s", "").build()), "type");
     assert_eq!(invalid_attr(Event::builder("/s", "t").id("").build()), "id");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").org_id("ac:me").build()), "orgid");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").traceparent("nope").build()), "traceparent");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").extension("Bad-Name", "x").build()), "Bad-Name");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").extension("", "x").build()), "");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").extension("time", "x").build()), "time");
     assert_eq!(
-        invalid_attr(Event::builder("/s", "t").extension("big", ExtensionValue::Integer(1 << 40)).build()),
+        invalid_attr(Event::builder("/s", "t").org_id("ac:me").build()),
+        "orgid"
+    );
+    assert_eq!(
+        invalid_attr(Event::builder("/s", "t").traceparent("nope").build()),
+        "traceparent"
+    );
+    assert_eq!(
+        invalid_attr(Event::builder("/s", "t").extension("Bad-Name", "x").build()),
+        "Bad-Name"
+    );
+    assert_eq!(
+        invalid_attr(Event::builder("/s", "t").extension("", "x").build()),
+        ""
+    );
+    assert_eq!(
+        invalid_attr(Event::builder("/s", "t").extension("time", "x").build()),
+        "time"
+    );
+    assert_eq!(
+        invalid_attr(
+            Event::builder("/s", "t")
+                .extension("big", ExtensionValue::Integer(1 << 40))
+                .build()
+        ),
         "big"
     );
-    assert_eq!(invalid_attr(Event::builder("/s", "t").subject("").build()), "subject");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").partition_key("a\nb").build()), "partitionkey");
-    assert_eq!(invalid_attr(Event::builder("/s", "t").data_raw_json("{not json").build()), "data");
     assert_eq!(
-        invalid_attr(Event::builder("/s", "t").data_bytes(Some("application/json"), &b"\xff"[..]).build()),
+        invalid_attr(Event::builder("/s", "t").subject("").build()),
+        "subject"
+    );
+    assert_eq!(
+        invalid_attr(Event::builder("/s", "t").partition_key("a\nb").build()),
+        "partitionkey"
+    );
+    assert_eq!(
+        invalid_attr(Event::builder("/s", "t").data_raw_json("{not json").build()),
+        "data"
+    );
+    assert_eq!(
+        invalid_attr(
+            Event::builder("/s", "t")
+                .data_bytes(Some("application/json"), &b"\xff"[..])
+                .build()
+        ),
         "data"
     );
 }
@@ -199,17 +257,29 @@ fn decoding_rejects_invalid_json_events() {
     }
     assert!(Event::from_json(b"{").is_err());
     assert!(Event::from_json(b"").is_err());
-    assert!(Event::from_json(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"} trailing"#).is_err());
+    assert!(
+        Event::from_json(br#"{"specversion":"1.0","id":"1","source":"/s","type":"t"} trailing"#)
+            .is_err()
+    );
 }
 
 #[test]
 fn binary_binding_payloads() {
-    let json = Event::builder("/s", "t").data_json(&json!({"a": 1})).build().unwrap();
+    let json = Event::builder("/s", "t")
+        .data_json(&json!({"a": 1}))
+        .build()
+        .unwrap();
     assert_eq!(json.data_bytes().unwrap().as_ref(), br#"{"a":1}"#);
-    let text = Event::builder("/s", "t").data_bytes(Some("text/plain"), &b"hello"[..]).build().unwrap();
+    let text = Event::builder("/s", "t")
+        .data_bytes(Some("text/plain"), &b"hello"[..])
+        .build()
+        .unwrap();
     assert_eq!(canonical(&text)["data"], "hello");
     assert_eq!(text.data_bytes().unwrap().as_ref(), b"hello");
-    let bin = Event::builder("/s", "t").data_bytes(Some("image/png"), &b"\x89PNG"[..]).build().unwrap();
+    let bin = Event::builder("/s", "t")
+        .data_bytes(Some("image/png"), &b"\x89PNG"[..])
+        .build()
+        .unwrap();
     assert!(canonical(&bin).get("data_base64").is_some());
     assert_eq!(bin.data_bytes().unwrap().as_ref(), b"\x89PNG");
 }
@@ -239,15 +309,30 @@ fn interoperates_with_the_cloudevents_sdk() {
     assert_eq!(sdk.id(), ours.id());
     assert_eq!(sdk.ty(), "invoice.paid");
     assert_eq!(sdk.subject(), Some("inv_42"));
-    assert_eq!(sdk.extension("orgid").map(|v| v.to_string()), Some("acme".to_owned()));
-    assert_eq!(sdk.time().map(|t| t.timestamp_millis()), ours.time().map(|t| t.timestamp_millis()));
+    assert_eq!(
+        sdk.extension("orgid").map(|v| v.to_string()),
+        Some("acme".to_owned())
+    );
+    assert_eq!(
+        sdk.time().map(|t| t.timestamp_millis()),
+        ours.time().map(|t| t.timestamp_millis())
+    );
 
-    let binary = Event::builder("/s", "t").data_binary("application/octet-stream", vec![1u8, 2, 3]).build().unwrap();
+    let binary = Event::builder("/s", "t")
+        .data_binary("application/octet-stream", vec![1u8, 2, 3])
+        .build()
+        .unwrap();
     let sdk_bin: SdkEvent = serde_json::from_str(&binary.to_json()).unwrap();
-    assert_eq!(sdk_bin.data(), Some(&cloudevents::Data::Binary(vec![1, 2, 3])));
+    assert_eq!(
+        sdk_bin.data(),
+        Some(&cloudevents::Data::Binary(vec![1, 2, 3]))
+    );
 
     let back = Event::from_json(serde_json::to_string(&sdk).unwrap().as_bytes()).unwrap();
     assert_eq!(back.id(), ours.id());
     assert_eq!(back.org_id().unwrap().as_str(), "acme");
-    assert_eq!(back.data_as::<Value>().unwrap(), Some(json!({"amount": 100})));
+    assert_eq!(
+        back.data_as::<Value>().unwrap(),
+        Some(json!({"amount": 100}))
+    );
 }

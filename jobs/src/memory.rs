@@ -418,7 +418,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let limit = filter.effective_limit() as usize;
+        let limit = filter.page_size() as usize;
         let st = self.lock();
         Ok(st
             .jobs

@@ -413,11 +413,13 @@ impl JobFilter {
         self
     }
 
-    pub(crate) fn effective_limit(&self) -> i64 {
+    /// The page size in force: `limit`, default 100, clamped to `1..=10_000`.
+    pub fn page_size(&self) -> i64 {
         i64::from(self.limit.unwrap_or(100).clamp(1, 10_000))
     }
 
-    pub(crate) fn matches(&self, job: &JobRecord) -> bool {
+    /// Whether `job` passes the filter (page size aside).
+    pub fn matches(&self, job: &JobRecord) -> bool {
         self.queue.as_deref().is_none_or(|q| q == job.queue)
             && (self.states.is_empty() || self.states.contains(&job.state))
             && self.kind.as_deref().is_none_or(|k| k == job.kind)

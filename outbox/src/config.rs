@@ -118,6 +118,7 @@ impl OutboxConfig {
     }
 
     /// Metric label value naming this outbox.
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn label(&self) -> String {
         self.qualified_table()
     }
@@ -143,6 +144,7 @@ fn check_ident(what: &'static str, value: &str) -> Result<()> {
 ///
 /// Index names are prefixed by the bare table name (indexes live in the table's schema), tables
 /// by the qualified name.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn render_migration(sql: &str, config: &OutboxConfig) -> String {
     let mut out = sql
         .replace("windlass_outbox_", "\u{1}OUTBOX_\u{1}")

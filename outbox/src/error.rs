@@ -41,6 +41,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn db(op: &'static str, source: impl Into<BoxError>) -> Self {
         Self::Database {
             op,

@@ -13,21 +13,27 @@ use testcontainers::{GenericImage, ImageExt, ReuseDirective};
 
 /// True when a Docker engine looks reachable (`DOCKER_HOST` set, or the default socket exists).
 pub fn docker_available() -> bool {
-    std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
+    std::env::var_os("DOCKER_HOST").is_some()
+        || std::path::Path::new("/var/run/docker.sock").exists()
 }
 
 /// Starts (or reuses) a Postgres container; returns its admin URL.
 pub async fn postgres() -> Result<String, String> {
     let container = GenericImage::new("postgres", "16-alpine")
         .with_exposed_port(5432.tcp())
-        .with_wait_for(WaitFor::message_on_stderr("database system is ready to accept connections"))
+        .with_wait_for(WaitFor::message_on_stderr(
+            "database system is ready to accept connections",
+        ))
         .with_env_var("POSTGRES_HOST_AUTH_METHOD", "trust")
         .with_container_name("windlass-test-postgres")
         .with_reuse(ReuseDirective::Always)
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    let port = container.get_host_port_ipv4(5432).await.map_err(|e| e.to_string())?;
+    let port = container
+        .get_host_port_ipv4(5432)
+        .await
+        .map_err(|e| e.to_string())?;
     let host = container.get_host().await.map_err(|e| e.to_string())?;
     // Reusable containers outlive this handle by design.
     std::mem::forget(container);
@@ -44,7 +50,10 @@ pub async fn redis() -> Result<String, String> {
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    let port = container.get_host_port_ipv4(6379).await.map_err(|e| e.to_string())?;
+    let port = container
+        .get_host_port_ipv4(6379)
+        .await
+        .map_err(|e| e.to_string())?;
     let host = container.get_host().await.map_err(|e| e.to_string())?;
     std::mem::forget(container);
     Ok(format!("redis://{host}:{port}"))

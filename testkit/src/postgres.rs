@@ -21,7 +21,9 @@ pub async fn resolve_url() -> String {
     #[cfg(feature = "containers")]
     if std::env::var_os("WINDLASS_POSTGRES_URL").is_none()
         && crate::containers::docker_available()
-        && tokio::net::TcpStream::connect("127.0.0.1:5432").await.is_err()
+        && tokio::net::TcpStream::connect("127.0.0.1:5432")
+            .await
+            .is_err()
     {
         match crate::containers::postgres().await {
             Ok(container_url) => return container_url,
@@ -63,9 +65,9 @@ impl TestDatabase {
 /// Panics with a how-to message when Postgres is unreachable.
 pub async fn fresh_database() -> TestDatabase {
     let admin_url = resolve_url().await;
-    let admin: PgConnectOptions = admin_url.parse().unwrap_or_else(|e| {
-        panic!("WINDLASS_POSTGRES_URL is not a valid Postgres URL: {e}")
-    });
+    let admin: PgConnectOptions = admin_url
+        .parse()
+        .unwrap_or_else(|e| panic!("WINDLASS_POSTGRES_URL is not a valid Postgres URL: {e}"));
     let mut conn = match tokio::time::timeout(Duration::from_secs(10), admin.connect()).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => crate::service_missing("PostgreSQL", &admin_url, &e, HOW),
@@ -84,7 +86,12 @@ pub async fn fresh_database() -> TestDatabase {
         .connect_with(admin.clone().database(&name))
         .await
         .unwrap_or_else(|e| panic!("connect to {name}: {e}"));
-    TestDatabase { url: db_url, pool, name, admin_url }
+    TestDatabase {
+        url: db_url,
+        pool,
+        name,
+        admin_url,
+    }
 }
 
 impl Drop for TestDatabase {
@@ -94,14 +101,19 @@ impl Drop for TestDatabase {
         // Drop runs inside the test's runtime; use a thread with its own runtime so the
         // database goes away even when the test panicked.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                        .execute(&mut conn)
-                        .await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
                 }
             });
         })

@@ -21,7 +21,9 @@ pub async fn resolve_url() -> String {
     #[cfg(feature = "containers")]
     if std::env::var_os("WINDLASS_REDIS_URL").is_none()
         && crate::containers::docker_available()
-        && tokio::net::TcpStream::connect("127.0.0.1:6379").await.is_err()
+        && tokio::net::TcpStream::connect("127.0.0.1:6379")
+            .await
+            .is_err()
     {
         match crate::containers::redis().await {
             Ok(container_url) => return container_url,
@@ -47,7 +49,9 @@ pub struct TestRedis {
 
 impl std::fmt::Debug for TestRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestRedis").field("prefix", &self.prefix).finish_non_exhaustive()
+        f.debug_struct("TestRedis")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,13 +61,20 @@ pub async fn fresh_prefix() -> TestRedis {
     let url = resolve_url().await;
     let client = redis::Client::open(url.as_str())
         .unwrap_or_else(|e| panic!("WINDLASS_REDIS_URL is not a valid Redis URL: {e}"));
-    let conn = match tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager()).await {
+    let conn = match tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager())
+        .await
+    {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => crate::service_missing("Redis", &url, &e, HOW),
         Err(e) => crate::service_missing("Redis", &url, &e, HOW),
     };
     let prefix = format!("wt-{}", uuid::Uuid::new_v4().simple());
-    TestRedis { url, prefix, client, conn }
+    TestRedis {
+        url,
+        prefix,
+        client,
+        conn,
+    }
 }
 
 impl TestRedis {
@@ -85,7 +96,10 @@ impl TestRedis {
 pub fn cleanup_blocking(url: &str, prefix: &str) {
     if let Ok(client) = redis::Client::open(url) {
         if let Ok(mut conn) = client.get_connection() {
-            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut conn).unwrap_or_default();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query(&mut conn)
+                .unwrap_or_default();
             for chunk in keys.chunks(500) {
                 let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
             }

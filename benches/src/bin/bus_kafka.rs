@@ -179,9 +179,11 @@ async fn raw_latency(
     topic: &str,
     n: usize,
     epoch: Instant,
+    fetch_wait: &str,
 ) -> BoxResult<Histogram<u64>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
+        .set("fetch.wait.max.ms", fetch_wait)
         .set("group.id", "bench-raw")
         .set("enable.auto.commit", "false")
         .create()?;

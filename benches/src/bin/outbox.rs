@@ -189,21 +189,30 @@ async fn lib_throughput(rows: usize, keys: usize, relays: usize) -> f64 {
     let mut built = Vec::new();
     for _ in 0..relays {
         let s = PgStore::new(db.new_pool(1).await, OutboxConfig::default()).unwrap();
-        built.push(Relay::new(s, bus(&redis.prefix).await).with_options(RelayOptions::default().batch_size(500)));
+        built.push(
+            Relay::new(s, bus(&redis.prefix).await)
+                .with_options(RelayOptions::default().batch_size(500)),
+        );
     }
     // Rounds back to back until the backlog is gone, as the raw relay does (`Relay::run` adds
     // only the idle waits around `run_once`).
     let start = Instant::now();
     let tasks: Vec<_> = built
         .into_iter()
-        .map(|relay| tokio::spawn(async move { while relay.run_once().await.unwrap().claimed > 0 {} }))
+        .map(|relay| {
+            tokio::spawn(async move { while relay.run_once().await.unwrap().claimed > 0 {} })
+        })
         .collect();
     for t in tasks {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
     let store = PgStore::new(db.pool.clone(), OutboxConfig::default()).unwrap();
-    assert_eq!(store.stats().await.unwrap().pending, 0, "every row published");
+    assert_eq!(
+        store.stats().await.unwrap().pending,
+        0,
+        "every row published"
+    );
     redis.cleanup().await;
     rows as f64 / secs
 }

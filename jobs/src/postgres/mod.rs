@@ -567,7 +567,7 @@ impl JobStore for PgStore {
         .bind(filter.kind.as_deref())
         .bind(filter.org_id.as_deref())
         .bind(filter.after_id.unwrap_or(0))
-        .bind(filter.effective_limit())
+        .bind(filter.page_size())
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("list", e))?;

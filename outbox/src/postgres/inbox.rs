@@ -121,6 +121,7 @@ impl Inbox {
     ///     })
     /// });
     /// # let _ = handler; Ok(()) }
+    /// # let _ = demo;
     /// ```
     pub fn handler<F>(&self, work: F) -> InboxHandler<F>
     where
