@@ -7,6 +7,8 @@
 //! 1. Event bus: publish events, subscribe in consumer groups, watch a failing handler retried
 //!    with backoff and then dead-lettered, and follow a correlation chain across events.
 //! 2. Jobs: typed background jobs on named queues, a retry, a unique job, graceful shutdown.
+//! 3. Cache: a typed, tenant-scoped entry loaded once, then invalidated by an `invoice.paid`
+//!    event through a rule on the bus.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +25,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), Error> {
     event_bus().await?;
     jobs().await?;
+    cache().await?;
     println!("\nquickstart finished: every step above ran in this process, no service needed");
     Ok(())
 }
@@ -248,5 +251,58 @@ async fn jobs() -> Result<(), Error> {
     }
     worker.shutdown().await?; // finishes running jobs, releases the rest
     println!("   worker: shut down gracefully");
+    Ok(())
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Invoice {
+    id: u64,
+    paid: bool,
+}
+
+async fn cache() -> Result<(), Error> {
+    use windlass::cache::{Cache, InvalidationHandler, InvalidationRules, TypePolicy};
+    use windlass::core::OrgId;
+
+    println!("\n== 3. cache (in-process store; RedisStore with an optional L1 in production)");
+    let cache = Cache::memory();
+    let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(60)))?;
+    let acme = OrgId::new("acme")?;
+    let loads = Arc::new(AtomicU32::new(0));
+    for _ in 0..3 {
+        let loads = loads.clone();
+        let inv = invoices
+            .get_or_load(&acme, "42", &["invoice:inv_42"], move || {
+                let loads = loads.clone();
+                async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, std::io::Error>(Invoice { id: 42, paid: false })
+                }
+            })
+            .await?;
+        println!("   read invoice 42: {inv:?}");
+    }
+    println!("   the loader ran {} time(s) for 3 reads", loads.load(Ordering::SeqCst));
+
+    // Event-driven invalidation: a rule turns each invoice.paid event into a tag invalidation.
+    let bus = MemoryBus::new();
+    let billing = Topic::new("billing")?;
+    let rules = InvalidationRules::parse(
+        r#"on event type "invoice.paid" invalidate tag "invoice:{subject}""#,
+    )?;
+    let handler = Arc::new(InvalidationHandler::new(cache.clone(), rules));
+    let sub = bus
+        .subscribe(&billing, &Group::new("cache")?, handler, SubscribeOptions::default())
+        .await?;
+    let paid = Event::builder("/billing", "invoice.paid").subject("inv_42").org_id("acme").build()?;
+    bus.publish(&billing, &paid).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while invoices.get(&acme, "42").await?.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "invalidation did not arrive");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("   invoice.paid for inv_42 invalidated tag invoice:inv_42: the next read is a miss");
+    println!("   stats: {:?}", cache.stats().of("invoice"));
+    sub.shutdown().await?;
     Ok(())
 }

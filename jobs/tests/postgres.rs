@@ -176,3 +176,67 @@ async fn garbage_rows_written_by_hand_do_not_stop_the_worker() {
     );
     w.shutdown().await.unwrap();
 }
+
+/// Snoozes for longer than any timestamp can hold.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnoozeForever;
+
+impl windlass_jobs::Job for SnoozeForever {
+    const KIND: &'static str = "test.snooze_forever";
+    async fn run(
+        &self,
+        _ctx: windlass_jobs::JobContext,
+    ) -> Result<(), windlass_jobs::JobError> {
+        Err(windlass_jobs::JobError::snooze(Duration::MAX))
+    }
+}
+
+#[tokio::test]
+async fn an_absurd_snooze_does_not_wedge_the_job_in_running() {
+    let (store, _db) = store().await;
+    let jobs = Jobs::from_arc(store.clone());
+    let w = Worker::new(store.clone())
+        .register::<SnoozeForever>()
+        .config(fast_config())
+        .start()
+        .unwrap();
+    let id = jobs
+        .enqueue(&SnoozeForever, &EnqueueOptions::new().queue("q"))
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    // Before the fix, computing the snooze's run_at panicked inside the attempt's task: the
+    // outcome was never written and the heartbeat kept the row `running` forever.
+    let rec = wait_state(&store, id, JobState::Retryable, Duration::from_secs(10)).await;
+    assert!(rec.run_at > chrono::Utc::now() + chrono::Duration::days(365));
+    assert_eq!(rec.attempt, 0, "a snooze does not consume an attempt");
+    w.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unique_keys_do_not_collide_across_tenants() {
+    let (store, _db) = store().await;
+    let jobs = Jobs::from_arc(store.clone());
+    let t = token();
+    let probe = |n| Probe {
+        token: t.clone(),
+        n,
+        action: Action::Succeed,
+    };
+    let opts = |org: &str| {
+        EnqueueOptions::new()
+            .queue("q")
+            .org_id(org)
+            .unique(windlass_jobs::UniqueOptions::by_key("invoice-42"))
+    };
+    let a = jobs.enqueue(&probe(1), &opts("acme")).await.unwrap();
+    let b = jobs.enqueue(&probe(2), &opts("globex")).await.unwrap();
+    let a2 = jobs.enqueue(&probe(3), &opts("acme")).await.unwrap();
+    assert!(a.id().is_some());
+    assert!(
+        b.id().is_some(),
+        "tenant globex's job was dropped as a duplicate of tenant acme's"
+    );
+    assert!(a2.id().is_none(), "same tenant, same key: a duplicate");
+}
