@@ -9,6 +9,8 @@
 //! 2. Jobs: typed background jobs on named queues, a retry, a unique job, graceful shutdown.
 //! 3. Cache: a typed, tenant-scoped entry loaded once, then invalidated by an `invoice.paid`
 //!    event through a rule on the bus.
+//! 4. Outbox: orders and their events committed in one SQLite transaction (a rolled-back one
+//!    never publishes), a relay publishing to the bus, an inbox consumer keeping a projection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,6 +28,7 @@ async fn main() -> Result<(), Error> {
     event_bus().await?;
     jobs().await?;
     cache().await?;
+    outbox().await?;
     println!("\nquickstart finished: every step above ran in this process, no service needed");
     Ok(())
 }
@@ -303,6 +306,76 @@ async fn cache() -> Result<(), Error> {
     }
     println!("   invoice.paid for inv_42 invalidated tag invoice:inv_42: the next read is a miss");
     println!("   stats: {:?}", cache.stats().of("invoice"));
+    sub.shutdown().await?;
+    Ok(())
+}
+
+async fn outbox() -> Result<(), Error> {
+    use windlass::outbox::sqlite::{Inbox, Outbox, SqliteStore, migrate};
+    use windlass::outbox::{OutboxConfig, Relay, RelayOptions};
+
+    println!("\n== 4. transactional outbox (embedded SQLite; Postgres in production)");
+    // One connection: an in-memory SQLite database lives as long as its connection.
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await?;
+    migrate(&pool).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE orders (id TEXT PRIMARY KEY, cents INTEGER NOT NULL);
+         CREATE TABLE revenue (total INTEGER NOT NULL); INSERT INTO revenue VALUES (0);",
+    )
+    .execute(&pool)
+    .await?;
+
+    let bus = MemoryBus::new();
+    let orders = Topic::new("orders")?;
+    // Consumer: the inbox record and the projection update commit together, so a redelivered
+    // event is recognised as a duplicate and applied once.
+    let projection = Inbox::new(pool.clone(), "revenue")?.handler(|tx, event| {
+        Box::pin(async move {
+            let cents: i64 = event.data_as()?.unwrap_or_default();
+            sqlx::query("UPDATE revenue SET total = total + ?1").bind(cents).execute(&mut *tx).await?;
+            println!("   projection: {} adds {cents} cents", event.subject().unwrap_or("?"));
+            Ok(())
+        })
+    });
+    let sub = bus
+        .subscribe(&orders, &Group::new("revenue")?, Arc::new(projection), SubscribeOptions::default())
+        .await?;
+    let relay = Relay::new(SqliteStore::new(pool.clone(), OutboxConfig::default())?, bus.clone())
+        .with_options(RelayOptions::default().poll_interval(Duration::from_millis(20)))
+        .spawn();
+
+    // Producer: the order row and its event in one transaction.
+    let outbox = Outbox::new(OutboxConfig::default())?;
+    for (id, cents, commit) in [("o-1", 1200i64, true), ("o-2", 800, true), ("o-3", 999, false)] {
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO orders VALUES (?1, ?2)").bind(id).bind(cents).execute(&mut *tx).await?;
+        let placed = Event::builder("/shop", "order.placed").subject(id).data_json(&cents).build()?;
+        outbox.enqueue(&mut tx, &orders, &placed).await?;
+        if commit {
+            tx.commit().await?;
+            println!("   shop: order {id} and its order.placed event committed together");
+        } else {
+            tx.rollback().await?;
+            println!("   shop: order {id} rolled back: its event is never published");
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let total = loop {
+        let total: i64 = sqlx::query_scalar("SELECT total FROM revenue").fetch_one(&pool).await?;
+        if total == 2000 || tokio::time::Instant::now() > deadline {
+            break total;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(total, 2000, "both committed orders, and only they, reach the projection");
+    println!("   projected revenue: {total} cents (o-3 never left the database)");
+    relay.shutdown().await;
     sub.shutdown().await?;
     Ok(())
 }

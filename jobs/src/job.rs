@@ -396,7 +396,12 @@ impl EnqueueOptions {
             None => (None, 0),
             Some(u) => {
                 windlass_core::validate_key_segment("unique key", &u.key)?;
-                let mut key = format!("job:{kind}:{}", u.key);
+                // Scoped by tenant: one tenant's key never blocks another's job. Neither the
+                // org id nor the key can contain ':', so the shapes cannot collide.
+                let mut key = match &org_id {
+                    Some(org) => format!("job:{kind}:org:{}:{}", org.as_str(), u.key),
+                    None => format!("job:{kind}:{}", u.key),
+                };
                 if let Some(period) = u.period {
                     if period.as_secs() == 0 {
                         return Err(Error::invalid(

@@ -19,7 +19,7 @@ use windlass_core::{Name, RetryPolicy};
 
 use crate::cron::CronJob;
 use crate::error::{Error, Result};
-use crate::job::{Job, JobContext, JobError, JobErrorKind};
+use crate::job::{Job, JobContext, JobError, JobErrorKind, MAX_SCHEDULE_AHEAD};
 use crate::model::{AttemptError, FetchedJob, Finish, JobId, JobState, Outcome};
 use crate::store::{JobStore, WAKE_ALL};
 
@@ -663,6 +663,15 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit) {
     );
 }
 
+/// `now + d`, with `d` capped at [`MAX_SCHEDULE_AHEAD`]: a job may snooze for any
+/// `Duration`, and an overflowing timestamp would panic the attempt's task (leaving its row
+/// `running`, heartbeated forever).
+fn from_now(d: Duration) -> chrono::DateTime<Utc> {
+    let d = chrono::Duration::from_std(d.min(MAX_SCHEDULE_AHEAD)).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    now.checked_add_signed(d).unwrap_or(now)
+}
+
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_owned()
@@ -692,7 +701,7 @@ async fn execute(
             Outcome::Discard { error }
         } else {
             Outcome::Retry {
-                run_at: Utc::now() + inner.config.retry.delay(job.attempt.max(1) as u32),
+                run_at: from_now(inner.config.retry.delay(job.attempt.max(1) as u32)),
                 error,
             }
         }
@@ -711,7 +720,7 @@ async fn execute(
         );
         tracing::error!(error = %message, "unknown job kind");
         return Some(Outcome::Requeue {
-            run_at: Utc::now() + inner.config.unknown_kind_delay,
+            run_at: from_now(inner.config.unknown_kind_delay),
             error: Some(AttemptError::new(job.attempt, message, worker)),
         });
     };
@@ -780,7 +789,7 @@ async fn execute(
                 error: AttemptError::new(job.attempt, e.to_string(), worker.clone()),
             },
             JobErrorKind::Snooze(d) => Outcome::Requeue {
-                run_at: Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX),
+                run_at: from_now(d),
                 error: None,
             },
         },

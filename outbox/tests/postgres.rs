@@ -142,9 +142,18 @@ async fn batch_enqueue_keeps_order_and_notify_wakes_a_listening_relay() {
     let relay = Relay::new(store.clone(), rec.clone())
         .with_options(RelayOptions::default().poll_interval(Duration::from_secs(60)))
         .spawn();
-    // Let the relay reach its first wait (it LISTENs before its first round).
-    eventually(10, "relay idle", || async { !relay.is_finished() }).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the relay LISTENs (it does before its first round).
+    eventually(10, "relay listening", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND state = 'idle'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        n == 1
+    })
+    .await;
 
     let events: Vec<Event> = (1..=50).map(|n| event("k", n)).collect();
     let mut tx = db.pool.begin().await.unwrap();

@@ -25,7 +25,8 @@
 //! use windlass_eventbus::kafka::{GroupTimeouts, KafkaBus, KafkaConfig};
 //! use windlass_eventbus::{Event, Group, Publisher, SubscriberExt, Topic};
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = KafkaBus::new(KafkaConfig::new("127.0.0.1:9092").group_timeouts(GroupTimeouts::tansu()))?;
 //! let topic = Topic::new("billing.invoices")?;
 //! bus.create_topic(topic.as_str(), 3).await?;

@@ -49,8 +49,7 @@ impl PgStore {
              WHERE o.status = 'pending' AND o.next_attempt_at <= now() \
                AND (o.partition_key IS NULL OR NOT EXISTS ( \
                     SELECT 1 FROM {t} p WHERE p.status = 'pending' AND p.topic = o.topic \
-                      AND p.partition_key = o.partition_key AND p.seq < o.seq \
-                    ORDER BY p.seq DESC LIMIT 1)) \
+                      AND p.partition_key = o.partition_key AND p.seq < o.seq)) \
              ORDER BY o.seq LIMIT $1 FOR UPDATE SKIP LOCKED"
         );
         let followers = format!(
