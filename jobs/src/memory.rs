@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::error::Result;
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
-    QueueCount, Rescued,
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState,
+    MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::JobStore;
 
@@ -229,6 +229,9 @@ impl JobStore for MemoryStore {
                 r.run_at = at;
             }
             if let Some(e) = f.outcome.error() {
+                if r.errors.len() >= MAX_RECORDED_ERRORS {
+                    r.errors.drain(..=r.errors.len() - MAX_RECORDED_ERRORS);
+                }
                 r.errors.push(e.clone());
             }
             finalize(r, f.outcome.state(), now);

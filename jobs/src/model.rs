@@ -100,6 +100,11 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Most attempt errors kept per job (the oldest make room): as many as a job may have
+/// attempts, yet a job requeued forever (an unknown kind) cannot grow its row without bound.
+#[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+pub(crate) const MAX_RECORDED_ERRORS: usize = 1_000;
+
 /// One failed attempt, as appended to the `errors` column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]

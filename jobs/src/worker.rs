@@ -423,7 +423,10 @@ struct Flight {
     attempt: i32,
     cancel: CancellationToken,
     abort: Option<AbortHandle>,
+    /// The outcome was handed to the completer.
     done: bool,
+    /// Stopped at hard shutdown without an outcome: to be released.
+    released: bool,
 }
 
 struct Inner {
@@ -535,6 +538,29 @@ async fn run(
             })
             .collect()
     };
+    // Let the stopped attempts settle before releasing anything: one that completed on its own
+    // meanwhile (e.g. it could not be interrupted) reports its success, and releasing its row
+    // would run it again. Attempts still stuck after the grace period are released anyway.
+    let settle = tokio::time::Instant::now() + inner.config.cancel_grace;
+    loop {
+        let notified = inner.idle.notified();
+        let settled = {
+            let flights = inner.flights();
+            leftover
+                .iter()
+                .all(|id| flights.get(id).is_none_or(|f| f.done || f.released))
+        };
+        if settled || tokio::time::timeout_at(settle, notified).await.is_err() {
+            break;
+        }
+    }
+    let leftover: Vec<JobId> = {
+        let flights = inner.flights();
+        leftover
+            .into_iter()
+            .filter(|id| flights.get(id).is_some_and(|f| !f.done))
+            .collect()
+    };
     let mut result = Ok(());
     if !leftover.is_empty() {
         match inner.store.release(&inner.id, &leftover).await {
@@ -627,6 +653,7 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit) {
             cancel: cancel.clone(),
             abort: None,
             done: false,
+            released: false,
         },
     );
     let span = tracing::info_span!(
@@ -655,6 +682,9 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit) {
                 }
                 None => {
                     tracing::Span::current().record("job.outcome", "released");
+                    if let Some(f) = inner.flights().get_mut(&id) {
+                        f.released = true;
+                    }
                 }
             }
             inner.idle.notify_waiters();
@@ -762,7 +792,12 @@ async fn execute(
     };
     metrics::histogram!("windlass_jobs_run_seconds", "queue" => queue.clone(), "kind" => job.kind.clone())
         .record(started.elapsed().as_secs_f64());
-    if inner.hard_stop.load(Ordering::SeqCst) && cancel.is_cancelled() {
+    // Stopped by a hard shutdown: released without counting the attempt, unless it completed
+    // (a success is recorded, never run again).
+    if inner.hard_stop.load(Ordering::SeqCst)
+        && cancel.is_cancelled()
+        && !matches!(result, Some(Ok(Ok(()))))
+    {
         return None;
     }
     let outcome = match result {

@@ -183,10 +183,7 @@ struct SnoozeForever;
 
 impl windlass_jobs::Job for SnoozeForever {
     const KIND: &'static str = "test.snooze_forever";
-    async fn run(
-        &self,
-        _ctx: windlass_jobs::JobContext,
-    ) -> Result<(), windlass_jobs::JobError> {
+    async fn run(&self, _ctx: windlass_jobs::JobContext) -> Result<(), windlass_jobs::JobError> {
         Err(windlass_jobs::JobError::snooze(Duration::MAX))
     }
 }
@@ -239,4 +236,97 @@ async fn unique_keys_do_not_collide_across_tenants() {
         "tenant globex's job was dropped as a duplicate of tenant acme's"
     );
     assert!(a2.id().is_none(), "same tenant, same key: a duplicate");
+}
+
+/// Blocks its thread (ignores cancellation and cannot be aborted) for a while, then succeeds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BlockThenSucceed {
+    ms: u64,
+}
+
+impl windlass_jobs::Job for BlockThenSucceed {
+    const KIND: &'static str = "test.block_then_succeed";
+    async fn run(&self, _ctx: windlass_jobs::JobContext) -> Result<(), windlass_jobs::JobError> {
+        std::thread::sleep(Duration::from_millis(self.ms));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_finishing_at_the_shutdown_deadline_is_completed_not_released() {
+    let (store, _db) = store().await;
+    let jobs = Jobs::from_arc(store.clone());
+    let w = Worker::new(store.clone())
+        .register::<BlockThenSucceed>()
+        .config(
+            fast_config()
+                .shutdown_timeout(Duration::from_millis(200))
+                .cancel_grace(Duration::from_secs(5)),
+        )
+        .start()
+        .unwrap();
+    let id = jobs
+        .enqueue(
+            &BlockThenSucceed { ms: 800 },
+            &EnqueueOptions::new().queue("q"),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    wait_state(&store, id, JobState::Running, Duration::from_secs(10)).await;
+    // The deadline passes while the attempt cannot be stopped; it then succeeds. Before the
+    // fix the worker released the row at once (back to `available`) and dropped the success:
+    // the job would run a second time.
+    w.shutdown().await.unwrap();
+    let rec = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.attempt),
+        (JobState::Completed, 1),
+        "{rec:?}"
+    );
+}
+
+#[tokio::test]
+async fn requeues_of_an_unknown_kind_do_not_grow_the_error_list_forever() {
+    let (store, db) = store().await;
+    // A job of a kind nobody registered that was already requeued 1000 times.
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO windlass_jobs (queue, kind, errors) \
+         SELECT 'q', 'test.nobody_knows_me', jsonb_agg(jsonb_build_object( \
+                    'attempt', 1, 'at', now(), 'worker', 'w', 'error', 'old ' || n)) \
+           FROM generate_series(1, 1000) n RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let w = Worker::new(store.clone())
+        .register::<Probe>()
+        .config(fast_config())
+        .start()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        let r = store.get(id).await.unwrap().unwrap();
+        if r.errors
+            .last()
+            .is_some_and(|e| e.error.contains("no worker registered"))
+        {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never requeued: {:?}",
+            r.state
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    w.shutdown().await.unwrap();
+    assert_eq!(rec.state, JobState::Retryable);
+    assert_eq!(
+        rec.errors.len(),
+        1000,
+        "the oldest entry makes room for the newest"
+    );
+    assert_eq!(rec.errors[0].error, "old 2");
 }

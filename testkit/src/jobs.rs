@@ -3,7 +3,7 @@
 //! through a real [`Worker`] (retries, dead-letter, panics, timeouts, bad input, cancel,
 //! shutdown, rescue, cron, priorities, queue isolation).
 //!
-//! A backend's test file instantiates every test with [`job_store_conformance!`], giving an
+//! A backend's test file instantiates every test with [`job_store_conformance!`](crate::job_store_conformance), giving an
 //! async expression that yields `(Arc<dyn JobStore>, guard)`; the guard (e.g. the test
 //! database) lives as long as the test.
 

@@ -94,15 +94,15 @@ impl TestRedis {
 
 /// Deletes every key under a prefix from a plain thread (usable from `Drop`).
 pub fn cleanup_blocking(url: &str, prefix: &str) {
-    if let Ok(client) = redis::Client::open(url) {
-        if let Ok(mut conn) = client.get_connection() {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}*"))
-                .query(&mut conn)
-                .unwrap_or_default();
-            for chunk in keys.chunks(500) {
-                let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-            }
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut conn) = client.get_connection()
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
         }
     }
 }

@@ -169,8 +169,7 @@ async fn async_commit_pool(url: &str) -> sqlx::PgPool {
     let opts: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
-        .test_before_acquire(false)
-        .connect_with(opts)
+        .connect_with(opts.options([("synchronous_commit", "off")]))
         .await
         .unwrap()
 }

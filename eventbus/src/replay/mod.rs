@@ -128,6 +128,10 @@ pub trait Replay: Send + Sync {
 
 /// Hands one entry to the handler with the replay's retry policy and records the outcome.
 /// Returns `false` once the replay must stop (the limit is reached).
+#[cfg_attr(
+    not(any(feature = "kafka", feature = "redis", feature = "outbox-replay")),
+    allow(dead_code)
+)]
 pub(crate) async fn deliver(
     report: &mut ReplayReport,
     handler: &dyn Handler,

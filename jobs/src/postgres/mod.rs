@@ -18,8 +18,8 @@ pub use migrate::{MIGRATIONS, migrate};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
-    QueueCount, Rescued,
+    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState,
+    MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::{JobStore, WAKE_ALL};
 
@@ -344,7 +344,10 @@ impl JobStore for PgStore {
                 SET state = u.state, \
                     attempt = j.attempt + u.delta, \
                     run_at = coalesce(u.run_at, j.run_at), \
-                    errors = CASE WHEN u.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(u.error) END, \
+                    errors = CASE WHEN u.error IS NULL THEN j.errors \
+                                  WHEN jsonb_typeof(j.errors) = 'array' AND jsonb_array_length(j.errors) >= $8 \
+                                  THEN (j.errors - 0) || jsonb_build_array(u.error) \
+                                  ELSE j.errors || jsonb_build_array(u.error) END, \
                     finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') THEN now() END, \
                     locked_by = NULL \
                FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::int4[]) \
@@ -358,6 +361,7 @@ impl JobStore for PgStore {
         .bind(&errors)
         .bind(&deltas)
         .bind(worker)
+        .bind(MAX_RECORDED_ERRORS as i32)
         .execute(&self.pool)
         .await
         .map_err(|e| Error::pg("complete", e))?;
