@@ -232,23 +232,39 @@ async fn jobs() -> Result<(), Error> {
         .start()?;
 
     let first = jobs
-        .enqueue(&SendWelcomeEmail { user_id: 1 }, &EnqueueOptions::new().queue("critical"))
+        .enqueue(
+            &SendWelcomeEmail { user_id: 1 },
+            &EnqueueOptions::new().queue("critical"),
+        )
         .await?;
     let flaky = jobs
-        .enqueue(&SendWelcomeEmail { user_id: 2 }, &EnqueueOptions::new().org_id("acme"))
+        .enqueue(
+            &SendWelcomeEmail { user_id: 2 },
+            &EnqueueOptions::new().org_id("acme"),
+        )
         .await?;
     let unique = EnqueueOptions::new().unique(UniqueOptions::by_key("welcome-user-3"));
-    jobs.enqueue(&SendWelcomeEmail { user_id: 3 }, &unique).await?;
-    let again = jobs.enqueue(&SendWelcomeEmail { user_id: 3 }, &unique).await?;
+    jobs.enqueue(&SendWelcomeEmail { user_id: 3 }, &unique)
+        .await?;
+    let again = jobs
+        .enqueue(&SendWelcomeEmail { user_id: 3 }, &unique)
+        .await?;
     println!(
         "   enqueue: the second unique job for user 3 was {}",
-        if again.id().is_none() { "refused (already queued)" } else { "accepted (unexpected!)" }
+        if again.id().is_none() {
+            "refused (already queued)"
+        } else {
+            "accepted (unexpected!)"
+        }
     );
 
     for id in [first.id(), flaky.id()].into_iter().flatten() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while jobs.get(id).await?.map(|j| j.state) != Some(JobState::Completed) {
-            assert!(tokio::time::Instant::now() < deadline, "job {id} did not complete");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} did not complete"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
@@ -279,13 +295,19 @@ async fn cache() -> Result<(), Error> {
                 let loads = loads.clone();
                 async move {
                     loads.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, std::io::Error>(Invoice { id: 42, paid: false })
+                    Ok::<_, std::io::Error>(Invoice {
+                        id: 42,
+                        paid: false,
+                    })
                 }
             })
             .await?;
         println!("   read invoice 42: {inv:?}");
     }
-    println!("   the loader ran {} time(s) for 3 reads", loads.load(Ordering::SeqCst));
+    println!(
+        "   the loader ran {} time(s) for 3 reads",
+        loads.load(Ordering::SeqCst)
+    );
 
     // Event-driven invalidation: a rule turns each invoice.paid event into a tag invalidation.
     let bus = MemoryBus::new();
@@ -295,13 +317,24 @@ async fn cache() -> Result<(), Error> {
     )?;
     let handler = Arc::new(InvalidationHandler::new(cache.clone(), rules));
     let sub = bus
-        .subscribe(&billing, &Group::new("cache")?, handler, SubscribeOptions::default())
+        .subscribe(
+            &billing,
+            &Group::new("cache")?,
+            handler,
+            SubscribeOptions::default(),
+        )
         .await?;
-    let paid = Event::builder("/billing", "invoice.paid").subject("inv_42").org_id("acme").build()?;
+    let paid = Event::builder("/billing", "invoice.paid")
+        .subject("inv_42")
+        .org_id("acme")
+        .build()?;
     bus.publish(&billing, &paid).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while invoices.get(&acme, "42").await?.is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "invalidation did not arrive");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "invalidation did not arrive"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!("   invoice.paid for inv_42 invalidated tag invoice:inv_42: the next read is a miss");
@@ -337,24 +370,49 @@ async fn outbox() -> Result<(), Error> {
     let projection = Inbox::new(pool.clone(), "revenue")?.handler(|tx, event| {
         Box::pin(async move {
             let cents: i64 = event.data_as()?.unwrap_or_default();
-            sqlx::query("UPDATE revenue SET total = total + ?1").bind(cents).execute(&mut *tx).await?;
-            println!("   projection: {} adds {cents} cents", event.subject().unwrap_or("?"));
+            sqlx::query("UPDATE revenue SET total = total + ?1")
+                .bind(cents)
+                .execute(&mut *tx)
+                .await?;
+            println!(
+                "   projection: {} adds {cents} cents",
+                event.subject().unwrap_or("?")
+            );
             Ok(())
         })
     });
     let sub = bus
-        .subscribe(&orders, &Group::new("revenue")?, Arc::new(projection), SubscribeOptions::default())
+        .subscribe(
+            &orders,
+            &Group::new("revenue")?,
+            Arc::new(projection),
+            SubscribeOptions::default(),
+        )
         .await?;
-    let relay = Relay::new(SqliteStore::new(pool.clone(), OutboxConfig::default())?, bus.clone())
-        .with_options(RelayOptions::default().poll_interval(Duration::from_millis(20)))
-        .spawn();
+    let relay = Relay::new(
+        SqliteStore::new(pool.clone(), OutboxConfig::default())?,
+        bus.clone(),
+    )
+    .with_options(RelayOptions::default().poll_interval(Duration::from_millis(20)))
+    .spawn();
 
     // Producer: the order row and its event in one transaction.
     let outbox = Outbox::new(OutboxConfig::default())?;
-    for (id, cents, commit) in [("o-1", 1200i64, true), ("o-2", 800, true), ("o-3", 999, false)] {
+    for (id, cents, commit) in [
+        ("o-1", 1200i64, true),
+        ("o-2", 800, true),
+        ("o-3", 999, false),
+    ] {
         let mut tx = pool.begin().await?;
-        sqlx::query("INSERT INTO orders VALUES (?1, ?2)").bind(id).bind(cents).execute(&mut *tx).await?;
-        let placed = Event::builder("/shop", "order.placed").subject(id).data_json(&cents).build()?;
+        sqlx::query("INSERT INTO orders VALUES (?1, ?2)")
+            .bind(id)
+            .bind(cents)
+            .execute(&mut *tx)
+            .await?;
+        let placed = Event::builder("/shop", "order.placed")
+            .subject(id)
+            .data_json(&cents)
+            .build()?;
         outbox.enqueue(&mut tx, &orders, &placed).await?;
         if commit {
             tx.commit().await?;
@@ -367,13 +425,18 @@ async fn outbox() -> Result<(), Error> {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let total = loop {
-        let total: i64 = sqlx::query_scalar("SELECT total FROM revenue").fetch_one(&pool).await?;
+        let total: i64 = sqlx::query_scalar("SELECT total FROM revenue")
+            .fetch_one(&pool)
+            .await?;
         if total == 2000 || tokio::time::Instant::now() > deadline {
             break total;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    assert_eq!(total, 2000, "both committed orders, and only they, reach the projection");
+    assert_eq!(
+        total, 2000,
+        "both committed orders, and only they, reach the projection"
+    );
     println!("   projected revenue: {total} cents (o-3 never left the database)");
     relay.shutdown().await;
     sub.shutdown().await?;

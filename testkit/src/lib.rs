@@ -10,7 +10,7 @@
 //!
 //! Resolution order for each service: the `WINDLASS_*` variable if set; else the local default
 //! if it answers; else, with feature `containers` and a Docker engine, a reusable testcontainers
-//! container ([`containers`]); else the test fails with a how-to message.
+//! container (module `containers`); else the test fails with a how-to message.
 
 pub mod conformance;
 #[cfg(feature = "containers")]
