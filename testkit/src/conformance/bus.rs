@@ -4,7 +4,7 @@
 //! A backend's test file runs the whole suite, one `#[tokio::test]` per property (so they run
 //! in parallel), with one line:
 //!
-//! ```ignore
+//! ```text
 //! windlass_testkit::bus_conformance!(windlass_testkit::conformance::bus::RedisFixture);
 //! ```
 //!
