@@ -45,6 +45,23 @@ pub struct TestRedis {
     pub client: redis::Client,
     /// A shared connection.
     pub conn: ConnectionManager,
+    /// Deletes the prefix's keys when the last clone of this value drops.
+    _cleanup: std::sync::Arc<CleanupOnDrop>,
+}
+
+/// Runs [`cleanup_blocking`] once, when the last [`TestRedis`] clone of a prefix drops, so
+/// every test leaves no keys behind, whether it passed or panicked.
+struct CleanupOnDrop {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for CleanupOnDrop {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), std::mem::take(&mut self.prefix));
+        // A plain thread: this may run inside the test's async runtime.
+        let _ = std::thread::spawn(move || cleanup_blocking(&url, &prefix)).join();
+    }
 }
 
 impl std::fmt::Debug for TestRedis {
@@ -69,11 +86,16 @@ pub async fn fresh_prefix() -> TestRedis {
         Err(e) => crate::service_missing("Redis", &url, &e, HOW),
     };
     let prefix = format!("wt-{}", uuid::Uuid::new_v4().simple());
+    let _cleanup = std::sync::Arc::new(CleanupOnDrop {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    });
     TestRedis {
         url,
         prefix,
         client,
         conn,
+        _cleanup,
     }
 }
 
@@ -94,15 +116,26 @@ impl TestRedis {
 
 /// Deletes every key under a prefix from a plain thread (usable from `Drop`).
 pub fn cleanup_blocking(url: &str, prefix: &str) {
+    if prefix.is_empty() {
+        return;
+    }
     if let Ok(client) = redis::Client::open(url)
         && let Ok(mut conn) = client.get_connection()
     {
-        let keys: Vec<String> = redis::cmd("KEYS")
+        let keys: Vec<String> = match redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
             .arg(format!("{prefix}*"))
-            .query(&mut conn)
-            .unwrap_or_default();
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter::<String>(&mut conn)
+        {
+            Ok(iter) => iter.filter_map(Result::ok).collect(),
+            Err(_) => return,
+        };
         for chunk in keys.chunks(500) {
-            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            let _: Result<(), _> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
         }
     }
 }
