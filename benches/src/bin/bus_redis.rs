@@ -436,7 +436,10 @@ async fn main() -> BoxResult<()> {
         .query_async(&mut conn)
         .await?;
     if !keys.is_empty() {
-        let _: i64 = redis::cmd("UNLINK").arg(keys).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await?;
     }
 
     let ratio = |ours: f64, raw: f64| ((ours / raw) * 1000.0).round() / 1000.0;
