@@ -8,6 +8,8 @@
 //! - [`RetryPolicy`]: exponential backoff with jitter and an attempt limit, used by the bus
 //!   runner, the outbox relay and the job workers alike.
 //! - [`redact_url`]: strips passwords from connection URLs before they reach an error or a log.
+//! - [`TenantScope`]: which tenants' rows an operator call may see or change.
+//! - [`MetricDef`]: how each crate describes the metrics it emits (its `metrics::CATALOG`).
 //!
 //! This crate must not depend on any backend client; it stays small and dependency-light.
 //!
@@ -27,14 +29,18 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+mod metric;
 mod name;
 mod retry;
+mod tenant;
 mod url;
 
+pub use metric::{MetricDef, MetricKind};
 pub use name::{
     Group, KEY_SEGMENT_MAX_LEN, NAME_MAX_LEN, Name, NameError, OrgId, Topic, validate_key_segment,
 };
 pub use retry::RetryPolicy;
+pub use tenant::TenantScope;
 pub use url::redact_url;
 
 /// A boxed error, as backends' sources are carried.

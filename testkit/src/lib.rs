@@ -18,7 +18,10 @@ pub mod containers;
 pub mod jobs;
 pub mod kafka;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
+pub mod redis_cluster;
+pub mod servers;
 
 /// Panics with a how-to message. Used when a service the test needs is unreachable.
 #[track_caller]
