@@ -80,6 +80,7 @@ mod format;
 mod l1;
 #[cfg(feature = "memory")]
 mod memory;
+pub mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
 mod rules;

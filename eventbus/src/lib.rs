@@ -45,6 +45,7 @@ mod handler;
 pub mod kafka;
 #[cfg(feature = "memory")]
 mod memory;
+pub mod metrics;
 pub mod migrate;
 #[cfg(feature = "redis")]
 pub mod redis;

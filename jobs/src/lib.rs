@@ -63,6 +63,7 @@ mod error;
 mod job;
 #[cfg(feature = "memory")]
 pub mod memory;
+pub mod metrics;
 mod model;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -49,6 +49,7 @@
 
 mod config;
 mod error;
+pub mod metrics;
 mod relay;
 mod store;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
