@@ -117,6 +117,9 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// Extra librdkafka properties for every client (applied last, so they win).
     pub client_properties: Vec<(String, String)>,
+    /// Extra librdkafka properties for the producer only (applied after
+    /// `client_properties`): `compression.type`, `batch.size`, `enable.gapless.guarantee`...
+    pub producer_properties: Vec<(String, String)>,
 }
 
 /// `bootstrap.servers` with any `user:password@` of each entry redacted.
@@ -130,18 +133,15 @@ fn redacted_brokers(brokers: &str) -> String {
 
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let props: Vec<(&str, &str)> = self
-            .client_properties
-            .iter()
-            .map(|(k, v)| {
-                let v = if is_secret_property(k) {
-                    "***"
-                } else {
-                    v.as_str()
-                };
-                (k.as_str(), v)
-            })
-            .collect();
+        let shown = |props: &[(String, String)]| -> Vec<(String, String)> {
+            props
+                .iter()
+                .map(|(k, v)| {
+                    let v = if is_secret_property(k) { "***" } else { v };
+                    (k.clone(), v.to_owned())
+                })
+                .collect()
+        };
         f.debug_struct("KafkaConfig")
             .field("brokers", &redacted_brokers(&self.brokers))
             .field("wire_mode", &self.wire_mode)
@@ -155,7 +155,8 @@ impl fmt::Debug for KafkaConfig {
             .field("poll_wait", &self.poll_wait)
             .field("assignment_wait", &self.assignment_wait)
             .field("group_prefix", &self.group_prefix)
-            .field("client_properties", &props)
+            .field("client_properties", &shown(&self.client_properties))
+            .field("producer_properties", &shown(&self.producer_properties))
             .finish()
     }
 }
@@ -188,6 +189,7 @@ impl Default for KafkaConfig {
             assignment_wait: Duration::from_secs(30),
             group_prefix: String::new(),
             client_properties: Vec::new(),
+            producer_properties: Vec::new(),
         }
     }
 }
@@ -268,6 +270,7 @@ impl KafkaConfig {
         let mut secrets: Vec<&str> = self
             .client_properties
             .iter()
+            .chain(&self.producer_properties)
             .filter(|(k, v)| is_secret_property(k) && !v.is_empty())
             .map(|(_, v)| v.as_str())
             .collect();
@@ -307,6 +310,12 @@ impl KafkaConfig {
         }
     }
 
+    /// Adds a librdkafka property for the producer only.
+    pub fn producer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_properties.push((key.into(), value.into()));
+        self
+    }
+
     pub(crate) fn base(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -337,7 +346,11 @@ impl KafkaConfig {
                 "message.max.bytes",
                 self.max_message_bytes.max(1000).to_string(),
             );
-        self.finish(c)
+        let mut c = self.finish(c);
+        for (k, v) in &self.producer_properties {
+            c.set(k, v);
+        }
+        c
     }
 
     pub(crate) fn consumer_config(
