@@ -17,6 +17,10 @@ use windlass_eventbus::{
     Error, Event, Group, HandlerError, Publisher, Subscriber, Topic, handler_fn,
 };
 
+fn kafka_bus(k: &windlass_testkit::kafka::TestKafka) -> KafkaBus {
+    KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).unwrap()
+}
+
 fn numbered(i: usize) -> Event {
     Event::builder("/test", "n")
         .subject(format!("k{}", i % 3))
@@ -66,8 +70,7 @@ async fn two_halves<P: Publisher>(bus: &P, topic: &Topic) -> (Vec<Event>, chrono
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_replays_from_the_beginning_a_time_or_an_event_id() {
     let k = windlass_testkit::kafka::fresh_topic_with(2).await;
-    let bus =
-        KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let bus = kafka_bus(&k);
     let (events, middle) = two_halves(&bus, &k.topic).await;
     let opts = ReplayOptions::default();
 
@@ -133,8 +136,7 @@ async fn kafka_replays_from_the_beginning_a_time_or_an_event_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_replay_into_a_new_group_leaves_live_groups_alone() {
     let k = windlass_testkit::kafka::fresh_topic().await;
-    let bus =
-        KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let bus = kafka_bus(&k);
     let (_, middle) = two_halves(&bus, &k.topic).await;
     // A live group consumes everything and commits.
     let live = Group::new(format!("live-{}", uuid::Uuid::new_v4().simple())).unwrap();
@@ -440,8 +442,7 @@ fn check_live_replay(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_replay_of_a_topic_under_live_traffic_ends_with_a_complete_report() {
     let k = windlass_testkit::kafka::fresh_topic_with(3).await;
-    let bus =
-        KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let bus = kafka_bus(&k);
     // Multi-record batches, so the last batch of each partition holds several records (tansu's
     // ListOffsets then reports a high watermark short of the end).
     let before: Vec<Event> = (0..2000).map(numbered).collect();
@@ -565,8 +566,7 @@ async fn a_replay_that_times_out_returns_its_partial_report() {
     };
 
     let k = windlass_testkit::kafka::fresh_topic().await;
-    let kafka =
-        KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let kafka = kafka_bus(&k);
     let events: Vec<Event> = (0..200).map(numbered).collect();
     kafka.publish_batch(&k.topic, &events).await.unwrap();
     let (n, h) = slow();
@@ -596,8 +596,7 @@ async fn kafka_replay_reads_the_whole_last_batch() {
     // One produce request of 50 records: the partition's last batch holds them all. tansu's
     // ListOffsets reports a high watermark of 1 here; the end must still be 50.
     let k = windlass_testkit::kafka::fresh_topic().await;
-    let bus =
-        KafkaBus::new(KafkaConfig::new(&k.brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    let bus = kafka_bus(&k);
     let events: Vec<Event> = (0..50).map(numbered).collect();
     bus.publish_batch(&k.topic, &events).await.unwrap();
     let (seen, h) = collector();
