@@ -13,8 +13,9 @@
 //! - consume: a topic of 3 partitions pre-filled with the same events; a `KafkaBus` group
 //!   subscription (default options: 16 handlers, read-ahead 256, offsets committed after the
 //!   handler) with a no-op handler vs a raw `StreamConsumer` in its own group (subscribe,
-//!   librdkafka's auto commit) counting records; each from its first record to the last (the
-//!   group join is not timed); two alternating rounds, best of each;
+//!   librdkafka's auto commit) counting records; each timed from the assignment of its
+//!   partitions (ours: `subscribe` returned; raw: the rebalance callback) to the last record,
+//!   so the group join is not timed but the fetching is; two alternating rounds, best of each;
 //! - end-to-end latency at a fixed rate (1k events/s): publish -> handler of a group
 //!   subscription (offsets committed per batch) vs raw produce -> raw `StreamConsumer` with
 //!   manual assignment (no group, no commit).
@@ -124,9 +125,10 @@ async fn ours_publish(bus: &KafkaBus, topic: &Topic, events: &[Event]) -> BoxRes
     Ok(events.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Our subscriber: events/s from the first handled event to the `n`th.
+/// Our subscriber: events/s from the moment `subscribe` returned (the group assigned this
+/// member its partitions) to the `n`th handled event.
 async fn ours_consume(bus: &KafkaBus, topic: &Topic, n: usize) -> BoxResult<f64> {
-    let state = Arc::new(Mutex::new((0usize, None::<Instant>, None::<Instant>)));
+    let state = Arc::new(Mutex::new((0usize, None::<Instant>)));
     let st = state.clone();
     let group = Group::new(format!("bench-consume-{}", uuid::Uuid::new_v4().simple()))?;
     let sub = bus
@@ -136,33 +138,49 @@ async fn ours_consume(bus: &KafkaBus, topic: &Topic, n: usize) -> BoxResult<f64>
             Arc::new(handler_fn(move |_, _| {
                 let mut s = st.lock().unwrap();
                 s.0 += 1;
-                if s.1.is_none() {
-                    s.1 = Some(Instant::now());
-                }
                 if s.0 == n {
-                    s.2 = Some(Instant::now());
+                    s.1 = Some(Instant::now());
                 }
                 async { Ok(()) }
             })),
             SubscribeOptions::default(),
         )
         .await?;
+    let assigned = Instant::now();
     let end = Instant::now() + Duration::from_secs(300);
-    while state.lock().unwrap().2.is_none() && Instant::now() < end {
+    while state.lock().unwrap().1.is_none() && Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     sub.shutdown().await?;
-    let (count, first, last) = *state.lock().unwrap();
-    match (first, last) {
-        (Some(f), Some(l)) => Ok((n - 1) as f64 / (l - f).as_secs_f64()),
-        _ => Err(format!("our subscriber consumed {count} of {n} events within 300 s").into()),
+    let (count, last) = *state.lock().unwrap();
+    match last {
+        Some(l) => Ok(n as f64 / (l - assigned).as_secs_f64()),
+        None => Err(format!("our subscriber consumed {count} of {n} events within 300 s").into()),
     }
 }
 
-/// Raw rdkafka: a `StreamConsumer` in its own group, counting records.
+/// Records when the group assigned partitions to the raw consumer.
+struct AssignedAt(Mutex<Option<Instant>>);
+
+impl rdkafka::ClientContext for AssignedAt {}
+
+impl rdkafka::consumer::ConsumerContext for AssignedAt {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_)) {
+            self.0.lock().unwrap().get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// Raw rdkafka: a `StreamConsumer` in its own group counting records, events/s from the
+/// assignment to the `n`th record.
 async fn raw_consume(brokers: &str, topic: &str, n: usize) -> BoxResult<f64> {
     let (s, m, h) = windlass_testkit::kafka::group_timeouts();
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<AssignedAt> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
             "group.id",
@@ -172,26 +190,25 @@ async fn raw_consume(brokers: &str, topic: &str, n: usize) -> BoxResult<f64> {
         .set("session.timeout.ms", s.to_string())
         .set("max.poll.interval.ms", m.to_string())
         .set("heartbeat.interval.ms", h.to_string())
-        .create()?;
+        .create_with_context(AssignedAt(Mutex::new(None)))?;
     consumer.subscribe(&[topic])?;
     let mut stream = consumer.stream();
     let mut count = 0usize;
-    let mut first = None;
     let end = Instant::now() + Duration::from_secs(300);
     while count < n && Instant::now() < end {
         match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-            Ok(Some(Ok(_m))) => {
-                count += 1;
-                first.get_or_insert_with(Instant::now);
-            }
+            Ok(Some(Ok(_m))) => count += 1,
             Ok(Some(Err(e))) => return Err(e.into()),
             _ => {}
         }
     }
-    let Some(first) = first.filter(|_| count == n) else {
-        return Err(format!("raw rdkafka consumed {count} of {n} records within 300 s").into());
-    };
-    Ok((n - 1) as f64 / first.elapsed().as_secs_f64())
+    let last = Instant::now();
+    drop(stream);
+    let assigned = *consumer.context().0.lock().unwrap();
+    match assigned.filter(|_| count == n) {
+        Some(a) => Ok(n as f64 / (last - a).as_secs_f64()),
+        None => Err(format!("raw rdkafka consumed {count} of {n} records within 300 s").into()),
+    }
 }
 
 fn nanos_since(epoch: Instant) -> u64 {
