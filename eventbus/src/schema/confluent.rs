@@ -59,6 +59,7 @@ struct ConfigReply {
 /// ```no_run
 /// use windlass_eventbus::schema::{ConfluentRegistry, SchemaRegistry};
 ///
+/// # #[allow(dead_code)]
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let remote = ConfluentRegistry::new("https://registry.example.com")?
 ///     .basic_auth("api-key", "api-secret");

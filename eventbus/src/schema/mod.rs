@@ -45,8 +45,10 @@
 //! let registry = SchemaRegistry::with_options(RegistryOptions::default().compatibility(
 //!     CompatibilityRule::new(Compatibility::Backward).reader_fills_defaults(true),
 //! ));
+//! // Closed objects: an old producer cannot have sent a `currency` of another type.
 //! registry.register("invoice.paid", "https://schemas.example.com/invoice.paid/1", json!({
 //!     "type": "object",
+//!     "additionalProperties": false,
 //!     "required": ["amount"],
 //!     "properties": { "amount": { "type": "integer" } }
 //! }))?;
@@ -55,6 +57,7 @@
 //! // Version 2 requires a currency, with a default the reader fills in.
 //! registry.register("invoice.paid", "https://schemas.example.com/invoice.paid/2", json!({
 //!     "type": "object",
+//!     "additionalProperties": false,
 //!     "required": ["amount", "currency"],
 //!     "properties": {
 //!         "amount": { "type": "integer" },
@@ -67,8 +70,8 @@
 //!     .build()?;
 //! let checked = registry.validate(&old)?;
 //! assert_eq!(checked.event.data_as::<serde_json::Value>()?, Some(json!({"amount": 100, "currency": "EUR"})));
-//! // Version 3 drops a required field: refused.
-//! let v3 = json!({ "type": "object", "properties": { "total": { "type": "integer" } } });
+//! // Version 3 turns the amount into a string: old events no longer validate, refused.
+//! let v3 = json!({ "type": "object", "properties": { "amount": { "type": "string" } } });
 //! assert!(registry.register("invoice.paid", "https://schemas.example.com/invoice.paid/3", v3).is_err());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
