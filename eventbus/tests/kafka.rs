@@ -9,10 +9,14 @@ use std::time::{Duration, Instant};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Mutex;
-use windlass_eventbus::kafka::{DLQ_REASON_HEADER, GroupTimeouts, KafkaBus, KafkaConfig, WireMode};
+use windlass_eventbus::kafka::{
+    DLQ_REASON_HEADER, FatalProducerError, GroupTimeouts, KafkaBus, KafkaConfig, WireMode,
+};
 use windlass_eventbus::{
     DeadLetters, Error, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions,
     Subscriber, SubscriberExt, Topic, handler_fn,
@@ -562,4 +566,129 @@ async fn a_broker_outage_gives_a_timeout_after_bounded_retries() {
         "expected Timeout, got {r:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+/// Reaches the [`FatalProducerError`] behind a publish error, if there is one.
+fn fatal_of(e: &Error) -> Option<&FatalProducerError> {
+    std::error::Error::source(e)?.downcast_ref::<FatalProducerError>()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_idempotent_producer_error_is_surfaced_and_the_producer_replaced() {
+    // tansu cannot inject broker errors, so this runs on librdkafka's own mock cluster: with
+    // `enable.gapless.guarantee`, a batch the broker refuses for good is a fatal error of the
+    // idempotent producer, after which librdkafka refuses every later send.
+    let mock = MockCluster::new(1).expect("librdkafka mock cluster");
+    mock.create_topic("fatal", 1, 1).unwrap();
+    let topic = Topic::new("fatal").unwrap();
+    let bus = KafkaBus::new(
+        KafkaConfig::new(mock.bootstrap_servers())
+            .publish_timeout(Duration::from_secs(10))
+            .producer_property("enable.gapless.guarantee", "true"),
+    )
+    .unwrap();
+    bus.publish(&topic, &event(0)).await.unwrap();
+    assert_eq!(bus.producers_replaced(), 0);
+
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED],
+    );
+    let err = bus.publish(&topic, &event(1)).await.unwrap_err();
+    let fatal = fatal_of(&err).unwrap_or_else(|| panic!("not a fatal producer error: {err:?}"));
+    assert!(!fatal.reason.is_empty(), "{fatal:?}");
+    assert!(
+        err.to_string().contains("replaced by a new producer"),
+        "{err}"
+    );
+    assert_eq!(bus.producers_replaced(), 1);
+
+    // The new producer sends; every record that succeeded is on the topic once.
+    bus.publish(&topic, &event(2)).await.unwrap();
+    bus.publish_batch(&topic, &[event(3), event(4)])
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.producers_replaced(),
+        1,
+        "replaced once, not per failed send"
+    );
+    let brokers = mock.bootstrap_servers();
+    let recs = tokio::task::spawn_blocking(move || raw_read(&brokers, "fatal", 4))
+        .await
+        .unwrap();
+    let ids: Vec<String> = recs
+        .iter()
+        .filter_map(|r| {
+            r.headers()?
+                .iter()
+                .find(|h| h.key == "ce_id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_debug_output_or_errors() {
+    const SECRET: &str = "s3cr3t-Pa55word-value";
+    let leaks = |what: &str, text: &str| {
+        assert!(!text.contains(SECRET), "{what} leaks the secret: {text}");
+    };
+    let config = KafkaConfig::new(format!("sasl_ssl://user:{SECRET}@127.0.0.1:1"))
+        .client_property("sasl.mechanism", "PLAIN")
+        .client_property("sasl.username", "user")
+        .client_property("sasl.password", SECRET)
+        .client_property("ssl.key.password", SECRET)
+        .client_property("sasl.oauthbearer.config", format!("secret={SECRET}"));
+    let debug = format!("{config:?}");
+    leaks("KafkaConfig Debug", &debug);
+    assert!(
+        debug.contains("sasl.username") && debug.contains("***"),
+        "{debug}"
+    );
+    // librdkafka here is built without SSL/SASL: creating the clients fails, and the error
+    // must not quote the configuration.
+    let refused = KafkaBus::new(
+        config
+            .clone()
+            .client_property("security.protocol", "sasl_ssl"),
+    );
+    match refused {
+        Err(e) => {
+            leaks("KafkaBus::new error", &format!("{e} {e:?}"));
+        }
+        Ok(bus) => leaks("KafkaBus Debug", &format!("{bus:?}")),
+    }
+    // A property librdkafka refuses, carrying the secret as its value.
+    let bad =
+        KafkaBus::new(KafkaConfig::new("127.0.0.1:1").client_property("sasl.mechanism", SECRET));
+    if let Err(e) = bad {
+        let text = format!("{e} {e:?}");
+        assert!(text.contains("sasl.mechanism"), "{text}");
+    }
+    let bus =
+        KafkaBus::new(KafkaConfig::new("127.0.0.1:1").client_property("sasl.password", SECRET))
+            .unwrap();
+    leaks("KafkaBus Debug", &format!("{bus:?}"));
+
+    #[cfg(feature = "redis")]
+    {
+        use windlass_eventbus::redis::{RedisBus, RedisConfig};
+        let url = format!("redis://user:{SECRET}@127.0.0.1:1/0");
+        let config = RedisConfig::new(&url).connect_timeout(Duration::from_millis(500));
+        leaks("RedisConfig Debug", &format!("{config:?}"));
+        match RedisBus::connect(config).await {
+            Ok(bus) => leaks("RedisBus Debug", &format!("{bus:?}")),
+            Err(e) => leaks("RedisBus::connect error", &format!("{e} {e:?}")),
+        }
+    }
+    #[cfg(feature = "outbox-replay")]
+    {
+        let pool = sqlx::PgPool::connect_lazy(&format!("postgres://app:{SECRET}@127.0.0.1:1/app"))
+            .unwrap();
+        let history = windlass_eventbus::replay::OutboxHistory::new(pool);
+        leaks("OutboxHistory Debug", &format!("{history:?}"));
+    }
 }

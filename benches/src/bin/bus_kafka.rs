@@ -1,5 +1,5 @@
-//! Kafka publish throughput and end-to-end latency of `KafkaBus` beside raw rdkafka baselines
-//! measured in the same run, printed as one JSON line.
+//! Kafka publish and consume throughput and end-to-end latency of `KafkaBus` beside raw
+//! rdkafka baselines measured in the same run, printed as one JSON line.
 //!
 //! ```text
 //! cargo run --release -p windlass-benches --bin bus_kafka [-- SCALE]
@@ -10,6 +10,12 @@
 //! - publish: `KafkaBus::publish_batch` in windows of 1000 vs a raw `FutureProducer` with the
 //!   same settings (idempotence, `acks=all`, `linger.ms=1`) sending the same key, value and
 //!   CloudEvents headers, 1000 sends in flight; alternating rounds, best of each;
+//! - consume: a topic of 3 partitions pre-filled with the same events; a `KafkaBus` group
+//!   subscription (default options: 16 handlers, read-ahead 256, offsets committed after the
+//!   handler) with a no-op handler vs a raw `StreamConsumer` in its own group (subscribe,
+//!   librdkafka's auto commit) counting records; each timed from the assignment of its
+//!   partitions (ours: `subscribe` returned; raw: the rebalance callback) to the last record,
+//!   so the group join is not timed but the fetching is; two alternating rounds, best of each;
 //! - end-to-end latency at a fixed rate (1k events/s): publish -> handler of a group
 //!   subscription (offsets committed per batch) vs raw produce -> raw `StreamConsumer` with
 //!   manual assignment (no group, no commit).
@@ -117,6 +123,92 @@ async fn ours_publish(bus: &KafkaBus, topic: &Topic, events: &[Event]) -> BoxRes
         bus.publish_batch(topic, chunk).await?;
     }
     Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Our subscriber: events/s from the moment `subscribe` returned (the group assigned this
+/// member its partitions) to the `n`th handled event.
+async fn ours_consume(bus: &KafkaBus, topic: &Topic, n: usize) -> BoxResult<f64> {
+    let state = Arc::new(Mutex::new((0usize, None::<Instant>)));
+    let st = state.clone();
+    let group = Group::new(format!("bench-consume-{}", uuid::Uuid::new_v4().simple()))?;
+    let sub = bus
+        .subscribe(
+            topic,
+            &group,
+            Arc::new(handler_fn(move |_, _| {
+                let mut s = st.lock().unwrap();
+                s.0 += 1;
+                if s.0 == n {
+                    s.1 = Some(Instant::now());
+                }
+                async { Ok(()) }
+            })),
+            SubscribeOptions::default(),
+        )
+        .await?;
+    let assigned = Instant::now();
+    let end = Instant::now() + Duration::from_secs(300);
+    while state.lock().unwrap().1.is_none() && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sub.shutdown().await?;
+    let (count, last) = *state.lock().unwrap();
+    match last {
+        Some(l) => Ok(n as f64 / (l - assigned).as_secs_f64()),
+        None => Err(format!("our subscriber consumed {count} of {n} events within 300 s").into()),
+    }
+}
+
+/// Records when the group assigned partitions to the raw consumer.
+struct AssignedAt(Mutex<Option<Instant>>);
+
+impl rdkafka::ClientContext for AssignedAt {}
+
+impl rdkafka::consumer::ConsumerContext for AssignedAt {
+    fn post_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_)) {
+            self.0.lock().unwrap().get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// Raw rdkafka: a `StreamConsumer` in its own group counting records, events/s from the
+/// assignment to the `n`th record.
+async fn raw_consume(brokers: &str, topic: &str, n: usize) -> BoxResult<f64> {
+    let (s, m, h) = windlass_testkit::kafka::group_timeouts();
+    let consumer: StreamConsumer<AssignedAt> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("bench-raw-consume-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", s.to_string())
+        .set("max.poll.interval.ms", m.to_string())
+        .set("heartbeat.interval.ms", h.to_string())
+        .create_with_context(AssignedAt(Mutex::new(None)))?;
+    consumer.subscribe(&[topic])?;
+    let mut stream = consumer.stream();
+    let mut count = 0usize;
+    let end = Instant::now() + Duration::from_secs(300);
+    while count < n && Instant::now() < end {
+        match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+            Ok(Some(Ok(_m))) => count += 1,
+            Ok(Some(Err(e))) => return Err(e.into()),
+            _ => {}
+        }
+    }
+    let last = Instant::now();
+    drop(stream);
+    let assigned = *consumer.context().0.lock().unwrap();
+    match assigned.filter(|_| count == n) {
+        Some(a) => Ok(n as f64 / (last - a).as_secs_f64()),
+        None => Err(format!("raw rdkafka consumed {count} of {n} records within 300 s").into()),
+    }
 }
 
 fn nanos_since(epoch: Instant) -> u64 {
@@ -279,6 +371,28 @@ async fn main() -> BoxResult<()> {
         }
     }
 
+    // Consume: one pre-filled topic, read by a fresh group of each kind per round.
+    let consume_n = ((50_000.0 * scale) as usize).max(WINDOW);
+    let t_consume = windlass_testkit::kafka::unique_topic();
+    windlass_testkit::kafka::create_topic(&brokers, &t_consume, 3).await;
+    let fill: Vec<RawRecord> = (0..consume_n).map(|i| raw_record(&event(i, 0))).collect();
+    raw_publish(&raw, t_consume.as_str(), &fill).await?;
+    let mut raw_consume_best: f64 = 0.0;
+    let mut ours_consume_best: f64 = 0.0;
+    for round in 0..2 {
+        if round % 2 == 0 {
+            raw_consume_best =
+                raw_consume_best.max(raw_consume(&brokers, t_consume.as_str(), consume_n).await?);
+            ours_consume_best =
+                ours_consume_best.max(ours_consume(&bus, &t_consume, consume_n).await?);
+        } else {
+            ours_consume_best =
+                ours_consume_best.max(ours_consume(&bus, &t_consume, consume_n).await?);
+            raw_consume_best =
+                raw_consume_best.max(raw_consume(&brokers, t_consume.as_str(), consume_n).await?);
+        }
+    }
+
     let epoch = Instant::now();
     let t_lat = windlass_testkit::kafka::unique_topic();
     windlass_testkit::kafka::create_topic(&brokers, &t_lat, 1).await;
@@ -295,6 +409,12 @@ async fn main() -> BoxResult<()> {
             "ours_per_s": ours_best.round(),
             "raw_rdkafka_per_s": raw_best.round(),
             "ratio": (ours_best / raw_best * 1000.0).round() / 1000.0,
+        },
+        "consume": {
+            "events": consume_n,
+            "ours_per_s": ours_consume_best.round(),
+            "raw_stream_consumer_per_s": raw_consume_best.round(),
+            "ratio": (ours_consume_best / raw_consume_best * 1000.0).round() / 1000.0,
         },
         "fetch_wait_max_ms": fetch_wait,
         "e2e_latency_1k_per_s": {

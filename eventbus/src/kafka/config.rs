@@ -1,8 +1,30 @@
 //! Options of the Kafka backend.
+//!
+//! Secrets stay out of `Debug` output and errors: librdkafka properties holding a secret
+//! ([`is_secret_property`]: `sasl.password`, `ssl.key.password`, `sasl.oauthbearer.config`...)
+//! print as `***`, broker addresses go through [`windlass_core::redact_url`], and errors from
+//! librdkafka have any secret value replaced before they reach the caller.
 
+use std::fmt;
 use std::time::Duration;
 
+use crate::error::Error;
 use crate::kafka::codec::WireMode;
+
+/// True for a librdkafka property whose value is a secret: any `*password*`, `*secret*`,
+/// `sasl.oauthbearer.config`, `sasl.jaas.config`, an inline private key (`ssl.key.pem`,
+/// `ssl_key`), or a keystore/certificate blob. Such values never appear in `Debug` output or
+/// errors.
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.contains("jaas")
+        || k == "sasl.oauthbearer.config"
+        || k == "ssl.key.pem"
+        || k == "ssl_key"
+        || k.contains("token")
+}
 
 /// How the dead-letter topic of a topic is named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,7 +75,10 @@ impl GroupTimeouts {
 }
 
 /// Configuration of a [`KafkaBus`](crate::kafka::KafkaBus).
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output hides secrets: the values of [secret properties](is_secret_property)
+/// print as `***` and broker URLs with credentials are redacted.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
@@ -92,7 +117,61 @@ pub struct KafkaConfig {
     pub group_prefix: String,
     /// Extra librdkafka properties for every client (applied last, so they win).
     pub client_properties: Vec<(String, String)>,
+    /// Extra librdkafka properties for the producer only (applied after
+    /// `client_properties`): `compression.type`, `batch.size`, `enable.gapless.guarantee`...
+    pub producer_properties: Vec<(String, String)>,
 }
+
+/// `bootstrap.servers` with any `user:password@` of each entry redacted.
+fn redacted_brokers(brokers: &str) -> String {
+    brokers
+        .split(',')
+        .map(|b| windlass_core::redact_url(b.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |props: &[(String, String)]| -> Vec<(String, String)> {
+            props
+                .iter()
+                .map(|(k, v)| {
+                    let v = if is_secret_property(k) { "***" } else { v };
+                    (k.clone(), v.to_owned())
+                })
+                .collect()
+        };
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &redacted_brokers(&self.brokers))
+            .field("wire_mode", &self.wire_mode)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("unknown_topic_timeout", &self.unknown_topic_timeout)
+            .field("linger", &self.linger)
+            .field("group_timeouts", &self.group_timeouts)
+            .field("dlq_naming", &self.dlq_naming)
+            .field("dlq_partitions", &self.dlq_partitions)
+            .field("poll_wait", &self.poll_wait)
+            .field("assignment_wait", &self.assignment_wait)
+            .field("group_prefix", &self.group_prefix)
+            .field("client_properties", &shown(&self.client_properties))
+            .field("producer_properties", &shown(&self.producer_properties))
+            .finish()
+    }
+}
+
+/// An error whose text had the configuration's secrets removed.
+#[derive(Debug)]
+struct Scrubbed(String);
+
+impl fmt::Display for Scrubbed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Scrubbed {}
 
 impl Default for KafkaConfig {
     fn default() -> Self {
@@ -110,6 +189,7 @@ impl Default for KafkaConfig {
             assignment_wait: Duration::from_secs(30),
             group_prefix: String::new(),
             client_properties: Vec::new(),
+            producer_properties: Vec::new(),
         }
     }
 }
@@ -178,6 +258,64 @@ impl KafkaConfig {
         self
     }
 
+    /// The brokers list as it may be shown (credentials redacted).
+    pub fn redacted_brokers(&self) -> String {
+        redacted_brokers(&self.brokers)
+    }
+
+    /// `text` with every secret of this configuration (secret property values, broker
+    /// passwords) replaced by `***`.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let mut secrets: Vec<&str> = self
+            .client_properties
+            .iter()
+            .chain(&self.producer_properties)
+            .filter(|(k, v)| is_secret_property(k) && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+            .collect();
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        for secret in secrets {
+            out = out.replace(secret, "***");
+        }
+        if out.contains(&self.brokers) && self.brokers.contains('@') {
+            out = out.replace(&self.brokers, &redacted_brokers(&self.brokers));
+        }
+        out
+    }
+
+    /// `e` with its backend error's text scrubbed of this configuration's secrets (errors
+    /// from librdkafka may quote configuration values).
+    pub(crate) fn scrubbed(&self, e: Error) -> Error {
+        match e {
+            Error::Backend {
+                backend,
+                op,
+                source,
+            } => {
+                let text = self.scrub(&source.to_string());
+                if text == source.to_string() {
+                    Error::Backend {
+                        backend,
+                        op,
+                        source,
+                    }
+                } else {
+                    Error::backend(backend, op, Scrubbed(text))
+                }
+            }
+            Error::Config(msg) => Error::Config(self.scrub(&msg)),
+            other => other,
+        }
+    }
+
+    /// Adds a librdkafka property for the producer only.
+    pub fn producer_property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.producer_properties.push((key.into(), value.into()));
+        self
+    }
+
     pub(crate) fn base(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -208,7 +346,11 @@ impl KafkaConfig {
                 "message.max.bytes",
                 self.max_message_bytes.max(1000).to_string(),
             );
-        self.finish(c)
+        let mut c = self.finish(c);
+        for (k, v) in &self.producer_properties {
+            c.set(k, v);
+        }
+        c
     }
 
     pub(crate) fn consumer_config(

@@ -54,10 +54,11 @@ use std::time::Duration;
 
 use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 
 pub use codec::WireMode;
-pub use config::{DlqNaming, GroupTimeouts, KafkaConfig};
+pub use config::{DlqNaming, GroupTimeouts, KafkaConfig, is_secret_property};
+pub use publisher::FatalProducerError;
 pub use subscriber::{
     DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
 };
@@ -68,7 +69,8 @@ use crate::error::{Error, Result};
 
 /// A Kafka bus: [`Publisher`](crate::Publisher), [`Subscriber`](crate::Subscriber) and
 /// [`DeadLetters`](crate::DeadLetters). Cheap to clone (one producer shared by every clone and
-/// by the subscriptions' DLQ writes).
+/// by the subscriptions' DLQ writes; replaced by a new one after a fatal error, see
+/// [`FatalProducerError`]). Its `Debug` output shows the brokers with credentials redacted.
 #[derive(Clone)]
 pub struct KafkaBus {
     pub(crate) inner: Arc<Inner>,
@@ -76,14 +78,14 @@ pub struct KafkaBus {
 
 pub(crate) struct Inner {
     pub(crate) config: KafkaConfig,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: publisher::ProducerSlot,
     pub(crate) admin: AdminClient<DefaultClientContext>,
 }
 
 impl fmt::Debug for KafkaBus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaBus")
-            .field("brokers", &self.inner.config.brokers)
+            .field("brokers", &self.inner.config.redacted_brokers())
             .finish_non_exhaustive()
     }
 }
@@ -95,14 +97,11 @@ impl KafkaBus {
         if config.brokers.trim().is_empty() {
             return Err(Error::Config("kafka brokers list is empty".to_owned()));
         }
-        let producer: FutureProducer = config
-            .producer_config()
-            .create()
-            .map_err(|e| Error::backend("kafka", "connect", e))?;
+        let producer = publisher::ProducerSlot::new(&config)?;
         let admin: AdminClient<DefaultClientContext> = config
             .finish(config.base())
             .create()
-            .map_err(|e| Error::backend("kafka", "connect", e))?;
+            .map_err(|e| config.scrubbed(Error::backend("kafka", "connect", e)))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -123,19 +122,24 @@ impl KafkaBus {
         tokio::task::spawn_blocking(move || {
             bus.inner
                 .producer
+                .current()
                 .client()
                 .fetch_metadata(None, timeout)
                 .map(|_| ())
         })
         .await
         .map_err(|e| Error::backend("kafka", "ping", e))?
-        .map_err(|e| Error::backend("kafka", "ping", e))
+        .map_err(|e| {
+            self.inner
+                .config
+                .scrubbed(Error::backend("kafka", "ping", e))
+        })
     }
 
     /// Waits until every record handed to the producer is acknowledged (or `timeout` passes).
     pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let bus = self.clone();
-        tokio::task::spawn_blocking(move || bus.inner.producer.flush(timeout))
+        tokio::task::spawn_blocking(move || bus.inner.producer.current().flush(timeout))
             .await
             .map_err(|e| Error::backend("kafka", "flush", e))?
             .map_err(|e| Error::backend("kafka", "flush", e))

@@ -9,7 +9,7 @@ use windlass_core::{Name, Topic};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::Handler;
-use crate::replay::{Replay, ReplayFrom, ReplayOptions, ReplayReport, deliver};
+use crate::replay::{Replay, ReplayEnd, ReplayFrom, ReplayOptions, ReplayReport, Run, Step};
 
 const PAGE: i64 = 500;
 
@@ -60,8 +60,9 @@ impl Replay for OutboxHistory {
         options: &ReplayOptions,
     ) -> Result<ReplayReport> {
         let t = &self.table;
-        let work = async {
-            // The end as it is now.
+        let mut run = Run::new(handler, options, topic);
+        let setup = async {
+            // The end as it is now: rows published during the replay are not included.
             let end: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT max(seq) FROM {t} WHERE topic = $1 AND status = 'published'"
             )))
@@ -69,10 +70,11 @@ impl Replay for OutboxHistory {
             .fetch_one(&self.pool)
             .await
             .map_err(db)?;
-            let mut report = ReplayReport::default();
-            let Some(end) = end else { return Ok(report) };
+            let Some(end) = end else {
+                return Ok(None);
+            };
             // `after`: the replay reads rows with seq > after.
-            let mut after: i64 = match &from {
+            let after: i64 = match &from {
                 ReplayFrom::Beginning => 0,
                 ReplayFrom::Time(at) => {
                     let first: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -83,10 +85,7 @@ impl Replay for OutboxHistory {
                     .fetch_one(&self.pool)
                     .await
                     .map_err(db)?;
-                    match first {
-                        Some(s) => s - 1,
-                        None => return Ok(report),
-                    }
+                    first.map_or(end, |s| s - 1)
                 }
                 ReplayFrom::EventId(id) => {
                     let at: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -108,47 +107,53 @@ impl Replay for OutboxHistory {
                     }
                 }
             };
-            let until = options.until;
-            loop {
-                let rows: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT seq, event::text FROM {t} WHERE topic = $1 AND status = 'published' \
-                     AND seq > $2 AND seq <= $3 AND ($4::timestamptz IS NULL OR created_at <= $4) \
-                     ORDER BY seq LIMIT $5"
-                )))
-                .bind(topic.as_str())
-                .bind(after)
-                .bind(end)
-                .bind(until)
-                .bind(PAGE)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
-                let n = rows.len();
-                for (seq, json) in rows {
-                    after = seq;
-                    let entry = Event::from_json(json.as_bytes())
-                        .map_err(|e| format!("undecodable outbox row: {e}"));
-                    if !deliver(
-                        &mut report,
-                        handler,
-                        options,
-                        topic,
-                        format!("seq {seq}"),
-                        entry,
-                    )
-                    .await
-                    {
-                        return Ok(report);
-                    }
+            Ok(Some((end, after)))
+        };
+        let Some(setup) = run.before_deadline(setup).await else {
+            return Ok(run.finish(ReplayEnd::TimedOut));
+        };
+        let Some((end, mut after)) = setup? else {
+            run.partition(t.clone(), None);
+            return Ok(run.finish(ReplayEnd::Complete));
+        };
+        let idx = run.partition(t.clone(), Some(end.to_string()));
+        let until = options.until;
+        loop {
+            let page = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(format!(
+                "SELECT seq, event::text FROM {t} WHERE topic = $1 AND status = 'published' \
+                 AND seq > $2 AND seq <= $3 AND ($4::timestamptz IS NULL OR created_at <= $4) \
+                 ORDER BY seq LIMIT $5"
+            )))
+            .bind(topic.as_str())
+            .bind(after)
+            .bind(end)
+            .bind(until)
+            .bind(PAGE)
+            .fetch_all(&self.pool);
+            let rows = match run.before_deadline(page).await {
+                None => return Ok(run.finish(ReplayEnd::TimedOut)),
+                Some(Err(e)) => {
+                    return Ok(run.finish(ReplayEnd::Failed(format!(
+                        "reading the outbox history failed: {e}"
+                    ))));
                 }
-                if (n as i64) < PAGE {
-                    break;
+                Some(Ok(rows)) => rows,
+            };
+            let n = rows.len();
+            for (seq, json) in rows {
+                after = seq;
+                let entry = Event::from_json(json.as_bytes())
+                    .map_err(|e| format!("undecodable outbox row: {e}"));
+                if run.deliver(idx, format!("seq {seq}"), entry).await == Step::Stop {
+                    let end = run.report.end.clone();
+                    return Ok(run.finish(end));
                 }
             }
-            Ok(report)
-        };
-        tokio::time::timeout(options.timeout, work)
-            .await
-            .map_err(|_| Error::Timeout("outbox replay"))?
+            if (n as i64) < PAGE {
+                break;
+            }
+        }
+        run.complete(idx);
+        Ok(run.finish(ReplayEnd::Complete))
     }
 }

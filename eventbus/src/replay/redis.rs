@@ -1,5 +1,13 @@
-//! Replay on Redis Streams: `XRANGE` over the topic's stream (entry ids carry the append time
-//! in milliseconds), with a plain connection of its own: no consumer group is read or moved.
+//! Replay on Redis Streams: `XRANGE` over each stream of the topic (entry ids carry the append
+//! time in milliseconds), with a plain connection of its own: no consumer group is read or moved.
+//!
+//! A topic's streams come from [`RedisBus::replay_streams`]: one stream per topic today; when
+//! topics get partitions (one stream per partition), that function is the one place to change.
+//! Each stream gets its own end id (its last entry when the replay starts) and is read in
+//! order up to it; the streams are merged by entry id, so the replay follows append time
+//! across partitions.
+
+use std::collections::VecDeque;
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -10,10 +18,9 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::Handler;
 use crate::redis::RedisBus;
-use crate::replay::{Replay, ReplayFrom, ReplayOptions, ReplayReport, deliver};
+use crate::replay::{Replay, ReplayEnd, ReplayFrom, ReplayOptions, ReplayReport, Run, Step};
 
 const PAGE: usize = 500;
-
 fn rerr(op: &'static str) -> impl Fn(redis::RedisError) -> Error {
     move |e| Error::backend("redis", op, e)
 }
@@ -45,6 +52,37 @@ fn decode(entry: &StreamId) -> std::result::Result<Event, String> {
     }
 }
 
+/// One stream being replayed: entries read ahead, where the next page starts, its end.
+struct Cursor {
+    idx: usize,
+    key: String,
+    /// Next `XRANGE` start (inclusive id, `-`, or `(id` exclusive).
+    next: String,
+    /// Last entry id to replay (inclusive).
+    end: String,
+    buffer: VecDeque<StreamId>,
+    /// No more pages: the stream is done once `buffer` is empty.
+    exhausted: bool,
+}
+
+async fn xrange(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> redis::RedisResult<Vec<StreamId>> {
+    let page: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(start)
+        .arg(end)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(page.ids)
+}
+
 impl RedisBus {
     async fn replay_conn(&self) -> Result<MultiplexedConnection> {
         let client = redis::Client::open(self.config().url.as_str()).map_err(|e| {
@@ -59,54 +97,47 @@ impl RedisBus {
             .map_err(rerr("replay"))
     }
 
-    /// The id of the first entry of the replay (inclusive), or `None` when nothing is left.
-    async fn replay_start(
+    /// The streams holding `topic`'s entries, one per partition. A topic is one stream today
+    /// ([`RedisBus::stream_key`]); partitioned topics list their partitions' streams here, and
+    /// replay (end ids, merge, `start_group_at`) follows without other changes.
+    pub(crate) fn replay_streams(&self, topic: &Topic) -> Vec<String> {
+        vec![self.stream_key(topic)]
+    }
+
+    /// The first entry of the replay in each stream (inclusive id, or `-`).
+    async fn replay_starts(
         &self,
         conn: &mut MultiplexedConnection,
-        key: &str,
+        streams: &[String],
         topic: &Topic,
         from: &ReplayFrom,
-    ) -> Result<String> {
+    ) -> Result<Vec<String>> {
         Ok(match from {
-            ReplayFrom::Beginning => "-".to_owned(),
-            ReplayFrom::Time(t) => format!("{}-0", t.timestamp_millis().max(0)),
+            ReplayFrom::Beginning => vec!["-".to_owned(); streams.len()],
+            ReplayFrom::Time(t) => {
+                vec![format!("{}-0", t.timestamp_millis().max(0)); streams.len()]
+            }
             ReplayFrom::EventId(id) => {
-                let mut start = "-".to_owned();
-                loop {
-                    let page: StreamRangeReply = redis::cmd("XRANGE")
-                        .arg(key)
-                        .arg(&start)
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(PAGE)
-                        .query_async(conn)
-                        .await
-                        .map_err(rerr("replay"))?;
-                    if page.ids.is_empty() {
-                        return Err(Error::EventNotFound {
-                            topic: topic.to_string(),
-                            id: id.clone(),
-                        });
+                for (i, key) in streams.iter().enumerate() {
+                    if let Some(hit) = find_entry(conn, key, id).await? {
+                        // The event's stream starts at it; the others at its append time.
+                        let at = parse_id(&hit).map_or(0, |(ms, _)| ms);
+                        let mut starts = vec![format!("{at}-0"); streams.len()];
+                        starts[i] = hit;
+                        return Ok(starts);
                     }
-                    if let Some(hit) = page
-                        .ids
-                        .iter()
-                        .find(|e| decode(e).is_ok_and(|ev| ev.id() == id))
-                    {
-                        break hit.id.clone();
-                    }
-                    start = format!(
-                        "({}",
-                        page.ids.last().map(|e| e.id.as_str()).unwrap_or("0-0")
-                    );
                 }
+                return Err(Error::EventNotFound {
+                    topic: topic.to_string(),
+                    id: id.clone(),
+                });
             }
         })
     }
 
-    /// Creates consumer group `group` on `topic`'s stream positioned just before `from`, for a
-    /// replay through a normal subscription. Refuses a group that exists already, so live
-    /// consumers are never moved.
+    /// Creates consumer group `group` on each of `topic`'s streams positioned just before
+    /// `from`, for a replay through a normal subscription. Refuses a group that exists
+    /// already, so live consumers are never moved.
     pub async fn start_group_at(
         &self,
         topic: &Topic,
@@ -114,27 +145,58 @@ impl RedisBus {
         from: ReplayFrom,
     ) -> Result<()> {
         let mut conn = self.replay_conn().await?;
-        let key = self.stream_key(topic);
-        let start = self.replay_start(&mut conn, &key, topic, &from).await?;
-        let last = if start == "-" {
-            "0".to_owned()
-        } else {
-            before(&start)
-        };
-        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&key)
-            .arg(group.as_str())
-            .arg(&last)
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Err(Error::Config(format!(
-                "consumer group {group} already exists on {topic}; replay into a new group"
-            ))),
-            Err(e) => Err(Error::backend("redis", "replay", e)),
+        let streams = self.replay_streams(topic);
+        let starts = self
+            .replay_starts(&mut conn, &streams, topic, &from)
+            .await?;
+        for (key, start) in streams.iter().zip(starts) {
+            let last = if start == "-" {
+                "0".to_owned()
+            } else {
+                before(&start)
+            };
+            let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(group.as_str())
+                .arg(&last)
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {
+                    return Err(Error::Config(format!(
+                        "consumer group {group} already exists on {topic}; replay into a new group"
+                    )));
+                }
+                Err(e) => return Err(Error::backend("redis", "replay", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The id of the entry holding event `id` in stream `key`, scanning from the oldest.
+async fn find_entry(
+    conn: &mut MultiplexedConnection,
+    key: &str,
+    id: &str,
+) -> Result<Option<String>> {
+    let mut start = "-".to_owned();
+    loop {
+        let page = xrange(conn, key, &start, "+", PAGE)
+            .await
+            .map_err(rerr("replay"))?;
+        if let Some(hit) = page
+            .iter()
+            .find(|e| decode(e).is_ok_and(|ev| ev.id() == id))
+        {
+            return Ok(Some(hit.id.clone()));
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => start = format!("({}", last.id),
+            _ => return Ok(None),
         }
     }
 }
@@ -148,72 +210,101 @@ impl Replay for RedisBus {
         handler: &dyn Handler,
         options: &ReplayOptions,
     ) -> Result<ReplayReport> {
-        let work = async {
+        let mut run = Run::new(handler, options, topic);
+        let setup = async {
             let mut conn = self.replay_conn().await?;
-            let key = self.stream_key(topic);
-            // The end as it is now: entries appended during the replay are not included.
-            let last: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn)
-                .await
-                .map_err(rerr("replay"))?;
-            let mut report = ReplayReport::default();
-            let Some(end) = last.ids.first().map(|e| e.id.clone()) else {
-                return Ok(report);
-            };
-            let end = match options.until {
-                Some(u) => {
-                    let bound = format!("{}-{}", u.timestamp_millis().max(0), u64::MAX);
-                    if parse_id(&bound) < parse_id(&end) {
-                        bound
-                    } else {
-                        end
-                    }
-                }
-                None => end,
-            };
-            let mut start = self.replay_start(&mut conn, &key, topic, &from).await?;
-            loop {
-                let page: StreamRangeReply = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(&start)
-                    .arg(&end)
+            let streams = self.replay_streams(topic);
+            // The end of each stream as it is now: entries appended during the replay are not
+            // included.
+            let mut ends = Vec::with_capacity(streams.len());
+            for key in &streams {
+                let last: StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
                     .arg("COUNT")
-                    .arg(PAGE)
+                    .arg(1)
                     .query_async(&mut conn)
                     .await
                     .map_err(rerr("replay"))?;
-                let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
-                    break;
-                };
-                for entry in &page.ids {
-                    if !deliver(
-                        &mut report,
-                        handler,
-                        options,
-                        topic,
-                        entry.id.clone(),
-                        decode(entry),
-                    )
-                    .await
-                    {
-                        return Ok(report);
-                    }
-                }
-                if page.ids.len() < PAGE {
-                    break;
-                }
-                start = format!("({last}");
+                ends.push(last.ids.first().map(|e| e.id.clone()));
             }
-            Ok(report)
+            let starts = self
+                .replay_starts(&mut conn, &streams, topic, &from)
+                .await?;
+            Ok::<_, Error>((conn, streams, ends, starts))
         };
-        tokio::time::timeout(options.timeout, work)
-            .await
-            .map_err(|_| Error::Timeout("redis replay"))?
+        let Some(setup) = run.before_deadline(setup).await else {
+            return Ok(run.finish(ReplayEnd::TimedOut));
+        };
+        let (mut conn, streams, ends, starts) = setup?;
+        let bound = options
+            .until
+            .map(|u| format!("{}-{}", u.timestamp_millis().max(0), u64::MAX));
+        let mut cursors = Vec::new();
+        for ((key, end), start) in streams.into_iter().zip(ends).zip(starts) {
+            let idx = run.partition(key.clone(), end.clone());
+            let Some(end) = end else { continue };
+            let end = match &bound {
+                Some(b) if parse_id(b) < parse_id(&end) => b.clone(),
+                _ => end,
+            };
+            cursors.push(Cursor {
+                idx,
+                key,
+                next: start,
+                end,
+                buffer: VecDeque::new(),
+                exhausted: false,
+            });
+        }
+        loop {
+            // Refill each stream that ran dry, then take the smallest id across streams.
+            for c in cursors.iter_mut() {
+                if !c.buffer.is_empty() || c.exhausted {
+                    continue;
+                }
+                let page = match run
+                    .before_deadline(xrange(&mut conn, &c.key, &c.next, &c.end, PAGE))
+                    .await
+                {
+                    None => return Ok(run.finish(ReplayEnd::TimedOut)),
+                    Some(Err(e)) => {
+                        return Ok(run.finish(ReplayEnd::Failed(format!(
+                            "redis XRANGE on {} failed: {e}",
+                            c.key
+                        ))));
+                    }
+                    Some(Ok(page)) => page,
+                };
+                c.exhausted = page.len() < PAGE;
+                if let Some(last) = page.last() {
+                    c.next = format!("({}", last.id);
+                }
+                c.buffer.extend(page);
+            }
+            cursors.retain(|c| {
+                let done = c.buffer.is_empty() && c.exhausted;
+                if done {
+                    run.complete(c.idx);
+                }
+                !done
+            });
+            let Some(c) = cursors
+                .iter_mut()
+                .min_by_key(|c| c.buffer.front().and_then(|e| parse_id(&e.id)))
+            else {
+                return Ok(run.finish(ReplayEnd::Complete));
+            };
+            let Some(entry) = c.buffer.pop_front() else {
+                continue;
+            };
+            let idx = c.idx;
+            if run.deliver(idx, entry.id.clone(), decode(&entry)).await == Step::Stop {
+                let end = run.report.end.clone();
+                return Ok(run.finish(end));
+            }
+        }
     }
 }
 
