@@ -123,9 +123,7 @@ fn authenticate(inner: &Inner, headers: &HeaderMap, layer: bool) -> Option<(Stri
 
 /// True when the browser says the request comes from another site (or origin).
 fn cross_site(headers: &HeaderMap) -> Option<String> {
-    if let Some(site) = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && !matches!(site, "same-origin" | "none")
     {
         return Some(format!("Sec-Fetch-Site: {site}"));
@@ -212,7 +210,9 @@ fn unauthorized(inner: &Inner, base: &str, message: Option<&str>) -> Response {
 async fn read_form(body: Body) -> Result<Bytes, ConsoleError> {
     axum::body::to_bytes(body, MAX_FORM_BYTES)
         .await
-        .map_err(|_| ConsoleError::TooLarge(format!("form bodies are limited to {MAX_FORM_BYTES} bytes")))
+        .map_err(|_| {
+            ConsoleError::TooLarge(format!("form bodies are limited to {MAX_FORM_BYTES} bytes"))
+        })
 }
 
 /// The middleware: authenticates, checks CSRF and read-only mode, and hands the page a [`Ctx`].
@@ -344,10 +344,8 @@ async fn login(inner: &Inner, base: &str, req: Request) -> Response {
 
 fn logout(base: &str, secure: bool) -> Response {
     let mut resp = Redirect::to(&format!("{base}/login")).into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        cookie_header(base, "", secure, Some(0)),
-    );
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, cookie_header(base, "", secure, Some(0)));
     resp
 }
 
@@ -363,9 +361,15 @@ pub(crate) async fn security_headers(req: Request, next: Next) -> Response {
              form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

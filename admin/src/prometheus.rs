@@ -41,7 +41,8 @@ pub fn all_metrics() -> impl Iterator<Item = &'static MetricDef> {
 }
 
 fn builder() -> Result<PrometheusBuilder, BuildError> {
-    PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
 }
 
 /// Describes every catalog metric to the current recorder (help text shows in the output).
@@ -84,7 +85,10 @@ pub fn router(handle: PrometheusHandle) -> Router {
             let handle = handle.clone();
             async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     handle.render(),
                 )
                     .into_response()
@@ -95,7 +99,8 @@ pub fn router(handle: PrometheusHandle) -> Router {
 
 /// The table of `docs/metrics.md`: one row per metric of every crate.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| metric | type | labels | crate | what |\n|---|---|---|---|---|\n");
+    let mut out =
+        String::from("| metric | type | labels | crate | what |\n|---|---|---|---|---|\n");
     for (krate, catalog) in catalogs() {
         for m in catalog {
             let kind = match m.kind {

@@ -198,11 +198,9 @@ pub(crate) async fn detail(
 ) -> Result<Response, ConsoleError> {
     let params = Params::query(raw.as_deref());
     params.only(&["act", "done", "skipped"])?;
-    let id: i64 = id
-        .parse()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ConsoleError::BadRequest(format!("job id must be a positive integer, not {id:?}")))?;
+    let id: i64 = id.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+        ConsoleError::BadRequest(format!("job id must be a positive integer, not {id:?}"))
+    })?;
     let job = source(&shared)?
         .get(&ctx.scope, id)
         .await?

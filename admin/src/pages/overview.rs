@@ -11,9 +11,9 @@ use maud::{Markup, html};
 use windlass_jobs::JobState;
 
 use super::{Ctx, Params, age, back, chart, layout, notice, ok, unavailable};
+use crate::Shared;
 use crate::error::ConsoleError;
 use crate::source::{Exactness, SourceError};
-use crate::Shared;
 
 /// Shown for each section whose source failed or cannot answer in this scope.
 fn section_error(what: &str, e: SourceError) -> Markup {

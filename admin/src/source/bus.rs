@@ -143,18 +143,20 @@ impl BusSource for BusApi {
     ) -> SourceResult<DlqPage> {
         let all = self.entries(scope, topic).await?;
         let total = all.len();
-        let start = match after {
-            None => 0,
-            Some(a) => {
-                all.iter().position(|e| e.id == a).ok_or_else(|| {
+        let start =
+            match after {
+                None => 0,
+                Some(a) => all.iter().position(|e| e.id == a).ok_or_else(|| {
                     SourceError::Invalid(format!(
                         "cursor {a:?} is not a dead letter of {topic} (it may have been removed)"
                     ))
-                })? + 1
-            }
-        };
-        let mut entries: Vec<DlqEntry> =
-            all.into_iter().skip(start).take(limit as usize + 1).collect();
+                })? + 1,
+            };
+        let mut entries: Vec<DlqEntry> = all
+            .into_iter()
+            .skip(start)
+            .take(limit as usize + 1)
+            .collect();
         let more = entries.len() > limit as usize;
         entries.truncate(limit as usize);
         let next = more.then(|| entries.last().map(|e| e.id.clone())).flatten();

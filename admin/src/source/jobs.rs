@@ -285,12 +285,7 @@ impl JobsSource for JobsApi {
         Ok(report)
     }
 
-    async fn set_paused(
-        &self,
-        scope: &TenantScope,
-        queue: &str,
-        paused: bool,
-    ) -> SourceResult<()> {
+    async fn set_paused(&self, scope: &TenantScope, queue: &str, paused: bool) -> SourceResult<()> {
         if scope.org_id().is_some() {
             return Err(SourceError::Forbidden(
                 "queues are shared by every tenant: a tenant-scoped console cannot pause or resume them"
@@ -359,10 +354,8 @@ impl Sampler {
         }
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(
-                weak.upgrade()
-                    .map_or(Duration::from_secs(60), |s| s.every),
-            );
+            let mut tick =
+                tokio::time::interval(weak.upgrade().map_or(Duration::from_secs(60), |s| s.every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;

@@ -229,8 +229,7 @@ pub trait JobsSource: Send + Sync + 'static {
         ids: &[JobId],
     ) -> SourceResult<ActionReport>;
     /// Pauses (`true`) or resumes a queue.
-    async fn set_paused(&self, scope: &TenantScope, queue: &str, paused: bool)
-    -> SourceResult<()>;
+    async fn set_paused(&self, scope: &TenantScope, queue: &str, paused: bool) -> SourceResult<()>;
     /// Cron schedules with their next `n` runs.
     async fn cron(&self, scope: &TenantScope, n: usize) -> SourceResult<Vec<CronSchedule>>;
 }

@@ -5,7 +5,9 @@ use uuid::Uuid;
 use windlass_core::TenantScope;
 use windlass_outbox::{DeadEvent, OutboxStore};
 
-use super::{DeadOutboxEvent, DeadOutboxPage, OutboxSource, OutboxTopicStats, SourceError, SourceResult};
+use super::{
+    DeadOutboxEvent, DeadOutboxPage, OutboxSource, OutboxTopicStats, SourceError, SourceResult,
+};
 
 /// Dead rows read at most to serve one page (see the `GAP` in [`OutboxApi::dead`]).
 const DEFAULT_DEAD_SCAN: usize = 10_000;
