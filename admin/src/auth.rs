@@ -156,7 +156,11 @@ fn base_path(req: &Request) -> String {
         .get::<OriginalUri>()
         .map(|o| o.path().to_owned())
         .unwrap_or_else(|| inner_path.to_owned());
-    let base = full.strip_suffix(inner_path).unwrap_or("");
+    let base = if inner_path == "/" {
+        full.as_str()
+    } else {
+        full.strip_suffix(inner_path).unwrap_or("")
+    };
     base.trim_end_matches('/').to_owned()
 }
 
@@ -302,7 +306,7 @@ fn cookie_header(base: &str, value: &str, secure: bool, max_age: Option<u64>) ->
 }
 
 fn home(base: &str) -> String {
-    format!("{base}/")
+    crate::pages::url(base, "/")
 }
 
 async fn login(inner: &Inner, base: &str, req: Request) -> Response {

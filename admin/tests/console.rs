@@ -118,6 +118,16 @@ async fn retry_of_a_failed_job_runs_it_to_completion() {
     let app = axum::Router::new().nest("/ops/console", env.console(Env::config()).router());
     let mut c = Client::new(app);
     c.login("/ops/console").await;
+    let home = c.get("/ops/console").await;
+    assert_eq!(
+        home.status,
+        StatusCode::OK,
+        "the mount path itself is the overview"
+    );
+    assert!(
+        home.body.contains("href=\"/ops/console/jobs\""),
+        "links follow the mount path"
+    );
 
     let list = c.get("/ops/console/jobs?state=discarded").await;
     assert_eq!(list.status, StatusCode::OK, "{}", list.body);

@@ -9,21 +9,41 @@ use windlass_admin::prometheus::{all_metrics, markdown_table, recorder};
 use windlass_core::{MetricDef, MetricKind};
 
 fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 fn catalog() -> BTreeMap<&'static str, &'static MetricDef> {
     let mut map = BTreeMap::new();
     for m in all_metrics() {
-        assert!(map.insert(m.name, m).is_none(), "{} is in two catalogs", m.name);
+        assert!(
+            map.insert(m.name, m).is_none(),
+            "{} is in two catalogs",
+            m.name
+        );
     }
     map
 }
 
 /// Label names whose values come from a small set the application chooses (never ids).
 const BOUNDED_LABELS: &[&str] = &[
-    "topic", "group", "partition", "queue", "kind", "state", "type", "tier", "destination",
-    "outcome", "reason", "table", "consumer", "cron", "page", "status",
+    "topic",
+    "group",
+    "partition",
+    "queue",
+    "kind",
+    "state",
+    "type",
+    "tier",
+    "destination",
+    "outcome",
+    "reason",
+    "table",
+    "consumer",
+    "cron",
+    "page",
+    "status",
 ];
 
 #[test]
@@ -31,7 +51,9 @@ fn names_follow_the_convention_and_labels_are_bounded() {
     for m in catalog().values() {
         assert!(m.name.starts_with("windlass_"), "{}", m.name);
         assert!(
-            m.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            m.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
             "{}",
             m.name
         );
@@ -56,7 +78,8 @@ fn the_exporter_describes_every_catalog_metric() {
     let (recorder, handle) = recorder().unwrap();
     metrics::with_local_recorder(&recorder, || {
         for m in all_metrics() {
-            let labels: Vec<(&'static str, &'static str)> = m.labels.iter().map(|l| (*l, "x")).collect();
+            let labels: Vec<(&'static str, &'static str)> =
+                m.labels.iter().map(|l| (*l, "x")).collect();
             match m.kind {
                 MetricKind::Counter => metrics::counter!(m.name, &labels).increment(1),
                 MetricKind::Gauge => metrics::gauge!(m.name, &labels).set(1.0),
@@ -71,23 +94,40 @@ fn the_exporter_describes_every_catalog_metric() {
             MetricKind::Gauge => "gauge",
             _ => "histogram",
         };
-        assert!(text.contains(&format!("# TYPE {} {kind}", m.name)), "{} typed {kind}:\n{text}", m.name);
-        assert!(text.contains(&format!("# HELP {} ", m.name)), "{} described", m.name);
+        assert!(
+            text.contains(&format!("# TYPE {} {kind}", m.name)),
+            "{} typed {kind}:\n{text}",
+            m.name
+        );
+        assert!(
+            text.contains(&format!("# HELP {} ", m.name)),
+            "{} described",
+            m.name
+        );
         if m.kind == MetricKind::Histogram {
-            assert!(text.contains(&format!("{}_bucket{{", m.name)), "{} exported with buckets", m.name);
+            assert!(
+                text.contains(&format!("{}_bucket{{", m.name)),
+                "{} exported with buckets",
+                m.name
+            );
         }
     }
 }
 
-const START: &str = "<!-- catalog:start (generated from every crate's metrics::CATALOG; a test checks it) -->";
+const START: &str =
+    "<!-- catalog:start (generated from every crate's metrics::CATALOG; a test checks it) -->";
 const END: &str = "<!-- catalog:end -->";
 
 #[test]
 fn docs_metrics_md_is_the_catalogs_table() {
     let path = repo("docs/metrics.md");
     let doc = std::fs::read_to_string(&path).unwrap();
-    let (head, rest) = doc.split_once(START).expect("docs/metrics.md has the start marker");
-    let (table, tail) = rest.split_once(END).expect("docs/metrics.md has the end marker");
+    let (head, rest) = doc
+        .split_once(START)
+        .expect("docs/metrics.md has the start marker");
+    let (table, tail) = rest
+        .split_once(END)
+        .expect("docs/metrics.md has the end marker");
     let expected = format!("\n{}", markdown_table());
     if table != expected {
         if std::env::var_os("WINDLASS_BLESS").is_some() {
@@ -162,9 +202,9 @@ fn the_grafana_dashboard_queries_only_catalog_metrics() {
             let names = metric_names(&expr);
             assert!(!names.is_empty(), "query {expr:?} names no windlass metric");
             for name in &names {
-                let def = catalog
-                    .get(name.as_str())
-                    .unwrap_or_else(|| panic!("the dashboard queries {name}, which no catalog has ({expr})"));
+                let def = catalog.get(name.as_str()).unwrap_or_else(|| {
+                    panic!("the dashboard queries {name}, which no catalog has ({expr})")
+                });
                 if expr.contains(&format!("{name}_bucket")) {
                     assert_eq!(def.kind, MetricKind::Histogram, "{name} is not a histogram");
                 }
@@ -172,7 +212,9 @@ fn the_grafana_dashboard_queries_only_catalog_metrics() {
             }
             for label in by_labels(&expr) {
                 assert!(
-                    names.iter().any(|n| catalog[n.as_str()].labels.contains(&label.as_str())),
+                    names
+                        .iter()
+                        .any(|n| catalog[n.as_str()].labels.contains(&label.as_str())),
                     "query {expr:?} groups by {label:?}, which none of its metrics has"
                 );
             }
@@ -185,8 +227,13 @@ fn the_grafana_dashboard_queries_only_catalog_metrics() {
 #[test]
 fn the_metric_name_parser_finds_histogram_bases() {
     assert_eq!(
-        metric_names("histogram_quantile(0.9, rate(windlass_jobs_run_seconds_bucket[5m])) / windlass_x_total"),
+        metric_names(
+            "histogram_quantile(0.9, rate(windlass_jobs_run_seconds_bucket[5m])) / windlass_x_total"
+        ),
         vec!["windlass_jobs_run_seconds", "windlass_x_total"]
     );
-    assert_eq!(by_labels("sum by (le, queue) (x) / sum by (type)(y)"), vec!["queue", "type"]);
+    assert_eq!(
+        by_labels("sum by (le, queue) (x) / sum by (type)(y)"),
+        vec!["queue", "type"]
+    );
 }

@@ -37,12 +37,22 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// An absolute URL of a console path (`path` starts with `/`).
     pub(crate) fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        url(&self.base, path)
     }
 
     /// The hidden CSRF field every action form carries.
     pub(crate) fn csrf_field(&self) -> Markup {
         html! { input type="hidden" name="csrf" value=(self.csrf); }
+    }
+}
+
+/// `path` (starting with `/`) under the mount path `base`. The console's root is `base` itself:
+/// a router nested at `/admin` answers `/admin`, not `/admin/`.
+pub(crate) fn url(base: &str, path: &str) -> String {
+    match (base.is_empty(), path) {
+        (false, "/") => base.to_owned(),
+        (false, p) if p.starts_with("/?") => format!("{base}{}", &p[1..]),
+        _ => format!("{base}{path}"),
     }
 }
 
@@ -304,7 +314,7 @@ pub(crate) fn back(ctx: &Ctx, return_to: &str, act: &str, done: usize, skipped: 
     q.append_pair("act", act);
     q.append_pair("done", &done.to_string());
     q.append_pair("skipped", &skipped.to_string());
-    Redirect::to(&format!("{}{}?{}", ctx.base, path, q.finish())).into_response()
+    Redirect::to(&format!("{}?{}", ctx.url(path), q.finish())).into_response()
 }
 
 /// A timestamp, to the second, UTC.
