@@ -99,7 +99,10 @@ async fn seed_jobs(pool: &PgPool, total: u64) {
         .await
         .expect("seed jobs");
         done += n;
-        eprintln!("jobs: {done}/{total} ({:.1} s for this chunk)", t.elapsed().as_secs_f64());
+        eprintln!(
+            "jobs: {done}/{total} ({:.1} s for this chunk)",
+            t.elapsed().as_secs_f64()
+        );
     }
 }
 
@@ -134,12 +137,15 @@ async fn seed_outbox(pool: &PgPool, total: u64) {
 async fn database(a: &Args) -> (PgPool, String, bool) {
     let admin_url = windlass_testkit::postgres::url();
     let name = format!("windlass_admin_seed_j{}_o{}", a.jobs, a.outbox);
-    let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
-        .expect("pg_database");
+        .expect("postgres");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("pg_database");
     if !exists {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
@@ -187,21 +193,32 @@ async fn main() {
     let a = args();
     let (pool, name, reused) = database(&a).await;
     if !reused {
-        windlass_jobs::postgres::migrate(&pool).await.expect("migrate jobs");
-        windlass_outbox::postgres::migrate(&pool).await.expect("migrate outbox");
+        windlass_jobs::postgres::migrate(&pool)
+            .await
+            .expect("migrate jobs");
+        windlass_outbox::postgres::migrate(&pool)
+            .await
+            .expect("migrate outbox");
         let t = Instant::now();
         seed_jobs(&pool, a.jobs).await;
         seed_outbox(&pool, a.outbox).await;
-        sqlx::query("VACUUM ANALYZE windlass_jobs").execute(&pool).await.expect("vacuum");
-        sqlx::query("VACUUM ANALYZE windlass_outbox").execute(&pool).await.expect("vacuum");
+        sqlx::query("VACUUM ANALYZE windlass_jobs")
+            .execute(&pool)
+            .await
+            .expect("vacuum");
+        sqlx::query("VACUUM ANALYZE windlass_outbox")
+            .execute(&pool)
+            .await
+            .expect("vacuum");
         eprintln!("seeded in {:.0} s", t.elapsed().as_secs_f64());
     } else {
         eprintln!("reusing the seeded database {name}");
     }
-    let size: String = sqlx::query_scalar("SELECT pg_size_pretty(pg_database_size(current_database()))")
-        .fetch_one(&pool)
-        .await
-        .expect("size");
+    let size: String =
+        sqlx::query_scalar("SELECT pg_size_pretty(pg_database_size(current_database()))")
+            .fetch_one(&pool)
+            .await
+            .expect("size");
 
     let jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(pool.clone()));
     let outbox = windlass_outbox::postgres::PgStore::new(pool.clone(), OutboxConfig::default())
@@ -257,8 +274,10 @@ async fn main() {
         let mut admin = sqlx::PgConnection::connect(&windlass_testkit::postgres::url())
             .await
             .expect("postgres");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut admin)
-            .await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }
