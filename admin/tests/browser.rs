@@ -218,6 +218,27 @@ fn console(env: &Env, config: ConsoleConfig) -> Console {
         )
 }
 
+/// A cache with some lookups behind it, so the overview's cache section has figures.
+async fn busy_cache() -> windlass_cache::Cache {
+    let cache = windlass_cache::Cache::memory();
+    let org = OrgId::new("acme").unwrap();
+    for (ty, keys, lookups) in [("invoice", 8, 40), ("customer", 3, 12)] {
+        let e = cache
+            .entry::<u32>(
+                ty,
+                windlass_cache::TypePolicy::ttl(Duration::from_secs(600)),
+            )
+            .unwrap();
+        for k in 0..keys {
+            e.set(&org, &k.to_string(), &k, &[]).await.unwrap();
+        }
+        for i in 0..lookups {
+            e.get(&org, &(i % 10).to_string()).await.unwrap();
+        }
+    }
+    cache
+}
+
 #[tokio::test]
 async fn log_in_retry_a_failed_job_requeue_and_redrive() {
     let env = Env::start().await;

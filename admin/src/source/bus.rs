@@ -10,7 +10,7 @@ use windlass_eventbus::{DeadLetter, DeadLetters, Publisher};
 
 use super::{BusSource, DlqEntry, DlqPage, GroupStatus, SourceError, SourceResult};
 
-/// Dead letters read at most per page (see the `GAP` in [`BusApi::dead_letters`]).
+/// Dead letters read at most per page (see the `GAP` in `BusApi::entries`).
 const DEFAULT_DLQ_SCAN: usize = 10_000;
 
 /// [`BusSource`] on a bus that can read its dead letters back and publish.

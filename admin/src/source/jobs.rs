@@ -187,6 +187,9 @@ impl JobsSource for JobsApi {
             filter = filter.after(after);
         }
         let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) else {
+            // GAP: `Jobs::list` pages by id ascending only (oldest first, no newest-first), and
+            // a filter no index covers (a state with queue or kind, a tenant) walks the primary
+            // key until the page is full: seconds at 10M rows when few rows match.
             let jobs = self
                 .jobs
                 .list(&filter.limit(limit))

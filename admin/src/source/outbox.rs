@@ -9,7 +9,7 @@ use super::{
     DeadOutboxEvent, DeadOutboxPage, OutboxSource, OutboxTopicStats, SourceError, SourceResult,
 };
 
-/// Dead rows read at most to serve one page (see the `GAP` in [`OutboxApi::dead`]).
+/// Dead rows read at most to serve one page (see the `GAP` in `OutboxApi::dead_rows`).
 const DEFAULT_DEAD_SCAN: usize = 10_000;
 
 /// [`OutboxSource`] on an outbox store (Postgres or SQLite).

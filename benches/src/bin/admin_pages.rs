@@ -9,6 +9,10 @@
 //!     [--samples 5] [--keep]
 //! ```
 //!
+//! Queue, kind and tenant are spread independently of the state (state from `g % 100`, tenant
+//! from `(g / 100) % 100`, kind from `(g / 7) % 20`, queue from `(g / 3) % 4`), so every filter
+//! combination matches some rows.
+//!
 //! Seeding writes the rows with `INSERT ... SELECT generate_series` (the harness's own SQL:
 //! the console itself only calls the primitives' APIs): 10M job rows take a few minutes here.
 //! The database is named after the sizes (`windlass_admin_seed_j{jobs}_o{outbox}`) and reused
@@ -71,10 +75,10 @@ async fn seed_jobs(pool: &PgPool, total: u64) {
         sqlx::query(
             "INSERT INTO windlass_jobs (queue, kind, args, org_id, priority, state, attempt, max_attempts, \
                                         run_at, attempted_at, errors, created_at, finalized_at) \
-             SELECT (ARRAY['default','critical','low','bulk'])[1 + (g % 4)], \
-                    'kind_' || (g % 20), \
+             SELECT (ARRAY['default','critical','low','bulk'])[1 + ((g / 3) % 4)], \
+                    'kind_' || ((g / 7) % 20), \
                     jsonb_build_object('user_id', g, 'email', 'user' || g || '@example.com', 'plan', (ARRAY['free','pro','team'])[1 + (g % 3)]), \
-                    'org' || (g % 100), \
+                    'org' || ((g / 100) % 100), \
                     (g % 10)::smallint, \
                     s.state, \
                     CASE WHEN s.state IN ('available','scheduled') THEN 0 ELSE 1 END, \
