@@ -541,7 +541,8 @@ async fn bad_input_gets_a_4xx_page_with_the_reason() {
     );
 
     let csrf = c.get("/jobs").await.csrf();
-    let posts: Vec<(&str, Vec<(&str, String)>, StatusCode)> = vec![
+    type Post<'a> = (&'a str, Vec<(&'a str, String)>, StatusCode);
+    let posts: Vec<Post> = vec![
         (
             "/jobs/action",
             vec![("action", "explode".into()), ("id", "1".into())],

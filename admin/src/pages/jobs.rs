@@ -61,15 +61,15 @@ fn query(ctx: &Ctx, params: &Params, default_limit: u32) -> Result<JobQuery, Con
             "this console is scoped to another tenant".into(),
         ));
     }
-    let mut q = JobQuery::default();
-    q.states = states;
-    q.queue = params.name("queue")?;
-    q.kind = params.name("kind")?;
-    q.org_id = org_id;
-    q.text = text;
-    q.after = params.id("after")?;
-    q.limit = params.limit(default_limit)?;
-    Ok(q)
+    Ok(JobQuery {
+        states,
+        queue: params.name("queue")?,
+        kind: params.name("kind")?,
+        org_id,
+        text,
+        after: params.id("after")?,
+        limit: params.limit(default_limit)?,
+    })
 }
 
 /// The list URL for `q` with another cursor.

@@ -335,11 +335,14 @@ impl JobsSource for JobsApi {
     }
 }
 
+/// When a sample was taken, and per queue the (completed, discarded) counts then.
+type Sample = (DateTime<Utc>, BTreeMap<String, (u64, u64)>);
+
 /// Samples `Jobs::counts` at a fixed interval and derives completed / discarded per minute.
 struct Sampler {
     every: Duration,
     started: OnceLock<()>,
-    samples: Mutex<VecDeque<(DateTime<Utc>, BTreeMap<String, (u64, u64)>)>>,
+    samples: Mutex<VecDeque<Sample>>,
 }
 
 impl Sampler {
