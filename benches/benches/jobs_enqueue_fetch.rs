@@ -19,12 +19,21 @@ fn row() -> windlass_jobs::NewJob {
         .expect("valid job")
 }
 
-fn cycle(c: &mut Criterion, name: &str, store: Arc<dyn JobStore>, rt: &tokio::runtime::Runtime) {
+/// `store()` gives the store of each measurement: a fresh one for the memory store, whose
+/// fetch scans every row it holds (so rows left by one measurement would slow the next).
+fn cycle(
+    c: &mut Criterion,
+    name: &str,
+    store: impl Fn() -> Arc<dyn JobStore>,
+    rt: &tokio::runtime::Runtime,
+) {
+    let enqueue_store = store();
     let mut g = c.benchmark_group(format!("jobs_{name}"));
     g.bench_function("enqueue_one", |b| {
         b.to_async(rt)
-            .iter(|| async { store.insert(vec![row()]).await.expect("insert") })
+            .iter(|| async { enqueue_store.insert(vec![row()]).await.expect("insert") })
     });
+    let store = store();
     // Drain what enqueue_one left so the cycle fetches exactly its own job.
     rt.block_on(async {
         while !store
@@ -51,12 +60,13 @@ fn cycle(c: &mut Criterion, name: &str, store: Arc<dyn JobStore>, rt: &tokio::ru
 
 fn jobs(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    cycle(c, "memory", Arc::new(MemoryStore::new()), &rt);
+    cycle(c, "memory", || Arc::new(MemoryStore::new()), &rt);
     let db = rt.block_on(windlass_testkit::postgres::fresh_database());
     rt.block_on(windlass_jobs::postgres::migrate(&db.pool))
         .expect("migrate");
     let pool = rt.block_on(db.new_pool(4));
-    cycle(c, "postgres", Arc::new(PgStore::new(pool.clone())), &rt);
+    let pg: Arc<dyn JobStore> = Arc::new(PgStore::new(pool.clone()));
+    cycle(c, "postgres", || pg.clone(), &rt);
     c.bench_function("jobs_postgres/baseline_raw_insert_one", |b| {
         b.to_async(&rt).iter(|| async {
             let id: i64 = sqlx::query_scalar(
@@ -75,6 +85,8 @@ fn jobs(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
+        // Charts come from `src/bin/plot.rs`; criterion's own would need a TrueType font library.
+        .without_plots()
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_secs(2))
         .sample_size(20);

@@ -9,9 +9,9 @@
 //!     [--samples 5] [--keep]
 //! ```
 //!
-//! Queue, kind and tenant are spread independently of the state (state from `g % 100`, tenant
-//! from `(g / 100) % 100`, kind from `(g / 7) % 20`, queue from `(g / 3) % 4`), so every filter
-//! combination matches some rows.
+//! Queue, kind and tenant are spread independently of the state (state from `g % 100`; tenant,
+//! kind and queue from Postgres' `hashint8` of `g`), so every filter combination matches about
+//! its share of the rows.
 //!
 //! Seeding writes the rows with `INSERT ... SELECT generate_series` (the harness's own SQL:
 //! the console itself only calls the primitives' APIs): 10M job rows take a few minutes here.
@@ -75,10 +75,10 @@ async fn seed_jobs(pool: &PgPool, total: u64) {
         sqlx::query(
             "INSERT INTO windlass_jobs (queue, kind, args, org_id, priority, state, attempt, max_attempts, \
                                         run_at, attempted_at, errors, created_at, finalized_at) \
-             SELECT (ARRAY['default','critical','low','bulk'])[1 + ((g / 3) % 4)], \
-                    'kind_' || ((g / 7) % 20), \
+             SELECT (ARRAY['default','critical','low','bulk'])[1 + abs(hashint8(g)) % 4], \
+                    'kind_' || (abs(hashint8(g + 1)) % 20), \
                     jsonb_build_object('user_id', g, 'email', 'user' || g || '@example.com', 'plan', (ARRAY['free','pro','team'])[1 + (g % 3)]), \
-                    'org' || ((g / 100) % 100), \
+                    'org' || (abs(hashint8(g + 2)) % 100), \
                     (g % 10)::smallint, \
                     s.state, \
                     CASE WHEN s.state IN ('available','scheduled') THEN 0 ELSE 1 END, \
@@ -249,6 +249,8 @@ async fn main() {
         "/jobs?state=discarded".to_owned(),
         "/jobs?state=retryable&queue=critical".to_owned(),
         "/jobs?kind=kind_3&state=available".to_owned(),
+        // A filter matching no row: the worst case of a list without a fitting index.
+        "/jobs?kind=no_such_kind".to_owned(),
         format!("/jobs?after={mid}"),
         "/jobs?q=user4242%40".to_owned(),
         format!("/jobs/{some_job}"),
