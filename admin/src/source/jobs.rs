@@ -189,7 +189,7 @@ impl JobsSource for JobsApi {
         let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) else {
             // GAP: `Jobs::list` pages by id ascending only (oldest first, no newest-first), and
             // a filter no index covers (a state with queue or kind, a tenant) walks the primary
-            // key until the page is full: seconds at 10M rows when few rows match.
+            // key until the page is full: about a second at 10M rows when no row matches.
             let jobs = self
                 .jobs
                 .list(&filter.limit(limit))
