@@ -247,8 +247,8 @@ async fn log_in_retry_a_failed_job_requeue_and_redrive() {
         .await;
     let dead = env.dead_outbox_event("acme").await;
     let letter = env.dead_letter("acme", "refused by billing").await;
-    let console = console(&env, Env::config())
-        .cache(windlass_admin::CacheApi::new(busy_cache().await));
+    let console =
+        console(&env, Env::config()).cache(windlass_admin::CacheApi::new(busy_cache().await));
     let addr = serve(axum::Router::new().nest("/admin", console.router())).await;
     let base = format!("http://{addr}/admin");
     let b = Browser::start().await;
