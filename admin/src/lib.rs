@@ -22,7 +22,6 @@
 //! - [`prometheus`]: one recorder for every crate's metrics, described from their catalogs.
 //!
 //! ```
-//! use std::sync::Arc;
 //! use windlass_admin::{Console, ConsoleConfig, JobsApi};
 //! use windlass_jobs::{Jobs, memory::MemoryStore};
 //!

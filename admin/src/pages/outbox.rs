@@ -6,13 +6,13 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use maud::html;
+use maud::{Markup, html};
 use uuid::Uuid;
 
 use super::{Ctx, Params, age, back, cut, layout, notice, ok, pretty, ts, unavailable};
 use crate::Shared;
 use crate::error::ConsoleError;
-use crate::source::{OutboxSource, SourceError};
+use crate::source::{OutboxSource, OutboxTopicStats, SourceError};
 
 fn source(shared: &Shared) -> Result<&Arc<dyn OutboxSource>, ConsoleError> {
     shared
@@ -20,6 +20,26 @@ fn source(shared: &Shared) -> Result<&Arc<dyn OutboxSource>, ConsoleError> {
         .outbox
         .as_ref()
         .ok_or_else(|| ConsoleError::NotFound("no outbox source configured".into()))
+}
+
+/// Pending, dead and lag per topic (and destination); shared with the overview.
+pub(crate) fn stats_table(ctx: &Ctx, rows: &[OutboxTopicStats]) -> Markup {
+    html! {
+        table.outbox {
+            thead { tr { th { "topic" } th { "destination" } th.num { "pending" } th.num { "dead" } th { "lag (oldest pending)" } } }
+            tbody {
+                @for r in rows {
+                    tr {
+                        td { (r.topic.as_deref().unwrap_or("(all topics)")) }
+                        td { (r.destination.as_deref().unwrap_or("-")) }
+                        td.num { (r.pending) }
+                        td.num { a href=(ctx.url("/outbox")) { (r.dead) } }
+                        td { (r.lag.map(age).unwrap_or_else(|| "-".into())) }
+                    }
+                }
+            }
+        }
+    }
 }
 
 pub(crate) async fn page(
@@ -38,22 +58,7 @@ pub(crate) async fn page(
     let body = html! {
         (notice(&params))
         @match stats {
-            Ok(rows) => {
-                table {
-                    thead { tr { th { "topic" } th { "destination" } th.num { "pending" } th.num { "dead" } th { "lag" } } }
-                    tbody {
-                        @for r in &rows {
-                            tr {
-                                td { (r.topic.as_deref().unwrap_or("(all topics)")) }
-                                td { (r.destination.as_deref().unwrap_or("-")) }
-                                td.num { (r.pending) }
-                                td.num { (r.dead) }
-                                td { (r.lag.map(age).unwrap_or_else(|| "-".into())) }
-                            }
-                        }
-                    }
-                }
-            }
+            Ok(rows) => (stats_table(&ctx, &rows)),
             Err(SourceError::Unsupported(why)) => (unavailable("Counts", &why)),
             Err(e) => (unavailable("Counts", &ConsoleError::from(e).to_string())),
         }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use maud::{Markup, html};
 use windlass_jobs::JobState;
 
-use super::{Ctx, Params, age, back, chart, layout, notice, ok, unavailable};
+use super::{Ctx, Params, back, chart, layout, notice, ok, unavailable};
 use crate::Shared;
 use crate::error::ConsoleError;
 use crate::source::{Exactness, SourceError};
@@ -128,22 +128,7 @@ pub(crate) async fn page(
             @match outbox {
                 Ok(None) => (unavailable("Outbox", "no outbox source configured")),
                 Err(e) => (section_error("Outbox", e)),
-                Ok(Some(rows)) => {
-                    table {
-                        thead { tr { th { "topic" } th { "destination" } th.num { "pending" } th.num { "dead" } th { "lag (oldest pending)" } } }
-                        tbody {
-                            @for r in &rows {
-                                tr {
-                                    td { (r.topic.as_deref().unwrap_or("(all topics)")) }
-                                    td { (r.destination.as_deref().unwrap_or("-")) }
-                                    td.num { (r.pending) }
-                                    td.num { a href=(ctx.url("/outbox")) { (r.dead) } }
-                                    td { (r.lag.map(age).unwrap_or_else(|| "-".into())) }
-                                }
-                            }
-                        }
-                    }
-                }
+                Ok(Some(rows)) => (super::outbox::stats_table(&ctx, &rows)),
             }
         }
         section #bus {
