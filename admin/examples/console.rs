@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! WINDLASS_ADMIN_TOKEN=$(openssl rand -hex 16) cargo run -p windlass-admin --example console
-//! # then open http://127.0.0.1:8080/admin/ and log in with the token
+//! # then open http://127.0.0.1:8080/admin and log in with the token
 //! ```
 //!
 //! Environment: `WINDLASS_POSTGRES_URL`, `WINDLASS_REDIS_URL` (local defaults),
@@ -76,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nest("/admin", console.router())
         .merge(windlass_admin::prometheus::router(metrics));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("console on http://{addr}/admin/ , metrics on http://{addr}/metrics");
+    println!("console on http://{addr}/admin , metrics on http://{addr}/metrics");
     axum::serve(listener, app).await?;
     Ok(())
 }
