@@ -53,7 +53,9 @@ fn codec(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(1));
+    config = Criterion::default()
+        // Charts come from `src/bin/plot.rs`; criterion's own would need a TrueType font library.
+        .without_plots().warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(1));
     targets = codec
 }
 criterion_main!(benches);

@@ -1,0 +1,137 @@
+//! The outbox: counts per topic, dead rows with keyset paging, requeue and skip.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use maud::{Markup, html};
+use uuid::Uuid;
+
+use super::{Ctx, Params, age, back, cut, layout, notice, ok, pretty, ts, unavailable};
+use crate::Shared;
+use crate::error::ConsoleError;
+use crate::source::{OutboxSource, OutboxTopicStats, SourceError};
+
+fn source(shared: &Shared) -> Result<&Arc<dyn OutboxSource>, ConsoleError> {
+    shared
+        .inner
+        .outbox
+        .as_ref()
+        .ok_or_else(|| ConsoleError::NotFound("no outbox source configured".into()))
+}
+
+/// Pending, dead and lag per topic (and destination); shared with the overview.
+pub(crate) fn stats_table(ctx: &Ctx, rows: &[OutboxTopicStats]) -> Markup {
+    html! {
+        table.outbox {
+            thead { tr { th { "topic" } th { "destination" } th.num { "pending" } th.num { "dead" } th { "lag (oldest pending)" } } }
+            tbody {
+                @for r in rows {
+                    tr {
+                        td { (r.topic.as_deref().unwrap_or("(all topics)")) }
+                        td { (r.destination.as_deref().unwrap_or("-")) }
+                        td.num { (r.pending) }
+                        td.num { a href=(ctx.url("/outbox")) { (r.dead) } }
+                        td { (r.lag.map(age).unwrap_or_else(|| "-".into())) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn page(
+    State(shared): State<Shared>,
+    Extension(ctx): Extension<Ctx>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ConsoleError> {
+    let params = Params::query(raw.as_deref());
+    params.only(&["after", "limit", "act", "done", "skipped"])?;
+    let after = params.id("after")?;
+    let limit = params.limit(shared.inner.config.page_size)?;
+    let src = source(&shared)?;
+    let (stats, dead) = tokio::join!(src.stats(&ctx.scope), src.dead(&ctx.scope, after, limit));
+    let dead = dead?;
+    let here = format!("/outbox?{}", raw.as_deref().unwrap_or_default());
+    let body = html! {
+        (notice(&params))
+        @match stats {
+            Ok(rows) => (stats_table(&ctx, &rows)),
+            Err(SourceError::Unsupported(why)) => (unavailable("Counts", &why)),
+            Err(e) => (unavailable("Counts", &ConsoleError::from(e).to_string())),
+        }
+        h2 { "Dead events" }
+        @if let Some(note) = &dead.note { p.muted { (note) } }
+        table.dead {
+            thead { tr {
+                th { "seq" } th { "topic" } th { "key" } th { "tenant" } th { "type" }
+                th.num { "attempts" } th { "last error" } th { "created (UTC)" } th { "" }
+            } }
+            tbody {
+                @if dead.events.is_empty() { tr { td colspan="9" { "No dead events." } } }
+                @for e in &dead.events {
+                    tr id={ "dead-" (e.id) } {
+                        td.num { (e.seq) }
+                        td { (e.topic) }
+                        td { (e.partition_key.as_deref().unwrap_or("-")) }
+                        td { (e.org_id.as_deref().unwrap_or("-")) }
+                        td { (e.event_type.as_deref().unwrap_or("?")) }
+                        td.num { (e.attempts) }
+                        td.error { (cut(e.last_error.as_deref().unwrap_or(""), 160)) }
+                        td { (ts(&e.created_at)) }
+                        td {
+                            @if !ctx.read_only {
+                                form.inline method="post" action=(ctx.url("/outbox/action")) {
+                                    (ctx.csrf_field())
+                                    input type="hidden" name="id" value=(e.id);
+                                    input type="hidden" name="return_to" value=(here);
+                                    button name="action" value="requeue" { "Requeue" }
+                                    @if src.can_skip() {
+                                        button name="action" value="skip" data-confirm="Skip this event for good?" { "Skip" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    tr.payload { td colspan="9" { details { summary { "event " (e.id) } pre.json { (pretty(&e.event)) } } } }
+                }
+            }
+        }
+        nav.pager {
+            @if after.is_some() { a href=(ctx.url(&format!("/outbox?limit={limit}"))) { "« first page" } " " }
+            @if let Some(n) = dead.next { a rel="next" href=(ctx.url(&format!("/outbox?after={n}&limit={limit}"))) { "next page »" } }
+        }
+        @if !src.can_skip() { p.muted { "Skip is not available with this outbox version." } }
+    };
+    Ok(ok(layout(&ctx, "outbox", "Outbox", body)))
+}
+
+pub(crate) async fn action(
+    State(shared): State<Shared>,
+    Extension(ctx): Extension<Ctx>,
+    body: Bytes,
+) -> Result<Response, ConsoleError> {
+    let form = Params::parse(&body);
+    let raw = form.get("id").unwrap_or_default();
+    let id = Uuid::parse_str(raw)
+        .map_err(|_| ConsoleError::BadRequest(format!("id must be a UUID, not {raw:?}")))?;
+    let src = source(&shared)?;
+    let act = match form.get("action") {
+        Some("requeue") => {
+            src.requeue(&ctx.scope, id).await?;
+            "requeue"
+        }
+        Some("skip") => {
+            src.skip(&ctx.scope, id).await?;
+            "skip"
+        }
+        other => {
+            return Err(ConsoleError::BadRequest(format!(
+                "action must be requeue or skip, not {other:?}"
+            )));
+        }
+    };
+    Ok(back(&ctx, &form.return_to("/outbox"), act, 1, 0))
+}

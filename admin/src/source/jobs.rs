@@ -1,0 +1,427 @@
+//! [`JobsSource`] on the public API of `windlass-jobs` ([`Jobs`]), as it is today.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use windlass_core::TenantScope;
+use windlass_jobs::{CronJob, JobFilter, JobId, JobRecord, JobState, Jobs};
+
+use super::{
+    ActionReport, CronSchedule, Depths, Exactness, JobAction, JobPage, JobQuery, JobsSource,
+    QueueDepth, SourceError, SourceResult, Throughput,
+};
+
+/// Rows a tenant-scoped count or a text search reads at most (see the `GAP`s below).
+const DEFAULT_SCAN_CAP: u64 = 5_000;
+/// Page size of those scans.
+const SCAN_PAGE: u32 = 1_000;
+
+/// [`JobsSource`] on a [`Jobs`] handle (any store: Postgres or memory).
+///
+/// Cron schedules are not stored by `windlass-jobs` (each worker holds its own), so register
+/// the same [`CronJob`]s here with [`JobsApi::cron_job`] to see them and their next runs.
+#[derive(Clone)]
+pub struct JobsApi {
+    jobs: Jobs,
+    crons: Arc<Vec<CronJob>>,
+    scan_cap: u64,
+    sampler: Arc<Sampler>,
+}
+
+impl std::fmt::Debug for JobsApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobsApi")
+            .field("crons", &self.crons.len())
+            .field("scan_cap", &self.scan_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobsApi {
+    /// A source on `jobs`.
+    pub fn new(jobs: Jobs) -> Self {
+        Self {
+            jobs,
+            crons: Arc::new(Vec::new()),
+            scan_cap: DEFAULT_SCAN_CAP,
+            sampler: Arc::new(Sampler::new(Duration::from_secs(60))),
+        }
+    }
+
+    /// Shows `cron` on the cron page (register the same cron jobs your workers run).
+    pub fn cron_job(mut self, cron: CronJob) -> Self {
+        Arc::make_mut(&mut self.crons).push(cron);
+        self
+    }
+
+    /// Rows read at most by a tenant-scoped count or a text search (default 5 000, at least
+    /// one page of 1 000).
+    pub fn scan_cap(mut self, rows: u64) -> Self {
+        self.scan_cap = rows.max(u64::from(SCAN_PAGE));
+        self
+    }
+
+    /// How often the throughput chart samples the job counts (default every minute).
+    pub fn sample_every(mut self, every: Duration) -> Self {
+        self.sampler = Arc::new(Sampler::new(every.max(Duration::from_millis(100))));
+        self
+    }
+
+    fn visible(scope: &TenantScope, job: &JobRecord) -> bool {
+        scope.allows(job.org_id.as_deref())
+    }
+
+    /// The store filter for `query` in `scope`; `None` when the query names another tenant
+    /// than the scope's (nothing can match).
+    fn filter(scope: &TenantScope, query: &JobQuery) -> Option<JobFilter> {
+        let mut filter = JobFilter::new();
+        if let Some(q) = &query.queue {
+            filter = filter.queue(q.clone());
+        }
+        for s in &query.states {
+            filter = filter.state(*s);
+        }
+        if let Some(k) = &query.kind {
+            filter = filter.kind(k.clone());
+        }
+        match (scope.org_id(), &query.org_id) {
+            (Some(own), Some(asked)) if own.as_str() != asked => return None,
+            (Some(own), _) => filter = filter.org_id(own.as_str()),
+            (None, Some(asked)) => filter = filter.org_id(asked.clone()),
+            (None, None) => {}
+        }
+        Some(filter)
+    }
+}
+
+fn backend(what: &'static str) -> impl FnOnce(windlass_jobs::Error) -> SourceError {
+    move |e| SourceError::backend(what, e)
+}
+
+#[async_trait]
+impl JobsSource for JobsApi {
+    async fn depths(&self, scope: &TenantScope) -> SourceResult<Depths> {
+        let paused = self
+            .jobs
+            .store()
+            .paused_queues()
+            .await
+            .map_err(backend("paused queues"))?;
+        let mut queues: BTreeMap<String, QueueDepth> = BTreeMap::new();
+        let exactness = match scope.org_id() {
+            None => {
+                // GAP: `Jobs::counts` is a `count(*) ... GROUP BY queue, state` over the whole
+                // table: exact, but a full scan on every page load (seconds at 10M rows).
+                for c in self.jobs.counts().await.map_err(backend("job counts"))? {
+                    let q = queues.entry(c.queue.clone()).or_default();
+                    *q.counts.entry(c.state).or_default() += c.count.max(0) as u64;
+                }
+                Exactness::Exact
+            }
+            Some(org) => {
+                // GAP: no tenant-scoped counts in windlass-jobs; count a bounded scan of the
+                // tenant's rows (by id, through `Jobs::list`) and say it is a lower bound.
+                let mut filter = JobFilter::new().org_id(org.as_str()).limit(SCAN_PAGE);
+                let mut seen = 0u64;
+                loop {
+                    let page = self.jobs.list(&filter).await.map_err(backend("list"))?;
+                    for job in &page {
+                        let q = queues.entry(job.queue.clone()).or_default();
+                        *q.counts.entry(job.state).or_default() += 1;
+                    }
+                    seen += page.len() as u64;
+                    match page.last() {
+                        Some(last) if page.len() == SCAN_PAGE as usize => {
+                            if seen >= self.scan_cap {
+                                break Exactness::AtLeast(seen);
+                            }
+                            filter = filter.after(last.id);
+                        }
+                        _ => break Exactness::Exact,
+                    }
+                }
+            }
+        };
+        for (name, q) in queues.iter_mut() {
+            q.queue = name.clone();
+            q.paused = paused.contains(name);
+        }
+        for p in paused {
+            queues.entry(p.clone()).or_insert_with(|| QueueDepth {
+                queue: p,
+                counts: BTreeMap::new(),
+                paused: true,
+            });
+        }
+        Ok(Depths {
+            queues: queues.into_values().collect(),
+            exactness,
+        })
+    }
+
+    async fn throughput(
+        &self,
+        scope: &TenantScope,
+        window: Duration,
+    ) -> SourceResult<Option<Vec<Throughput>>> {
+        if scope.org_id().is_some() {
+            // GAP: counts are not tenant-scoped, so no per-tenant throughput yet.
+            return Ok(None);
+        }
+        // GAP: windlass-jobs keeps no completion history; the chart is built from job counts
+        // that this console samples itself (a full `count(*)` per sample) since it started.
+        self.sampler.ensure_started(self.jobs.clone());
+        Ok(Some(self.sampler.throughput(window)))
+    }
+
+    async fn list(&self, scope: &TenantScope, query: &JobQuery) -> SourceResult<JobPage> {
+        let Some(filter) = Self::filter(scope, query) else {
+            return Ok(JobPage::default());
+        };
+        let limit = query.limit.max(1);
+        let mut filter = filter;
+        if let Some(after) = query.after {
+            filter = filter.after(after);
+        }
+        let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) else {
+            // GAP: `Jobs::list` pages by id ascending only (oldest first, no newest-first), and
+            // a filter no index covers (a state with queue or kind, a tenant) walks the primary
+            // key until the page is full: about a second at 10M rows when no row matches.
+            let jobs = self
+                .jobs
+                .list(&filter.limit(limit))
+                .await
+                .map_err(backend("list"))?;
+            let next = (jobs.len() == limit as usize)
+                .then(|| jobs.last().map(|j| j.id))
+                .flatten();
+            let jobs = jobs
+                .into_iter()
+                .filter(|j| Self::visible(scope, j))
+                .collect();
+            return Ok(JobPage {
+                jobs,
+                next,
+                note: None,
+            });
+        };
+        // GAP: no text search over args in windlass-jobs; scan up to `scan_cap` rows of the
+        // other filters and keep those whose args contain the text.
+        let mut jobs = Vec::new();
+        let mut scanned = 0u64;
+        let mut cursor = query.after;
+        let mut exhausted = false;
+        while jobs.len() < limit as usize && scanned < self.scan_cap {
+            let mut f = filter.clone().limit(SCAN_PAGE);
+            if let Some(c) = cursor {
+                f = f.after(c);
+            }
+            let page = self.jobs.list(&f).await.map_err(backend("list"))?;
+            scanned += page.len() as u64;
+            let full = page.len() == SCAN_PAGE as usize;
+            for job in page {
+                cursor = Some(job.id);
+                if Self::visible(scope, &job) && job.args.to_string().contains(text) {
+                    jobs.push(job);
+                    if jobs.len() == limit as usize {
+                        break;
+                    }
+                }
+            }
+            if !full {
+                exhausted = true;
+                break;
+            }
+        }
+        let next = if exhausted && jobs.len() < limit as usize {
+            None
+        } else {
+            cursor
+        };
+        Ok(JobPage {
+            jobs,
+            next,
+            note: Some(format!(
+                "Text search scanned {scanned} jobs (at most {} per page) of the other filters.",
+                self.scan_cap
+            )),
+        })
+    }
+
+    async fn get(&self, scope: &TenantScope, id: JobId) -> SourceResult<Option<JobRecord>> {
+        let job = self.jobs.get(id).await.map_err(backend("get"))?;
+        Ok(job.filter(|j| Self::visible(scope, j)))
+    }
+
+    async fn act(
+        &self,
+        scope: &TenantScope,
+        action: JobAction,
+        ids: &[JobId],
+    ) -> SourceResult<ActionReport> {
+        let mut report = ActionReport::default();
+        for &id in ids {
+            // A job's tenant never changes, so checking it before acting is race-free.
+            // GAP: the by-id actions of `Jobs` take no tenant scope; one `get` per id first.
+            if self.get(scope, id).await?.is_none() {
+                report.skipped.push(id);
+                continue;
+            }
+            let applied = match action {
+                JobAction::Retry => match self.jobs.retry_now(id).await {
+                    Ok(done) => done,
+                    Err(windlass_jobs::Error::UniqueConflict { .. }) => false,
+                    Err(e) => return Err(SourceError::backend("retry", e)),
+                },
+                JobAction::Cancel => self.jobs.cancel(id).await.map_err(backend("cancel"))?,
+                JobAction::Discard => self.jobs.discard(id).await.map_err(backend("discard"))?,
+            };
+            if applied {
+                report.done.push(id);
+            } else {
+                report.skipped.push(id);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn set_paused(&self, scope: &TenantScope, queue: &str, paused: bool) -> SourceResult<()> {
+        if scope.org_id().is_some() {
+            return Err(SourceError::Forbidden(
+                "queues are shared by every tenant: a tenant-scoped console cannot pause or resume them"
+                    .into(),
+            ));
+        }
+        let result = if paused {
+            self.jobs.pause(queue).await
+        } else {
+            self.jobs.resume(queue).await
+        };
+        result.map_err(|e| match e {
+            windlass_jobs::Error::Name(n) => SourceError::Invalid(n.to_string()),
+            e => SourceError::backend("pause", e),
+        })
+    }
+
+    async fn cron(&self, _scope: &TenantScope, n: usize) -> SourceResult<Vec<CronSchedule>> {
+        let now = Utc::now();
+        let mut out = Vec::with_capacity(self.crons.len());
+        for cron in self.crons.iter() {
+            let mut next_runs = Vec::with_capacity(n);
+            let mut from = now;
+            for _ in 0..n {
+                match cron.next_tick(from) {
+                    Ok(t) => {
+                        next_runs.push(t);
+                        from = t;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let template = cron.job_for_tick(now);
+            out.push(CronSchedule {
+                name: cron.name().to_owned(),
+                // GAP: `CronJob` does not expose its pattern.
+                pattern: None,
+                queue: template.queue.to_string(),
+                kind: template.kind.to_string(),
+                next_runs,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// When a sample was taken, and per queue the (completed, discarded) counts then.
+type Sample = (DateTime<Utc>, BTreeMap<String, (u64, u64)>);
+
+/// Samples `Jobs::counts` at a fixed interval and derives completed / discarded per minute.
+struct Sampler {
+    every: Duration,
+    started: OnceLock<()>,
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+impl Sampler {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            started: OnceLock::new(),
+            samples: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn ensure_started(self: &Arc<Self>, jobs: Jobs) {
+        if self.started.set(()).is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(weak.upgrade().map_or(Duration::from_secs(60), |s| s.every));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = weak.upgrade() else { return };
+                let Ok(counts) = jobs.counts().await else {
+                    continue;
+                };
+                let mut per_queue: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+                for c in counts {
+                    let e = per_queue.entry(c.queue).or_default();
+                    match c.state {
+                        JobState::Completed => e.0 += c.count.max(0) as u64,
+                        JobState::Discarded => e.1 += c.count.max(0) as u64,
+                        _ => {}
+                    }
+                }
+                let mut samples = me.samples.lock().unwrap_or_else(|p| p.into_inner());
+                samples.push_back((Utc::now(), per_queue));
+                let keep = (Duration::from_secs(3_700).as_millis() / me.every.as_millis().max(1))
+                    as usize
+                    + 2;
+                while samples.len() > keep {
+                    samples.pop_front();
+                }
+            }
+        });
+    }
+
+    fn throughput(&self, window: Duration) -> Vec<Throughput> {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let since = Utc::now() - chrono::Duration::from_std(window).unwrap_or_default();
+        let mut out: BTreeMap<String, BTreeMap<DateTime<Utc>, (u64, u64)>> = BTreeMap::new();
+        for pair in samples.iter().collect::<Vec<_>>().windows(2) {
+            let (_, before) = pair[0];
+            let (at, after) = pair[1];
+            if *at < since {
+                continue;
+            }
+            let minute = at
+                .duration_trunc(chrono::TimeDelta::minutes(1))
+                .unwrap_or(*at);
+            for (queue, (done, failed)) in after {
+                let (d0, f0) = before.get(queue).copied().unwrap_or((0, 0));
+                // Pruning lowers the counts; a drop is not negative throughput.
+                let e = out
+                    .entry(queue.clone())
+                    .or_default()
+                    .entry(minute)
+                    .or_default();
+                e.0 += done.saturating_sub(d0);
+                e.1 += failed.saturating_sub(f0);
+            }
+        }
+        out.into_iter()
+            .map(|(queue, m)| Throughput {
+                queue,
+                minutes: m.into_iter().map(|(t, (d, f))| (t, d, f)).collect(),
+            })
+            .collect()
+    }
+}
+
+use chrono::DurationRound as _;
