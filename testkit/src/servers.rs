@@ -61,6 +61,20 @@ fn listening(port: u16) -> bool {
     .is_ok()
 }
 
+fn answers_pong(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 64];
+    conn.write_all(b"PING\r\n").is_ok()
+        && matches!(conn.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
 /// A `redis-server` of one test's own, on a spare port.
 #[derive(Debug)]
 pub struct PrivateRedis {
@@ -115,8 +129,9 @@ impl PrivateRedis {
             });
         self.child = Some(child);
         let port = self.port;
-        wait_until("private redis-server", Duration::from_secs(10), || {
-            listening(port)
+        // Listening is not enough: a server loading its AOF answers LOADING until it is done.
+        wait_until("private redis-server", Duration::from_secs(30), || {
+            answers_pong(port)
         });
     }
 

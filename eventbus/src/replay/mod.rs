@@ -261,6 +261,7 @@ impl<'a> Run<'a> {
     }
 
     /// Records an entry skipped by a time filter (progress, not a delivery).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub(crate) fn skip(&mut self, idx: usize, position: String) {
         self.report.skipped += 1;
         if let Some(p) = self.report.partitions.get_mut(idx) {
