@@ -35,6 +35,9 @@ pub struct ClaimRequest {
     pub destination: Destination,
     /// Most rows in the claim.
     pub batch_size: usize,
+    /// Most keys in the claim (heads); the rows behind them fill the batch. Fewer keys with
+    /// more rows each let several relays share hot keys; the relay adapts it.
+    pub max_keys: usize,
     /// Lease length: no other relay claims the keys before it ends.
     pub lease: Duration,
     /// Tenant after which the round-robin over tenants starts (the last one the previous claim
@@ -48,6 +51,7 @@ impl ClaimRequest {
         Self {
             destination,
             batch_size: batch_size.max(1),
+            max_keys: batch_size.max(1),
             lease,
             after_tenant: None,
         }

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 
 use crate::config::OutboxConfig;
 use crate::error::{Error, Result};
-use crate::sql::{Arg, Backend, Queries, Row, Sql, SqlStore, Val};
+use crate::sql::{Arg, Backend, ClaimArgs, Queries, Row, Sql, SqlStore, Val};
 use crate::store::{Settled, Settlement, Waiter};
 
 /// The Postgres outbox as relays, the maintenance leader and operators use it: implements
@@ -41,22 +41,41 @@ impl PgOutboxStore {
         config.validate()?;
         let d = config.qualified_delivery_table();
         let t = config.qualified_table();
+        // One statement: pick the heads of free, due keys per tenant (skipping heads another
+        // claim is locking right now), round-robin over tenants, lease them, lease the rows
+        // behind them, and read the events.
         let lease = format!(
-            "WITH won AS ( \
+            "WITH picked AS ( \
+               SELECT seq FROM ( \
+                 SELECT h.seq, row_number() OVER (PARTITION BY t.ord ORDER BY h.seq) AS rnk \
+                 FROM unnest($4::text[]) WITH ORDINALITY AS t(tenant, ord) CROSS JOIN LATERAL ( \
+                   SELECT c.seq FROM {d} c \
+                   WHERE c.destination = $1 AND c.status = 'pending' AND c.tenant = t.tenant \
+                     AND c.next_attempt_at <= now() AND coalesce(c.lease_until, '-infinity') < now() \
+                     AND (c.partition_key IS NULL OR NOT EXISTS ( \
+                       SELECT 1 FROM {d} p WHERE p.destination = $1 AND p.topic = c.topic \
+                         AND p.partition_key = c.partition_key AND p.seq < c.seq \
+                         AND (p.status = 'pending' OR (p.status = 'dead' AND $6)))) \
+                   ORDER BY c.destination, c.tenant, c.seq LIMIT $7 \
+                   FOR UPDATE SKIP LOCKED) h) z \
+               ORDER BY rnk, seq LIMIT $8), \
+             won AS ( \
                UPDATE {d} h SET lease_token = $2, lease_until = now() + $3 * interval '1 millisecond' \
-               WHERE h.destination = $1 AND h.seq = ANY($4::int8[]) AND h.status = 'pending' \
-                 AND h.next_attempt_at <= now() AND coalesce(h.lease_until, '-infinity') < now() \
+               WHERE h.seq = ANY(ARRAY(SELECT seq FROM picked)) AND h.destination = $1 \
                RETURNING h.seq, h.topic, h.partition_key, h.attempts), \
              fol AS ( \
                UPDATE {d} f SET lease_token = $2, lease_until = now() + $3 * interval '1 millisecond' \
-               FROM (SELECT b.seq FROM {d} b JOIN won w ON b.topic = w.topic AND b.partition_key = w.partition_key \
-                     WHERE b.destination = $1 AND b.status = 'pending' AND b.seq > w.seq \
-                     ORDER BY b.seq LIMIT $5) x \
-               WHERE f.destination = $1 AND f.seq = x.seq \
+               WHERE f.seq = ANY(ARRAY(SELECT x.seq FROM won w CROSS JOIN LATERAL ( \
+                       SELECT b.seq FROM {d} b WHERE b.destination = $1 AND b.topic = w.topic \
+                         AND b.partition_key = w.partition_key AND b.seq > w.seq AND b.status = 'pending' \
+                       ORDER BY b.destination, b.topic, b.partition_key, b.seq LIMIT $5) x \
+                     ORDER BY x.seq LIMIT greatest($5 - (SELECT count(*) FROM won), 0))) \
+               AND f.destination = $1 \
                RETURNING f.seq, f.topic, f.partition_key, f.attempts), \
              got AS (SELECT * FROM won UNION ALL SELECT * FROM fol) \
-             SELECT g.seq, g.topic, g.partition_key, g.attempts::int8, e.event \
-             FROM got g JOIN {t} e ON e.seq = g.seq ORDER BY g.seq"
+             SELECT g.seq, g.topic, g.partition_key, g.attempts::int8, \
+               (SELECT e.event FROM {t} e WHERE e.seq = g.seq) \
+             FROM got g ORDER BY g.seq"
         );
         let settle = format!(
             "WITH pub AS (DELETE FROM {d} WHERE destination = $1 AND lease_token = $2 \
@@ -195,26 +214,29 @@ impl Backend for PgBackend {
         Ok(bind(q, args).execute(&self.pool).await?.rows_affected())
     }
 
-    async fn lease(
-        &self,
-        destination: &str,
-        token: i64,
-        lease_ms: i64,
-        heads: Vec<i64>,
-        cap: i64,
-    ) -> Result<Vec<Row>, sqlx::Error> {
-        sqlx::query(sqlx::AssertSqlSafe(self.lease.clone()))
+    async fn claim_rows(&self, c: ClaimArgs) -> Result<Vec<Row>, sqlx::Error> {
+        // The claim's cost estimate grows with the backlog; past `jit_above_cost` Postgres
+        // would JIT-compile it on every call (tens to hundreds of milliseconds for a statement
+        // that runs in a few). A short transaction with JIT off avoids that without touching
+        // the pool's other sessions; BEGIN and SET go in one round trip.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL jit = off")
+            .await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.lease.clone()))
             .persistent(self.persistent)
-            .bind(destination)
-            .bind(token)
-            .bind(lease_ms)
-            .bind(heads)
-            .bind(cap)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(read)
-            .collect()
+            .bind(c.destination)
+            .bind(c.token)
+            .bind(c.lease_ms)
+            .bind(c.tenants)
+            .bind(c.batch)
+            .bind(c.block)
+            .bind(c.per_tenant)
+            .bind(c.keys)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(read).collect()
     }
 
     async fn settle(
@@ -266,49 +288,19 @@ fn queries(c: &OutboxConfig) -> Queries {
     let s = c.qualified_stats_table();
     let l = c.qualified_leader_table();
     let i = c.qualified_inbox_table();
-    // Tenants with pending rows, by a loose index scan (one probe per tenant), starting after
-    // $3 and wrapping around, at most $5.
-    let next_tenant = |bound: &str| {
+    // Tenants with pending rows by a loose index scan (one probe per tenant), at most $3,
+    // from the first one or after $2.
+    let tenants = |start: &str| {
         format!(
-            "(SELECT min(x.tenant) FROM {d} x WHERE x.destination = $1 AND x.status = 'pending' AND x.tenant {bound})"
+            "WITH RECURSIVE t(tenant, n) AS ( \
+               SELECT (SELECT min(x.tenant) FROM {d} x WHERE x.destination = $1 AND x.status = 'pending' {start}), 1 \
+             UNION ALL \
+               SELECT (SELECT min(x.tenant) FROM {d} x WHERE x.destination = $1 AND x.status = 'pending' \
+                         AND x.tenant > t.tenant), t.n + 1 \
+               FROM t WHERE t.tenant IS NOT NULL AND t.n < $3) \
+             SELECT tenant FROM t WHERE tenant IS NOT NULL AND $2::text IS NOT NULL"
         )
     };
-    let candidates = format!(
-        "WITH RECURSIVE t1(tenant, n) AS ( \
-             SELECT CASE WHEN $3::text IS NULL THEN {first} ELSE {after} END, 1 \
-           UNION ALL \
-             SELECT {next1}, t1.n + 1 FROM t1 WHERE t1.tenant IS NOT NULL AND t1.n < $5), \
-         t2(tenant, n) AS ( \
-             SELECT CASE WHEN $3::text IS NULL THEN NULL ELSE {first} END, 1 \
-           UNION ALL \
-             SELECT {next2}, t2.n + 1 FROM t2 WHERE t2.tenant IS NOT NULL AND t2.tenant < $3 AND t2.n < $5), \
-         tl AS (SELECT tenant FROM ( \
-             SELECT tenant, 0 AS pass, n FROM t1 WHERE tenant IS NOT NULL \
-             UNION ALL SELECT tenant, 1, n FROM t2 WHERE tenant IS NOT NULL AND tenant <= $3) z \
-           ORDER BY pass, n LIMIT $5), \
-         heads AS ( \
-           SELECT h.seq, h.tenant, h.topic, h.partition_key, \
-                  row_number() OVER (PARTITION BY h.tenant ORDER BY h.seq) AS rnk \
-           FROM tl CROSS JOIN LATERAL ( \
-             SELECT c.seq, c.tenant, c.topic, c.partition_key FROM {d} c \
-             WHERE c.destination = $1 AND c.status = 'pending' AND c.tenant = tl.tenant \
-               AND c.next_attempt_at <= now() AND coalesce(c.lease_until, '-infinity') < now() \
-               AND (c.partition_key IS NULL OR NOT EXISTS ( \
-                 SELECT 1 FROM {d} p WHERE p.destination = $1 AND p.topic = c.topic \
-                   AND p.partition_key = c.partition_key AND p.seq < c.seq \
-                   AND (p.status = 'pending' OR (p.status = 'dead' AND $4)))) \
-             ORDER BY c.seq \
-             LIMIT (SELECT least($2, greatest(1, ceil($2 * 4.0 / greatest(count(*), 1))))::int8 FROM tl)) h) \
-         SELECT seq, tenant, topic, partition_key FROM heads ORDER BY rnk, seq LIMIT $2",
-        first = next_tenant(">= ''"),
-        after = next_tenant("> $3"),
-        next1 = format!(
-            "(SELECT min(x.tenant) FROM {d} x WHERE x.destination = $1 AND x.status = 'pending' AND x.tenant > t1.tenant)"
-        ),
-        next2 = format!(
-            "(SELECT min(x.tenant) FROM {d} x WHERE x.destination = $1 AND x.status = 'pending' AND x.tenant > t2.tenant)"
-        ),
-    );
     let filters = "($1::text IS NULL OR d.tenant = $1) AND ($2::text IS NULL OR d.destination = $2) \
                    AND ($3::text IS NULL OR d.topic = $3)";
     let requeue_set = "status = 'pending', attempts = 0, next_attempt_at = now(), \
@@ -324,7 +316,8 @@ fn queries(c: &OutboxConfig) -> Queries {
     let by_filter =
         |set: &str| format!("UPDATE {d} d SET {set} WHERE d.status = 'dead' AND {filters}");
     Queries {
-        candidates: Sql::new(candidates),
+        tenants_first: Sql::new(tenants("AND x.tenant >= $2")),
+        tenants_after: Sql::new(tenants("AND x.tenant > $2")),
         has_pending: Sql::new(format!(
             "SELECT 1 FROM {d} WHERE destination = $1 AND status = 'pending' LIMIT 1"
         )),

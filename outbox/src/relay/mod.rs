@@ -48,6 +48,7 @@ pub struct Relay<S, P> {
     publisher: Arc<P>,
     options: RelayOptions,
     after_tenant: Arc<std::sync::Mutex<Option<String>>>,
+    max_keys: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl<S, P> std::fmt::Debug for Relay<S, P> {
@@ -65,6 +66,7 @@ impl<S, P> Clone for Relay<S, P> {
             publisher: self.publisher.clone(),
             options: self.options.clone(),
             after_tenant: Arc::default(),
+            max_keys: Arc::default(),
         }
     }
 }
@@ -86,6 +88,7 @@ where
             publisher,
             options: RelayOptions::default(),
             after_tenant: Arc::default(),
+            max_keys: Arc::default(),
         }
     }
 
@@ -112,9 +115,17 @@ where
         let mut request =
             ClaimRequest::new(o.destination.clone(), o.batch_size, o.effective_lease());
         request.after_tenant = self.after_tenant.lock().expect("not poisoned").clone();
+        let batch = o.batch_size.max(1);
+        let keys = match self.max_keys.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => batch.div_ceil(2),
+            k => k.min(batch),
+        };
+        request.max_keys = keys;
         let claim = self.store.claim(&request).await.inspect_err(|_| {
             crate::metrics::relay_error(dest, "claim");
         })?;
+        self.max_keys
+            .store(adapt_keys(&claim, batch, keys), std::sync::atomic::Ordering::Relaxed);
         *self.after_tenant.lock().expect("not poisoned") = claim.last_tenant.clone();
         let mut round = Round {
             claimed: claim.rows.len(),
@@ -270,6 +281,29 @@ where
         let token = CancellationToken::new();
         let task = tokio::spawn(self.run(token.clone()));
         RelayHandle { token, task }
+    }
+}
+
+/// The next claim's key limit: fewer keys when the rows behind the heads filled the claim (hot
+/// keys: several relays then share the keys), more when every allowed head was taken and room
+/// was left (many distinct keys: fewer round trips).
+fn adapt_keys(claim: &crate::store::Claim, batch: usize, keys: usize) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let heads = claim
+        .rows
+        .iter()
+        .filter(|r| match &r.partition_key {
+            Some(k) => seen.insert((r.topic.as_str(), k.as_str())),
+            None => true,
+        })
+        .count();
+    let floor = (batch / 16).max(1);
+    if claim.rows.len() >= batch && heads < claim.rows.len() {
+        (keys / 2).max(floor)
+    } else if heads >= keys && claim.rows.len() < batch {
+        (keys * 2).min(batch)
+    } else {
+        keys
     }
 }
 

@@ -96,9 +96,11 @@ impl Row {
 /// (after the time, for [`Sql::timed`] statements).
 #[derive(Debug, Clone)]
 pub(crate) struct Queries {
-    /// (destination, batch, after_tenant?, block, max_tenants) -> (seq, tenant, topic, key),
-    /// heads of due free keys, round-robin over tenants, at most `batch`.
-    pub(crate) candidates: Sql,
+    /// (destination, lower bound (inclusive; '' = all), max) -> (tenant): tenants with pending
+    /// rows, in order.
+    pub(crate) tenants_first: Sql,
+    /// (destination, lower bound (exclusive), max) -> (tenant).
+    pub(crate) tenants_after: Sql,
     /// (destination) -> (1) when a pending row exists.
     pub(crate) has_pending: Sql,
     /// (holder, lease_ms) -> (holder) when `holder` now leads.
@@ -135,6 +137,20 @@ pub(crate) struct Queries {
     pub(crate) leader: Sql,
 }
 
+/// What [`Backend::claim_rows`] gets.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimArgs {
+    pub(crate) destination: String,
+    pub(crate) token: i64,
+    pub(crate) lease_ms: i64,
+    pub(crate) tenants: Vec<String>,
+    pub(crate) batch: i64,
+    /// Most heads (keys) in the claim; the rows behind them fill up to `batch`.
+    pub(crate) keys: i64,
+    pub(crate) block: bool,
+    pub(crate) per_tenant: i64,
+}
+
 /// One backend: statement execution plus its two multi-statement steps.
 #[async_trait]
 pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
@@ -144,16 +160,11 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Runs a statement on the pool; returns the rows it affected.
     async fn execute(&self, sql: &Sql, args: Vec<Arg>) -> Result<u64, sqlx::Error>;
 
-    /// Leases the `heads` still free and due, then up to `cap` rows behind the heads it won,
-    /// all with `token` for `lease_ms`; returns (seq, topic, key, attempts, event) in seq order.
-    async fn lease(
-        &self,
-        destination: &str,
-        token: i64,
-        lease_ms: i64,
-        heads: Vec<i64>,
-        cap: i64,
-    ) -> Result<Vec<Row>, sqlx::Error>;
+    /// Claims for one destination: the heads of free, due keys of `tenants` (at most
+    /// `per_tenant` each, round-robin over tenants, at most `keys`), leased with `token` for
+    /// `lease_ms`, then the rows behind them up to `batch` in all; returns (seq, topic, key,
+    /// attempts, event) in seq order.
+    async fn claim_rows(&self, args: ClaimArgs) -> Result<Vec<Row>, sqlx::Error>;
 
     /// Runs statements as one unit (a transaction where the backend needs one).
     async fn execute_all(&self, statements: Vec<(Sql, Vec<Arg>)>) -> Result<(), sqlx::Error> {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use windlass_core::TenantScope;
 
-use super::{Arg, Backend, Queries, millis};
+use super::{Arg, Backend, ClaimArgs, Queries, millis};
 use crate::admin::{
     BlockedKey, Cursor, DeadEvent, DeadFilter, DeliveryRef, LeaderInfo, MAX_PAGE, OutboxStats,
     Page, TopicStats,
@@ -79,49 +79,38 @@ impl<B: Backend> SqlStore<B> {
         let started = Instant::now();
         let batch = req.batch_size.max(1) as i64;
         let dest = req.destination.as_str().to_owned();
-        let mut args = vec![Arg::I64(0); 0];
-        args.push(Arg::Text(dest.clone()));
-        args.push(Arg::I64(batch));
-        args.push(Arg::OptText(req.after_tenant.clone()));
-        args.push(Arg::Bool(self.config.dead_policy.blocks()));
-        args.push(Arg::I64(MAX_TENANTS_PER_CLAIM));
-        let candidates = self
-            .backend
-            .fetch(&self.queries.candidates, args)
-            .await
-            .map_err(db("claim"))?;
         let mut claim = Claim {
             destination: req.destination.clone(),
             token: 0,
             rows: Vec::new(),
             started,
             lease: req.lease,
-            last_tenant: req.after_tenant.clone(),
+            last_tenant: None,
         };
-        if candidates.is_empty() {
+        let tenants = self.tenants(&dest, req.after_tenant.as_deref()).await?;
+        if tenants.is_empty() {
             return Ok(claim);
         }
-        let mut heads = Vec::with_capacity(candidates.len());
-        let mut last: Option<String> = None;
-        for r in &candidates {
-            heads.push(r.i64(0).map_err(db("claim"))?);
-            let tenant = r.text(1).map_err(db("claim"))?;
-            // Rotate: the next claim starts after the largest tenant this one reached past
-            // `after` (or, when it wrapped, the largest overall).
-            let past_after = req.after_tenant.as_ref().is_none_or(|a| &tenant > a);
-            match &last {
-                Some(l) if !(past_after && &tenant > l) => {}
-                _ if past_after => last = Some(tenant),
-                None => last = Some(tenant),
-                _ => {}
-            }
+        // Rotate only when the list was cut: then the next claim starts after the last one.
+        if tenants.len() as i64 >= MAX_TENANTS_PER_CLAIM {
+            claim.last_tenant = tenants.last().cloned();
         }
-        claim.last_tenant = last;
+        let t = tenants.len() as i64;
+        let keys = req.max_keys.clamp(1, req.batch_size.max(1)) as i64;
+        let per_tenant = ((keys * 4 + t - 1) / t).clamp(1, keys);
         claim.token = new_token();
-        let cap = (batch - heads.len() as i64).max(0);
         let rows = self
             .backend
-            .lease(&dest, claim.token, millis(req.lease), heads, cap)
+            .claim_rows(ClaimArgs {
+                destination: dest,
+                token: claim.token,
+                lease_ms: millis(req.lease),
+                tenants,
+                batch,
+                keys: (req.max_keys.clamp(1, req.batch_size.max(1))) as i64,
+                block: self.config.dead_policy.blocks(),
+                per_tenant,
+            })
             .await
             .map_err(db("claim"))?;
         claim.rows = rows
@@ -138,6 +127,49 @@ impl<B: Backend> SqlStore<B> {
             .collect::<Result<_, _>>()
             .map_err(db("claim"))?;
         Ok(claim)
+    }
+
+    /// Tenants with pending rows, at most [`MAX_TENANTS_PER_CLAIM`], starting after `after`
+    /// and wrapping around to the first ones.
+    async fn tenants(&self, dest: &str, after: Option<&str>) -> Result<Vec<String>> {
+        let m = MAX_TENANTS_PER_CLAIM;
+        let args = |bound: &str| {
+            vec![
+                Arg::Text(dest.to_owned()),
+                Arg::Text(bound.to_owned()),
+                Arg::I64(m),
+            ]
+        };
+        let (first, after_q) = (&self.queries.tenants_first, &self.queries.tenants_after);
+        let text = |rows: Vec<super::Row>| -> Result<Vec<String>> {
+            rows.iter()
+                .map(|r| r.text(0))
+                .collect::<Result<_, _>>()
+                .map_err(db("claim"))
+        };
+        let Some(after) = after else {
+            return text(self.backend.fetch(first, args("")).await.map_err(db("claim"))?);
+        };
+        let mut tenants = text(
+            self.backend
+                .fetch(after_q, args(after))
+                .await
+                .map_err(db("claim"))?,
+        )?;
+        if (tenants.len() as i64) < m {
+            let from_start = self.backend.fetch(first, args("")).await.map_err(db("claim"))?;
+            for t in text(from_start)? {
+                if (tenants.len() as i64) >= m || tenants.contains(&t) {
+                    break;
+                }
+                let last = t == after;
+                tenants.push(t);
+                if last {
+                    break;
+                }
+            }
+        }
+        Ok(tenants)
     }
 
     pub(crate) async fn settle(&self, claim: &Claim, s: &Settlement) -> Result<Settled> {

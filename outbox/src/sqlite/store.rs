@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use super::{check, now_ms};
 use crate::config::OutboxConfig;
 use crate::error::Result;
-use crate::sql::{Arg, Backend, Queries, Row, Sql, SqlStore, Val, millis};
+use crate::sql::{Arg, Backend, ClaimArgs, Queries, Row, Sql, SqlStore, Val, millis};
 use crate::store::{Settled, Settlement, Waiter};
 
 /// The SQLite outbox as relays, the maintenance leader and operators use it: implements
@@ -28,6 +28,26 @@ pub(crate) struct SqliteBackend {
     pool: SqlitePool,
     t: String,
     d: String,
+    heads: String,
+}
+
+/// Heads of free, due keys of the given tenants, round-robin over tenants. ?1 now, ?2
+/// destination, ?3 tenants, ?4 batch, ?5 block, ?6 per tenant.
+fn heads_sql(d: &str) -> String {
+    format!(
+        "SELECT seq, tenant, topic, partition_key FROM ( \
+           SELECT c.seq, c.tenant, c.topic, c.partition_key, \
+                  row_number() OVER (PARTITION BY c.tenant ORDER BY c.seq) AS rnk \
+           FROM {d} c \
+           WHERE c.destination = ?2 AND c.status = 'pending' \
+             AND c.tenant IN (SELECT value FROM json_each(?3)) \
+             AND c.next_attempt_at <= ?1 AND coalesce(c.lease_until, 0) < ?1 \
+             AND (c.partition_key IS NULL OR NOT EXISTS ( \
+               SELECT 1 FROM {d} p WHERE p.destination = ?2 AND p.topic = c.topic \
+                 AND p.partition_key = c.partition_key AND p.seq < c.seq \
+                 AND (p.status = 'pending' OR (p.status = 'dead' AND ?5))))) \
+         WHERE rnk <= ?6 ORDER BY rnk, seq LIMIT ?4"
+    )
 }
 
 impl SqliteOutboxStore {
@@ -43,6 +63,7 @@ impl SqliteOutboxStore {
             pool,
             t: config.qualified_table(),
             d: config.qualified_delivery_table(),
+            heads: heads_sql(&config.qualified_delivery_table()),
         };
         let queries = queries(&config);
         Ok(Self {
@@ -148,17 +169,22 @@ impl Backend for SqliteBackend {
         tx.commit().await
     }
 
-    async fn lease(
-        &self,
-        destination: &str,
-        token: i64,
-        lease_ms: i64,
-        heads: Vec<i64>,
-        cap: i64,
-    ) -> Result<Vec<Row>, sqlx::Error> {
+    async fn claim_rows(&self, c: ClaimArgs) -> Result<Vec<Row>, sqlx::Error> {
         let (t, d) = (&self.t, &self.d);
         let now = now_ms();
+        let (destination, token, lease_ms) = (c.destination.as_str(), c.token, c.lease_ms);
+        // One writer at a time: the whole claim is one short transaction.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let heads: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(self.heads.clone()))
+            .bind(now)
+            .bind(destination)
+            .bind(json_of(&c.tenants))
+            .bind(c.keys)
+            .bind(c.block)
+            .bind(c.per_tenant)
+            .fetch_all(&mut *tx)
+            .await?;
+        let cap = c.batch - heads.len() as i64;
         let won: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "UPDATE {d} SET lease_token = ?3, lease_until = ?1 + ?4 \
              WHERE destination = ?2 AND seq IN (SELECT value FROM json_each(?5)) AND status = 'pending' \
@@ -275,41 +301,18 @@ fn queries(c: &OutboxConfig) -> Queries {
     let s = c.qualified_stats_table();
     let l = c.qualified_leader_table();
     let i = c.qualified_inbox_table();
-    let min_tenant = |bound: &str| {
+    // ?1 destination, ?2 bound, ?3 max.
+    let tenants = |start: &str| {
         format!(
-            "(SELECT min(x.tenant) FROM {d} x WHERE x.destination = ?2 AND x.status = 'pending'{bound})"
+            "WITH RECURSIVE t(tenant, n) AS ( \
+               SELECT (SELECT min(x.tenant) FROM {d} x WHERE x.destination = ?1 AND x.status = 'pending' {start}), 1 \
+             UNION ALL \
+               SELECT (SELECT min(x.tenant) FROM {d} x WHERE x.destination = ?1 AND x.status = 'pending' \
+                         AND x.tenant > t.tenant), t.n + 1 \
+               FROM t WHERE t.tenant IS NOT NULL AND t.n < ?3) \
+             SELECT tenant FROM t WHERE tenant IS NOT NULL"
         )
     };
-    // ?1 now, ?2 destination, ?3 batch, ?4 after tenant, ?5 block, ?6 max tenants.
-    let candidates = format!(
-        "WITH RECURSIVE t1(tenant, n) AS ( \
-             SELECT CASE WHEN ?4 IS NULL THEN {first} ELSE {after} END, 1 \
-           UNION ALL \
-             SELECT {next1}, t1.n + 1 FROM t1 WHERE t1.tenant IS NOT NULL AND t1.n < ?6), \
-         t2(tenant, n) AS ( \
-             SELECT CASE WHEN ?4 IS NULL THEN NULL ELSE {first} END, 1 \
-           UNION ALL \
-             SELECT {next2}, t2.n + 1 FROM t2 WHERE t2.tenant IS NOT NULL AND t2.tenant < ?4 AND t2.n < ?6), \
-         tl AS (SELECT tenant FROM ( \
-             SELECT tenant, 0 AS pass, n FROM t1 WHERE tenant IS NOT NULL \
-             UNION ALL SELECT tenant, 1, n FROM t2 WHERE tenant IS NOT NULL AND tenant <= ?4) \
-           ORDER BY pass, n LIMIT ?6), \
-         heads AS ( \
-           SELECT c.seq, c.tenant, c.topic, c.partition_key, \
-                  row_number() OVER (PARTITION BY c.tenant ORDER BY c.seq) AS rnk \
-           FROM {d} c JOIN tl ON c.tenant = tl.tenant \
-           WHERE c.destination = ?2 AND c.status = 'pending' AND c.next_attempt_at <= ?1 \
-             AND coalesce(c.lease_until, 0) < ?1 \
-             AND (c.partition_key IS NULL OR NOT EXISTS ( \
-               SELECT 1 FROM {d} p WHERE p.destination = ?2 AND p.topic = c.topic \
-                 AND p.partition_key = c.partition_key AND p.seq < c.seq \
-                 AND (p.status = 'pending' OR (p.status = 'dead' AND ?5))))) \
-         SELECT seq, tenant, topic, partition_key FROM heads ORDER BY rnk, seq LIMIT ?3",
-        first = min_tenant(""),
-        after = min_tenant(" AND x.tenant > ?4"),
-        next1 = min_tenant(" AND x.tenant > t1.tenant"),
-        next2 = min_tenant(" AND x.tenant > t2.tenant"),
-    );
     // Operator filters: (tenant?, destination?, topic?) at ?a, ?a+1, ?a+2.
     let filters = |a: usize| {
         format!(
@@ -336,7 +339,8 @@ fn queries(c: &OutboxConfig) -> Queries {
         )
     };
     Queries {
-        candidates: Sql::timed(candidates),
+        tenants_first: Sql::new(tenants("AND x.tenant >= ?2")),
+        tenants_after: Sql::new(tenants("AND x.tenant > ?2")),
         has_pending: Sql::new(format!(
             "SELECT 1 FROM {d} WHERE destination = ?1 AND status = 'pending' LIMIT 1"
         )),
