@@ -125,7 +125,15 @@ async fn main() -> Result<(), AnyError> {
     let mut expected = 0i64;
     for i in 0..20i64 {
         let customer = format!("cust-{}", i % 3);
-        place_order(&pool, &outbox, &topic, &format!("{run}-{i}"), &customer, 100 + i).await?;
+        place_order(
+            &pool,
+            &outbox,
+            &topic,
+            &format!("{run}-{i}"),
+            &customer,
+            100 + i,
+        )
+        .await?;
         expected += 100 + i;
     }
     // A failed business transaction: no order, and no event either.
@@ -133,7 +141,9 @@ async fn main() -> Result<(), AnyError> {
         let mut tx = pool.begin().await?;
         let ghost = Event::builder("/orders", "order.placed")
             .subject("ghost")
-            .data_json(&serde_json::json!({ "order": "ghost", "customer": "ghost", "cents": 1_000_000 }))
+            .data_json(
+                &serde_json::json!({ "order": "ghost", "customer": "ghost", "cents": 1_000_000 }),
+            )
             .build()?;
         outbox.enqueue(&mut tx, &topic, &ghost).await?;
         tx.rollback().await?;

@@ -367,18 +367,19 @@ async fn outbox() -> Result<(), Error> {
     let orders = Topic::new("orders")?;
     // Consumer: the inbox record and the projection update commit together, so a redelivered
     // event is recognised as a duplicate and applied once.
-    let projection = Inbox::new(pool.clone(), "revenue")?.handler(|mut tx, event, _ctx| async move {
-        let cents: i64 = event.data_as()?.unwrap_or_default();
-        sqlx::query("UPDATE revenue SET total = total + ?1")
-            .bind(cents)
-            .execute(&mut *tx)
-            .await?;
-        println!(
-            "   projection: {} adds {cents} cents",
-            event.subject().unwrap_or("?")
-        );
-        Ok(tx)
-    });
+    let projection =
+        Inbox::new(pool.clone(), "revenue")?.handler(|mut tx, event, _ctx| async move {
+            let cents: i64 = event.data_as()?.unwrap_or_default();
+            sqlx::query("UPDATE revenue SET total = total + ?1")
+                .bind(cents)
+                .execute(&mut *tx)
+                .await?;
+            println!(
+                "   projection: {} adds {cents} cents",
+                event.subject().unwrap_or("?")
+            );
+            Ok(tx)
+        });
     let sub = bus
         .subscribe(
             &orders,

@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
         if v == "forever" {
             None
         } else {
-            Some(Duration::from_millis(v.parse().expect("--stall-after-publish <ms>")))
+            Some(Duration::from_millis(
+                v.parse().expect("--stall-after-publish <ms>"),
+            ))
         }
     });
     let pool = sqlx::postgres::PgPoolOptions::new()

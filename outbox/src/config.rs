@@ -300,7 +300,10 @@ pub(crate) fn render_migration(sql: &str, config: &OutboxConfig) -> String {
         .replace("windlass_inbox_", "\u{1}INBOX_\u{1}")
         .replace(DEFAULT_TABLE, &config.qualified_table())
         .replace(DEFAULT_INBOX_TABLE, &config.qualified_inbox_table())
-        .replace("\u{1}DELIVERY\u{1}_", &format!("{}_delivery_", config.table))
+        .replace(
+            "\u{1}DELIVERY\u{1}_",
+            &format!("{}_delivery_", config.table),
+        )
         .replace("\u{1}DELIVERY\u{1}", &config.qualified_delivery_table())
         .replace("\u{1}STATS\u{1}", &config.qualified_stats_table())
         .replace("\u{1}LEADER\u{1}", &config.qualified_leader_table())

@@ -80,7 +80,10 @@ impl<I: InboxBackend, F> InboxHandler<I, F> {
     }
 
     /// Calls `hook` with every duplicate dropped.
-    pub fn on_duplicate(mut self, hook: impl Fn(&Event, &DeliveryContext) + Send + Sync + 'static) -> Self {
+    pub fn on_duplicate(
+        mut self,
+        hook: impl Fn(&Event, &DeliveryContext) + Send + Sync + 'static,
+    ) -> Self {
         self.on_duplicate = Some(Arc::new(hook));
         self
     }

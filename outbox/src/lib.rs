@@ -86,6 +86,6 @@ pub use error::{Error, Result};
 pub use inbox::{DuplicateHook, InboxBackend, InboxHandler, Received};
 pub use relay::{Relay, RelayHandle, RelayOptions, Round};
 pub use store::{
-    Claim, ClaimRequest, ClaimedRow, Failure, OutboxMaintenance, OutboxStore,
-    Settled, Settlement, Waiter,
+    Claim, ClaimRequest, ClaimedRow, Failure, OutboxMaintenance, OutboxStore, Settled, Settlement,
+    Waiter,
 };

@@ -36,9 +36,10 @@ pub(crate) fn prepare(topic: &Topic, event: &Event, config: &OutboxConfig) -> Re
     if config.jsonb_column && has_nul_escape(&json) {
         return Err(Error::Unstorable {
             id: event.id().to_owned(),
-            reason: "its JSON holds a \\u0000 escape, which the jsonb column `event_json` refuses; \
+            reason:
+                "its JSON holds a \\u0000 escape, which the jsonb column `event_json` refuses; \
                      drop the NUL from the data or turn the jsonb column off"
-                .into(),
+                    .into(),
         });
     }
     let partition_key = event.ordering_key().map(str::to_owned);

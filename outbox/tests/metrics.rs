@@ -42,10 +42,7 @@ struct Seen(Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>);
 impl Seen {
     fn note(&self, key: &Key) {
         let labels: BTreeSet<String> = key.labels().map(|l| l.key().to_owned()).collect();
-        self.0
-            .lock()
-            .unwrap()
-            .insert(key.name().to_owned(), labels);
+        self.0.lock().unwrap().insert(key.name().to_owned(), labels);
     }
 }
 
@@ -80,7 +77,11 @@ impl Publisher for Gate {
     async fn publish(&self, topic: &Topic, event: &Event) -> windlass_eventbus::Result<()> {
         self.publish_batch(topic, std::slice::from_ref(event)).await
     }
-    async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> windlass_eventbus::Result<()> {
+    async fn publish_batch(
+        &self,
+        topic: &Topic,
+        events: &[Event],
+    ) -> windlass_eventbus::Result<()> {
         self.inner.publish_batch(topic, events).await?;
         if self.first.swap(false, Ordering::SeqCst) {
             self.reached.notify_one();
@@ -101,7 +102,8 @@ async fn every_emitted_metric_is_in_the_catalog_and_every_entry_is_emitted() {
 
     // Published, transient and permanent failures, dead.
     let rejected = event("r", 1);
-    f.enqueue(&t, &[event("a", 1), rejected.clone(), event("p", 1)]).await;
+    f.enqueue(&t, &[event("a", 1), rejected.clone(), event("p", 1)])
+        .await;
     let bus = Bus::new();
     bus.reject(rejected.id(), true);
     bus.fail_key("p", true);
@@ -141,9 +143,15 @@ async fn every_emitted_metric_is_in_the_catalog_and_every_entry_is_emitted() {
     );
 
     // Operator actions.
-    let dead = store.list_dead(&all, &DeadFilter::default(), None, 10).await.unwrap();
+    let dead = store
+        .list_dead(&all, &DeadFilter::default(), None, 10)
+        .await
+        .unwrap();
     assert_eq!(dead.items.len(), 1);
-    store.requeue(&all, &[dead.items[0].delivery.clone()]).await.unwrap();
+    store
+        .requeue(&all, &[dead.items[0].delivery.clone()])
+        .await
+        .unwrap();
     relay.run_once().await.unwrap();
     store.skip_all(&all, &DeadFilter::default()).await.unwrap();
 
@@ -153,7 +161,12 @@ async fn every_emitted_metric_is_in_the_catalog_and_every_entry_is_emitted() {
         .unwrap()
         .handler(|tx, _event, _ctx| async move { Ok(tx) });
     let sub = mem
-        .subscribe(&t, &Group::new("c").unwrap(), Arc::new(handler), SubscribeOptions::default())
+        .subscribe(
+            &t,
+            &Group::new("c").unwrap(),
+            Arc::new(handler),
+            SubscribeOptions::default(),
+        )
         .await
         .unwrap();
     let dup = event("d", 1);
@@ -184,12 +197,19 @@ async fn every_emitted_metric_is_in_the_catalog_and_every_entry_is_emitted() {
     loop {
         let missing: Vec<&str> = {
             let s = seen.0.lock().unwrap();
-            catalog.keys().filter(|n| !s.contains_key(**n)).copied().collect()
+            catalog
+                .keys()
+                .filter(|n| !s.contains_key(**n))
+                .copied()
+                .collect()
         };
         if missing.is_empty() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never emitted: {missing:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never emitted: {missing:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     maint.shutdown().await;

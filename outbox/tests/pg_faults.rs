@@ -59,7 +59,11 @@ fn relay_binary() -> std::path::PathBuf {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v.get("executable").and_then(|e| e.as_str()).map(str::to_owned))
+        .filter_map(|v| {
+            v.get("executable")
+                .and_then(|e| e.as_str())
+                .map(str::to_owned)
+        })
         .find(|p| p.contains("windlass-outbox-relay-proc"))
         .map(std::path::PathBuf::from)
         .expect("cargo reported the example's executable")
@@ -168,7 +172,12 @@ async fn relay_process_killed_between_publish_and_mark_loses_nothing() {
     let mut p = Proc::spawn(&bin, &args);
     let want: HashSet<String> = ids.into_iter().collect();
     eventually(60, "every event in the stream", || async {
-        stream(&redis, &bus).await.iter().map(|p| p.event.id().to_owned()).collect::<HashSet<_>>() == want
+        stream(&redis, &bus)
+            .await
+            .iter()
+            .map(|p| p.event.id().to_owned())
+            .collect::<HashSet<_>>()
+            == want
     })
     .await;
     p.child.start_kill().unwrap();
@@ -218,10 +227,16 @@ async fn relay_frozen_past_its_lease_cannot_mark_and_duplicates_only_its_batch()
     p.child.start_kill().unwrap();
     let got = stream(&redis, &bus).await;
     assert_eq!(
-        got.iter().map(|p| p.event.id().to_owned()).collect::<HashSet<_>>(),
+        got.iter()
+            .map(|p| p.event.id().to_owned())
+            .collect::<HashSet<_>>(),
         want
     );
-    assert_eq!(got.len(), 40 + n, "duplicates only from the frozen relay's batch");
+    assert_eq!(
+        got.len(),
+        40 + n,
+        "duplicates only from the frozen relay's batch"
+    );
     assert_per_key_order(&got);
     redis.cleanup().await;
 }
@@ -286,8 +301,8 @@ async fn relay_cut_off_by_a_partition_loses_its_keys_and_cannot_mark() {
         .lease(Duration::from_millis(1500))
         .publish_timeout(Duration::from_millis(300))
         .batch_size(10);
-    let cut_off = Relay::from_arcs(Arc::new(PgOutboxStore::new(pool)), g.clone())
-        .with_options(opts.clone());
+    let cut_off =
+        Relay::from_arcs(Arc::new(PgOutboxStore::new(pool)), g.clone()).with_options(opts.clone());
     let round = tokio::spawn(async move { cut_off.run_once().await });
     tokio::time::timeout(Duration::from_secs(10), g.reached.notified())
         .await
@@ -355,7 +370,10 @@ async fn postgres_restarted_mid_batch_loses_nothing() {
     })
     .await;
     relay.shutdown().await;
-    assert!(rec.count() <= 30 + 10, "duplicates bounded by the interrupted batch");
+    assert!(
+        rec.count() <= 30 + 10,
+        "duplicates bounded by the interrupted batch"
+    );
     assert_per_key_order(&rec.published());
 }
 
@@ -377,7 +395,11 @@ async fn a_two_minute_outage_with_the_default_policy_loses_nothing_and_kills_not
     assert_eq!(rec.count(), 0);
     store.refresh_stats().await.unwrap();
     let s = store.stats(&windlass_core::TenantScope::All).await.unwrap();
-    assert_eq!((s.pending(), s.dead(), s.blocked_keys()), (50, 0, 0), "{s:?}");
+    assert_eq!(
+        (s.pending(), s.dead(), s.blocked_keys()),
+        (50, 0, 0),
+        "{s:?}"
+    );
     rec.set_down(false);
     let want: HashSet<String> = ids.into_iter().collect();
     eventually(60, "everything published after the outage", || async {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use sqlx::Row;
 use windlass_eventbus::{Event, Group, MemoryBus, Publisher, SubscribeOptions, Subscriber, Topic};
-use windlass_outbox::postgres::{Inbox, MIGRATION_0001, Outbox, PgOutboxStore, migrate, migrate_with};
+use windlass_outbox::postgres::{
+    Inbox, MIGRATION_0001, Outbox, PgOutboxStore, migrate, migrate_with,
+};
 use windlass_outbox::{Error, OutboxConfig, Received, Relay};
 use windlass_testkit::conformance::outbox::fast_options;
 use windlass_testkit::outbox::{PgBouncer, Recorder, assert_per_key_order, event, eventually};
@@ -27,7 +29,10 @@ async fn a_late_committing_writer_keeps_its_place_in_the_key() {
     let outbox = Outbox::new();
     let t = topic("orders");
     let mut first = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut first, &t, &event("k", 1)).await.unwrap();
+    outbox
+        .enqueue(&mut first, &t, &event("k", 1))
+        .await
+        .unwrap();
     let second = {
         let (pool, outbox, t) = (db.pool.clone(), outbox.clone(), t.clone());
         tokio::spawn(async move {
@@ -38,14 +43,20 @@ async fn a_late_committing_writer_keeps_its_place_in_the_key() {
     };
     // Another key is not held up.
     let mut other = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut other, &t, &event("j", 1)).await.unwrap();
+    outbox
+        .enqueue(&mut other, &t, &event("j", 1))
+        .await
+        .unwrap();
     other.commit().await.unwrap();
     let rec = Recorder::new();
-    let relay = Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone())
-        .with_options(fast_options());
+    let relay =
+        Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone()).with_options(fast_options());
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.drain(Duration::from_secs(10)).await.unwrap();
-    assert!(!second.is_finished(), "the second writer of k waits for the first");
+    assert!(
+        !second.is_finished(),
+        "the second writer of k waits for the first"
+    );
     first.commit().await.unwrap();
     second.await.unwrap();
     relay.drain(Duration::from_secs(10)).await.unwrap();
@@ -59,7 +70,9 @@ async fn a_late_committing_writer_keeps_its_place_in_the_key() {
 #[tokio::test]
 async fn refused_events_leave_the_transaction_usable() {
     let db = fresh_database().await;
-    let config = OutboxConfig::default().max_event_size(1024).jsonb_column(true);
+    let config = OutboxConfig::default()
+        .max_event_size(1024)
+        .jsonb_column(true);
     migrate_with(&db.pool, &config).await.unwrap();
     let outbox = Outbox::with_config(config.clone()).unwrap();
     sqlx::query("CREATE TABLE orders (id text PRIMARY KEY)")
@@ -77,7 +90,10 @@ async fn refused_events_leave_the_transaction_usable() {
         .build()
         .unwrap();
     let err = outbox.enqueue(&mut tx, &t, &big).await.unwrap_err();
-    assert!(matches!(err, Error::TooLarge { limit: 1024, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1024, .. }),
+        "{err:?}"
+    );
     let nul = Event::builder("/test", "nul")
         .data_json(&"a\u{0}b")
         .build()
@@ -123,7 +139,11 @@ async fn refused_events_leave_the_transaction_usable() {
         .unwrap();
     assert_eq!(rec.published()[0].json, nul.to_json());
     assert_eq!(
-        rec.published()[0].event.data_as::<String>().unwrap().unwrap(),
+        rec.published()[0]
+            .event
+            .data_as::<String>()
+            .unwrap()
+            .unwrap(),
         "a\u{0}b"
     );
 }
@@ -161,13 +181,19 @@ async fn batch_enqueue_keeps_order_and_debezium_columns_follow() {
         .drain(Duration::from_secs(10))
         .await
         .unwrap();
-    assert_eq!(rec.ids(), events.iter().map(|e| e.id().to_owned()).collect::<Vec<_>>());
+    assert_eq!(
+        rec.ids(),
+        events.iter().map(|e| e.id().to_owned()).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
 async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     let db = fresh_database().await;
-    sqlx::raw_sql(MIGRATION_0001).execute(&db.pool).await.unwrap();
+    sqlx::raw_sql(MIGRATION_0001)
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let runs = (0..4).map(|_| {
         let pool = db.pool.clone();
         async move { migrate(&pool).await }
@@ -209,10 +235,16 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     assert_eq!(n, 1);
     let inbox = Inbox::with_config(db.pool.clone(), "c1", &config).unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(inbox.record(&mut tx, &event("a", 1)).await.unwrap(), Received::New);
+    assert_eq!(
+        inbox.record(&mut tx, &event("a", 1)).await.unwrap(),
+        Received::New
+    );
     tx.commit().await.unwrap();
     assert!(matches!(
-        PgOutboxStore::with_config(db.pool.clone(), OutboxConfig::default().table("x; DROP TABLE y")),
+        PgOutboxStore::with_config(
+            db.pool.clone(),
+            OutboxConfig::default().table("x; DROP TABLE y")
+        ),
         Err(Error::Config(_))
     ));
 }
@@ -284,7 +316,10 @@ async fn inbox_handler_applies_each_event_once() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert!(max_attempt >= 2, "the retried delivery saw its attempt number");
+    assert!(
+        max_attempt >= 2,
+        "the retried delivery saw its attempt number"
+    );
 }
 
 /// Through PgBouncer in transaction mode: enqueue and a poll-only relay, without named
@@ -305,8 +340,12 @@ async fn enqueue_and_a_poll_only_relay_work_through_pgbouncer() {
     let store = PgOutboxStore::with_config(pool.clone(), config).unwrap();
     let rec = Recorder::new();
     let relay = Relay::new(store.clone(), rec.clone())
-        .with_options(fast_options().listen(false).maintenance(true)
-            .maintenance_interval(Duration::from_millis(100)))
+        .with_options(
+            fast_options()
+                .listen(false)
+                .maintenance(true)
+                .maintenance_interval(Duration::from_millis(100)),
+        )
         .spawn();
     for n in 1..=20 {
         let mut tx = pool.begin().await.unwrap();
@@ -322,8 +361,16 @@ async fn enqueue_and_a_poll_only_relay_work_through_pgbouncer() {
     .await;
     relay.shutdown().await;
     assert_per_key_order(&rec.published());
-    let inbox = Inbox::with_config(pool.clone(), "c", &OutboxConfig::default().prepared_statements(false)).unwrap();
+    let inbox = Inbox::with_config(
+        pool.clone(),
+        "c",
+        &OutboxConfig::default().prepared_statements(false),
+    )
+    .unwrap();
     let mut tx = pool.begin().await.unwrap();
-    assert_eq!(inbox.record(&mut tx, &event("z", 1)).await.unwrap(), Received::New);
+    assert_eq!(
+        inbox.record(&mut tx, &event("z", 1)).await.unwrap(),
+        Received::New
+    );
     tx.commit().await.unwrap();
 }

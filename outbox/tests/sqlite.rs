@@ -49,10 +49,7 @@ async fn writers_are_not_locked_out_during_a_slow_publish() {
             .execute(&mut *tx)
             .await
             .expect("an application write is not locked out by the relay");
-        outbox
-            .enqueue(&mut tx, &t, &event("a", n))
-            .await
-            .unwrap();
+        outbox.enqueue(&mut tx, &t, &event("a", n)).await.unwrap();
         tx.commit().await.unwrap();
     }
     rec.set_delay(None);
@@ -92,7 +89,13 @@ async fn refusals_leave_the_transaction_usable_and_sqlite_rejects_postgres_optio
     assert_eq!(f.event_rows().await, 1);
     assert!(Outbox::with_config(OutboxConfig::default().schema("s")).is_err());
     assert!(Outbox::with_config(OutboxConfig::default().jsonb_column(true)).is_err());
-    assert!(SqliteOutboxStore::with_config(f.pool.clone(), OutboxConfig::default().debezium_columns(true)).is_err());
+    assert!(
+        SqliteOutboxStore::with_config(
+            f.pool.clone(),
+            OutboxConfig::default().debezium_columns(true)
+        )
+        .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,10 +112,12 @@ async fn inbox_handler_applies_each_event_once() {
     let handler = Inbox::new(f.pool.clone(), "totals")
         .unwrap()
         .handler(|mut tx, event, _ctx| async move {
-            sqlx::query("INSERT INTO totals VALUES (?1, 1) ON CONFLICT (k) DO UPDATE SET n = n + 1")
-                .bind(event.partition_key().unwrap_or_default().to_owned())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO totals VALUES (?1, 1) ON CONFLICT (k) DO UPDATE SET n = n + 1",
+            )
+            .bind(event.partition_key().unwrap_or_default().to_owned())
+            .execute(&mut *tx)
+            .await?;
             Ok(tx)
         })
         .on_duplicate(move |_, _| {

@@ -262,14 +262,17 @@ async fn prefill(db: &TestDatabase, config: &OutboxConfig, rows: usize, keys: us
     .execute(&db.pool)
     .await
     .unwrap();
-    sqlx::query("VACUUM ANALYZE").execute(&db.pool).await.unwrap();
+    sqlx::query("VACUUM ANALYZE")
+        .execute(&db.pool)
+        .await
+        .unwrap();
 }
 
 /// Back-to-back rounds of `relays` relays per destination until the backlog is gone; rows/s
 /// per destination.
 async fn lib_throughput(rows: usize, keys: usize, relays: usize, dests: &[&str]) -> f64 {
-    let config = OutboxConfig::default()
-        .destinations(dests.iter().map(|d| Destination::new(*d).unwrap()));
+    let config =
+        OutboxConfig::default().destinations(dests.iter().map(|d| Destination::new(*d).unwrap()));
     let db = setup(&config).await;
     prefill(&db, &config, rows, keys).await;
     let redis = fresh_prefix().await;
@@ -413,19 +416,25 @@ async fn dual(a: &Args) -> serde_json::Value {
 
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
 
-/// Reads the stream with blocking XREAD and records commit -> visible latencies.
-async fn reader(client: redis::Client, key: String, sent: Sent, n: usize) -> Histogram<u64> {
+/// Reads the stream with blocking XREAD and records commit -> visible latencies, until it has
+/// seen `target` events (set once the writers are done).
+async fn reader(
+    client: redis::Client,
+    key: String,
+    sent: Sent,
+    target: Arc<std::sync::atomic::AtomicUsize>,
+) -> Histogram<u64> {
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut h = hist();
     let mut last = "0-0".to_owned();
     let mut seen = 0;
-    while seen < n {
+    while seen < target.load(std::sync::atomic::Ordering::SeqCst) {
         let reply: redis::streams::StreamReadReply = conn
             .xread_options(
                 &[&key],
                 &[&last],
                 &redis::streams::StreamReadOptions::default()
-                    .block(2000)
+                    .block(100)
                     .count(1000),
             )
             .await
@@ -504,6 +513,13 @@ async fn e2e_run(writers: usize, rate: Option<u64>, count: usize, secs: u64, wak
         );
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let target = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let read = tokio::spawn(reader(
+        redis.client.clone(),
+        key.clone(),
+        sent.clone(),
+        target.clone(),
+    ));
     let pool = db.new_pool(writers as u32 + 1).await;
     let outbox = Outbox::with_config(config).unwrap();
     let stop_at = Instant::now() + Duration::from_secs(secs);
@@ -513,11 +529,12 @@ async fn e2e_run(writers: usize, rate: Option<u64>, count: usize, secs: u64, wak
         let (pool, sent, outbox) = (pool.clone(), sent.clone(), outbox.clone());
         ws.push(tokio::spawn(async move {
             let mut commit = hist();
-            let mut tick =
-                rate.map(|r| tokio::time::interval(Duration::from_secs_f64(writers as f64 / r as f64)));
+            let mut tick = rate
+                .map(|r| tokio::time::interval(Duration::from_secs_f64(writers as f64 / r as f64)));
             let mut i = 0;
             loop {
-                if rate.is_some() && i >= per_writer || rate.is_none() && Instant::now() >= stop_at {
+                if rate.is_some() && i >= per_writer || rate.is_none() && Instant::now() >= stop_at
+                {
                     break;
                 }
                 if let Some(t) = tick.as_mut() {
@@ -538,9 +555,13 @@ async fn e2e_run(writers: usize, rate: Option<u64>, count: usize, secs: u64, wak
                 } else {
                     outbox.enqueue(&mut tx, &orders(), &ev).await.unwrap();
                 }
-                sent.lock().unwrap().insert(ev.id().to_owned(), Instant::now());
+                sent.lock()
+                    .unwrap()
+                    .insert(ev.id().to_owned(), Instant::now());
                 tx.commit().await.unwrap();
-                commit.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
+                commit
+                    .record(t0.elapsed().as_micros().max(1) as u64)
+                    .unwrap();
                 i += 1;
             }
             (commit, i)
@@ -555,12 +576,11 @@ async fn e2e_run(writers: usize, rate: Option<u64>, count: usize, secs: u64, wak
         commits += n;
     }
     let secs = start.elapsed().as_secs_f64();
-    let e2e = tokio::time::timeout(
-        Duration::from_secs(120),
-        reader(redis.client.clone(), key, sent.clone(), commits),
-    )
-    .await
-    .expect("all events seen");
+    target.store(commits, std::sync::atomic::Ordering::SeqCst);
+    let e2e = tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("all events seen")
+        .unwrap();
     token.cancel();
     if let Some(t) = raw_task {
         t.await.unwrap();

@@ -110,7 +110,12 @@ impl Outbox {
     /// Refused without touching the transaction: an event over
     /// [`OutboxConfig::max_event_size`] ([`Error::TooLarge`]) or one the table cannot store
     /// ([`Error::Unstorable`]).
-    pub async fn enqueue(&self, conn: &mut PgConnection, topic: &Topic, event: &Event) -> Result<i64> {
+    pub async fn enqueue(
+        &self,
+        conn: &mut PgConnection,
+        topic: &Topic,
+        event: &Event,
+    ) -> Result<i64> {
         self.enqueue_to(conn, topic, event, &self.inner.config.destinations)
             .await
     }
@@ -147,7 +152,8 @@ impl Outbox {
             .await
             .map_err(|e| Error::db("enqueue", e))?;
         self.inner.doorbell.notify_waiters();
-        row.try_get::<i64, _>(0).map_err(|e| Error::db("enqueue", e))
+        row.try_get::<i64, _>(0)
+            .map_err(|e| Error::db("enqueue", e))
     }
 
     /// Adds several events for one topic in one statement, in order, for the configured

@@ -186,10 +186,16 @@ fn read(row: &PgRow) -> Result<Row, sqlx::Error> {
     for (i, col) in row.columns().iter().enumerate() {
         let v = match col.type_info().name() {
             "INT8" => row.try_get::<Option<i64>, _>(i)?.map(Val::I64),
-            "INT4" => row.try_get::<Option<i32>, _>(i)?.map(|v| Val::I64(v.into())),
-            "INT2" => row.try_get::<Option<i16>, _>(i)?.map(|v| Val::I64(v.into())),
+            "INT4" => row
+                .try_get::<Option<i32>, _>(i)?
+                .map(|v| Val::I64(v.into())),
+            "INT2" => row
+                .try_get::<Option<i16>, _>(i)?
+                .map(|v| Val::I64(v.into())),
             "FLOAT8" => row.try_get::<Option<f64>, _>(i)?.map(Val::F64),
-            "BOOL" => row.try_get::<Option<bool>, _>(i)?.map(|b| Val::I64(b.into())),
+            "BOOL" => row
+                .try_get::<Option<bool>, _>(i)?
+                .map(|b| Val::I64(b.into())),
             _ => row.try_get::<Option<String>, _>(i)?.map(Val::Text),
         };
         vals.push(v.unwrap_or(Val::Null));
@@ -219,10 +225,7 @@ impl Backend for PgBackend {
         // would JIT-compile it on every call (tens to hundreds of milliseconds for a statement
         // that runs in a few). A short transaction with JIT off avoids that without touching
         // the pool's other sessions; BEGIN and SET go in one round trip.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN; SET LOCAL jit = off")
-            .await?;
+        let mut tx = self.pool.begin_with("BEGIN; SET LOCAL jit = off").await?;
         let rows = sqlx::query(sqlx::AssertSqlSafe(self.lease.clone()))
             .persistent(self.persistent)
             .bind(c.destination)
@@ -267,7 +270,8 @@ impl Backend for PgBackend {
             .bind(&s.released)
             .fetch_one(&self.pool)
             .await?;
-        let n = |i: usize| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
+        let n =
+            |i: usize| -> Result<u64, sqlx::Error> { Ok(row.try_get::<i64, _>(i)?.max(0) as u64) };
         Ok(Settled {
             published: n(0)?,
             failed: n(1)?,
@@ -344,8 +348,9 @@ fn queries(c: &OutboxConfig) -> Queries {
             "DELETE FROM {i} WHERE ctid IN (SELECT ctid FROM {i} \
                WHERE received_at < now() - $1 {MS} LIMIT $2)"
         )),
-        refresh_stats: vec![(Sql::new(format!(
-            "WITH s AS ( \
+        refresh_stats: vec![(
+            Sql::new(format!(
+                "WITH s AS ( \
                SELECT destination, topic, tenant, \
                  count(*) FILTER (WHERE status = 'pending') AS pending, \
                  count(*) FILTER (WHERE status = 'dead') AS dead, \
@@ -360,7 +365,9 @@ fn queries(c: &OutboxConfig) -> Queries {
                  dead = excluded.dead, blocked = excluded.blocked, oldest_pending_at = excluded.oldest_pending_at) \
              INSERT INTO {l} (name, holder, expires_at) VALUES ('stats', '', now()) \
              ON CONFLICT (name) DO UPDATE SET expires_at = now()"
-        )), true)],
+            )),
+            true,
+        )],
         read_stats: Sql::new(format!(
             "SELECT destination, topic, sum(pending)::int8, sum(dead)::int8, sum(blocked)::int8, \
                {} FROM {s} WHERE ($1::text IS NULL OR tenant = $1) \

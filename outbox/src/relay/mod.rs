@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use windlass_eventbus::Publisher;
 
-use crate::error::{Error, Result};
 use crate::admin::OutboxAdmin;
+use crate::error::{Error, Result};
 use crate::store::{ClaimRequest, OutboxMaintenance, OutboxStore, Waiter};
 
 pub use options::RelayOptions;
@@ -124,8 +124,10 @@ where
         let claim = self.store.claim(&request).await.inspect_err(|_| {
             crate::metrics::relay_error(dest, "claim");
         })?;
-        self.max_keys
-            .store(adapt_keys(&claim, batch, keys), std::sync::atomic::Ordering::Relaxed);
+        self.max_keys.store(
+            adapt_keys(&claim, batch, keys),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         *self.after_tenant.lock().expect("not poisoned") = claim.last_tenant.clone();
         let mut round = Round {
             claimed: claim.rows.len(),

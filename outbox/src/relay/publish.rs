@@ -100,7 +100,8 @@ impl<P: Publisher + ?Sized> Publishing<'_, P> {
             let group: Vec<&Ready<'_>> = group
                 .iter()
                 .filter(|r| {
-                    key_of(r.row).is_none_or(|(t, k)| !stopped.contains(&(t.to_owned(), k.to_owned())))
+                    key_of(r.row)
+                        .is_none_or(|(t, k)| !stopped.contains(&(t.to_owned(), k.to_owned())))
                 })
                 .collect();
             if group.is_empty() {
@@ -121,8 +122,15 @@ impl<P: Publisher + ?Sized> Publishing<'_, P> {
                     continue;
                 }
             }
-            self.one_by_one(&topic, &group, deadline, &mut stopped, &mut bus_down, &mut out)
-                .await;
+            self.one_by_one(
+                &topic,
+                &group,
+                deadline,
+                &mut stopped,
+                &mut bus_down,
+                &mut out,
+            )
+            .await;
         }
         out
     }

@@ -148,7 +148,12 @@ impl<B: Backend> SqlStore<B> {
                 .map_err(db("claim"))
         };
         let Some(after) = after else {
-            return text(self.backend.fetch(first, args("")).await.map_err(db("claim"))?);
+            return text(
+                self.backend
+                    .fetch(first, args(""))
+                    .await
+                    .map_err(db("claim"))?,
+            );
         };
         let mut tenants = text(
             self.backend
@@ -157,7 +162,11 @@ impl<B: Backend> SqlStore<B> {
                 .map_err(db("claim"))?,
         )?;
         if (tenants.len() as i64) < m {
-            let from_start = self.backend.fetch(first, args("")).await.map_err(db("claim"))?;
+            let from_start = self
+                .backend
+                .fetch(first, args(""))
+                .await
+                .map_err(db("claim"))?;
             for t in text(from_start)? {
                 if (tenants.len() as i64) >= m || tenants.contains(&t) {
                     break;

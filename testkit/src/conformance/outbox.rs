@@ -81,8 +81,7 @@ fn dest(name: &str) -> Destination {
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// Commit publishes, rollback never does; the bus gets the bytes the caller enqueued.
-pub async fn committed_events_are_published_as_enqueued_rolled_back_ones_never<F: OutboxFixture>()
-{
+pub async fn committed_events_are_published_as_enqueued_rolled_back_ones_never<F: OutboxFixture>() {
     let f = F::setup().await;
     let t = topic("orders");
     f.enqueue_rolled_back(&t, &event("a", 1)).await;
@@ -100,8 +99,15 @@ pub async fn committed_events_are_published_as_enqueued_rolled_back_ones_never<F
     let got = rec.published();
     assert_eq!(got.len(), 1, "only the committed event");
     assert_eq!(got[0].topic, "orders");
-    assert_eq!(got[0].json, enqueued_json, "the bus carries the enqueued bytes");
-    assert_eq!(f.delivery_rows().await, 0, "delivered rows leave the delivery table");
+    assert_eq!(
+        got[0].json, enqueued_json,
+        "the bus carries the enqueued bytes"
+    );
+    assert_eq!(
+        f.delivery_rows().await,
+        0,
+        "delivered rows leave the delivery table"
+    );
     assert_eq!(f.event_rows().await, 1, "the event stays until retention");
 }
 
@@ -126,8 +132,7 @@ pub async fn per_key_order_holds_with_three_relays_and_concurrent_writers<F: Out
         writers.push(tokio::spawn(async move {
             for i in 0..25u64 {
                 // Five hot keys per writer, one event of each per transaction.
-                let events: Vec<Event> =
-                    (0..5).map(|k| event(&format!("w{w}-k{k}"), i)).collect();
+                let events: Vec<Event> = (0..5).map(|k| event(&format!("w{w}-k{k}"), i)).collect();
                 f.enqueue(&t, &events).await;
             }
         }));
@@ -147,7 +152,11 @@ pub async fn per_key_order_holds_with_three_relays_and_concurrent_writers<F: Out
     for (key, ns) in per_key {
         assert_eq!(ns, (0..25).collect::<Vec<_>>(), "key {key}");
     }
-    assert_eq!(rec.count(), 500, "no duplicates without a crash or lease expiry");
+    assert_eq!(
+        rec.count(),
+        500,
+        "no duplicates without a crash or lease expiry"
+    );
 }
 
 /// The bus is down for a while: keys back off, nothing goes dead, order is kept after.
@@ -198,8 +207,17 @@ pub async fn a_rejected_head_blocks_its_key_until_requeued_in_order<F: OutboxFix
     let t = topic("things");
     let a: Vec<Event> = (1..=3).map(|n| event("a", n)).collect();
     let b: Vec<Event> = (1..=2).map(|n| event("b", n)).collect();
-    f.enqueue(&t, &[a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone(), a[2].clone()])
-        .await;
+    f.enqueue(
+        &t,
+        &[
+            a[0].clone(),
+            b[0].clone(),
+            a[1].clone(),
+            b[1].clone(),
+            a[2].clone(),
+        ],
+    )
+    .await;
     let rec = Recorder::new();
     rec.reject(a[0].id(), true);
     let relay = Relay::new(store.clone(), rec.clone()).with_options(fast_options());
@@ -213,7 +231,11 @@ pub async fn a_rejected_head_blocks_its_key_until_requeued_in_order<F: OutboxFix
         .unwrap();
     assert_eq!(dead.items.len(), 1);
     assert!(
-        dead.items[0].last_error.as_deref().unwrap().contains("over the limit"),
+        dead.items[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("over the limit"),
         "{:?}",
         dead.items[0].last_error
     );
@@ -226,15 +248,25 @@ pub async fn a_rejected_head_blocks_its_key_until_requeued_in_order<F: OutboxFix
     assert_eq!(blocked.items[0].waiting, 2);
     store.refresh_stats().await.unwrap();
     let s = store.stats(&all).await.unwrap();
-    assert_eq!((s.pending(), s.dead(), s.blocked_keys()), (2, 1, 1), "{s:?}");
+    assert_eq!(
+        (s.pending(), s.dead(), s.blocked_keys()),
+        (2, 1, 1),
+        "{s:?}"
+    );
 
     rec.reject(a[0].id(), false);
     assert_eq!(
-        store.requeue(&all, &[dead.items[0].delivery.clone()]).await.unwrap(),
+        store
+            .requeue(&all, &[dead.items[0].delivery.clone()])
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
-        store.requeue(&all, &[dead.items[0].delivery.clone()]).await.unwrap(),
+        store
+            .requeue(&all, &[dead.items[0].delivery.clone()])
+            .await
+            .unwrap(),
         0,
         "no longer dead"
     );
@@ -280,7 +312,9 @@ pub async fn operator_skip_unblocks_a_key<F: OutboxFixture>() {
     assert!(relay.drain(Duration::from_secs(2)).await.is_err());
     assert_eq!(rec.count(), 0);
     let all = TenantScope::All;
-    let filter = DeadFilter::default().destination(dest("default")).topic("things");
+    let filter = DeadFilter::default()
+        .destination(dest("default"))
+        .topic("things");
     assert_eq!(store.skip_all(&all, &filter).await.unwrap(), 1);
     assert_eq!(store.skip_all(&all, &filter).await.unwrap(), 0);
     relay.drain(DRAIN).await.unwrap();
@@ -314,7 +348,8 @@ pub async fn an_undecodable_row_is_dead_and_blocks_only_its_key<F: OutboxFixture
     let f = F::setup().await;
     let store = f.store();
     f.insert_garbage("things", "g").await;
-    f.enqueue(&topic("things"), &[event("g", 2), event("h", 1)]).await;
+    f.enqueue(&topic("things"), &[event("g", 2), event("h", 1)])
+        .await;
     let rec = Recorder::new();
     let relay = Relay::new(store.clone(), rec.clone()).with_options(fast_options());
     assert!(relay.drain(Duration::from_secs(2)).await.is_err());
@@ -326,18 +361,25 @@ pub async fn an_undecodable_row_is_dead_and_blocks_only_its_key<F: OutboxFixture
         .await
         .unwrap();
     assert_eq!(dead.items.len(), 1);
-    assert!(dead.items[0].last_error.as_deref().unwrap().contains("does not decode"));
+    assert!(
+        dead.items[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("does not decode")
+    );
 }
 
 /// Two destinations: one's outage delays only it; an event is done (and may be deleted by
 /// retention) only when every destination it was routed to has it.
 pub async fn destinations_have_independent_delivery_state<F: OutboxFixture>() {
-    let f = F::setup_with(OutboxConfig::default().destinations([dest("redis"), dest("kafka")]))
-        .await;
+    let f =
+        F::setup_with(OutboxConfig::default().destinations([dest("redis"), dest("kafka")])).await;
     let t = topic("orders");
     let events: Vec<Event> = (1..=10).map(|n| event(&format!("k{}", n % 3), n)).collect();
     f.enqueue(&t, &events).await;
-    f.enqueue_to(&t, &[event("only-kafka", 1)], &[dest("kafka")]).await;
+    f.enqueue_to(&t, &[event("only-kafka", 1)], &[dest("kafka")])
+        .await;
     let (redis, kafka) = (Recorder::new(), Recorder::new());
     kafka.set_down(true);
     let store = f.store();
@@ -347,7 +389,11 @@ pub async fn destinations_have_independent_delivery_state<F: OutboxFixture>() {
         .with_options(fast_options().destination(dest("kafka")))
         .spawn();
     to_redis.drain(DRAIN).await.unwrap();
-    assert_eq!(redis.distinct().len(), 10, "redis unaffected by kafka's outage");
+    assert_eq!(
+        redis.distinct().len(),
+        10,
+        "redis unaffected by kafka's outage"
+    );
     assert_eq!(kafka.count(), 0);
     store.refresh_stats().await.unwrap();
     let s = store.stats(&TenantScope::All).await.unwrap();
@@ -358,21 +404,34 @@ pub async fn destinations_have_independent_delivery_state<F: OutboxFixture>() {
         .map(|t| t.pending)
         .sum();
     assert_eq!(kafka_pending, 11, "{s:?}");
-    assert!(s.topics.iter().all(|t| t.destination != "redis" || t.pending == 0));
+    assert!(
+        s.topics
+            .iter()
+            .all(|t| t.destination != "redis" || t.pending == 0)
+    );
     f.backdate(10 * 86_400).await;
     assert_eq!(
-        store.delete_delivered_before(Duration::from_secs(86_400), 100).await.unwrap(),
+        store
+            .delete_delivered_before(Duration::from_secs(86_400), 100)
+            .await
+            .unwrap(),
         0,
         "not done until kafka has them"
     );
     kafka.set_down(false);
-    eventually(30, "kafka catches up", || async { kafka.distinct().len() == 11 }).await;
+    eventually(30, "kafka catches up", || async {
+        kafka.distinct().len() == 11
+    })
+    .await;
     to_kafka.shutdown().await;
     assert_per_key_order(&kafka.published());
     assert_per_key_order(&redis.published());
     assert!(redis.ids().iter().all(|id| kafka.distinct().contains(id)));
     assert_eq!(
-        store.delete_delivered_before(Duration::from_secs(86_400), 100).await.unwrap(),
+        store
+            .delete_delivered_before(Duration::from_secs(86_400), 100)
+            .await
+            .unwrap(),
         11
     );
     assert_eq!(f.event_rows().await, 0);
@@ -381,7 +440,11 @@ pub async fn destinations_have_independent_delivery_state<F: OutboxFixture>() {
 /// A claim whose lease expired cannot mark rows another relay claimed since.
 pub async fn an_expired_lease_fences_the_old_claim<F: OutboxFixture>() {
     let f = F::setup().await;
-    f.enqueue(&topic("things"), &[event("a", 1), event("a", 2), event("b", 1)]).await;
+    f.enqueue(
+        &topic("things"),
+        &[event("a", 1), event("a", 2), event("b", 1)],
+    )
+    .await;
     let (s1, s2) = (f.store(), f.other_store().await);
     let short = ClaimRequest::new(dest("default"), 10, Duration::from_millis(300));
     let c1 = s1.claim(&short).await.unwrap();
@@ -390,7 +453,11 @@ pub async fn an_expired_lease_fences_the_old_claim<F: OutboxFixture>() {
     assert!(early.rows.is_empty(), "keys are leased");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c2 = s2.claim(&short).await.unwrap();
-    assert_eq!(c2.rows.len(), 3, "the lease ended: another relay takes the keys");
+    assert_eq!(
+        c2.rows.len(),
+        3,
+        "the lease ended: another relay takes the keys"
+    );
     assert_ne!(c1.token, c2.token);
     // While the new owner holds the keys, nothing the old claim marks lands.
     let mut stale = Settlement::default();
@@ -414,8 +481,12 @@ pub async fn operator_api_is_tenant_scoped_and_pages_by_key<F: OutboxFixture>() 
     let f = F::setup().await;
     let store = f.store();
     let t = topic("things");
-    let acme: Vec<Event> = (0..5).map(|n| tenant_event("acme", &format!("a{n}"), n)).collect();
-    let globex: Vec<Event> = (0..2).map(|n| tenant_event("globex", &format!("g{n}"), n)).collect();
+    let acme: Vec<Event> = (0..5)
+        .map(|n| tenant_event("acme", &format!("a{n}"), n))
+        .collect();
+    let globex: Vec<Event> = (0..2)
+        .map(|n| tenant_event("globex", &format!("g{n}"), n))
+        .collect();
     f.enqueue(&t, &acme).await;
     f.enqueue(&t, &globex).await;
     let rec = Recorder::new();
@@ -430,18 +501,36 @@ pub async fn operator_api_is_tenant_scoped_and_pages_by_key<F: OutboxFixture>() 
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_dead(&scope_acme, &all, after.as_ref(), 2).await.unwrap();
+        let page = store
+            .list_dead(&scope_acme, &all, after.as_ref(), 2)
+            .await
+            .unwrap();
         assert!(page.items.len() <= 2);
-        seen.extend(page.items.iter().map(|d| n_of(&Event::from_json_str(&d.event).unwrap())));
+        seen.extend(
+            page.items
+                .iter()
+                .map(|d| n_of(&Event::from_json_str(&d.event).unwrap())),
+        );
         match page.next {
             Some(c) => after = Some(c),
             None => break,
         }
     }
-    assert_eq!(seen, vec![0, 1, 2, 3, 4], "acme's dead rows, in order, paged by key");
-    let g = store.list_dead(&scope_globex, &all, None, 10).await.unwrap();
+    assert_eq!(
+        seen,
+        vec![0, 1, 2, 3, 4],
+        "acme's dead rows, in order, paged by key"
+    );
+    let g = store
+        .list_dead(&scope_globex, &all, None, 10)
+        .await
+        .unwrap();
     assert_eq!(g.items.len(), 2);
-    assert!(g.items.iter().all(|d| d.org_id.as_deref() == Some("globex")));
+    assert!(
+        g.items
+            .iter()
+            .all(|d| d.org_id.as_deref() == Some("globex"))
+    );
     // Another tenant's ids are unknown to a scoped call.
     let globex_ids: Vec<_> = g.items.iter().map(|d| d.delivery.clone()).collect();
     assert_eq!(store.requeue(&scope_acme, &globex_ids).await.unwrap(), 0);
@@ -463,13 +552,19 @@ pub async fn operator_api_is_tenant_scoped_and_pages_by_key<F: OutboxFixture>() 
 pub async fn a_tenant_flood_does_not_delay_other_tenants<F: OutboxFixture>() {
     let f = F::setup().await;
     let t = topic("things");
-    let flood: Vec<Event> = (0..300).map(|n| tenant_event("flood", &format!("f{n}"), n)).collect();
+    let flood: Vec<Event> = (0..300)
+        .map(|n| tenant_event("flood", &format!("f{n}"), n))
+        .collect();
     f.enqueue(&t, &flood).await;
     let small = tenant_event("small", "s", 1);
     f.enqueue(&t, std::slice::from_ref(&small)).await;
     let claim = f
         .store()
-        .claim(&ClaimRequest::new(dest("default"), 50, Duration::from_secs(10)))
+        .claim(&ClaimRequest::new(
+            dest("default"),
+            50,
+            Duration::from_secs(10),
+        ))
         .await
         .unwrap();
     assert_eq!(claim.rows.len(), 50);
@@ -478,14 +573,15 @@ pub async fn a_tenant_flood_does_not_delay_other_tenants<F: OutboxFixture>() {
         .iter()
         .map(|r| Event::from_json_str(&r.event).unwrap().id().to_owned())
         .collect();
-    assert!(events.contains(small.id()), "the small tenant is in the first claim");
+    assert!(
+        events.contains(small.id()),
+        "the small tenant is in the first claim"
+    );
 }
 
 /// One maintenance leader at a time; retention deletes only old events every destination
 /// has; purges delete only old dead rows and inbox records.
-pub async fn maintenance_has_one_leader_and_deletes_only_what_is_old_and_done<
-    F: OutboxFixture,
->() {
+pub async fn maintenance_has_one_leader_and_deletes_only_what_is_old_and_done<F: OutboxFixture>() {
     let f = F::setup().await;
     let store = f.store();
     let lease = Duration::from_secs(30);
@@ -498,7 +594,8 @@ pub async fn maintenance_has_one_leader_and_deletes_only_what_is_old_and_done<
 
     let t = topic("things");
     let rejected = event("r", 1);
-    f.enqueue(&t, &[event("a", 1), event("a", 2), rejected.clone()]).await;
+    f.enqueue(&t, &[event("a", 1), event("a", 2), rejected.clone()])
+        .await;
     f.enqueue(&t, &[event("p", 1)]).await;
     let rec = Recorder::new();
     rec.reject(rejected.id(), true);
@@ -507,9 +604,16 @@ pub async fn maintenance_has_one_leader_and_deletes_only_what_is_old_and_done<
     for _ in 0..3 {
         relay.run_once().await.unwrap();
     }
-    assert_eq!(f.inbox_record("c1", &event("x", 1)).await, windlass_outbox::Received::New);
+    assert_eq!(
+        f.inbox_record("c1", &event("x", 1)).await,
+        windlass_outbox::Received::New
+    );
     let day = Duration::from_secs(86_400);
-    assert_eq!(store.delete_delivered_before(day, 100).await.unwrap(), 0, "too young");
+    assert_eq!(
+        store.delete_delivered_before(day, 100).await.unwrap(),
+        0,
+        "too young"
+    );
     assert_eq!(store.purge_dead_before(day, 100).await.unwrap(), 0);
     assert_eq!(store.purge_inbox_before(day, 100).await.unwrap(), 0);
     f.backdate(3 * 86_400).await;
@@ -526,7 +630,11 @@ pub async fn maintenance_has_one_leader_and_deletes_only_what_is_old_and_done<
     assert_eq!(store.purge_dead_before(day, 100).await.unwrap(), 1);
     assert_eq!(store.purge_inbox_before(day, 100).await.unwrap(), 1);
     assert_eq!(f.inbox_rows().await, 0);
-    assert_eq!(f.event_rows().await, 2, "the purged dead row's event and the pending one");
+    assert_eq!(
+        f.event_rows().await,
+        2,
+        "the purged dead row's event and the pending one"
+    );
     assert_eq!(store.delete_delivered_before(day, 100).await.unwrap(), 1);
     assert_eq!(f.event_rows().await, 1, "the pending event stays");
 }
@@ -555,5 +663,8 @@ pub async fn a_running_relay_elects_a_leader_and_exports_counters<F: OutboxFixtu
     let s = store.stats(&TenantScope::All).await.unwrap();
     assert!(s.topics[0].oldest_pending_age.is_some());
     relay.shutdown().await;
-    assert!(store.leader().await.unwrap().is_none(), "resigned on shutdown");
+    assert!(
+        store.leader().await.unwrap().is_none(),
+        "resigned on shutdown"
+    );
 }

@@ -166,8 +166,8 @@ impl OutboxFixture for PgFixture {
     }
 
     async fn inbox_record(&self, consumer: &str, event: &Event) -> Received {
-        let inbox = postgres::Inbox::with_config(self.db.pool.clone(), consumer, &self.config)
-            .unwrap();
+        let inbox =
+            postgres::Inbox::with_config(self.db.pool.clone(), consumer, &self.config).unwrap();
         let mut tx = self.db.pool.begin().await.unwrap();
         let r = inbox.record(&mut tx, event).await.unwrap();
         tx.commit().await.unwrap();

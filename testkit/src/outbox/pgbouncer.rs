@@ -22,7 +22,11 @@ fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("WINDLASS_PGBOUNCER_BIN") {
         return PathBuf::from(p);
     }
-    for p in ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"] {
+    for p in [
+        "/usr/sbin/pgbouncer",
+        "/usr/bin/pgbouncer",
+        "/usr/local/bin/pgbouncer",
+    ] {
         if crate::servers::is_executable(std::path::Path::new(p)) {
             return PathBuf::from(p);
         }
@@ -41,7 +45,11 @@ impl PgBouncer {
             .parse()
             .expect("WINDLASS_POSTGRES_URL is a valid URL");
         let host = upstream.get_host().to_owned();
-        let host = if host.starts_with('/') { "127.0.0.1".to_owned() } else { host };
+        let host = if host.starts_with('/') {
+            "127.0.0.1".to_owned()
+        } else {
+            host
+        };
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "windlass-pgbouncer-{}",
@@ -68,7 +76,10 @@ impl PgBouncer {
         let mut cmd = Command::new(binary());
         if root {
             // pgbouncer refuses to run as root.
-            let _ = Command::new("chown").args(["-R", "postgres"]).arg(&dir).status();
+            let _ = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&dir)
+                .status();
             cmd.args(["-u", "postgres"]);
         }
         let child = cmd
