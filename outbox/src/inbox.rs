@@ -71,6 +71,7 @@ pub struct InboxHandler<I, F> {
 }
 
 impl<I: InboxBackend, F> InboxHandler<I, F> {
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn new(inbox: I, work: F) -> Self {
         Self {
             inbox,

@@ -147,10 +147,12 @@ pub(crate) fn deleted(what: &'static str, n: u64) {
     }
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn requeued(n: u64) {
     metrics::counter!("windlass_outbox_requeued_total").increment(n);
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn skipped(n: u64) {
     metrics::counter!("windlass_outbox_skipped_total").increment(n);
 }

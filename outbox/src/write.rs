@@ -16,6 +16,7 @@ pub(crate) struct Prepared {
     /// The structured CloudEvents JSON, exactly the bytes the bus will carry.
     pub(crate) json: String,
     /// Lock id of (`topic`, key): the second half of `pg_advisory_xact_lock(int4, int4)`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) lock: Option<i32>,
 }
 
@@ -88,7 +89,7 @@ pub(crate) fn has_nul_escape(json: &str) -> bool {
 }
 
 /// The classid half of the advisory lock: one per outbox table, so two outboxes never contend.
-#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn table_lock_class(qualified_table: &str) -> i32 {
     fold(fnv1a(0x5749_4e44_4c41_5353, qualified_table.as_bytes()))
 }

@@ -22,6 +22,7 @@ pub(crate) use store::SqlStore;
 #[derive(Debug, Clone)]
 pub(crate) struct Sql {
     pub(crate) text: Arc<str>,
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) now: bool,
 }
 
@@ -32,6 +33,7 @@ impl Sql {
             now: false,
         }
     }
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn timed(text: impl Into<String>) -> Self {
         Self {
             text: text.into().into(),
