@@ -374,3 +374,58 @@ async fn enqueue_and_a_poll_only_relay_work_through_pgbouncer() {
     );
     tx.commit().await.unwrap();
 }
+
+/// An idle relay (polling once a minute) wakes at once when a writer of its process enqueues,
+/// and, with LISTEN on, when another process's writer commits with NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_relays_wake_on_enqueues_of_their_process_and_on_notify() {
+    let db = fresh_database().await;
+    migrate(&db.pool).await.unwrap();
+    let rec = Recorder::new();
+    let minute = Duration::from_secs(60);
+    let relay = Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone())
+        .with_options(
+            fast_options()
+                .poll_interval(minute)
+                .min_poll(minute)
+                .listen(true),
+        )
+        .spawn();
+    eventually(10, "the relay listens", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    Outbox::new()
+        .enqueue(&mut tx, &topic("things"), &event("a", 1))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    eventually(10, "woken by the in-process enqueue", || async {
+        rec.count() == 1
+    })
+    .await;
+    // A writer elsewhere (raw SQL, no in-process doorbell) with NOTIFY in its transaction.
+    let ev = event("b", 1);
+    sqlx::query(
+        "WITH e AS (INSERT INTO windlass_outbox (topic, partition_key, event_type, destinations, event) \
+           VALUES ('things', 'b', 'thing.happened', ARRAY['default'], $1) RETURNING seq), \
+         d AS (INSERT INTO windlass_outbox_delivery (seq, destination, topic, partition_key) \
+           SELECT seq, 'default', 'things', 'b' FROM e) \
+         SELECT pg_notify('windlass_outbox', '')",
+    )
+    .bind(ev.to_json())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    eventually(10, "woken by NOTIFY", || async { rec.count() == 2 }).await;
+    relay.shutdown().await;
+}

@@ -151,7 +151,7 @@ impl Outbox {
             .fetch_one(conn)
             .await
             .map_err(|e| Error::db("enqueue", e))?;
-        self.inner.doorbell.notify_waiters();
+        crate::wake::ring(&self.inner.doorbell);
         row.try_get::<i64, _>(0)
             .map_err(|e| Error::db("enqueue", e))
     }
@@ -212,7 +212,7 @@ impl Outbox {
             .fetch_all(conn)
             .await
             .map_err(|e| Error::db("enqueue", e))?;
-        self.inner.doorbell.notify_waiters();
+        crate::wake::ring(&self.inner.doorbell);
         rows.iter()
             .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<_, _>>()

@@ -87,7 +87,7 @@ impl Outbox {
         destinations: &[Destination],
     ) -> Result<i64> {
         let seq = self.insert(conn, topic, event, destinations).await?;
-        self.inner.doorbell.notify_waiters();
+        crate::wake::ring(&self.inner.doorbell);
         Ok(seq)
     }
 
@@ -108,7 +108,7 @@ impl Outbox {
                     .await?,
             );
         }
-        self.inner.doorbell.notify_waiters();
+        crate::wake::ring(&self.inner.doorbell);
         Ok(seqs)
     }
 
