@@ -1,6 +1,7 @@
 //! Order service: an order row and its `order.placed` event committed in one transaction; the
 //! outbox relay publishes to Redis Streams; a consumer with the inbox keeps a projection table
-//! (revenue per customer) exactly once.
+//! (revenue per customer) exactly once. Exits with an error if the projection does not reach
+//! exactly the committed orders (and nothing of the rolled-back one) in time.
 //!
 //! ```text
 //! cargo run --example order_service --features outbox-postgres,redis
@@ -14,8 +15,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use windlass::eventbus::redis::{RedisBus, RedisConfig};
 use windlass::eventbus::{Event, Group, SubscribeOptions, Subscriber, Topic};
-use windlass::outbox::postgres::{Inbox, Outbox, PgStore, migrate};
-use windlass::outbox::{OutboxConfig, Relay, RelayOptions};
+use windlass::outbox::postgres::{Inbox, Outbox, PgOutboxStore, migrate};
+use windlass::outbox::{Relay, RelayOptions};
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -23,6 +24,7 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 async fn place_order(
     pool: &PgPool,
     outbox: &Outbox,
+    topic: &Topic,
     order_id: &str,
     customer: &str,
     cents: i64,
@@ -40,7 +42,7 @@ async fn place_order(
         .org_id("acme")
         .data_json(&serde_json::json!({ "order": order_id, "customer": customer, "cents": cents }))
         .build()?;
-    outbox.enqueue(&mut tx, "orders", &placed).await?;
+    outbox.enqueue(&mut tx, topic, &placed).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -69,24 +71,28 @@ async fn main() -> Result<(), AnyError> {
         RedisBus::connect(RedisConfig::new(redis_url.as_str()).prefix(prefix.as_str())).await?;
     let topic = Topic::new("orders")?;
 
-    // Relay: outbox -> Redis Streams (LISTEN/NOTIFY wake-ups, polling as fallback).
-    let relay = Relay::new(
-        PgStore::new(pool.clone(), OutboxConfig::default())?,
-        bus.clone(),
-    )
-    .with_options(RelayOptions::default().poll_interval(Duration::from_millis(500)))
-    .spawn();
+    // Relay: outbox -> Redis Streams (adaptive polling; wakes at once on enqueues of this
+    // process).
+    let store = PgOutboxStore::new(pool.clone());
+    let relay = Relay::new(store.clone(), bus.clone())
+        .with_options(RelayOptions::default())
+        .spawn();
 
     // Consumer: the inbox record and the projection update commit together.
-    let projection = Inbox::new(pool.clone(), "customer-revenue")?.handler(|tx, event| {
-        Box::pin(async move {
+    let projection = Inbox::new(pool.clone(), "customer-revenue")?.handler(
+        |mut tx, event, _ctx| async move {
             #[derive(serde::Deserialize)]
             struct Placed {
                 customer: String,
                 cents: i64,
             }
-            let Some(p) = event.data_as::<Placed>().map_err(windlass::eventbus::HandlerError::reject)? else {
-                return Err(windlass::eventbus::HandlerError::reject("order.placed without data"));
+            let Some(p) = event
+                .data_as::<Placed>()
+                .map_err(windlass::eventbus::HandlerError::reject)?
+            else {
+                return Err(windlass::eventbus::HandlerError::reject(
+                    "order.placed without data",
+                ));
             };
             sqlx::query(
                 "INSERT INTO customer_revenue VALUES ($1, 1, $2) ON CONFLICT (customer) DO UPDATE \
@@ -96,9 +102,9 @@ async fn main() -> Result<(), AnyError> {
             .bind(p.cents)
             .execute(&mut *tx)
             .await?;
-            Ok(())
-        })
-    });
+            Ok(tx)
+        },
+    );
     let sub = bus
         .subscribe(
             &topic,
@@ -119,7 +125,15 @@ async fn main() -> Result<(), AnyError> {
     let mut expected = 0i64;
     for i in 0..20i64 {
         let customer = format!("cust-{}", i % 3);
-        place_order(&pool, &outbox, &format!("{run}-{i}"), &customer, 100 + i).await?;
+        place_order(
+            &pool,
+            &outbox,
+            &topic,
+            &format!("{run}-{i}"),
+            &customer,
+            100 + i,
+        )
+        .await?;
         expected += 100 + i;
     }
     // A failed business transaction: no order, and no event either.
@@ -127,22 +141,31 @@ async fn main() -> Result<(), AnyError> {
         let mut tx = pool.begin().await?;
         let ghost = Event::builder("/orders", "order.placed")
             .subject("ghost")
+            .data_json(
+                &serde_json::json!({ "order": "ghost", "customer": "ghost", "cents": 1_000_000 }),
+            )
             .build()?;
-        outbox.enqueue(&mut tx, "orders", &ghost).await?;
+        outbox.enqueue(&mut tx, &topic, &ghost).await?;
         tx.rollback().await?;
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let projected = loop {
         let projected: i64 =
             sqlx::query_scalar("SELECT coalesce(sum(r.cents), 0)::bigint FROM customer_revenue r")
                 .fetch_one(&pool)
                 .await?;
         if projected - before >= expected || tokio::time::Instant::now() > deadline {
-            break;
+            break projected - before;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    // Let a late (wrong) delivery show up before judging.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled: i64 =
+        sqlx::query_scalar("SELECT coalesce(sum(r.cents), 0)::bigint FROM customer_revenue r")
+            .fetch_one(&pool)
+            .await?;
     let rows: Vec<(String, i64, i64)> =
         sqlx::query_as("SELECT customer, orders, cents FROM customer_revenue ORDER BY customer")
             .fetch_all(&pool)
@@ -150,14 +173,22 @@ async fn main() -> Result<(), AnyError> {
     for (customer, orders, cents) in rows {
         println!("{customer}: {orders} orders, {cents} cents in all");
     }
-    let stats = PgStore::new(pool.clone(), OutboxConfig::default())?;
+    store.refresh_stats().await?;
     println!(
         "outbox: {:?}",
-        windlass::outbox::OutboxStore::stats(&stats).await?
+        store.stats(&windlass::core::TenantScope::All).await?
     );
 
     sub.shutdown().await?;
     relay.shutdown().await;
+    if projected != expected || settled - before != expected {
+        return Err(format!(
+            "projection got {} cents, expected exactly {expected} (the committed orders only)",
+            settled - before
+        )
+        .into());
+    }
+    println!("projection: exactly the {expected} cents of the committed orders");
     Ok(())
 }
 

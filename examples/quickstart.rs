@@ -344,8 +344,8 @@ async fn cache() -> Result<(), Error> {
 }
 
 async fn outbox() -> Result<(), Error> {
-    use windlass::outbox::sqlite::{Inbox, Outbox, SqliteStore, migrate};
-    use windlass::outbox::{OutboxConfig, Relay, RelayOptions};
+    use windlass::outbox::sqlite::{Inbox, Outbox, SqliteOutboxStore, migrate};
+    use windlass::outbox::{Relay, RelayOptions};
 
     println!("\n== 4. transactional outbox (embedded SQLite; Postgres in production)");
     // One connection: an in-memory SQLite database lives as long as its connection.
@@ -367,8 +367,8 @@ async fn outbox() -> Result<(), Error> {
     let orders = Topic::new("orders")?;
     // Consumer: the inbox record and the projection update commit together, so a redelivered
     // event is recognised as a duplicate and applied once.
-    let projection = Inbox::new(pool.clone(), "revenue")?.handler(|tx, event| {
-        Box::pin(async move {
+    let projection =
+        Inbox::new(pool.clone(), "revenue")?.handler(|mut tx, event, _ctx| async move {
             let cents: i64 = event.data_as()?.unwrap_or_default();
             sqlx::query("UPDATE revenue SET total = total + ?1")
                 .bind(cents)
@@ -378,9 +378,8 @@ async fn outbox() -> Result<(), Error> {
                 "   projection: {} adds {cents} cents",
                 event.subject().unwrap_or("?")
             );
-            Ok(())
-        })
-    });
+            Ok(tx)
+        });
     let sub = bus
         .subscribe(
             &orders,
@@ -389,15 +388,12 @@ async fn outbox() -> Result<(), Error> {
             SubscribeOptions::default(),
         )
         .await?;
-    let relay = Relay::new(
-        SqliteStore::new(pool.clone(), OutboxConfig::default())?,
-        bus.clone(),
-    )
-    .with_options(RelayOptions::default().poll_interval(Duration::from_millis(20)))
-    .spawn();
+    let relay = Relay::new(SqliteOutboxStore::new(pool.clone()), bus.clone())
+        .with_options(RelayOptions::default().poll_interval(Duration::from_millis(20)))
+        .spawn();
 
     // Producer: the order row and its event in one transaction.
-    let outbox = Outbox::new(OutboxConfig::default())?;
+    let outbox = Outbox::new();
     for (id, cents, commit) in [
         ("o-1", 1200i64, true),
         ("o-2", 800, true),

@@ -297,15 +297,17 @@ async fn outbox_history_replays_published_rows_in_commit_order() {
     let events: Vec<Event> = (0..6).map(numbered).collect();
     for (i, e) in events.iter().enumerate() {
         let status = if i == 5 { "pending" } else { "published" };
+        // An event row; a pending one still has a delivery row (windlass-outbox layout).
         sqlx::query(
-            "INSERT INTO windlass_outbox (id, topic, event, status, created_at) \
-             VALUES ($1, $2, $3::jsonb, $4, now() - make_interval(secs => $5))",
+            "WITH e AS (INSERT INTO windlass_outbox (topic, event_type, destinations, event, created_at) \
+               VALUES ($1, 'numbered', ARRAY['default'], $2, now() - make_interval(secs => $3)) RETURNING seq) \
+             INSERT INTO windlass_outbox_delivery (seq, destination, topic) \
+               SELECT seq, 'default', $1 FROM e WHERE $4 = 'pending'",
         )
-        .bind(uuid::Uuid::now_v7())
         .bind(if i == 2 { "other" } else { topic.as_str() })
         .bind(e.to_json())
-        .bind(status)
         .bind(f64::from(100 - i as i32 * 10))
+        .bind(status)
         .execute(&db.pool)
         .await
         .unwrap();

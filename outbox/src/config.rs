@@ -1,36 +1,124 @@
-//! Table names and limits shared by the write side, the relay and the inbox.
+//! Table names, routing and limits shared by the write side, the stores and the inbox.
+
+use std::fmt;
+
+use windlass_core::{Name, NameError};
 
 use crate::error::{Error, Result};
 
-/// Default outbox table name.
+/// Default outbox table name (the event log; the other tables are named after it).
 pub const DEFAULT_TABLE: &str = "windlass_outbox";
 /// Default inbox table name.
 pub const DEFAULT_INBOX_TABLE: &str = "windlass_inbox";
 /// Default size limit of one encoded event (structured CloudEvents JSON), in bytes.
 pub const DEFAULT_MAX_EVENT_SIZE: usize = 256 * 1024;
-/// Longest accepted table or schema name (leaves room for the `_pending_idx`-style suffixes
-/// within Postgres's 63-byte identifier limit).
+/// Longest accepted table or schema name (leaves room for the `_delivery_pending_idx`-style
+/// suffixes within Postgres's 63-byte identifier limit).
 pub const IDENT_MAX_LEN: usize = 40;
+/// The destination a row goes to when nothing else is configured.
+pub const DEFAULT_DESTINATION: &str = "default";
 
-/// Where the outbox and inbox live and what the write side accepts.
+/// A named place an outbox row is delivered to (`"redis"`, `"kafka"`...): each destination has
+/// its own delivery state per row, its own relay, leases, backoff, dead rows and lag.
 ///
-/// Names are validated when the config is used ([`OutboxConfig::validate`]): lowercase ASCII
-/// letters, digits and `_`, starting with a letter or `_`, at most [`IDENT_MAX_LEN`] bytes, so
-/// they can be spliced into SQL without quoting surprises.
+/// Validated as a [`Name`] (`[A-Za-z0-9._-]`, 1-200 bytes): it becomes a SQL value and a metric
+/// label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination(Name);
+
+impl Destination {
+    /// A destination name; fails when it is not a valid name.
+    pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
+        Name::parse("destination", name).map(Self)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl Default for Destination {
+    fn default() -> Self {
+        Self::new(DEFAULT_DESTINATION).expect("the default destination is a valid name")
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for Destination {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// What a relay does with a key whose oldest undelivered row is dead (rejected by the bus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DeadPolicy {
+    /// The key waits (later rows are not published) until an operator requeues or skips the
+    /// dead row: per-key order is never broken. Blocked keys show in the operator API and in
+    /// the `windlass_outbox_blocked_keys` gauge.
+    #[default]
+    Block,
+    /// The dead row is left aside and the key goes on: later rows are published, the dead one
+    /// stays listed (and can be requeued, which publishes it out of order).
+    Skip,
+}
+
+impl DeadPolicy {
+    pub(crate) fn blocks(self) -> bool {
+        matches!(self, Self::Block)
+    }
+}
+
+/// Where the outbox lives, where rows go and what the write side accepts.
+///
+/// Names are validated by [`OutboxConfig::validate`] (every constructor that takes a config
+/// calls it): lowercase ASCII letters, digits and `_`, starting with a letter or `_`, at most
+/// [`IDENT_MAX_LEN`] bytes, so they can be spliced into SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct OutboxConfig {
-    /// Schema of both tables (Postgres only; `None` = the connection's `search_path`).
+    /// Schema of every table (Postgres only; `None` = the connection's `search_path`).
     pub schema: Option<String>,
-    /// Outbox table name.
+    /// Event table name; the delivery state lives in `{table}_delivery`, the operator counters
+    /// in `{table}_stats`, the maintenance leader lease in `{table}_leader`.
     pub table: String,
     /// Inbox table name.
     pub inbox_table: String,
     /// Largest accepted encoded event, in bytes.
     pub max_event_size: usize,
-    /// Whether `enqueue` sends a `NOTIFY` in the caller's transaction (Postgres). Keep it on
-    /// unless no relay listens; it is coalesced to one notification per transaction.
+    /// Destinations of a row enqueued with [`enqueue`](crate::postgres::Outbox::enqueue)
+    /// (default: one, `"default"`). Empty: rows are only written to the event table (for a
+    /// change-data-capture reader such as Debezium; no relay delivers them).
+    pub destinations: Vec<Destination>,
+    /// Serialise writers of one ordering key at enqueue (Postgres: a transaction-scoped
+    /// advisory lock on the key's hash), so per-key order is enqueue order whatever the commit
+    /// order. Turn off only when your transactions already serialise writers of a key (for
+    /// example by locking the aggregate's row first).
+    pub lock_keys: bool,
+    /// Whether `enqueue` sends a `NOTIFY` in the caller's transaction (Postgres). Off by default:
+    /// Postgres holds a database-wide lock from the `NOTIFY`'s commit until the commit is
+    /// flushed, which serialises concurrent writers (`docs/outbox.md`, Wake-ups).
     pub notify: bool,
+    /// What relays do with a key whose oldest undelivered row is dead. Set it the same in every
+    /// process using the outbox.
+    pub dead_policy: DeadPolicy,
+    /// The optional `event_json jsonb` column exists (see
+    /// [`postgres::migrate_with`](crate::postgres::migrate_with)); `enqueue` then refuses
+    /// events jsonb cannot hold (a `\u0000` escape) before touching the transaction.
+    pub jsonb_column: bool,
+    /// The optional Debezium outbox-router columns exist (`aggregatetype`, `aggregateid`,
+    /// `type`, generated from the routing columns; see `docs/outbox.md`).
+    pub debezium_columns: bool,
+    /// Use named (cached) prepared statements for the outbox's own queries. Turn off behind a
+    /// connection pooler that does not support them (PgBouncer < 1.21 in transaction mode).
+    pub prepared_statements: bool,
 }
 
 impl Default for OutboxConfig {
@@ -40,7 +128,13 @@ impl Default for OutboxConfig {
             table: DEFAULT_TABLE.to_owned(),
             inbox_table: DEFAULT_INBOX_TABLE.to_owned(),
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
-            notify: true,
+            destinations: vec![Destination::default()],
+            lock_keys: true,
+            notify: false,
+            dead_policy: DeadPolicy::Block,
+            jsonb_column: false,
+            debezium_columns: false,
+            prepared_statements: true,
         }
     }
 }
@@ -51,7 +145,7 @@ impl OutboxConfig {
         self.schema = Some(schema.into());
         self
     }
-    /// Sets the outbox table name.
+    /// Sets the event table name (the other tables are named after it).
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
         self
@@ -66,9 +160,45 @@ impl OutboxConfig {
         self.max_event_size = bytes;
         self
     }
+    /// Sets the default destinations of enqueued rows (duplicates are dropped).
+    pub fn destinations(mut self, destinations: impl IntoIterator<Item = Destination>) -> Self {
+        let mut v: Vec<Destination> = Vec::new();
+        for d in destinations {
+            if !v.contains(&d) {
+                v.push(d);
+            }
+        }
+        self.destinations = v;
+        self
+    }
+    /// Turns the per-key writer lock on or off (see [`OutboxConfig::lock_keys`]).
+    pub fn lock_keys(mut self, on: bool) -> Self {
+        self.lock_keys = on;
+        self
+    }
     /// Turns the `NOTIFY` of the write side on or off.
     pub fn notify(mut self, on: bool) -> Self {
         self.notify = on;
+        self
+    }
+    /// Sets what relays do with a key whose head is dead.
+    pub fn dead_policy(mut self, policy: DeadPolicy) -> Self {
+        self.dead_policy = policy;
+        self
+    }
+    /// Declares the optional `event_json jsonb` column (created by `migrate_with`).
+    pub fn jsonb_column(mut self, on: bool) -> Self {
+        self.jsonb_column = on;
+        self
+    }
+    /// Declares the optional Debezium outbox-router columns (created by `migrate_with`).
+    pub fn debezium_columns(mut self, on: bool) -> Self {
+        self.debezium_columns = on;
+        self
+    }
+    /// Turns named prepared statements on or off for the outbox's own queries.
+    pub fn prepared_statements(mut self, on: bool) -> Self {
+        self.prepared_statements = on;
         self
     }
 
@@ -84,6 +214,13 @@ impl OutboxConfig {
                 "the outbox and inbox tables must have different names".into(),
             ));
         }
+        for suffix in ["_delivery", "_stats", "_leader"] {
+            if self.inbox_table == format!("{}{suffix}", self.table) {
+                return Err(Error::Config(format!(
+                    "the inbox table must not be named like the outbox's own `{suffix}` table"
+                )));
+            }
+        }
         if self.max_event_size == 0 {
             return Err(Error::Config(
                 "max_event_size must be at least 1 byte".into(),
@@ -92,9 +229,24 @@ impl OutboxConfig {
         Ok(())
     }
 
-    /// The outbox table as it appears in SQL (`schema.table` or `table`).
+    /// The event table as it appears in SQL (`schema.table` or `table`).
     pub fn qualified_table(&self) -> String {
         self.qualify(&self.table)
+    }
+
+    /// The delivery-state table as it appears in SQL.
+    pub fn qualified_delivery_table(&self) -> String {
+        self.qualify(&format!("{}_delivery", self.table))
+    }
+
+    /// The operator-counter table as it appears in SQL.
+    pub fn qualified_stats_table(&self) -> String {
+        self.qualify(&format!("{}_stats", self.table))
+    }
+
+    /// The maintenance-leader table as it appears in SQL.
+    pub fn qualified_leader_table(&self) -> String {
+        self.qualify(&format!("{}_leader", self.table))
     }
 
     /// The inbox table as it appears in SQL.
@@ -115,12 +267,6 @@ impl OutboxConfig {
             Some(s) => format!("{s}.{name}"),
             None => name.to_owned(),
         }
-    }
-
-    /// Metric label value naming this outbox.
-    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
-    pub(crate) fn label(&self) -> String {
-        self.qualified_table()
     }
 }
 
@@ -147,10 +293,20 @@ fn check_ident(what: &'static str, value: &str) -> Result<()> {
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn render_migration(sql: &str, config: &OutboxConfig) -> String {
     let mut out = sql
+        .replace("windlass_outbox_delivery", "\u{1}DELIVERY\u{1}")
+        .replace("windlass_outbox_stats", "\u{1}STATS\u{1}")
+        .replace("windlass_outbox_leader", "\u{1}LEADER\u{1}")
         .replace("windlass_outbox_", "\u{1}OUTBOX_\u{1}")
         .replace("windlass_inbox_", "\u{1}INBOX_\u{1}")
         .replace(DEFAULT_TABLE, &config.qualified_table())
         .replace(DEFAULT_INBOX_TABLE, &config.qualified_inbox_table())
+        .replace(
+            "\u{1}DELIVERY\u{1}_",
+            &format!("{}_delivery_", config.table),
+        )
+        .replace("\u{1}DELIVERY\u{1}", &config.qualified_delivery_table())
+        .replace("\u{1}STATS\u{1}", &config.qualified_stats_table())
+        .replace("\u{1}LEADER\u{1}", &config.qualified_leader_table())
         .replace("\u{1}OUTBOX_\u{1}", &format!("{}_", config.table))
         .replace("\u{1}INBOX_\u{1}", &format!("{}_", config.inbox_table));
     if let Some(schema) = &config.schema {
@@ -199,15 +355,28 @@ mod tests {
         );
         assert!(
             OutboxConfig::default()
+                .inbox_table("windlass_outbox_delivery")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            OutboxConfig::default()
                 .max_event_size(0)
                 .validate()
                 .is_err()
         );
+        assert!(Destination::new("kafka").is_ok());
+        assert!(Destination::new("a b").is_err());
+        let twice = OutboxConfig::default().destinations([
+            Destination::new("a").unwrap(),
+            Destination::new("a").unwrap(),
+        ]);
+        assert_eq!(twice.destinations.len(), 1);
     }
 
     #[test]
     fn renders_migrations_for_other_names() {
-        let sql = "CREATE TABLE windlass_outbox (x int);\nCREATE INDEX windlass_outbox_x_idx ON windlass_outbox (x);\nCREATE TABLE windlass_inbox (y int);";
+        let sql = "CREATE TABLE windlass_outbox (x int);\nCREATE INDEX windlass_outbox_x_idx ON windlass_outbox (x);\nCREATE TABLE windlass_outbox_delivery (y int);\nCREATE INDEX windlass_outbox_delivery_y_idx ON windlass_outbox_delivery (y);\nCREATE TABLE windlass_inbox (y int);";
         let cfg = OutboxConfig::default()
             .schema("s")
             .table("ob")
@@ -215,7 +384,7 @@ mod tests {
         let out = render_migration(sql, &cfg);
         assert_eq!(
             out,
-            "CREATE SCHEMA IF NOT EXISTS s;\nCREATE TABLE s.ob (x int);\nCREATE INDEX ob_x_idx ON s.ob (x);\nCREATE TABLE s.ib (y int);"
+            "CREATE SCHEMA IF NOT EXISTS s;\nCREATE TABLE s.ob (x int);\nCREATE INDEX ob_x_idx ON s.ob (x);\nCREATE TABLE s.ob_delivery (y int);\nCREATE INDEX ob_delivery_y_idx ON s.ob_delivery (y);\nCREATE TABLE s.ib (y int);"
         );
         assert_eq!(render_migration(sql, &OutboxConfig::default()), sql);
         assert_eq!(cfg.channel(), "s_ob");

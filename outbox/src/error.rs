@@ -32,12 +32,22 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The event holds something the outbox table cannot store as configured (e.g. a
+    /// `\u0000` escape with the optional jsonb column). Returned before any statement runs, so
+    /// the caller's transaction stays usable.
+    #[error("event {id} cannot be stored in the outbox: {reason}")]
+    Unstorable {
+        /// Event id.
+        id: String,
+        /// What the database would refuse.
+        reason: String,
+    },
     /// Invalid configuration.
     #[error("invalid outbox configuration: {0}")]
     Config(String),
-    /// No row with this id is in the state the operation needs.
-    #[error("outbox row {0} not found (or not dead)")]
-    NotFound(uuid::Uuid),
+    /// A wait ended before its condition held (e.g. [`Relay::drain`](crate::Relay::drain)).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl Error {

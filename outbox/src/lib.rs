@@ -1,44 +1,54 @@
 //! # windlass-outbox
 //!
 //! Effectively-once events from a SQL database: the **transactional outbox** on the producer
-//! side, a **relay** that publishes it to any [`windlass_eventbus::Publisher`], and an
-//! **inbox** on the consumer side.
+//! side, **relays** that publish it to any [`windlass_eventbus::Publisher`], and an **inbox**
+//! on the consumer side.
 //!
-//! - Write side: `Outbox::enqueue(&mut tx, topic, &event)` inserts the event in the caller's
-//!   own transaction, so it is published if and only if the business change commits.
-//! - [`Relay`]: claims rows, publishes them (grouped per topic, `publish_batch`), marks them.
-//!   At least once; order kept per partition key; exponential backoff, then `dead`; retention;
-//!   metrics. Postgres relays wake on `LISTEN/NOTIFY` and claim with `FOR UPDATE SKIP LOCKED`,
-//!   so several run side by side (see [`postgres`] for how per-key order survives that).
+//! - Write side: `Outbox::enqueue(&mut tx, &topic, &event)` inserts the event, exactly as
+//!   encoded, in the caller's own transaction, so it is published if and only if the business
+//!   change commits. Writers of one ordering key are serialised at enqueue: per key, publish
+//!   order is enqueue order, whatever the commit order.
+//! - Rows are routed to one or more named [`Destination`]s (e.g. `"redis"` and `"kafka"` during
+//!   a migration); each has its own delivery state per row, relay, leases, backoff, dead rows
+//!   and lag, so one bus's outage never delays or loses another's events.
+//! - [`Relay`]: claims keys of one destination under a lease (short statement), publishes
+//!   their rows, marks them under the claim's fencing token (short statement). At least once;
+//!   per-key order; a transient bus failure backs the key off and never makes anything dead; a
+//!   key whose head the bus rejects is blocked (or skipped: [`DeadPolicy`]); tenants served
+//!   round-robin; one elected relay runs retention, purges and the operator counters.
+//! - [`OutboxAdmin`]: the operator API (counters, dead rows, blocked keys, requeue, skip),
+//!   tenant-scoped.
 //! - Inbox: records (`consumer`, `source`, `id`) in the consumer's transaction and drops
-//!   duplicates, as a wrapper around a bus [`Handler`](windlass_eventbus::Handler).
+//!   duplicates, as a bus [`Handler`](windlass_eventbus::Handler).
 //! - Backends: `postgres` and `sqlite` (embedded) features. `docs/outbox.md` has the design.
 //!
 //! ```
 //! # #[cfg(feature = "sqlite")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
 //! use windlass_eventbus::{Event, MemoryBus, Topic};
-//! use windlass_outbox::sqlite::{Outbox, SqliteStore, migrate};
-//! use windlass_outbox::{OutboxConfig, Relay};
+//! use windlass_outbox::sqlite::{Outbox, SqliteOutboxStore, migrate};
+//! use windlass_outbox::Relay;
 //!
 //! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
 //! migrate(&pool).await?;
-//! let outbox = Outbox::new(OutboxConfig::default())?;
+//! let outbox = Outbox::new();
+//! let orders = Topic::new("orders")?;
 //!
 //! // The business change and its event commit together.
 //! let mut tx = pool.begin().await?;
 //! sqlx::query("CREATE TABLE orders (id TEXT)").execute(&mut *tx).await?;
 //! sqlx::query("INSERT INTO orders VALUES ('o-1')").execute(&mut *tx).await?;
 //! let placed = Event::builder("/shop", "order.placed").subject("o-1").data_json(&42).build()?;
-//! outbox.enqueue(&mut tx, "orders", &placed).await?;
+//! outbox.enqueue(&mut tx, &orders, &placed).await?;
 //! tx.commit().await?;
 //!
 //! // The relay publishes it.
 //! let bus = MemoryBus::new();
-//! let relay = Relay::new(SqliteStore::new(pool, OutboxConfig::default())?, bus.clone());
-//! assert_eq!(relay.run_once().await?.published, 1);
-//! assert_eq!(bus.len(&Topic::new("orders")?), 1);
+//! let relay = Relay::new(SqliteOutboxStore::new(pool), bus.clone());
+//! assert_eq!(relay.drain(Duration::from_secs(5)).await?.published, 1);
+//! assert_eq!(bus.len(&orders), 1);
 //! # Ok(())
 //! # }
 //! # #[cfg(not(feature = "sqlite"))]
@@ -47,12 +57,16 @@
 #![doc(test(attr(deny(warnings))))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admin;
 mod config;
 mod error;
+mod inbox;
 pub mod metrics;
 mod relay;
-mod store;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
+mod store;
+mod wake;
 mod write;
 
 #[cfg(feature = "postgres")]
@@ -60,19 +74,18 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+pub use admin::{
+    BlockedKey, Cursor, DeadEvent, DeadFilter, DeliveryRef, LeaderInfo, MAX_PAGE, OutboxAdmin,
+    OutboxStats, Page, TopicStats,
+};
 pub use config::{
-    DEFAULT_INBOX_TABLE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_TABLE, IDENT_MAX_LEN, OutboxConfig,
+    DEFAULT_DESTINATION, DEFAULT_INBOX_TABLE, DEFAULT_MAX_EVENT_SIZE, DEFAULT_TABLE, DeadPolicy,
+    Destination, IDENT_MAX_LEN, OutboxConfig,
 };
 pub use error::{Error, Result};
+pub use inbox::{DuplicateHook, InboxBackend, InboxHandler, Received};
 pub use relay::{Relay, RelayHandle, RelayOptions, Round};
-pub use store::{Claim, ClaimedRow, DeadEvent, FailedRow, OutboxStore, Stats, Status, Waiter};
-
-/// What the inbox says about a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Received {
-    /// First time this consumer sees this (`source`, `id`): do the work.
-    New,
-    /// Handled before (committed): skip it.
-    Duplicate,
-}
+pub use store::{
+    Claim, ClaimRequest, ClaimedRow, Failure, OutboxMaintenance, OutboxStore, Settled, Settlement,
+    Waiter,
+};

@@ -1,160 +1,190 @@
-//! What a relay needs from a storage backend: claim rows, settle them, wait for work, report.
-//!
-//! The Postgres and SQLite stores implement [`OutboxStore`]; the [`Relay`](crate::Relay) is
-//! written once against it. This module holds no SQL.
+//! What a relay needs from a storage backend (claim keys under a lease, settle the claim under
+//! its fencing token, wait for work) and what the elected maintenance relay needs (a leader
+//! lease, retention, counters). Postgres and SQLite implement both; the [`Relay`](crate::Relay)
+//! is written once against them. This module holds no SQL.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use tokio::time::Instant;
 
+use crate::config::{DeadPolicy, Destination};
 use crate::error::Result;
 
-/// State of an outbox row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Status {
-    /// Waiting to be published (possibly backing off after a failure).
-    Pending,
-    /// Accepted by the bus.
-    Published,
-    /// Given up on: the bus rejected it permanently or the retry policy ran out. Listed by
-    /// [`OutboxStore::list_dead`], put back by [`OutboxStore::requeue`].
-    Dead,
-}
-
-impl Status {
-    /// The value stored in the `status` column.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Published => "published",
-            Self::Dead => "dead",
-        }
-    }
-}
-
-/// A row a relay claimed and now holds until it settles the claim.
+/// A row of one destination that a relay claimed: it holds the lease on the row's key.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ClaimedRow {
-    /// Row id.
-    pub id: Uuid,
-    /// Insertion order.
+    /// Insertion order (the row's id). Per key, enqueue order.
     pub seq: i64,
     /// Topic to publish to.
     pub topic: String,
     /// Ordering key (`partitionkey`, else `subject`); rows without one are not ordered.
     pub partition_key: Option<String>,
-    /// The structured CloudEvents JSON.
+    /// The structured CloudEvents JSON, exactly as enqueued.
     pub event: String,
-    /// Failed attempts so far.
+    /// Failed publish attempts of this row for this destination so far.
     pub attempts: u32,
 }
 
-/// How a claimed row that was not published is settled.
+/// What a relay asks for in one claim.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct FailedRow {
-    /// Row id.
-    pub id: Uuid,
-    /// The error, kept in `last_error`.
+pub struct ClaimRequest {
+    /// The destination whose rows are claimed.
+    pub destination: Destination,
+    /// Most rows in the claim.
+    pub batch_size: usize,
+    /// Most keys in the claim (heads); the rows behind them fill the batch. Fewer keys with
+    /// more rows each let several relays share hot keys; the relay adapts it.
+    pub max_keys: usize,
+    /// Lease length: no other relay claims the keys before it ends.
+    pub lease: Duration,
+    /// Tenant after which the round-robin over tenants starts (the last one the previous claim
+    /// served), so every tenant with pending work gets its turn.
+    pub after_tenant: Option<String>,
+}
+
+impl ClaimRequest {
+    /// A request for `destination`.
+    pub fn new(destination: Destination, batch_size: usize, lease: Duration) -> Self {
+        Self {
+            destination,
+            batch_size: batch_size.max(1),
+            max_keys: batch_size.max(1),
+            lease,
+            after_tenant: None,
+        }
+    }
+}
+
+/// Rows claimed under one lease. For every ordering key they are the key's oldest undelivered
+/// rows, without gaps, in `seq` order; no other relay claims those keys while the lease runs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Claim {
+    /// The destination.
+    pub destination: Destination,
+    /// The fencing token: every mark of this claim is conditional on it, so a relay that lost
+    /// its lease (frozen, partitioned) cannot change rows another relay claimed since.
+    pub token: i64,
+    /// The claimed rows in `seq` order.
+    pub rows: Vec<ClaimedRow>,
+    /// When the claim was sent (before the database set the lease): the lease surely runs until
+    /// `started + lease`.
+    pub started: Instant,
+    /// The lease length.
+    pub lease: Duration,
+    /// The last tenant this claim served (pass it as [`ClaimRequest::after_tenant`] next).
+    pub last_tenant: Option<String>,
+}
+
+impl Claim {
+    /// The instant before which this relay surely still holds the lease.
+    pub fn lease_deadline(&self) -> Instant {
+        self.started + self.lease
+    }
+}
+
+/// A claimed row that was not published.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The row.
+    pub seq: i64,
+    /// Why (kept in `last_error`).
     pub error: String,
     /// Wait before the next attempt (ignored when `dead`).
     pub retry_in: Duration,
-    /// Give up: the row goes to `dead`.
+    /// The bus was asked and failed (`attempts` grows); false for heads left untried because
+    /// the bus was down.
+    pub tried: bool,
+    /// The bus rejected it for good: the row goes `dead`.
     pub dead: bool,
 }
 
-/// A claimed batch. Rows stay claimed (invisible to other relays) until [`Claim::settle`] or
-/// until the claim is dropped (then they are pending again, as after a crash).
-#[async_trait]
-pub trait Claim: Send + Sized {
-    /// The claimed rows, in `seq` order. For every ordering key they are the oldest pending
-    /// rows of that key, without gaps.
-    fn rows(&self) -> &[ClaimedRow];
+/// How a claim ends: every claimed row is in exactly one of the three lists.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Settlement {
+    /// Rows the bus accepted.
+    pub published: Vec<i64>,
+    /// Rows that failed (back off, or dead).
+    pub failed: Vec<Failure>,
+    /// Rows not tried (their key waits for a failed head, or the lease ran short): released
+    /// as they were.
+    pub released: Vec<i64>,
+}
 
-    /// Marks `published` as published and `failed` as failed (or dead), and releases the claim.
-    async fn settle(self, published: &[Uuid], failed: &[FailedRow]) -> Result<()>;
+/// What settling changed. Rows the claim no longer held (its lease expired and another relay
+/// claimed them) are not changed: `requested - applied` of each list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settled {
+    /// Rows marked delivered.
+    pub published: u64,
+    /// Rows marked failed or dead.
+    pub failed: u64,
+    /// Rows released.
+    pub released: u64,
 }
 
 /// Waits until new rows may be there: a notification, or the polling interval.
 #[async_trait]
 pub trait Waiter: Send {
-    /// Returns after a wake-up or after `max`, whichever comes first.
-    async fn wait(&mut self, max: Duration);
+    /// Returns after a wake-up or after `max`, whichever comes first: true when woken (a
+    /// notification, or a writer of this process enqueued), false after `max`.
+    async fn wait(&mut self, max: Duration) -> bool;
 }
 
-/// Counts of an outbox table, as [`OutboxStore::stats`] reports them.
-#[derive(Debug, Clone, Default, PartialEq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Rows waiting to be published.
-    pub pending: u64,
-    /// Rows given up on.
-    pub dead: u64,
-    /// Published rows not yet deleted by retention.
-    pub published: u64,
-    /// Age of the oldest pending row (the relay's lag); `None` when nothing is pending.
-    pub oldest_pending_age: Option<Duration>,
-}
-
-/// A dead row, as [`OutboxStore::list_dead`] returns it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadEvent {
-    /// Row id (pass it to [`OutboxStore::requeue`]).
-    pub id: Uuid,
-    /// Insertion order.
-    pub seq: i64,
-    /// Topic.
-    pub topic: String,
-    /// Ordering key.
-    pub partition_key: Option<String>,
-    /// The structured CloudEvents JSON.
-    pub event: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Why it died.
-    pub last_error: Option<String>,
-    /// When it was enqueued.
-    pub created_at: DateTime<Utc>,
-}
-
-/// A storage backend of the outbox, as the [`Relay`](crate::Relay) and operators use it.
+/// A storage backend as a relay uses it.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
-    /// A claimed batch.
-    type Claim: Claim;
     /// A wake-up source.
     type Waiter: Waiter;
 
-    /// Claims up to `limit` publishable rows: for each ordering key, its oldest pending rows
-    /// when the oldest is due and no other relay holds that key.
-    async fn claim(&self, limit: usize) -> Result<Self::Claim>;
+    /// Claims up to `request.batch_size` rows of one destination under a new lease: heads of
+    /// due keys nobody holds, round-robin over tenants, then the rows behind them.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Claim>;
 
-    /// A wake-up source: LISTEN when `listen` is true and the backend has it, else polling.
+    /// Marks the claim's rows, each change conditional on the claim's fencing token.
+    async fn settle(&self, claim: &Claim, settlement: &Settlement) -> Result<Settled>;
+
+    /// A wake-up source: LISTEN when `listen` is true and the backend has it, else polling
+    /// (plus in-process wake-ups from writers of the same process).
     async fn waiter(&self, listen: bool) -> Result<Self::Waiter>;
 
-    /// Counts pending, dead and published rows, and the age of the oldest pending one.
-    async fn stats(&self) -> Result<Stats>;
+    /// Whether `destination` still has rows waiting (pending, due or not; dead ones excluded).
+    async fn has_pending(&self, destination: &Destination) -> Result<bool>;
 
-    /// Up to `limit` dead rows, oldest first.
-    async fn list_dead(&self, limit: usize) -> Result<Vec<DeadEvent>>;
+    /// The dead-row policy the store applies.
+    fn dead_policy(&self) -> DeadPolicy;
 
-    /// Puts a dead row back to pending with its attempts reset. [`Error::NotFound`] when no dead
-    /// row has this id.
-    ///
-    /// [`Error::NotFound`]: crate::Error::NotFound
-    async fn requeue(&self, id: Uuid) -> Result<()>;
-
-    /// Puts every dead row back to pending; returns how many.
-    async fn requeue_all_dead(&self) -> Result<u64>;
-
-    /// Deletes published rows published more than `age` ago; returns how many.
-    async fn delete_published_before(&self, age: Duration) -> Result<u64>;
-
-    /// A short name of this outbox for logs and metric labels.
+    /// A short name of this outbox for logs.
     fn label(&self) -> &str;
+}
+
+/// What the one elected maintenance relay does. Every method is safe to run twice at once (a
+/// leader whose lease just ended and its successor): they only delete what is old enough.
+#[async_trait]
+pub trait OutboxMaintenance: Send + Sync + 'static {
+    /// Takes or renews the maintenance leader lease for `holder`; true when `holder` leads.
+    async fn lead(&self, holder: &str, lease: Duration) -> Result<bool>;
+
+    /// Gives the leader lease up if `holder` has it (graceful shutdown).
+    async fn resign(&self, holder: &str) -> Result<()>;
+
+    /// Deletes up to `limit` events older than `age` that every destination has (oldest
+    /// first); returns how many.
+    async fn delete_delivered_before(&self, age: Duration, limit: usize) -> Result<u64>;
+
+    /// Deletes up to `limit` dead or skipped delivery rows that failed more than `age` ago.
+    async fn purge_dead_before(&self, age: Duration, limit: usize) -> Result<u64>;
+
+    /// Deletes up to `limit` inbox records older than `age` (every consumer).
+    async fn purge_inbox_before(&self, age: Duration, limit: usize) -> Result<u64>;
+
+    /// Recounts pending, dead and blocked rows per destination, topic and tenant into the
+    /// counters table the operator API reads (one grouped scan of the undelivered rows).
+    async fn refresh_stats(&self) -> Result<()>;
 }

@@ -1,512 +1,195 @@
-//! The Postgres outbox against a real server: write side, relay, ordering, dead rows,
-//! retention, stats, inbox, migrations.
+//! Postgres-only behaviour: the writers' key lock, refusals that leave the caller's
+//! transaction usable, optional columns, migrations, the inbox handler, PgBouncer.
 #![cfg(feature = "postgres")]
 
-mod common;
-
-use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Recorder, assert_per_key_order, event, eventually};
 use sqlx::Row;
-use windlass_core::RetryPolicy;
-use windlass_eventbus::{Event, MemoryBus, SubscribeOptions, Subscriber, Topic};
-use windlass_outbox::postgres::{Inbox, MIGRATION_0001, Outbox, PgStore, migrate, migrate_with};
-use windlass_outbox::{Error, OutboxConfig, OutboxStore, Received, Relay, RelayOptions};
+use windlass_eventbus::{Event, Group, MemoryBus, Publisher, SubscribeOptions, Subscriber, Topic};
+use windlass_outbox::postgres::{
+    Inbox, MIGRATION_0001, Outbox, PgOutboxStore, migrate, migrate_with,
+};
+use windlass_outbox::{Error, OutboxConfig, Received, Relay};
+use windlass_testkit::conformance::outbox::fast_options;
+use windlass_testkit::outbox::{PgBouncer, Recorder, assert_per_key_order, event, eventually};
 use windlass_testkit::postgres::fresh_database;
 
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy::default()
-        .with_delays(Duration::from_millis(20), Duration::from_millis(100))
-        .with_jitter(0.0)
+fn topic(name: &str) -> Topic {
+    Topic::new(name).unwrap()
 }
 
-async fn setup() -> (windlass_testkit::postgres::TestDatabase, Outbox, PgStore) {
+/// A transaction that enqueued K:1 and commits late: a second writer of K waits for it, so
+/// the relay publishes K:1 before K:2 (without the lock, K:2 would go out first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_committing_writer_keeps_its_place_in_the_key() {
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
-    let store = PgStore::new(db.pool.clone(), OutboxConfig::default()).unwrap();
-    (db, Outbox::default(), store)
-}
-
-async fn drain<P: windlass_eventbus::Publisher + 'static>(relay: &Relay<PgStore, P>) {
-    for _ in 0..1000 {
-        if relay.run_once().await.unwrap().claimed == 0 {
-            return;
-        }
-    }
-    panic!("relay never drained");
-}
-
-#[tokio::test]
-async fn committed_events_are_published_rolled_back_ones_never() {
-    let (db, outbox, store) = setup().await;
-    let mut tx = db.pool.begin().await.unwrap();
+    let outbox = Outbox::new();
+    let t = topic("orders");
+    let mut first = db.pool.begin().await.unwrap();
     outbox
-        .enqueue(&mut tx, "orders", &event("a", 1))
+        .enqueue(&mut first, &t, &event("k", 1))
         .await
         .unwrap();
-    tx.rollback().await.unwrap();
-
-    let mut tx = db.pool.begin().await.unwrap();
-    let kept = event("a", 2);
-    outbox.enqueue(&mut tx, "orders", &kept).await.unwrap();
-    tx.commit().await.unwrap();
-
+    let second = {
+        let (pool, outbox, t) = (db.pool.clone(), outbox.clone(), t.clone());
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await.unwrap();
+            outbox.enqueue(&mut tx, &t, &event("k", 2)).await.unwrap();
+            tx.commit().await.unwrap();
+        })
+    };
+    // Another key is not held up.
+    let mut other = db.pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut other, &t, &event("j", 1))
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
     let rec = Recorder::new();
-    let relay = Relay::new(store.clone(), rec.clone());
-    drain(&relay).await;
-    assert_eq!(rec.ids(), vec![kept.id().to_owned()]);
-    assert_eq!(rec.published()[0].topic, "orders");
-    let s = store.stats().await.unwrap();
-    assert_eq!((s.pending, s.published, s.dead), (0, 1, 0));
-    assert_eq!(s.oldest_pending_age, None);
-    // The row holds the routing columns and the structured JSON.
-    let row = sqlx::query(
-        "SELECT topic, partition_key, status, event->>'id' AS eid FROM windlass_outbox",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(row.get::<String, _>("status"), "published");
-    assert_eq!(row.get::<String, _>("eid"), kept.id());
-    assert_eq!(
-        row.get::<Option<String>, _>("partition_key").as_deref(),
-        Some("a")
+    let relay =
+        Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone()).with_options(fast_options());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.drain(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        !second.is_finished(),
+        "the second writer of k waits for the first"
     );
+    first.commit().await.unwrap();
+    second.await.unwrap();
+    relay.drain(Duration::from_secs(10)).await.unwrap();
+    let per_key = assert_per_key_order(&rec.published());
+    assert_eq!(per_key["k"], vec![1, 2]);
+    assert_eq!(per_key["j"], vec![1]);
 }
 
+/// Oversized and unstorable events are refused before any statement: the caller's
+/// transaction stays usable and commits its own work.
 #[tokio::test]
-async fn invalid_topic_and_oversized_event_are_refused_and_the_tx_stays_usable() {
+async fn refused_events_leave_the_transaction_usable() {
     let db = fresh_database().await;
-    migrate(&db.pool).await.unwrap();
-    let outbox = Outbox::new(OutboxConfig::default().max_event_size(1024)).unwrap();
+    let config = OutboxConfig::default()
+        .max_event_size(1024)
+        .jsonb_column(true);
+    migrate_with(&db.pool, &config).await.unwrap();
+    let outbox = Outbox::with_config(config.clone()).unwrap();
     sqlx::query("CREATE TABLE orders (id text PRIMARY KEY)")
         .execute(&db.pool)
         .await
         .unwrap();
-
+    let t = topic("orders");
     let mut tx = db.pool.begin().await.unwrap();
     sqlx::query("INSERT INTO orders VALUES ('o-1')")
         .execute(&mut *tx)
         .await
         .unwrap();
-    let err = outbox
-        .enqueue(&mut tx, "orders:eu", &event("a", 1))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::Name(ref e) if e.what == "topic"),
-        "{err:?}"
-    );
     let big = Event::builder("/test", "big")
         .data_json(&"x".repeat(2000))
         .build()
         .unwrap();
-    let err = outbox.enqueue(&mut tx, "orders", &big).await.unwrap_err();
+    let err = outbox.enqueue(&mut tx, &t, &big).await.unwrap_err();
     assert!(
         matches!(err, Error::TooLarge { limit: 1024, .. }),
         "{err:?}"
     );
+    let nul = Event::builder("/test", "nul")
+        .data_json(&"a\u{0}b")
+        .build()
+        .unwrap();
+    let err = outbox.enqueue(&mut tx, &t, &nul).await.unwrap_err();
+    assert!(matches!(err, Error::Unstorable { .. }), "{err:?}");
     let err = outbox
-        .enqueue_batch(&mut tx, "orders", &[event("a", 1), big.clone()])
+        .enqueue_batch(&mut tx, &t, &[event("a", 1), nul.clone()])
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
-    // Still usable: more work, then commit.
+    assert!(matches!(err, Error::Unstorable { .. }), "{err:?}");
     sqlx::query("INSERT INTO orders VALUES ('o-2')")
         .execute(&mut *tx)
         .await
         .unwrap();
-    outbox
-        .enqueue(&mut tx, "orders", &event("a", 2))
-        .await
-        .unwrap();
+    outbox.enqueue(&mut tx, &t, &event("a", 2)).await.unwrap();
     tx.commit().await.unwrap();
-
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_outbox")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (orders, rows): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM orders), (SELECT count(*) FROM windlass_outbox)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!((orders, rows), (2, 1));
-}
-
-#[tokio::test]
-async fn batch_enqueue_keeps_order_and_notify_wakes_a_listening_relay() {
-    let (db, outbox, store) = setup().await;
-    let rec = Recorder::new();
-    // Polling every minute: only the NOTIFY can wake it in time.
-    let relay = Relay::new(store.clone(), rec.clone())
-        .with_options(RelayOptions::default().poll_interval(Duration::from_secs(60)))
-        .spawn();
-    // Wait until the relay LISTENs (it does before its first round).
-    eventually(10, "relay listening", || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND state = 'idle'",
-        )
+    // The jsonb column is there for queries.
+    let ty: String = sqlx::query_scalar("SELECT event_json->>'type' FROM windlass_outbox")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        n == 1
-    })
-    .await;
+    assert_eq!(ty, "thing.happened");
 
-    let events: Vec<Event> = (1..=50).map(|n| event("k", n)).collect();
-    let mut tx = db.pool.begin().await.unwrap();
-    let ids = outbox
-        .enqueue_batch(&mut tx, "things", &events)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!(ids.len(), 50);
-    eventually(10, "50 published after NOTIFY", || async {
-        rec.count() == 50
-    })
-    .await;
-    assert_per_key_order(&rec.published());
-    relay.shutdown().await;
-}
-
-#[tokio::test]
-async fn poll_only_mode_publishes_without_listen() {
+    // Without the jsonb column the NUL is stored and published byte for byte.
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
-    // PgBouncer transaction mode: no NOTIFY on write, no LISTEN in the relay.
-    let config = OutboxConfig::default().notify(false);
-    let outbox = Outbox::new(config.clone()).unwrap();
-    let store = PgStore::new(db.pool.clone(), config).unwrap();
-    let rec = Recorder::new();
-    let relay = Relay::new(store, rec.clone())
-        .with_options(
-            RelayOptions::default()
-                .listen(false)
-                .poll_interval(Duration::from_millis(50)),
-        )
-        .spawn();
-    for n in 1..=5 {
-        let mut tx = db.pool.begin().await.unwrap();
-        outbox
-            .enqueue(&mut tx, "things", &event("k", n))
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-    }
-    eventually(10, "5 published by polling", || async { rec.count() == 5 }).await;
-    assert_per_key_order(&rec.published());
-    let listeners: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(listeners, 0);
-    relay.shutdown().await;
-}
-
-#[tokio::test]
-async fn a_failing_key_waits_while_other_keys_go_on_then_catches_up_in_order() {
-    let (db, outbox, store) = setup().await;
     let mut tx = db.pool.begin().await.unwrap();
-    for n in 1..=5 {
-        for key in ["a", "b", "c"] {
-            outbox
-                .enqueue(&mut tx, "things", &event(key, n))
-                .await
-                .unwrap();
-        }
-    }
+    Outbox::new().enqueue(&mut tx, &t, &nul).await.unwrap();
     tx.commit().await.unwrap();
-
     let rec = Recorder::new();
-    rec.fail_key("a", true);
-    let relay = Relay::new(store.clone(), rec.clone())
-        .with_options(RelayOptions::default().retry(fast_retry().with_max_attempts(1000)));
-    let round = relay.run_once().await.unwrap();
-    assert_eq!(round.claimed, 15);
-    assert_eq!(round.published, 10, "{round:?}");
+    Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone())
+        .with_options(fast_options())
+        .drain(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(rec.published()[0].json, nul.to_json());
     assert_eq!(
-        round.failed, 1,
-        "only the head of key a counts an attempt: {round:?}"
-    );
-    let (attempts, err): (i32, Option<String>) = sqlx::query_as(
-        "SELECT attempts, last_error FROM windlass_outbox WHERE partition_key = 'a' ORDER BY seq LIMIT 1",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(attempts, 1);
-    assert!(err.unwrap().contains("partition unavailable"));
-    // The rest of key a waits for its head.
-    let r = relay.run_once().await.unwrap();
-    assert_eq!(r.published, 0);
-    assert_eq!(store.stats().await.unwrap().pending, 5);
-
-    rec.fail_key("a", false);
-    let relay = relay.spawn();
-    eventually(10, "key a published after recovery", || async {
-        rec.count() == 15
-    })
-    .await;
-    relay.shutdown().await;
-    let published = rec.published();
-    assert_per_key_order(&published);
-    let a: Vec<u64> = published
-        .iter()
-        .filter(|p| p.event.partition_key() == Some("a"))
-        .map(|p| p.event.data_as::<u64>().unwrap().unwrap())
-        .collect();
-    assert_eq!(a, vec![1, 2, 3, 4, 5]);
-}
-
-#[tokio::test]
-async fn bus_down_events_stay_pending_back_off_and_all_publish_after_recovery() {
-    let (db, outbox, store) = setup().await;
-    let rec = Recorder::new();
-    rec.set_down(true);
-    let relay = Relay::new(store.clone(), rec.clone())
-        .with_options(
-            RelayOptions::default()
-                .retry(fast_retry().with_max_attempts(1000))
-                .poll_interval(Duration::from_millis(50)),
-        )
-        .spawn();
-    let mut tx = db.pool.begin().await.unwrap();
-    for n in 1..=20 {
-        outbox
-            .enqueue(&mut tx, "things", &event(&format!("k{}", n % 4), n))
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
-    eventually(10, "attempts recorded with backoff", || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM windlass_outbox WHERE attempts >= 2 AND status = 'pending'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        n >= 4
-    })
-    .await;
-    let s = store.stats().await.unwrap();
-    assert_eq!((s.pending, s.published, s.dead), (20, 0, 0));
-    assert!(s.oldest_pending_age.is_some());
-    let future: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM windlass_outbox WHERE next_attempt_at > created_at",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    assert!(future >= 4, "heads back off");
-
-    rec.set_down(false);
-    eventually(10, "all published after recovery", || async {
-        rec.count() == 20
-    })
-    .await;
-    relay.shutdown().await;
-    assert_per_key_order(&rec.published());
-    assert_eq!(store.stats().await.unwrap().pending, 0);
-}
-
-#[tokio::test]
-async fn permanent_rejection_and_exhausted_retries_go_dead_with_the_reason_and_can_be_requeued() {
-    let (db, outbox, store) = setup().await;
-    let bad = event("a", 1);
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox.enqueue(&mut tx, "things", &bad).await.unwrap();
-    outbox
-        .enqueue(&mut tx, "things", &event("a", 2))
-        .await
-        .unwrap();
-    outbox
-        .enqueue(&mut tx, "things", &event("b", 1))
-        .await
-        .unwrap();
-    outbox
-        .enqueue(&mut tx, "other", &event("z", 1))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-
-    let rec = Recorder::new();
-    rec.reject(bad.id(), true);
-    rec.fail_key("z", true);
-    let relay = Relay::new(store.clone(), rec.clone())
-        .with_options(RelayOptions::default().retry(fast_retry().with_max_attempts(2)));
-    let r = relay.run_once().await.unwrap();
-    assert_eq!((r.published, r.dead, r.failed), (2, 1, 1), "{r:?}");
-    eventually(10, "z exhausts its retries", || async {
-        relay.run_once().await.unwrap();
-        store.stats().await.unwrap().dead == 2
-    })
-    .await;
-
-    let dead = store.list_dead(10).await.unwrap();
-    assert_eq!(dead.len(), 2);
-    assert!(
-        dead[0]
-            .last_error
-            .as_deref()
+        rec.published()[0]
+            .event
+            .data_as::<String>()
             .unwrap()
-            .contains("over the limit"),
-        "{:?}",
-        dead[0].last_error
-    );
-    assert!(
-        dead[1]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .starts_with("gave up after 2 attempts"),
-        "{:?}",
-        dead[1]
-    );
-    assert_eq!(dead[1].topic, "other");
-    assert_eq!(Event::from_json_str(&dead[0].event).unwrap().id(), bad.id());
-
-    // Requeue: the bus accepts it now.
-    rec.reject(bad.id(), false);
-    rec.fail_key("z", false);
-    store.requeue(dead[0].id).await.unwrap();
-    assert!(matches!(
-        store.requeue(dead[0].id).await,
-        Err(Error::NotFound(_))
-    ));
-    assert_eq!(store.requeue_all_dead().await.unwrap(), 1);
-    drain(&relay).await;
-    let s = store.stats().await.unwrap();
-    assert_eq!((s.pending, s.dead, s.published), (0, 0, 4));
-    assert!(rec.ids().contains(&bad.id().to_owned()));
-}
-
-#[tokio::test]
-async fn undecodable_rows_go_dead_and_do_not_block() {
-    let (db, outbox, store) = setup().await;
-    sqlx::query(
-        "INSERT INTO windlass_outbox (id, topic, partition_key, event) VALUES (gen_random_uuid(), 'things', 'a', '{\"not\":\"an event\"}')",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox
-        .enqueue(&mut tx, "things", &event("a", 2))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    let rec = Recorder::new();
-    let relay = Relay::new(store.clone(), rec.clone());
-    drain(&relay).await;
-    assert_eq!(rec.count(), 1);
-    let dead = store.list_dead(10).await.unwrap();
-    assert!(
-        dead[0]
-            .last_error
-            .as_deref()
-            .unwrap()
-            .contains("does not decode")
-    );
-}
-
-#[tokio::test]
-async fn three_relays_publish_everything_once_in_per_key_order() {
-    let (db, outbox, _) = setup().await;
-    let rec = Recorder::new();
-    let mut relays = Vec::new();
-    for _ in 0..3 {
-        let store = PgStore::new(db.new_pool(3).await, OutboxConfig::default()).unwrap();
-        relays.push(
-            Relay::new(store, rec.clone())
-                .with_options(
-                    RelayOptions::default()
-                        .batch_size(25)
-                        .poll_interval(Duration::from_millis(50)),
-                )
-                .spawn(),
-        );
-    }
-    // Writers commit while the relays run.
-    let mut writers = Vec::new();
-    for w in 0..4u64 {
-        let pool = db.pool.clone();
-        let outbox = outbox.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0..75u64 {
-                let mut tx = pool.begin().await.unwrap();
-                // Keys are shared between writers; each writer's n grows, and commits of one
-                // writer are sequential, so per key n grows within a writer.
-                let key = format!("w{w}-k{}", i % 7);
-                outbox
-                    .enqueue(&mut tx, "things", &event(&key, i))
-                    .await
-                    .unwrap();
-                tx.commit().await.unwrap();
-            }
-        }));
-    }
-    for w in writers {
-        w.await.unwrap();
-    }
-    eventually(30, "300 events published", || async { rec.count() >= 300 }).await;
-    for r in relays {
-        r.shutdown().await;
-    }
-    let ids = rec.ids();
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for id in &ids {
-        *seen.entry(id).or_default() += 1;
-    }
-    assert_eq!(seen.len(), 300, "none lost");
-    assert!(
-        seen.values().all(|&n| n == 1),
-        "no duplicates without a crash"
-    );
-    assert_per_key_order(&rec.published());
-}
-
-#[tokio::test]
-async fn retention_deletes_old_published_rows_only() {
-    let (db, outbox, store) = setup().await;
-    let mut tx = db.pool.begin().await.unwrap();
-    for n in 1..=3 {
-        outbox
-            .enqueue(&mut tx, "things", &event("a", n))
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
-    let relay = Relay::new(store.clone(), Recorder::new());
-    drain(&relay).await;
-    let mut tx = db.pool.begin().await.unwrap();
-    outbox
-        .enqueue(&mut tx, "things", &event("b", 1))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-    sqlx::query("UPDATE windlass_outbox SET published_at = now() - interval '2 hours' WHERE partition_key = 'a' AND (event->>'data')::int <= 2")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .delete_published_before(Duration::from_secs(3600))
-            .await
             .unwrap(),
-        2
+        "a\u{0}b"
     );
-    let s = store.stats().await.unwrap();
-    assert_eq!((s.published, s.pending), (1, 1));
+}
+
+/// Batch enqueue keeps input order, locks its keys, and the Debezium columns follow the
+/// routing columns.
+#[tokio::test]
+async fn batch_enqueue_keeps_order_and_debezium_columns_follow() {
+    let db = fresh_database().await;
+    let config = OutboxConfig::default().debezium_columns(true);
+    migrate_with(&db.pool, &config).await.unwrap();
+    let outbox = Outbox::with_config(config).unwrap();
+    let events: Vec<Event> = (1..=50).map(|n| event(&format!("k{}", n % 3), n)).collect();
+    let mut tx = db.pool.begin().await.unwrap();
+    let seqs = outbox
+        .enqueue_batch(&mut tx, &topic("things"), &events)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(seqs.len(), 50);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let row = sqlx::query(
+        "SELECT aggregatetype, aggregateid, type, event FROM windlass_outbox ORDER BY seq LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("aggregatetype"), "things");
+    assert_eq!(row.get::<String, _>("aggregateid"), "k1");
+    assert_eq!(row.get::<String, _>("type"), "thing.happened");
+    assert_eq!(row.get::<String, _>("event"), events[0].to_json());
+    let rec = Recorder::new();
+    Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone())
+        .with_options(fast_options())
+        .drain(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        rec.ids(),
+        events.iter().map(|e| e.id().to_owned()).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
 async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     let db = fresh_database().await;
-    // The shipped file, as a user's migrator runs it, then migrate() on top, concurrently.
     sqlx::raw_sql(MIGRATION_0001)
         .execute(&db.pool)
         .await
@@ -518,7 +201,6 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     for r in futures::future::join_all(runs).await {
         r.unwrap();
     }
-    // A configured schema and table names, migrated concurrently from fresh.
     let config = OutboxConfig::default()
         .schema("app")
         .table("events_out")
@@ -531,22 +213,25 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     for r in futures::future::join_all(runs).await {
         r.unwrap();
     }
-    let outbox = Outbox::new(config.clone()).unwrap();
-    let store = PgStore::new(db.pool.clone(), config.clone()).unwrap();
+    let outbox = Outbox::with_config(config.clone()).unwrap();
     let mut tx = db.pool.begin().await.unwrap();
     outbox
-        .enqueue(&mut tx, "things", &event("a", 1))
+        .enqueue(&mut tx, &topic("things"), &event("a", 1))
         .await
         .unwrap();
     tx.commit().await.unwrap();
     let rec = Recorder::new();
-    drain(&Relay::new(store, rec.clone())).await;
+    let store = PgOutboxStore::with_config(db.pool.clone(), config.clone()).unwrap();
+    Relay::new(store, rec.clone())
+        .with_options(fast_options())
+        .drain(Duration::from_secs(10))
+        .await
+        .unwrap();
     assert_eq!(rec.count(), 1);
-    let n: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM app.events_out WHERE status = 'published'")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM app.events_out")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     let inbox = Inbox::with_config(db.pool.clone(), "c1", &config).unwrap();
     let mut tx = db.pool.begin().await.unwrap();
@@ -555,9 +240,8 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
         Received::New
     );
     tx.commit().await.unwrap();
-    // Bad names never reach SQL.
     assert!(matches!(
-        PgStore::new(
+        PgOutboxStore::with_config(
             db.pool.clone(),
             OutboxConfig::default().table("x; DROP TABLE y")
         ),
@@ -565,104 +249,61 @@ async fn migrations_are_idempotent_concurrent_and_follow_the_config() {
     ));
 }
 
-#[tokio::test]
-async fn inbox_tells_new_from_duplicate_and_rolls_back_with_the_work() {
+/// The inbox handler: new events applied once with their delivery context, duplicates
+/// dropped (hook called), a failing work rolls back its writes and the inbox record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_handler_applies_each_event_once() {
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
-    let inbox = Inbox::new(db.pool.clone(), "billing").unwrap();
-    let ev = event("a", 1);
-
-    let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(inbox.record(&mut tx, &ev).await.unwrap(), Received::New);
-    tx.rollback().await.unwrap();
-    // Rolled back: still new.
-    let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(inbox.record(&mut tx, &ev).await.unwrap(), Received::New);
-    tx.commit().await.unwrap();
-    let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(
-        inbox.record(&mut tx, &ev).await.unwrap(),
-        Received::Duplicate
-    );
-    tx.commit().await.unwrap();
-    // Another consumer has its own record.
-    let other = Inbox::new(db.pool.clone(), "shipping").unwrap();
-    let mut tx = db.pool.begin().await.unwrap();
-    assert_eq!(other.record(&mut tx, &ev).await.unwrap(), Received::New);
-    tx.commit().await.unwrap();
-    assert!(Inbox::new(db.pool.clone(), "bad consumer").is_err());
-
-    sqlx::query("UPDATE windlass_inbox SET received_at = now() - interval '2 days'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        inbox
-            .delete_older_than(Duration::from_secs(86400))
-            .await
-            .unwrap(),
-        1
-    );
-}
-
-#[tokio::test]
-async fn inbox_handler_applies_each_event_once_despite_redelivery_and_failures() {
-    let db = fresh_database().await;
-    migrate(&db.pool).await.unwrap();
-    sqlx::query("CREATE TABLE totals (k text PRIMARY KEY, n bigint NOT NULL)")
+    sqlx::query("CREATE TABLE totals (k text PRIMARY KEY, n bigint NOT NULL, attempt int)")
         .execute(&db.pool)
         .await
         .unwrap();
     let bus = MemoryBus::new();
-    let topic = Topic::new("things").unwrap();
-    let fail_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flag = fail_once.clone();
-    let handler = Inbox::new(db.pool.clone(), "totals").unwrap().handler(move |tx, event| {
-        let flag = flag.clone();
-        Box::pin(async move {
-            let key = event.partition_key().unwrap_or_default().to_owned();
-            sqlx::query("INSERT INTO totals VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET n = totals.n + 1")
-                .bind(&key)
+    let t = topic("things");
+    let fail_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let dups = Arc::new(AtomicUsize::new(0));
+    let (flag, d) = (fail_once.clone(), dups.clone());
+    let handler = Inbox::new(db.pool.clone(), "totals")
+        .unwrap()
+        .handler(move |mut tx, event, ctx| {
+            let flag = flag.clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO totals VALUES ($1, 1, $2) \
+                     ON CONFLICT (k) DO UPDATE SET n = totals.n + 1, attempt = greatest(totals.attempt, $2)",
+                )
+                .bind(event.partition_key().unwrap_or_default())
+                .bind(ctx.attempt as i32)
                 .execute(&mut *tx)
                 .await?;
-            // The first delivery fails after its write: both the write and the inbox record
-            // must roll back, and the retry must apply it.
-            if flag.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                return Err(windlass_eventbus::HandlerError::retry("injected failure"));
+                if flag.swap(false, Ordering::SeqCst) {
+                    return Err(windlass_eventbus::HandlerError::retry("injected failure"));
+                }
+                Ok(tx)
             }
-            Ok(())
         })
-    });
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        .on_duplicate(move |_, _| {
+            d.fetch_add(1, Ordering::SeqCst);
+        });
     let sub = bus
         .subscribe(
-            &topic,
-            &windlass_eventbus::Group::new("totals").unwrap(),
-            std::sync::Arc::new(common::Counting::new(handler, acked.clone())),
-            SubscribeOptions::default().retry(fast_retry()),
+            &t,
+            &Group::new("totals").unwrap(),
+            Arc::new(handler),
+            SubscribeOptions::default().retry(
+                windlass_eventbus::RetryPolicy::default()
+                    .with_delays(Duration::from_millis(10), Duration::from_millis(50)),
+            ),
         )
         .await
         .unwrap();
     let events: Vec<Event> = (1..=10).map(|n| event(&format!("k{}", n % 2), n)).collect();
-    use windlass_eventbus::Publisher;
-    for e in &events {
-        bus.publish(&topic, e).await.unwrap();
+    for e in events.iter().chain(events.iter()) {
+        bus.publish(&t, e).await.unwrap();
     }
-    // At-least-once redelivery: every event again.
-    for e in &events {
-        bus.publish(&topic, e).await.unwrap();
-    }
-    eventually(10, "inbox has 10 records", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM windlass_inbox")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
-        n == 10
-    })
-    .await;
-    // Let the redeliveries finish too.
-    eventually(10, "all 20 deliveries acknowledged", || async {
-        acked.load(std::sync::atomic::Ordering::SeqCst) == 20
+    eventually(20, "10 duplicates dropped", || async {
+        dups.load(Ordering::SeqCst) == 10
     })
     .await;
     sub.shutdown().await.unwrap();
@@ -671,4 +312,120 @@ async fn inbox_handler_applies_each_event_once_despite_redelivery_and_failures()
         .await
         .unwrap();
     assert_eq!(total, 10, "each event applied exactly once");
+    let max_attempt: i32 = sqlx::query_scalar("SELECT max(attempt) FROM totals")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        max_attempt >= 2,
+        "the retried delivery saw its attempt number"
+    );
+}
+
+/// Through PgBouncer in transaction mode: enqueue and a poll-only relay, without named
+/// prepared statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_and_a_poll_only_relay_work_through_pgbouncer() {
+    let db = fresh_database().await;
+    migrate(&db.pool).await.unwrap();
+    let bouncer = PgBouncer::start();
+    let opts: sqlx::postgres::PgConnectOptions = bouncer.url_for(db.name()).parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts.statement_cache_capacity(0))
+        .await
+        .unwrap();
+    let config = OutboxConfig::default().prepared_statements(false);
+    let outbox = Outbox::with_config(config.clone()).unwrap();
+    let store = PgOutboxStore::with_config(pool.clone(), config).unwrap();
+    let rec = Recorder::new();
+    let relay = Relay::new(store.clone(), rec.clone())
+        .with_options(
+            fast_options()
+                .listen(false)
+                .maintenance(true)
+                .maintenance_interval(Duration::from_millis(100)),
+        )
+        .spawn();
+    for n in 1..=20 {
+        let mut tx = pool.begin().await.unwrap();
+        outbox
+            .enqueue(&mut tx, &topic("things"), &event(&format!("k{}", n % 3), n))
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    eventually(20, "20 published through the bouncer", || async {
+        rec.distinct().len() == 20
+    })
+    .await;
+    relay.shutdown().await;
+    assert_per_key_order(&rec.published());
+    let inbox = Inbox::with_config(
+        pool.clone(),
+        "c",
+        &OutboxConfig::default().prepared_statements(false),
+    )
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        inbox.record(&mut tx, &event("z", 1)).await.unwrap(),
+        Received::New
+    );
+    tx.commit().await.unwrap();
+}
+
+/// An idle relay (polling once a minute) wakes at once when a writer of its process enqueues,
+/// and, with LISTEN on, when another process's writer commits with NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_relays_wake_on_enqueues_of_their_process_and_on_notify() {
+    let db = fresh_database().await;
+    migrate(&db.pool).await.unwrap();
+    let rec = Recorder::new();
+    let minute = Duration::from_secs(60);
+    let relay = Relay::new(PgOutboxStore::new(db.pool.clone()), rec.clone())
+        .with_options(
+            fast_options()
+                .poll_interval(minute)
+                .min_poll(minute)
+                .listen(true),
+        )
+        .spawn();
+    eventually(10, "the relay listens", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut tx = db.pool.begin().await.unwrap();
+    Outbox::new()
+        .enqueue(&mut tx, &topic("things"), &event("a", 1))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    eventually(10, "woken by the in-process enqueue", || async {
+        rec.count() == 1
+    })
+    .await;
+    // A writer elsewhere (raw SQL, no in-process doorbell) with NOTIFY in its transaction.
+    let ev = event("b", 1);
+    sqlx::query(
+        "WITH e AS (INSERT INTO windlass_outbox (topic, partition_key, event_type, destinations, event) \
+           VALUES ('things', 'b', 'thing.happened', ARRAY['default'], $1) RETURNING seq), \
+         d AS (INSERT INTO windlass_outbox_delivery (seq, destination, topic, partition_key) \
+           SELECT seq, 'default', 'things', 'b' FROM e) \
+         SELECT pg_notify('windlass_outbox', '')",
+    )
+    .bind(ev.to_json())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    eventually(10, "woken by NOTIFY", || async { rec.count() == 2 }).await;
+    relay.shutdown().await;
 }

@@ -4,5 +4,8 @@
 //! - [`bus`]: [`Publisher`](windlass_eventbus::Publisher) /
 //!   [`Subscriber`](windlass_eventbus::Subscriber) / [`DeadLetters`](windlass_eventbus::DeadLetters)
 //!   ([`bus_conformance!`](crate::bus_conformance) generates one test per property).
+//! - [`outbox`]: the outbox stores (Postgres, SQLite) through the relay and the operator API
+//!   ([`outbox_conformance!`](crate::outbox_conformance)).
 
 pub mod bus;
+pub mod outbox;

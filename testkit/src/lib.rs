@@ -17,6 +17,7 @@ pub mod conformance;
 pub mod containers;
 pub mod jobs;
 pub mod kafka;
+pub mod outbox;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;

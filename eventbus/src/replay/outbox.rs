@@ -1,6 +1,8 @@
-//! Replay from the outbox history (feature `outbox-replay`): the published rows the outbox
-//! table still holds (its retention decides how far back that goes), in commit order (`seq`).
-//! A plain query: it neither claims nor changes rows, so the relay never notices.
+//! Replay from the outbox history (feature `outbox-replay`): the delivered events the outbox
+//! table still holds (its retention decides how far back that goes), in `seq` order (per key,
+//! enqueue order). An event counts as delivered once no destination still has it pending or
+//! dead (no row left in `{table}_delivery`). A plain query: it neither claims nor changes rows,
+//! so the relays never notice.
 
 use async_trait::async_trait;
 use sqlx::PgPool;
@@ -60,11 +62,12 @@ impl Replay for OutboxHistory {
         options: &ReplayOptions,
     ) -> Result<ReplayReport> {
         let t = &self.table;
+        let delivered = format!("NOT EXISTS (SELECT 1 FROM {t}_delivery d WHERE d.seq = o.seq)");
         let mut run = Run::new(handler, options, topic);
         let setup = async {
             // The end as it is now: rows published during the replay are not included.
             let end: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "SELECT max(seq) FROM {t} WHERE topic = $1 AND status = 'published'"
+                "SELECT max(seq) FROM {t} o WHERE topic = $1 AND {delivered}"
             )))
             .bind(topic.as_str())
             .fetch_one(&self.pool)
@@ -78,7 +81,7 @@ impl Replay for OutboxHistory {
                 ReplayFrom::Beginning => 0,
                 ReplayFrom::Time(at) => {
                     let first: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT min(seq) FROM {t} WHERE topic = $1 AND status = 'published' AND created_at >= $2"
+                        "SELECT min(seq) FROM {t} o WHERE topic = $1 AND {delivered} AND created_at >= $2"
                     )))
                     .bind(topic.as_str())
                     .bind(at)
@@ -89,7 +92,7 @@ impl Replay for OutboxHistory {
                 }
                 ReplayFrom::EventId(id) => {
                     let at: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT min(seq) FROM {t} WHERE topic = $1 AND status = 'published' AND event->>'id' = $2"
+                        "SELECT min(seq) FROM {t} o WHERE topic = $1 AND {delivered} AND event::json->>'id' = $2"
                     )))
                     .bind(topic.as_str())
                     .bind(id)
@@ -120,7 +123,7 @@ impl Replay for OutboxHistory {
         let until = options.until;
         loop {
             let page = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(format!(
-                "SELECT seq, event::text FROM {t} WHERE topic = $1 AND status = 'published' \
+                "SELECT seq, event::text FROM {t} o WHERE topic = $1 AND {delivered} \
                  AND seq > $2 AND seq <= $3 AND ($4::timestamptz IS NULL OR created_at <= $4) \
                  ORDER BY seq LIMIT $5"
             )))

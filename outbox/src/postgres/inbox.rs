@@ -1,17 +1,17 @@
-//! The consumer side: (`consumer`, `source`, `id`) recorded in the consumer's own transaction.
+//! The consumer side on Postgres: (`consumer`, `source`, `id`) recorded in the consumer's own
+//! transaction.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use windlass_core::Name;
-use windlass_eventbus::{DeliveryContext, Event, Handler, HandlerError, HandlerResult};
+use windlass_eventbus::{DeliveryContext, Event, HandlerError};
 
-use crate::Received;
 use crate::config::OutboxConfig;
 use crate::error::{Error, Result};
+use crate::inbox::{InboxBackend, InboxHandler, Received, sealed};
 
 /// Deduplicates deliveries for one consumer: turns the bus's at-least-once into
 /// effectively-once for work done in the same Postgres transaction.
@@ -27,7 +27,7 @@ struct Inner {
     pool: PgPool,
     consumer: Name,
     insert: Arc<str>,
-    retention: Arc<str>,
+    persistent: bool,
 }
 
 impl Inbox {
@@ -48,15 +48,12 @@ impl Inbox {
         let insert = format!(
             "INSERT INTO {t} (consumer, source, id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
         );
-        let retention = format!(
-            "DELETE FROM {t} WHERE consumer = $1 AND received_at < now() - $2 * interval '1 millisecond'"
-        );
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 consumer,
                 insert: insert.into(),
-                retention: retention.into(),
+                persistent: config.prepared_statements,
             }),
         })
     }
@@ -78,6 +75,7 @@ impl Inbox {
     /// delivery of the same event waits here until the first transaction ends.
     pub async fn record(&self, conn: &mut PgConnection, event: &Event) -> Result<Received> {
         let done = sqlx::query(sqlx::AssertSqlSafe(self.inner.insert.clone()))
+            .persistent(self.inner.persistent)
             .bind(self.inner.consumer.as_str())
             .bind(event.source())
             .bind(event.id())
@@ -91,107 +89,63 @@ impl Inbox {
         })
     }
 
-    /// Deletes this consumer's records older than `age`; returns how many. Keep `age` well over
-    /// the longest a duplicate can arrive late (bus redelivery, relay retries, replays).
-    pub async fn delete_older_than(&self, age: Duration) -> Result<u64> {
-        let done = sqlx::query(sqlx::AssertSqlSafe(self.inner.retention.clone()))
-            .bind(self.inner.consumer.as_str())
-            .bind(age.as_millis().min(i64::MAX as u128) as i64)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(|e| Error::db("inbox retention", e))?;
-        Ok(done.rows_affected())
-    }
-
-    /// Wraps `work` into a bus [`Handler`]: each delivery opens a transaction, records the
-    /// event, runs `work` in the same transaction for a new event and commits both; a
-    /// duplicate is acknowledged without running `work`. An error from `work` rolls back the
-    /// transaction (the inbox record too) and goes back to the bus for retry or the DLQ.
+    /// Wraps `work` into a bus [`Handler`](windlass_eventbus::Handler): each delivery opens a
+    /// transaction, records the event, gives `work` the transaction, the event and its
+    /// delivery context, and commits the transaction `work` hands back; a duplicate is
+    /// acknowledged without running `work`. An error from `work` rolls everything back (the
+    /// inbox record too) and goes back to the bus for retry or the DLQ. Old records are
+    /// deleted by the relays' maintenance leader ([`RelayOptions::inbox_retention`]).
     ///
     /// ```no_run
     /// # use windlass_outbox::postgres::Inbox;
     /// # fn demo(pool: sqlx::PgPool) -> windlass_outbox::Result<()> {
-    /// let handler = Inbox::new(pool, "projections")?.handler(|tx, event| {
-    ///     Box::pin(async move {
-    ///         sqlx::query("UPDATE totals SET n = n + 1 WHERE kind = $1")
-    ///             .bind(event.ty())
-    ///             .execute(&mut *tx)
-    ///             .await?;
-    ///         Ok(())
-    ///     })
+    /// let handler = Inbox::new(pool, "projections")?.handler(|mut tx, event, _ctx| async move {
+    ///     sqlx::query("UPDATE totals SET n = n + 1 WHERE kind = $1")
+    ///         .bind(event.ty())
+    ///         .execute(&mut *tx)
+    ///         .await?;
+    ///     Ok(tx)
     /// });
     /// # let _ = handler; Ok(()) }
     /// # let _ = demo;
     /// ```
-    pub fn handler<F>(&self, work: F) -> InboxHandler<F>
+    ///
+    /// [`RelayOptions::inbox_retention`]: crate::RelayOptions::inbox_retention
+    pub fn handler<F, Fut>(&self, work: F) -> InboxHandler<Self, F>
     where
-        F: for<'c> Fn(&'c mut PgConnection, &'c Event) -> BoxFuture<'c, HandlerResult>
+        F: Fn(Transaction<'static, Postgres>, Event, DeliveryContext) -> Fut
             + Send
             + Sync
             + 'static,
+        Fut: Future<Output = Result<Transaction<'static, Postgres>, HandlerError>> + Send,
     {
-        InboxHandler {
-            inbox: self.clone(),
-            work,
-        }
+        InboxHandler::new(self.clone(), work)
     }
 }
 
-/// A bus [`Handler`] made by [`Inbox::handler`].
-pub struct InboxHandler<F> {
-    inbox: Inbox,
-    work: F,
-}
-
-impl<F> std::fmt::Debug for InboxHandler<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InboxHandler")
-            .field("consumer", &self.inbox.consumer())
-            .finish_non_exhaustive()
-    }
-}
+impl sealed::Sealed for Inbox {}
 
 #[async_trait]
-impl<F> Handler for InboxHandler<F>
-where
-    F: for<'c> Fn(&'c mut PgConnection, &'c Event) -> BoxFuture<'c, HandlerResult>
-        + Send
-        + Sync
-        + 'static,
-{
-    async fn handle(&self, event: &Event, _ctx: &DeliveryContext) -> HandlerResult {
-        let mut tx = self
-            .inbox
-            .inner
-            .pool
-            .begin()
-            .await
-            .map_err(HandlerError::retry)?;
-        let received = match self.inbox.record(&mut tx, event).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = tx.rollback().await;
-                return Err(HandlerError::retry(e));
-            }
-        };
-        if received == Received::Duplicate {
-            metrics::counter!("windlass_inbox_duplicates_total", "consumer" => self.inbox.consumer().to_owned())
-                .increment(1);
-            tracing::debug!(
-                consumer = self.inbox.consumer(),
-                id = event.id(),
-                "inbox dropped a duplicate"
-            );
-            tx.rollback().await.map_err(HandlerError::retry)?;
-            return Ok(());
-        }
-        // Roll back explicitly: a dropped transaction only queues its ROLLBACK, and the pooled
-        // connection would keep the work's row locks until it is used again.
-        if let Err(e) = (self.work)(&mut tx, event).await {
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-        tx.commit().await.map_err(HandlerError::retry)?;
-        Ok(())
+impl InboxBackend for Inbox {
+    type Tx = Transaction<'static, Postgres>;
+
+    async fn begin_tx(&self) -> Result<Self::Tx, sqlx::Error> {
+        self.inner.pool.begin().await
+    }
+
+    async fn record_in(&self, tx: &mut Self::Tx, event: &Event) -> Result<Received> {
+        self.record(tx, event).await
+    }
+
+    async fn commit_tx(tx: Self::Tx) -> Result<(), sqlx::Error> {
+        tx.commit().await
+    }
+
+    async fn rollback_tx(tx: Self::Tx) -> Result<(), sqlx::Error> {
+        tx.rollback().await
+    }
+
+    fn consumer_name(&self) -> &str {
+        self.consumer()
     }
 }

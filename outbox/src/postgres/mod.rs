@@ -1,50 +1,63 @@
-//! The Postgres store: write side ([`Outbox`]), relay store ([`PgStore`]), [`Inbox`] and
-//! [`migrate`].
+//! The Postgres backend: write side ([`Outbox`]), relay and operator store
+//! ([`PgOutboxStore`]), [`Inbox`] and [`migrate`].
 //!
-//! # How claiming keeps per-key order with several relays
-//! A relay claims in one transaction that it holds while it publishes:
-//! 1. **Heads**: pending, due rows with no older pending row of the same (`topic`,
-//!    `partition_key`), `ORDER BY seq LIMIT n FOR UPDATE SKIP LOCKED`. Locking the head of a key
-//!    makes the relay that key's owner: another relay skips the locked head, and every younger
-//!    row of the key still has an older pending row (the head), so no one else can claim it.
-//! 2. **Followers**: the younger pending rows of the keys it owns (`FOR UPDATE`, nobody else can
-//!    hold them), cut at the first one not yet due, so a batch carries whole prefixes of keys.
-//! 3. Publish, then mark published / failed / dead and commit. A crash or a killed connection
-//!    rolls the claim back: the rows are pending again and are published again (at least once).
+//! # How order per key survives many writers and many relays
+//! - **Writers**: `enqueue` takes a transaction-scoped advisory lock on the (`topic`, key) hash
+//!   before inserting, so the writers of one key are serialised until commit: per key, `seq`
+//!   order is enqueue order and commit order, and no row of a key can become visible below a
+//!   row a relay already saw.
+//! - **Relays** claim keys, not rows: a claim leases the oldest undelivered row of each free
+//!   key (the head) and the rows behind it, with one statement that sets a lease expiry and a
+//!   fencing token (compare-and-set: a head another relay leased in the meantime is not won).
+//!   It publishes without holding any transaction, then marks the rows in one statement where
+//!   every change is conditional on its token: a relay whose lease ended and whose keys were
+//!   claimed since cannot mark anything.
 //!
-//! A failed head gets `next_attempt_at` in the future; until then it is not due and its key
-//! waits, while other keys go on. Rows without an ordering key are not ordered.
+//! See `docs/outbox.md` for the whole design.
 
 mod inbox;
 mod outbox;
 mod store;
 
-pub use inbox::{Inbox, InboxHandler};
+pub use inbox::Inbox;
 pub use outbox::Outbox;
-pub use store::{PgStore, PgWaiter};
+pub use store::{PgOutboxStore, PgWaiter};
 
 use sqlx::PgPool;
 
 use crate::config::{OutboxConfig, render_migration};
 use crate::error::{Error, Result};
 
-/// The shipped migration for the default names (`windlass_outbox`, `windlass_inbox`), for users
-/// who run their own migrator. Idempotent.
+/// The shipped migration for the default names (`windlass_outbox*`, `windlass_inbox`), for
+/// users who run their own migrator. Idempotent.
 pub const MIGRATION_0001: &str = include_str!("../../migrations/postgres/0001_outbox.sql");
+/// The optional `event_json jsonb` column ([`OutboxConfig::jsonb_column`]).
+pub const MIGRATION_JSONB: &str = include_str!("../../migrations/postgres/optional_jsonb.sql");
+/// The optional Debezium outbox-router columns ([`OutboxConfig::debezium_columns`]).
+pub const MIGRATION_DEBEZIUM: &str =
+    include_str!("../../migrations/postgres/optional_debezium.sql");
 
-/// The migration SQL for `config` (schema and table names substituted).
+/// The migration SQL for `config` (schema and table names substituted, optional columns
+/// included when the config declares them).
 pub fn migration_sql(config: &OutboxConfig) -> Result<String> {
     config.validate()?;
-    Ok(render_migration(MIGRATION_0001, config))
+    let mut sql = render_migration(MIGRATION_0001, config);
+    if config.jsonb_column {
+        sql.push_str(&render_migration(MIGRATION_JSONB, config));
+    }
+    if config.debezium_columns {
+        sql.push_str(&render_migration(MIGRATION_DEBEZIUM, config));
+    }
+    Ok(sql)
 }
 
-/// Creates the outbox and inbox tables and their indexes with the default names, if missing.
-/// Safe to call from several processes at once (serialised by an advisory lock).
+/// Creates the outbox tables and indexes with the default names, if missing. Safe to call
+/// from several processes at once (serialised by an advisory lock).
 pub async fn migrate(pool: &PgPool) -> Result<()> {
     migrate_with(pool, &OutboxConfig::default()).await
 }
 
-/// [`migrate`] for a configured schema / table names.
+/// [`migrate`] for a configured schema / table names / optional columns.
 pub async fn migrate_with(pool: &PgPool, config: &OutboxConfig) -> Result<()> {
     let sql = migration_sql(config)?;
     let mut tx = pool.begin().await.map_err(|e| Error::db("migrate", e))?;
