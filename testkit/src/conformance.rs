@@ -4,5 +4,8 @@
 //! - [`bus`]: [`Publisher`](windlass_eventbus::Publisher) /
 //!   [`Subscriber`](windlass_eventbus::Subscriber) / [`DeadLetters`](windlass_eventbus::DeadLetters)
 //!   ([`bus_conformance!`](crate::bus_conformance) generates one test per property).
+//! - [`cache`]: the cache on a [`Store`](windlass_cache::Store)
+//!   ([`cache_conformance!`](crate::cache_conformance) generates one test per property).
 
 pub mod bus;
+pub mod cache;
