@@ -3,8 +3,8 @@
 //! call goes through; its success closes the breaker, its failure or abandonment opens it
 //! again). The closed path costs two atomic loads.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::options::BreakerOptions;

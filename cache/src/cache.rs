@@ -127,7 +127,12 @@ impl Cache {
         let mut tasks = Vec::new();
         let l1 = options.l1.as_ref().map(|o| {
             let notices = store.notices();
-            let l1 = Arc::new(L1::new(o.capacity, o.ttl, o.max_staleness, notices.is_some()));
+            let l1 = Arc::new(L1::new(
+                o.capacity,
+                o.ttl,
+                o.max_staleness,
+                notices.is_some(),
+            ));
             if let Some(notices) = notices {
                 let task = tokio::spawn(apply_notices(
                     notices,
@@ -366,7 +371,11 @@ impl Cache {
             let id = uuid::Uuid::new_v4().simple().to_string();
             let write = Write::new(format::tombstone(&id), self.inner.options.tombstone_ttl)
                 .notice(&notice);
-            if self.call("delete", || store.write(entry, write)).await.is_err() {
+            if self
+                .call("delete", || store.write(entry, write))
+                .await
+                .is_err()
+            {
                 return false;
             }
             self.inner

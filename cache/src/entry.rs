@@ -276,8 +276,7 @@ where
         if now_unix < env.fresh_until_ms {
             let now = Instant::now();
             let fresh_until = now + Duration::from_millis(env.fresh_until_ms - now_unix);
-            let refresh_at =
-                self.refresh_point(env.created_ms, env.fresh_until_ms, now_unix, now);
+            let refresh_at = self.refresh_point(env.created_ms, env.fresh_until_ms, now_unix, now);
             self.l1_insert(org, key, &tags, &value, fresh_until, refresh_at, stamp);
             Found::Fresh(value, Meta { refresh_at })
         } else if self.policy.keeps_stale()
@@ -488,7 +487,10 @@ where
         )
         .notice(&notice);
         let store = &self.cache.inner.store;
-        let res = self.cache.call("delete", || store.write(entry, write)).await;
+        let res = self
+            .cache
+            .call("delete", || store.write(entry, write))
+            .await;
         if let Err(e) = &res
             && e.is_store_unavailable()
         {

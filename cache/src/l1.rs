@@ -44,6 +44,38 @@ impl Hasher for PreHashed {
     }
 }
 
+/// A fast keyed hash (FxHash-style mixing, then a murmur3 finalizer so low bits are good for
+/// slots and shards). Collisions are harmless: entries are compared in full on a hit, and two
+/// guards sharing a slot only cause spurious misses. The seed is random per L1.
+fn mix(h: u64, x: u64) -> u64 {
+    (h.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+fn hash_parts(seed: u64, kind: u8, parts: &[&str]) -> u64 {
+    let mut h = mix(seed, u64::from(kind));
+    for p in parts {
+        let bytes = p.as_bytes();
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            h = mix(
+                h,
+                u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+            );
+        }
+        let mut tail = [0u8; 8];
+        let rest = chunks.remainder();
+        tail[..rest.len()].copy_from_slice(rest);
+        h = mix(h, u64::from_le_bytes(tail));
+        h = mix(h, bytes.len() as u64 | 0xff00_0000_0000_0000);
+    }
+    // murmur3 fmix64
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// One decoded value.
 pub(crate) struct L1Entry {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
@@ -51,6 +83,7 @@ pub(crate) struct L1Entry {
     name: Box<str>,
     org_len: u32,
     type_len: u32,
+    /// Served until then: its fresh time, capped by the L1's time-to-live.
     pub(crate) fresh_until: Instant,
     pub(crate) refresh_at: Option<Instant>,
     guards: Box<[u32]>,
@@ -77,7 +110,8 @@ pub(crate) enum L1Lookup {
 
 pub(crate) struct L1 {
     entries: moka::sync::Cache<u64, Arc<L1Entry>, BuildHasherDefault<PreHashed>>,
-    hasher: RandomState,
+    seed: u64,
+    ttl: Duration,
     epochs: Box<[AtomicU64]>,
     mask: u64,
     seq: AtomicU64,
@@ -103,8 +137,7 @@ impl SyncState {
     }
 
     fn lag(&self, now: Instant) -> u64 {
-        self.nanos(now)
-            .saturating_sub(self.synced_at.load(SeqCst))
+        self.nanos(now).saturating_sub(self.synced_at.load(SeqCst))
     }
 }
 
@@ -117,11 +150,13 @@ impl L1 {
             .next_power_of_two();
         let anchor = Instant::now();
         Self {
+            // No moka time-to-live: it would read the clock on every get; entries carry their
+            // own deadline (checked with the one clock read a get makes) and capacity evicts.
             entries: moka::sync::Cache::builder()
                 .max_capacity(capacity)
-                .time_to_live(ttl)
                 .build_with_hasher(BuildHasherDefault::<PreHashed>::default()),
-            hasher: RandomState::new(),
+            seed: RandomState::new().hash_one(0xc0ffee_u64),
+            ttl,
             epochs: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             mask: slots - 1,
             seq: AtomicU64::new(1),
@@ -137,13 +172,7 @@ impl L1 {
     }
 
     fn hash(&self, kind: u8, parts: &[&str]) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write_u8(kind);
-        for p in parts {
-            h.write(p.as_bytes());
-            h.write_u8(0xff);
-        }
-        h.finish()
+        hash_parts(self.seed, kind, parts)
     }
 
     fn slot(&self, hash: u64) -> u32 {
@@ -191,7 +220,11 @@ impl L1 {
         let Some(entry) = self.entries.get(&h) else {
             return L1Lookup::Miss;
         };
-        if !entry.is(org, ty, key) || entry.fresh_until <= now {
+        if !entry.is(org, ty, key) {
+            return L1Lookup::Miss;
+        }
+        if entry.fresh_until <= now {
+            self.entries.invalidate(&h);
             return L1Lookup::Miss;
         }
         if self.is_valid(&entry) {
@@ -229,7 +262,7 @@ impl L1 {
             name: format!("{org}{ty}{key}").into_boxed_str(),
             org_len: org.len() as u32,
             type_len: ty.len() as u32,
-            fresh_until,
+            fresh_until: fresh_until.min(now + self.ttl),
             refresh_at,
             guards: guards.into_boxed_slice(),
             inserted_seq: stamp,
@@ -266,9 +299,7 @@ impl L1 {
 
     /// How old the latest heartbeat is (`None` without notices).
     pub(crate) fn lag(&self, now: Instant) -> Option<Duration> {
-        self.sync
-            .as_ref()
-            .map(|s| Duration::from_nanos(s.lag(now)))
+        self.sync.as_ref().map(|s| Duration::from_nanos(s.lag(now)))
     }
 
     /// Notices flow again: drop everything and use the L1.

@@ -460,10 +460,7 @@ where
                 self.counters.load_errors.inc();
                 self.counters.hard_timeouts.inc();
                 tracing::warn!(data_type = %self.data_type, after = ?self.policy.hard_timeout, "cache loader timed out; abandoned");
-                return (
-                    Err(Failure::TimedOut(self.policy.hard_timeout)),
-                    loaded_at,
-                );
+                return (Err(Failure::TimedOut(self.policy.hard_timeout)), loaded_at);
             }
         };
         let valid_below = match prep {
@@ -487,12 +484,12 @@ where
         notify: bool,
     ) -> Option<u64> {
         let tag_refs = req.tag_refs();
-        if self.cache.inner.pending.covers(
-            &req.org,
-            self.data_type.as_str(),
-            &req.key,
-            &tag_refs,
-        ) {
+        if self
+            .cache
+            .inner
+            .pending
+            .covers(&req.org, self.data_type.as_str(), &req.key, &tag_refs)
+        {
             return None;
         }
         let (fresh, hard) = self.policy.ttls();

@@ -303,7 +303,12 @@ impl Store for MemoryCacheStore {
         Ok(true)
     }
 
-    async fn invalidate(&self, org: &OrgId, tag_names: &[&str], notice: Option<&str>) -> Result<()> {
+    async fn invalidate(
+        &self,
+        org: &OrgId,
+        tag_names: &[&str],
+        notice: Option<&str>,
+    ) -> Result<()> {
         let mut tags = self.lock();
         let now = Instant::now();
         tags.sweep(now);

@@ -463,6 +463,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)] // what a user outside the crate can do
     fn public_fields_cannot_cause_a_panic() {
         let mut p = TypePolicy::default();
         p.jitter = 2.0;

@@ -97,7 +97,9 @@ impl Pending {
         while tenants.values().map(Tenant::len).sum::<usize>() > self.max {
             let Some((org, _)) = tenants
                 .iter()
-                .filter(|(_, t)| !(t.keys.is_empty() && t.tags.len() == 1 && t.tags.contains_key(ALL_TAG)))
+                .filter(|(_, t)| {
+                    !(t.keys.is_empty() && t.tags.len() == 1 && t.tags.contains_key(ALL_TAG))
+                })
                 .max_by_key(|(_, t)| t.len())
                 .map(|(o, t)| (o.clone(), t.len()))
             else {
@@ -191,7 +193,10 @@ mod tests {
         assert!(p.covers(&a, "t", "k", &["z", "x"]));
         assert!(!p.covers(&a, "t", "k", &["z"]));
         assert!(p.covers(&a, "t", "k2", &[]));
-        assert!(!p.covers(&org("b"), "t", "k", &["x"]), "another tenant is not covered");
+        assert!(
+            !p.covers(&org("b"), "t", "k", &["x"]),
+            "another tenant is not covered"
+        );
         let batch = p.next_batch().unwrap();
         // The same tag fails again after the batch was taken: it stays pending.
         p.add_tags(&a, &["x"]);
@@ -215,7 +220,10 @@ mod tests {
         p.add_tags(&a, &["1", "2", "3"]);
         p.add_tags(&a, &["4"]);
         assert_eq!(p.len(), 1);
-        assert!(p.covers(&a, "any", "key", &["unrelated"]), "a folded tenant covers everything");
+        assert!(
+            p.covers(&a, "any", "key", &["unrelated"]),
+            "a folded tenant covers everything"
+        );
         assert_eq!(p.folded.load(SeqCst), 1);
     }
 }

@@ -44,11 +44,9 @@ impl Rule {
     fn describe(&self) -> String {
         let star = if self.prefix { "*" } else { "" };
         match &self.action {
-            Action::Invalidate(t) => format!(
-                "on {}{star} invalidate {}",
-                self.event_type,
-                t.source()
-            ),
+            Action::Invalidate(t) => {
+                format!("on {}{star} invalidate {}", self.event_type, t.source())
+            }
             Action::Reload { data_type, key, .. } => format!(
                 "on {}{star} reload {data_type} {}",
                 self.event_type,
@@ -261,7 +259,11 @@ impl InvalidationRules {
     /// [`Plan::failures`] and the others still apply.
     pub fn plan(&self, event: &Event) -> Plan {
         let mut plan = Plan::default();
-        let matching: Vec<&Rule> = self.rules.iter().filter(|r| r.matches(event.ty())).collect();
+        let matching: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.matches(event.ty()))
+            .collect();
         if matching.is_empty() {
             return plan;
         }
@@ -339,8 +341,12 @@ mod tests {
         assert!(
             InvalidationRules::parse("on event type \"x\" invalidate tag \"y\" extra").is_err()
         );
-        assert!(InvalidationRules::parse("on event type \"x\" reload \"bad:type\" key \"k\"").is_err());
-        assert!(InvalidationRules::parse("on event type \"x\" reload \"t\" key \"k\" tags").is_err());
+        assert!(
+            InvalidationRules::parse("on event type \"x\" reload \"bad:type\" key \"k\"").is_err()
+        );
+        assert!(
+            InvalidationRules::parse("on event type \"x\" reload \"t\" key \"k\" tags").is_err()
+        );
         assert!(InvalidationRules::new().on("", "x").is_err());
     }
 

@@ -152,7 +152,6 @@ impl TagTemplate {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,10 @@ async fn tag_versions_outlive_the_entries_that_carry_them() {
     let store = MemoryCacheStore::new();
     let cache = Cache::with_options(store.clone(), CacheOptions::default()).unwrap();
     let day = cache
-        .entry::<Invoice>("day", TypePolicy::ttl(Duration::from_secs(86_400)).jitter(0.0))
+        .entry::<Invoice>(
+            "day",
+            TypePolicy::ttl(Duration::from_secs(86_400)).jitter(0.0),
+        )
         .unwrap();
     let short = cache
         .entry::<Invoice>("short", TypePolicy::ttl(Duration::from_secs(1)).jitter(0.0))
@@ -27,8 +30,14 @@ async fn tag_versions_outlive_the_entries_that_carry_them() {
     day.set(&acme, "1", &inv(1, 1), &["d", "s"]).await.unwrap();
     for tag in ["d", "s", "#all", "#type:day"] {
         let ttl = store.tag_ttl(&acme, tag).unwrap();
-        assert!(ttl > Duration::from_secs(86_400), "tag {tag} expires in {ttl:?}, before its entry");
+        assert!(
+            ttl > Duration::from_secs(86_400),
+            "tag {tag} expires in {ttl:?}, before its entry"
+        );
     }
     cache.invalidate_tag(&acme, "d").await.unwrap();
-    assert!(store.tag_ttl(&acme, "d").unwrap() > Duration::from_secs(86_400), "an invalidation shortened the tag");
+    assert!(
+        store.tag_ttl(&acme, "d").unwrap() > Duration::from_secs(86_400),
+        "an invalidation shortened the tag"
+    );
 }

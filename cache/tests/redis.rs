@@ -39,15 +39,24 @@ async fn keys_follow_the_documented_layout_and_tags_outlive_entries() {
     assert!(text.contains("\n\n{\"id\":42,\"amount\":1}"), "{text}");
     let tag_key = format!("{}:c:{{acme}}:#tag:customer:7", t.prefix);
     let version: String = conn.get(&tag_key).await.unwrap();
-    assert!(text.contains(&format!("T {version} customer:7\n")), "{text}");
+    assert!(
+        text.contains(&format!("T {version} customer:7\n")),
+        "{text}"
+    );
     // The implicit tags of the tenant and the data type.
-    assert!(text.contains(" #all\n") && text.contains(" #type:invoice\n"), "{text}");
+    assert!(
+        text.contains(" #all\n") && text.contains(" #type:invoice\n"),
+        "{text}"
+    );
     let entry_ttl: i64 = conn.pttl(&entry_key).await.unwrap();
     assert!(entry_ttl > 50_000 && entry_ttl <= 60_000, "{entry_ttl}");
     for tag in ["customer:7", "#all", "#type:invoice"] {
         let key = format!("{}:c:{{acme}}:#tag:{tag}", t.prefix);
         let ttl: i64 = conn.pttl(&key).await.unwrap();
-        assert!(ttl > entry_ttl, "tag {tag} expires ({ttl} ms) before its entry ({entry_ttl} ms)");
+        assert!(
+            ttl > entry_ttl,
+            "tag {tag} expires ({ttl} ms) before its entry ({entry_ttl} ms)"
+        );
     }
     // Versions are never reused: an invalidation gives a new, unrelated one.
     cache.invalidate_tag(&acme, "customer:7").await.unwrap();
@@ -154,9 +163,18 @@ async fn tracked_tag_versions_follow_changes_made_elsewhere() {
     let mut raw = t.conn.clone();
     for round in 0..50u64 {
         w.set(&acme, "1", &inv(1, round), &["t"]).await.unwrap();
-        assert_eq!(amount(&invoices.get(&acme, "1").await.unwrap()), Some(round));
-        assert!(reader.tracked_tag_versions() >= 3, "tag versions are not tracked");
-        assert_eq!(amount(&invoices.get(&acme, "1").await.unwrap()), Some(round));
+        assert_eq!(
+            amount(&invoices.get(&acme, "1").await.unwrap()),
+            Some(round)
+        );
+        assert!(
+            reader.tracked_tag_versions() >= 3,
+            "tag versions are not tracked"
+        );
+        assert_eq!(
+            amount(&invoices.get(&acme, "1").await.unwrap()),
+            Some(round)
+        );
         if round % 2 == 0 {
             writer.invalidate_tag(&acme, "t").await.unwrap();
         } else {

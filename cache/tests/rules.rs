@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
-use windlass_cache::{Cache, CacheOptions, InvalidationHandler, InvalidationRules, MemoryCacheStore};
+use windlass_cache::{
+    Cache, CacheOptions, InvalidationHandler, InvalidationRules, MemoryCacheStore,
+};
 use windlass_core::{Group, Topic};
 use windlass_eventbus::{Event, Publisher, SubscribeOptions, Subscriber};
 use windlass_testkit::conformance::cache::{Invoice, WAIT, amount, eventually, inv, minute, org};
@@ -25,7 +27,10 @@ async fn rules_invalidate_and_warm_and_one_failing_rule_does_not_stop_the_others
             .await
             .unwrap();
     }
-    summaries.set(&acme, "inv_42", &inv(42, 1), &["s"]).await.unwrap();
+    summaries
+        .set(&acme, "inv_42", &inv(42, 1), &["s"])
+        .await
+        .unwrap();
 
     // The "database" the warming rule reloads from.
     let db = Arc::new(AtomicU64::new(1));

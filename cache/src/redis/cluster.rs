@@ -145,7 +145,10 @@ impl ClusterLink {
     async fn subscribe(&self) {
         let mut conn = self.conn.clone();
         if let Err(e) = conn
-            .ssubscribe(&[self.shared.channel.as_str(), self.shared.hb_channel.as_str()])
+            .ssubscribe(&[
+                self.shared.channel.as_str(),
+                self.shared.hb_channel.as_str(),
+            ])
             .await
         {
             tracing::warn!(error = %e, "cache notices: SSUBSCRIBE failed; retrying");

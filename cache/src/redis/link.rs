@@ -156,10 +156,7 @@ impl Link {
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = redis::Client::open(info.set_redis_settings(settings))
             .map_err(|e| Error::Config(format!("Redis client: {e}")))?;
-        let hb_channel = format!(
-            "{channel}:hb:{}",
-            uuid::Uuid::new_v4().simple()
-        );
+        let hb_channel = format!("{channel}:hb:{}", uuid::Uuid::new_v4().simple());
         let link = Arc::new(Self {
             client,
             tracking: AtomicBool::new(config.tracking),
@@ -229,9 +226,12 @@ impl Link {
     }
 
     async fn subscribe(&self, conn: &mut MultiplexedConnection, epoch: u64) -> Result<()> {
-        conn.subscribe(&[self.shared.channel.as_str(), self.shared.hb_channel.as_str()])
-            .await
-            .map_err(redis_err("subscribe"))?;
+        conn.subscribe(&[
+            self.shared.channel.as_str(),
+            self.shared.hb_channel.as_str(),
+        ])
+        .await
+        .map_err(redis_err("subscribe"))?;
         // Messages published from now on reach us; earlier ones may be lost: tell the L1s.
         self.shared.subscribed_gen.store(epoch, SeqCst);
         self.shared.broadcast(Notice::Reset);
@@ -309,10 +309,21 @@ impl Link {
     /// Starts listening for notices (idempotent); the stream starts with `Reset` once the
     /// subscription is in place.
     pub(crate) fn listen(self: &Arc<Self>, tx: UnboundedSender<Notice>) {
-        let live_gen = self.state.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|l| l.epoch);
+        let live_gen = self
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|l| l.epoch);
         {
-            let mut subs = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-            if live_gen.is_some() && self.shared.subscribed_gen.load(SeqCst) == live_gen.unwrap_or(0) {
+            let mut subs = self
+                .shared
+                .subscribers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if live_gen.is_some()
+                && self.shared.subscribed_gen.load(SeqCst) == live_gen.unwrap_or(0)
+            {
                 let _ = tx.send(Notice::Reset);
             }
             subs.push(tx);
@@ -373,7 +384,8 @@ impl Link {
                 Err(e) => {
                     let mut tags = self.shared.tags();
                     for (i, token) in &mine {
-                        if matches!(tags.map.get(&keys[*i]), Some(Slot::Fetching(t)) if t == token) {
+                        if matches!(tags.map.get(&keys[*i]), Some(Slot::Fetching(t)) if t == token)
+                        {
                             tags.map.remove(&keys[*i]);
                         }
                     }

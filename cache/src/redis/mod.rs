@@ -172,7 +172,10 @@ impl fmt::Debug for RedisCacheStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCacheStore")
             .field("prefix", &self.inner.prefix)
-            .field("cluster", &matches!(self.inner.backend, Backend::Cluster(_)))
+            .field(
+                "cluster",
+                &matches!(self.inner.backend, Backend::Cluster(_)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -211,7 +214,10 @@ impl RedisCacheStore {
     }
 
     /// A store on a Redis Cluster reached through any of `nodes` (`redis://host:port`).
-    pub async fn cluster<S: AsRef<str>>(nodes: &[S], config: RedisCacheStoreConfig) -> Result<Self> {
+    pub async fn cluster<S: AsRef<str>>(
+        nodes: &[S],
+        config: RedisCacheStoreConfig,
+    ) -> Result<Self> {
         config.validate()?;
         let prefix = format!("{}:c", config.prefix);
         let channel = format!("{prefix}:{{#}}:notices");

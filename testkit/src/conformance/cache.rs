@@ -157,7 +157,10 @@ pub async fn set_get_delete<F: CacheFixture>(f: &F) {
         .await
         .unwrap();
     assert_eq!(amount(&invoices.get(&acme, "1").await.unwrap()), Some(10));
-    invoices.set(&acme, "1", &inv(1, 11), &[] as &[&str]).await.unwrap();
+    invoices
+        .set(&acme, "1", &inv(1, 11), &[] as &[&str])
+        .await
+        .unwrap();
     assert_eq!(amount(&invoices.get(&acme, "1").await.unwrap()), Some(11));
     invoices.delete(&acme, "1").await.unwrap();
     assert_eq!(invoices.get(&acme, "1").await.unwrap(), None);
@@ -187,9 +190,16 @@ pub async fn tag_invalidation<F: CacheFixture>(f: &F) {
     assert_eq!(amount(&invoices.get(&acme, "4").await.unwrap()), Some(4));
     cache.invalidate_tag(&acme, "customer:7").await.unwrap();
     for i in 0..20 {
-        assert_eq!(invoices.get(&acme, &i.to_string()).await.unwrap(), None, "entry {i}");
+        assert_eq!(
+            invoices.get(&acme, &i.to_string()).await.unwrap(),
+            None,
+            "entry {i}"
+        );
     }
-    assert_eq!(amount(&invoices.get(&acme, "other").await.unwrap()), Some(0));
+    assert_eq!(
+        amount(&invoices.get(&acme, "other").await.unwrap()),
+        Some(0)
+    );
     // A fresh write after an invalidation is served again; several tags at once.
     invoices
         .set(&acme, "5", &inv(5, 50), &["customer:7"])
@@ -210,19 +220,34 @@ pub async fn tenants_are_isolated<F: CacheFixture>(f: &F) {
     let cache = cache_on(f.store().await, CacheOptions::default());
     let invoices = cache.entry::<Invoice>("invoice", minute()).unwrap();
     let (a, b) = (org("tenant-a"), org("tenant-b"));
-    invoices.set(&a, "1", &inv(1, 100), &["invoice:1"]).await.unwrap();
-    assert_eq!(invoices.get(&b, "1").await.unwrap(), None, "tenant b sees a's entry");
-    invoices.set(&b, "1", &inv(1, 200), &["invoice:1"]).await.unwrap();
+    invoices
+        .set(&a, "1", &inv(1, 100), &["invoice:1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        invoices.get(&b, "1").await.unwrap(),
+        None,
+        "tenant b sees a's entry"
+    );
+    invoices
+        .set(&b, "1", &inv(1, 200), &["invoice:1"])
+        .await
+        .unwrap();
     assert_eq!(amount(&invoices.get(&a, "1").await.unwrap()), Some(100));
     cache.invalidate_tag(&a, "invoice:1").await.unwrap();
     assert_eq!(invoices.get(&a, "1").await.unwrap(), None);
     assert_eq!(amount(&invoices.get(&b, "1").await.unwrap()), Some(200));
-    invoices.set(&a, "2", &inv(2, 1), &[] as &[&str]).await.unwrap();
+    invoices
+        .set(&a, "2", &inv(2, 1), &[] as &[&str])
+        .await
+        .unwrap();
     cache.clear_tenant(&b).await.unwrap();
     assert_eq!(invoices.get(&b, "1").await.unwrap(), None);
     assert_eq!(amount(&invoices.get(&a, "2").await.unwrap()), Some(1));
     let loaded = invoices
-        .get_or_load(&a, "1", &[] as &[&str], || async { Ok::<_, Error>(inv(1, 101)) })
+        .get_or_load(&a, "1", &[] as &[&str], || async {
+            Ok::<_, Error>(inv(1, 101))
+        })
         .await
         .unwrap();
     assert_eq!(loaded.amount, 101);
@@ -244,8 +269,14 @@ pub async fn clear_a_data_type_or_a_tenant<F: CacheFixture>(f: &F) {
     for k in 0..10 {
         let k = k.to_string();
         assert_eq!(invoices.get(&a, &k).await.unwrap(), None);
-        assert!(invoices.get(&b, &k).await.unwrap().is_some(), "another tenant's type cleared");
-        assert!(orders.get(&a, &k).await.unwrap().is_some(), "another type cleared");
+        assert!(
+            invoices.get(&b, &k).await.unwrap().is_some(),
+            "another tenant's type cleared"
+        );
+        assert!(
+            orders.get(&a, &k).await.unwrap().is_some(),
+            "another type cleared"
+        );
     }
     cache.clear_tenant(&a).await.unwrap();
     for k in 0..10 {
@@ -264,7 +295,10 @@ pub async fn get_many_reads_in_order<F: CacheFixture>(f: &F) {
     let invoices = cache.entry::<Invoice>("invoice", minute()).unwrap();
     let acme = org("acme");
     for k in [1u64, 3, 4] {
-        invoices.set(&acme, &k.to_string(), &inv(k, k * 10), &["t"]).await.unwrap();
+        invoices
+            .set(&acme, &k.to_string(), &inv(k, k * 10), &["t"])
+            .await
+            .unwrap();
     }
     cache.invalidate_tag(&acme, "nothing-here").await.unwrap();
     invoices.set(&acme, "4", &inv(4, 41), &["u"]).await.unwrap();
@@ -276,21 +310,36 @@ pub async fn get_many_reads_in_order<F: CacheFixture>(f: &F) {
     let got: Vec<Option<u64>> = got.into_iter().map(|v| v.map(|i| i.amount)).collect();
     assert_eq!(got, vec![Some(10), None, Some(30), None]);
     assert!(invoices.get_many(&acme, &["ok", "bad key"]).await.is_err());
-    assert!(invoices.get_many(&acme, &[] as &[&str]).await.unwrap().is_empty());
+    assert!(
+        invoices
+            .get_many(&acme, &[] as &[&str])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Invalid names, too many tags, oversized values and invalid policies are typed errors.
 pub async fn bad_input_is_refused<F: CacheFixture>(f: &F) {
     let cache = cache_on(f.store().await, CacheOptions::default());
-    assert!(matches!(cache.entry::<Invoice>("bad:type", minute()), Err(Error::Name(_))));
-    assert!(matches!(cache.entry::<Invoice>("", minute()), Err(Error::Name(_))));
+    assert!(matches!(
+        cache.entry::<Invoice>("bad:type", minute()),
+        Err(Error::Name(_))
+    ));
+    assert!(matches!(
+        cache.entry::<Invoice>("", minute()),
+        Err(Error::Name(_))
+    ));
     assert!(matches!(
         cache.entry::<Invoice>("ok", TypePolicy::ttl(Duration::ZERO)),
         Err(Error::Config(_))
     ));
     let mut bad = minute();
     bad.jitter = 2.0;
-    assert!(matches!(cache.entry::<Invoice>("ok", bad), Err(Error::Config(_))));
+    assert!(matches!(
+        cache.entry::<Invoice>("ok", bad),
+        Err(Error::Config(_))
+    ));
     let invoices = cache.entry::<Invoice>("invoice", minute()).unwrap();
     let small = cache
         .entry::<String>("blob", minute().max_value_bytes(1024))
@@ -300,17 +349,27 @@ pub async fn bad_input_is_refused<F: CacheFixture>(f: &F) {
         invoices.set(&acme, "1", &inv(1, 1), &["bad tag"]).await,
         Err(Error::Name(_))
     ));
+    assert!(
+        matches!(
+            invoices.set(&acme, "1", &inv(1, 1), &["#all"]).await,
+            Err(Error::Name(_))
+        ),
+        "the implicit tags are reserved"
+    );
     assert!(matches!(
-        invoices.set(&acme, "1", &inv(1, 1), &["#all"]).await,
-        Err(Error::Name(_))
-    ), "the implicit tags are reserved");
-    assert!(matches!(
-        invoices.set(&acme, "bad key", &inv(1, 1), &[] as &[&str]).await,
+        invoices
+            .set(&acme, "bad key", &inv(1, 1), &[] as &[&str])
+            .await,
         Err(Error::Name(_))
     ));
     assert!(matches!(invoices.get(&acme, "").await, Err(Error::Name(_))));
-    assert!(matches!(cache.invalidate_tag(&acme, "a\nb").await, Err(Error::Name(_))));
-    let many: Vec<String> = (0..=windlass_cache::MAX_TAGS).map(|i| format!("t{i}")).collect();
+    assert!(matches!(
+        cache.invalidate_tag(&acme, "a\nb").await,
+        Err(Error::Name(_))
+    ));
+    let many: Vec<String> = (0..=windlass_cache::MAX_TAGS)
+        .map(|i| format!("t{i}"))
+        .collect();
     assert!(matches!(
         invoices.set(&acme, "1", &inv(1, 1), &many).await,
         Err(Error::TooManyTags { .. })
@@ -331,9 +390,14 @@ pub async fn bad_input_is_refused<F: CacheFixture>(f: &F) {
     assert_eq!(v.len(), 2000);
     assert_eq!(small.get(&acme, "big").await.unwrap(), None);
     let bad_key = invoices
-        .get_or_load(&acme, "bad key", &[] as &[&str], || async { Ok::<_, Error>(inv(1, 1)) })
+        .get_or_load(&acme, "bad key", &[] as &[&str], || async {
+            Ok::<_, Error>(inv(1, 1))
+        })
         .await;
-    assert!(matches!(bad_key, Err(windlass_cache::LoadError::Cache(Error::Name(_)))));
+    assert!(matches!(
+        bad_key,
+        Err(windlass_cache::LoadError::Cache(Error::Name(_)))
+    ));
 }
 
 /// After a deploy that changed the type, or with garbage written by another program, stored
@@ -343,18 +407,27 @@ pub async fn undecodable_values_are_misses<F: CacheFixture>(f: &F) {
     let old = cache.entry::<String>("invoice", minute()).unwrap();
     let new = cache.entry::<Invoice>("invoice", minute()).unwrap();
     let acme = org("acme");
-    old.set(&acme, "1", &"v1 shape".to_owned(), &[] as &[&str]).await.unwrap();
+    old.set(&acme, "1", &"v1 shape".to_owned(), &[] as &[&str])
+        .await
+        .unwrap();
     assert_eq!(new.get(&acme, "1").await.unwrap(), None);
     assert_eq!(cache.stats().of("invoice").decode_failures, 1);
     let ty = new.data_type().clone();
-    for garbage in [&b"garbage"[..], b"WLC1 x 1 2\n\nnot json", b"WLC9 from the future", b"\xff\xfe"] {
+    for garbage in [
+        &b"garbage"[..],
+        b"WLC1 x 1 2\n\nnot json",
+        b"WLC9 from the future",
+        b"\xff\xfe",
+    ] {
         f.put_raw(EntryRef::new(&acme, &ty, "2"), garbage).await;
         assert_eq!(new.get(&acme, "2").await.unwrap(), None);
     }
     assert_eq!(cache.stats().of("invoice").decode_failures, 5);
     for key in ["1", "2"] {
         let v = new
-            .get_or_load(&acme, key, &[] as &[&str], || async { Ok::<_, Error>(inv(1, 2)) })
+            .get_or_load(&acme, key, &[] as &[&str], || async {
+                Ok::<_, Error>(inv(1, 2))
+            })
             .await
             .unwrap();
         assert_eq!(v.amount, 2);
@@ -369,17 +442,38 @@ pub async fn a_lost_tag_version_only_causes_misses<F: CacheFixture>(f: &F) {
     let cache = cache_on(f.store().await, CacheOptions::default());
     let invoices = cache.entry::<Invoice>("invoice", minute()).unwrap();
     let acme = org("acme");
-    invoices.set(&acme, "old", &inv(1, 1), &["t"]).await.unwrap();
+    invoices
+        .set(&acme, "old", &inv(1, 1), &["t"])
+        .await
+        .unwrap();
     assert!(invoices.get(&acme, "old").await.unwrap().is_some());
     f.drop_tag(&acme, "t").await;
-    assert_eq!(invoices.get(&acme, "old").await.unwrap(), None, "served without its tag");
+    assert_eq!(
+        invoices.get(&acme, "old").await.unwrap(),
+        None,
+        "served without its tag"
+    );
     for round in 0..5 {
         // The tag comes back (a new entry carries it, or an invalidation bumps it).
-        invoices.set(&acme, "new", &inv(2, round), &["t"]).await.unwrap();
-        assert_eq!(amount(&invoices.get(&acme, "new").await.unwrap()), Some(round));
-        assert_eq!(invoices.get(&acme, "old").await.unwrap(), None, "round {round}: resurrected");
+        invoices
+            .set(&acme, "new", &inv(2, round), &["t"])
+            .await
+            .unwrap();
+        assert_eq!(
+            amount(&invoices.get(&acme, "new").await.unwrap()),
+            Some(round)
+        );
+        assert_eq!(
+            invoices.get(&acme, "old").await.unwrap(),
+            None,
+            "round {round}: resurrected"
+        );
         f.drop_tag(&acme, "t").await;
         cache.invalidate_tag(&acme, "t").await.unwrap();
-        assert_eq!(invoices.get(&acme, "old").await.unwrap(), None, "round {round}: resurrected");
+        assert_eq!(
+            invoices.get(&acme, "old").await.unwrap(),
+            None,
+            "round {round}: resurrected"
+        );
     }
 }

@@ -34,15 +34,33 @@ pub async fn local_invalidation_applies_to_the_l1_at_once<F: CacheFixture>(f: &F
     let after = cache.stats().of("invoice");
     assert_eq!(after.hits_l1 - before.hits_l1, 10, "the L1 did not serve");
     cache.invalidate_tag(&acme, "t").await.unwrap();
-    assert_eq!(invoices.get(&acme, "1").await.unwrap(), None, "own invalidation not applied");
-    invoices.set(&acme, "2", &inv(2, 1), &[] as &[&str]).await.unwrap();
+    assert_eq!(
+        invoices.get(&acme, "1").await.unwrap(),
+        None,
+        "own invalidation not applied"
+    );
+    invoices
+        .set(&acme, "2", &inv(2, 1), &[] as &[&str])
+        .await
+        .unwrap();
     assert!(invoices.get(&acme, "2").await.unwrap().is_some());
     invoices.delete(&acme, "2").await.unwrap();
-    assert_eq!(invoices.get(&acme, "2").await.unwrap(), None, "own delete not applied");
-    invoices.set(&acme, "3", &inv(3, 1), &[] as &[&str]).await.unwrap();
+    assert_eq!(
+        invoices.get(&acme, "2").await.unwrap(),
+        None,
+        "own delete not applied"
+    );
+    invoices
+        .set(&acme, "3", &inv(3, 1), &[] as &[&str])
+        .await
+        .unwrap();
     assert!(invoices.get(&acme, "3").await.unwrap().is_some());
     cache.clear_tenant(&acme).await.unwrap();
-    assert_eq!(invoices.get(&acme, "3").await.unwrap(), None, "own clear not applied");
+    assert_eq!(
+        invoices.get(&acme, "3").await.unwrap(),
+        None,
+        "own clear not applied"
+    );
 }
 
 /// Two instances with an L1 on one store: an invalidation, a write or a delete on one is seen
@@ -58,7 +76,9 @@ pub async fn l1_instances_stay_in_sync<F: CacheFixture>(f: &F) -> Vec<Duration> 
     let mut delays = Vec::new();
     for round in 0..5u64 {
         let key = format!("k{round}");
-        ea.set(&acme, &key, &inv(round, 1), &["shared"]).await.unwrap();
+        ea.set(&acme, &key, &inv(round, 1), &["shared"])
+            .await
+            .unwrap();
         // B fills its L1 (a read that raced the notice of A's write is not kept: retry).
         let before = b.stats().of("invoice").hits_l1;
         let (eb2, b2, acme2, key2) = (eb.clone(), b.clone(), acme.clone(), key.clone());
@@ -81,14 +101,18 @@ pub async fn l1_instances_stay_in_sync<F: CacheFixture>(f: &F) -> Vec<Duration> 
             .await,
         );
         // A write on A replaces B's copy; so does a delete.
-        ea.set(&acme, &key, &inv(round, 2), &["shared"]).await.unwrap();
+        ea.set(&acme, &key, &inv(round, 2), &["shared"])
+            .await
+            .unwrap();
         let (eb2, acme2, key2) = (eb.clone(), acme.clone(), key.clone());
         eventually(WAIT, move || {
             let (eb, acme, key) = (eb2.clone(), acme2.clone(), key2.clone());
             async move { amount(&eb.get(&acme, &key).await.unwrap()) == Some(2) }
         })
         .await;
-        ea.set(&acme, &key, &inv(round, 3), &["shared"]).await.unwrap();
+        ea.set(&acme, &key, &inv(round, 3), &["shared"])
+            .await
+            .unwrap();
         let (eb2, acme2, key2) = (eb.clone(), acme.clone(), key.clone());
         delays.push(
             eventually(WAIT, move || {
@@ -125,7 +149,9 @@ pub async fn concurrent_sets_resolve_to_the_store_value<F: CacheFixture>(f: &F) 
         let key = format!("race{}", round % 4);
         // Both hold the key in their L1 before the race.
         for e in [&ea, &eb] {
-            e.set(&acme, &key, &inv(0, 0), &[] as &[&str]).await.unwrap();
+            e.set(&acme, &key, &inv(0, 0), &[] as &[&str])
+                .await
+                .unwrap();
         }
         let (e1, e2) = (eb.clone(), acme.clone());
         let k2 = key.clone();
