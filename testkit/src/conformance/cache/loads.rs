@@ -394,10 +394,11 @@ pub async fn a_stale_value_invalidated_meanwhile_is_never_served<F: CacheFixture
     let refresher = {
         let (swr, acme, db, gate) = (swr.clone(), acme.clone(), db.clone(), gate.clone());
         tokio::spawn(async move {
+            // The same loader error type as the callers below: they share its flight.
             swr.get_or_load(&acme, "1", &["t"], || async {
                 let seen = db.load(SeqCst) as u64;
                 gate.pass().await;
-                Ok::<_, Error>(inv(1, seen))
+                Ok::<_, std::io::Error>(inv(1, seen))
             })
             .await
         })
@@ -517,6 +518,44 @@ pub async fn hung_loaders_release_every_caller_at_the_hard_timeout<F: CacheFixtu
     .await
     .expect("a caller waited past the hard timeout");
     assert_eq!(all, 8);
+    let c = cache.clone();
+    eventually(WAIT, move || {
+        let c = c.clone();
+        async move { c.loads_in_flight() == 0 }
+    })
+    .await;
+    // Every caller is bounded by its own deadline, even while a load with a longer one (a
+    // per-call option) holds the key.
+    let patient = hung
+        .with_options(CallOptions::new().hard_timeout(Duration::from_secs(3600)))
+        .unwrap();
+    let leader = {
+        let (patient, acme) = (patient.clone(), acme.clone());
+        tokio::spawn(async move {
+            patient
+                .get_or_load(&acme, "k", &[] as &[&str], || {
+                    std::future::pending::<Result<Invoice, Error>>()
+                })
+                .await
+        })
+    };
+    let c = cache.clone();
+    eventually(WAIT, move || {
+        let c = c.clone();
+        async move { c.loads_in_flight() == 1 }
+    })
+    .await;
+    let waited = tokio::time::timeout(
+        WAIT,
+        hung.get_or_load(&acme, "k", &[] as &[&str], || {
+            std::future::pending::<Result<Invoice, Error>>()
+        }),
+    )
+    .await
+    .expect("a waiter outlived its own hard timeout");
+    assert!(matches!(waited, Err(LoadError::TimedOut { .. })));
+    leader.abort();
+    let _ = leader.await;
     let c = cache.clone();
     eventually(WAIT, move || {
         let c = c.clone();
