@@ -387,45 +387,61 @@ pub async fn a_stale_value_invalidated_meanwhile_is_never_served<F: CacheFixture
                 .fail_safe(Duration::from_secs(30)),
         )
         .unwrap();
-    swr.set(&acme, "1", &inv(1, 1), &["t"]).await.unwrap();
-    let_expire().await;
-    let db = Arc::new(AtomicUsize::new(2));
-    let gate = Gate::default();
-    let refresher = {
-        let (swr, acme, db, gate) = (swr.clone(), acme.clone(), db.clone(), gate.clone());
-        tokio::spawn(async move {
-            // The same loader error type as the callers below: they share its flight.
-            swr.get_or_load(&acme, "1", &["t"], || async {
-                let seen = db.load(SeqCst) as u64;
-                gate.pass().await;
-                Ok::<_, std::io::Error>(inv(1, seen))
-            })
-            .await
-        })
-    };
-    gate.started.notified().await;
-    db.store(3, SeqCst);
-    cache.invalidate_tag(&acme, "t").await.unwrap();
     for loader_fails in [false, true] {
-        let v = swr
-            .get_or_load(&acme, "1", &["t"], || async {
-                if loader_fails {
-                    Err(std::io::Error::other("db down"))
-                } else {
-                    Ok(inv(1, db.load(SeqCst) as u64))
-                }
+        let (key, tag) = (format!("k-{loader_fails}"), format!("t-{loader_fails}"));
+        swr.set(&acme, &key, &inv(1, 1), &[&tag]).await.unwrap();
+        let_expire().await;
+        let db = Arc::new(AtomicUsize::new(2));
+        let gate = Gate::default();
+        let refresher = {
+            let (swr, acme, db, gate) = (swr.clone(), acme.clone(), db.clone(), gate.clone());
+            let (key, tag) = (key.clone(), tag.clone());
+            tokio::spawn(async move {
+                // The same loader error type as the caller below: it shares this flight.
+                swr.get_or_load(&acme, &key, &[&tag], || async {
+                    let seen = db.load(SeqCst) as u64;
+                    gate.pass().await;
+                    Ok::<_, std::io::Error>(inv(1, seen))
+                })
+                .await
             })
-            .await;
-        match v {
+        };
+        gate.started.notified().await;
+        db.store(3, SeqCst);
+        cache.invalidate_tag(&acme, &tag).await.unwrap();
+        let misses = cache.stats().of("swr").misses;
+        let late = {
+            let (swr, acme, db) = (swr.clone(), acme.clone(), db.clone());
+            let (key, tag) = (key.clone(), tag.clone());
+            tokio::spawn(async move {
+                swr.get_or_load(&acme, &key, &[&tag], || async {
+                    if loader_fails {
+                        Err(std::io::Error::other("db down"))
+                    } else {
+                        Ok(inv(1, db.load(SeqCst) as u64))
+                    }
+                })
+                .await
+            })
+        };
+        // The late caller has counted its miss and joined the refresh (same poll).
+        let c = cache.clone();
+        eventually(WAIT, move || {
+            let c = c.clone();
+            async move { c.stats().of("swr").misses > misses }
+        })
+        .await;
+        gate.release.notify_one();
+        // The refresh began before the invalidation: a valid answer for its own caller only.
+        assert_eq!(refresher.await.unwrap().unwrap().amount, 2);
+        match late.await.unwrap() {
             Ok(v) => assert_eq!(
                 v.amount, 3,
                 "a value invalidated before the call was served"
             ),
-            Err(_) => assert!(loader_fails),
+            Err(_) => assert!(loader_fails, "the late caller failed"),
         }
     }
-    gate.release.notify_one();
-    refresher.await.unwrap().unwrap();
 }
 
 /// Past the soft timeout a caller with a stale value (fail-safe) gets it; the owned load goes
