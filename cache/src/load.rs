@@ -124,23 +124,10 @@ where
                 }
                 Role::Waiter(rx) => rx,
             };
-            if let Some(s) = &stale
-                && self.policy.stale_while_revalidate
-            {
-                // Another caller is refreshing it; this one was read after the call began.
-                self.counters.stale_served.inc();
-                return Ok(s.clone());
+            if let Some(r) = self.follow(rx, ticket, deadline, stale).await {
+                return r;
             }
-            match self.wait(rx, ticket, deadline, stale.is_some()).await {
-                Waited::Value(v) => return Ok(v),
-                Waited::Failed(f) => return self.fail(f, stale),
-                Waited::Soft => return self.soft(stale),
-                Waited::Hard => {
-                    self.counters.hard_timeouts.inc();
-                    return self.fail(Failure::TimedOut(self.policy.hard_timeout), stale);
-                }
-                Waited::Retry => found = self.lookup(org, key).await,
-            }
+            found = self.lookup(org, key).await;
         }
     }
 
@@ -213,22 +200,10 @@ where
                 },
                 Role::Waiter(rx) => rx,
             };
-            if let Some(s) = &stale
-                && self.policy.stale_while_revalidate
-            {
-                self.counters.stale_served.inc();
-                return Ok(s.clone());
+            if let Some(r) = self.follow(rx, ticket, deadline, stale).await {
+                return r;
             }
-            match self.wait(rx, ticket, deadline, stale.is_some()).await {
-                Waited::Value(v) => return Ok(v),
-                Waited::Failed(f) => return self.fail(f, stale),
-                Waited::Soft => return self.soft(stale),
-                Waited::Hard => {
-                    self.counters.hard_timeouts.inc();
-                    return self.fail(Failure::TimedOut(self.policy.hard_timeout), stale);
-                }
-                Waited::Retry => found = self.lookup(org, key).await,
-            }
+            found = self.lookup(org, key).await;
         }
     }
 
@@ -279,6 +254,35 @@ where
                     Waited::Retry => {}
                 },
             }
+        }
+    }
+
+    /// What a caller that does not lead does with a flight: serve its own stale value at once
+    /// (stale-while-revalidate: someone is refreshing it), or wait for the outcome within its
+    /// deadlines. `None`: nothing usable for this caller, look again.
+    async fn follow<E: Send + Sync + 'static>(
+        &self,
+        rx: watch::Receiver<State<T, E>>,
+        ticket: u64,
+        deadline: Instant,
+        stale: Option<Arc<T>>,
+    ) -> Option<Result<Arc<T>, LoadError<E>>> {
+        if let Some(s) = &stale
+            && self.policy.stale_while_revalidate
+        {
+            // Read by this caller, after its call began.
+            self.counters.stale_served.inc();
+            return Some(Ok(s.clone()));
+        }
+        match self.wait(rx, ticket, deadline, stale.is_some()).await {
+            Waited::Value(v) => Some(Ok(v)),
+            Waited::Failed(f) => Some(self.fail(f, stale)),
+            Waited::Soft => Some(self.soft(stale)),
+            Waited::Hard => {
+                self.counters.hard_timeouts.inc();
+                Some(self.fail(Failure::TimedOut(self.policy.hard_timeout), stale))
+            }
+            Waited::Retry => None,
         }
     }
 

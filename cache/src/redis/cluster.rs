@@ -35,21 +35,10 @@ impl ClusterShared {
     fn on_push(&self, info: PushInfo) {
         match info.kind {
             PushKind::SMessage | PushKind::Message => {
-                let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
-                    (info.data.first(), info.data.get(1))
-                else {
-                    return;
-                };
-                if ch.as_slice() == self.channel.as_bytes() {
-                    self.broadcast(Notice::Message(
-                        String::from_utf8_lossy(payload).into_owned(),
-                    ));
-                } else if ch.as_slice() == self.hb_channel.as_bytes()
-                    && let Some(nanos) = std::str::from_utf8(payload)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
+                if let Some(n) =
+                    super::notice_of(&info.data, &self.channel, &self.hb_channel, self.anchor)
                 {
-                    self.broadcast(Notice::Synced(self.anchor + Duration::from_nanos(nanos)));
+                    self.broadcast(n);
                 }
             }
             PushKind::SSubscribe => {

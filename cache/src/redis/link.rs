@@ -90,21 +90,10 @@ impl Shared {
                 }
             }
             PushKind::Message => {
-                let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
-                    (info.data.first(), info.data.get(1))
-                else {
-                    return;
-                };
-                if ch.as_slice() == self.channel.as_bytes() {
-                    self.broadcast(Notice::Message(
-                        String::from_utf8_lossy(payload).into_owned(),
-                    ));
-                } else if ch.as_slice() == self.hb_channel.as_bytes()
-                    && let Some(nanos) = std::str::from_utf8(payload)
-                        .ok()
-                        .and_then(|s| s.parse::<u64>().ok())
+                if let Some(n) =
+                    super::notice_of(&info.data, &self.channel, &self.hb_channel, self.anchor)
                 {
-                    self.broadcast(Notice::Synced(self.anchor + Duration::from_nanos(nanos)));
+                    self.broadcast(n);
                 }
             }
             PushKind::Disconnection => {
@@ -344,73 +333,79 @@ impl Link {
         });
     }
 
-    /// Tag versions for `keys`, from the tracked map, fetching (and tracking) the missing ones
-    /// in one round trip on `live`. `""` for a tag without a version.
-    pub(crate) async fn tag_versions(&self, live: &Live, keys: &[Vec<u8>]) -> Result<Vec<String>> {
-        let mut out: Vec<Option<String>> = vec![None; keys.len()];
-        let mut missing = Vec::new();
-        let mut mine = Vec::new();
+    /// Tag versions for `tags` (key `{prefix}{tag}`), from the tracked map, fetching (and
+    /// tracking) the missing ones in one round trip on `live`. `""` for a tag without a
+    /// version. A hit on the map allocates nothing but the returned versions.
+    pub(crate) async fn tag_versions(
+        &self,
+        live: &Live,
+        prefix: &str,
+        tags: &[&str],
+    ) -> Result<Vec<String>> {
+        let mut out: Vec<Option<String>> = vec![None; tags.len()];
+        let mut missing: Vec<(usize, Option<u64>)> = Vec::new();
+        let mut key = String::with_capacity(prefix.len() + 32);
+        key.push_str(prefix);
         {
-            let mut tags = self.shared.tags();
-            for (i, k) in keys.iter().enumerate() {
-                match tags.map.get(k) {
+            let mut map = self.shared.tags();
+            for (i, tag) in tags.iter().enumerate() {
+                key.truncate(prefix.len());
+                key.push_str(tag);
+                match map.map.get(key.as_bytes()) {
                     Some(Slot::Known(v)) => out[i] = Some(v.clone()),
-                    Some(Slot::Fetching(_)) => missing.push(i),
+                    Some(Slot::Fetching(_)) => missing.push((i, None)),
                     None => {
-                        tags.next += 1;
-                        let token = tags.next;
-                        if tags.map.len() >= MAX_TRACKED {
-                            tags.map.clear();
+                        map.next += 1;
+                        let token = map.next;
+                        if map.map.len() >= MAX_TRACKED {
+                            map.map.clear();
                         }
-                        tags.map.insert(k.clone(), Slot::Fetching(token));
-                        mine.push((i, token));
-                        missing.push(i);
+                        map.map
+                            .insert(key.as_bytes().to_vec(), Slot::Fetching(token));
+                        missing.push((i, Some(token)));
                     }
                 }
             }
         }
-        if !missing.is_empty() {
-            let mut pipe = redis::pipe();
-            pipe.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
-            let mut mget = redis::cmd("MGET");
-            for i in &missing {
-                mget.arg(&keys[*i]);
-            }
-            pipe.add_command(mget);
-            let res: redis::RedisResult<(Vec<Option<String>>,)> =
-                pipe.query_async(&mut live.conn.clone()).await;
-            let (fetched,) = match res {
-                Ok(v) => v,
-                Err(e) => {
-                    let mut tags = self.shared.tags();
-                    for (i, token) in &mine {
-                        if matches!(tags.map.get(&keys[*i]), Some(Slot::Fetching(t)) if t == token)
-                        {
-                            tags.map.remove(&keys[*i]);
-                        }
+        if missing.is_empty() {
+            return Ok(out.into_iter().map(Option::unwrap_or_default).collect());
+        }
+        let keys: Vec<String> = missing
+            .iter()
+            .map(|(i, _)| format!("{prefix}{}", tags[*i]))
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("CACHING").arg("YES").ignore();
+        pipe.cmd("MGET").arg(&keys);
+        let res: redis::RedisResult<(Vec<Option<String>>,)> =
+            pipe.query_async(&mut live.conn.clone()).await;
+        let mut map = self.shared.tags();
+        // Only a fetch on the current connection is tracked from now on.
+        let current = self.shared.epoch.load(SeqCst) == live.epoch;
+        let (fetched, failed) = match res {
+            Ok((v,)) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        for (n, (i, token)) in missing.iter().enumerate() {
+            let v = fetched.as_ref().and_then(|f| f.get(n).cloned().flatten());
+            if let Some(token) = token
+                && matches!(map.map.get(keys[n].as_bytes()), Some(Slot::Fetching(t)) if t == token)
+            {
+                match (&v, current) {
+                    (Some(v), true) => {
+                        map.map
+                            .insert(keys[n].as_bytes().to_vec(), Slot::Known(v.clone()));
                     }
-                    return Err(Error::backend("redis", "read", e));
-                }
-            };
-            let mut tags = self.shared.tags();
-            // Only a fetch on the current connection is tracked from now on.
-            let current = self.shared.epoch.load(SeqCst) == live.epoch;
-            for (n, i) in missing.iter().enumerate() {
-                let v = fetched.get(n).cloned().flatten();
-                if let Some((_, token)) = mine.iter().find(|(j, _)| j == i)
-                    && matches!(tags.map.get(&keys[*i]), Some(Slot::Fetching(t)) if t == token)
-                {
-                    match (&v, current) {
-                        (Some(v), true) => {
-                            tags.map.insert(keys[*i].clone(), Slot::Known(v.clone()));
-                        }
-                        _ => {
-                            tags.map.remove(&keys[*i]);
-                        }
+                    _ => {
+                        map.map.remove(keys[n].as_bytes());
                     }
                 }
-                out[*i] = v;
             }
+            out[*i] = v;
+        }
+        drop(map);
+        if let Some(e) = failed {
+            return Err(Error::backend("redis", "read", e));
         }
         Ok(out.into_iter().map(Option::unwrap_or_default).collect())
     }

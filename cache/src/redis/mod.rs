@@ -315,12 +315,34 @@ impl RedisCacheStore {
             return Ok(None);
         };
         let prefix = self.tag_prefix(entry.org);
-        let keys: Vec<Vec<u8>> = format::tag_names(&value)
-            .into_iter()
-            .map(|t| format!("{prefix}{t}").into_bytes())
-            .collect();
-        let versions = link.tag_versions(&live, &keys).await?;
+        let tags = format::tag_names(&value);
+        let versions = link.tag_versions(&live, &prefix, &tags).await?;
         Ok(Some(RawRead::new(value, versions)))
+    }
+}
+
+/// The notice a pub/sub push (`[channel, payload]`) carries: a message on the notice channel,
+/// or our own heartbeat (nanoseconds since `anchor`) on `hb_channel`.
+pub(crate) fn notice_of(
+    data: &[Value],
+    channel: &str,
+    hb_channel: &str,
+    anchor: std::time::Instant,
+) -> Option<Notice> {
+    let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =
+        (data.first(), data.get(1))
+    else {
+        return None;
+    };
+    if ch.as_slice() == channel.as_bytes() {
+        Some(Notice::Message(
+            String::from_utf8_lossy(payload).into_owned(),
+        ))
+    } else if ch.as_slice() == hb_channel.as_bytes() {
+        let nanos = std::str::from_utf8(payload).ok()?.parse::<u64>().ok()?;
+        Some(Notice::Synced(anchor + Duration::from_nanos(nanos)))
+    } else {
+        None
     }
 }
 
@@ -412,20 +434,16 @@ impl Store for RedisCacheStore {
                 .await
                 .map_err(redis_err("read"))?;
             let prefix = self.tag_prefix(org);
-            let mut tag_keys: Vec<Vec<u8>> = Vec::new();
+            let mut tags: Vec<&str> = Vec::new();
             let mut spans = Vec::with_capacity(values.len());
             for v in &values {
-                let start = tag_keys.len();
+                let start = tags.len();
                 if let Some(v) = v {
-                    tag_keys.extend(
-                        format::tag_names(v)
-                            .into_iter()
-                            .map(|t| format!("{prefix}{t}").into_bytes()),
-                    );
+                    tags.extend(format::tag_names(v));
                 }
-                spans.push(start..tag_keys.len());
+                spans.push(start..tags.len());
             }
-            let versions = link.tag_versions(&live, &tag_keys).await?;
+            let versions = link.tag_versions(&live, &prefix, &tags).await?;
             return Ok(values
                 .into_iter()
                 .zip(spans)
