@@ -28,6 +28,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::{Error, Result};
 use crate::store::Notice;
 
+/// After this, a fetch still marked in progress is presumed abandoned.
+const FETCH_STALE: Duration = Duration::from_secs(2);
+
 /// Most tag versions kept locally; past it the map is cleared (always safe: a miss fetches).
 const MAX_TRACKED: usize = 200_000;
 
@@ -37,8 +40,9 @@ fn redis_err(op: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
 
 enum Slot {
     Known(String),
-    /// Being fetched by the holder of this token.
-    Fetching(u64),
+    /// Being fetched by the holder of this token, since then. A fetch abandoned midway (its
+    /// caller timed out) is taken over after `FETCH_STALE`, so the tag is cached again.
+    Fetching(u64, Instant),
 }
 
 #[derive(Default)]
@@ -353,15 +357,19 @@ impl Link {
                 key.push_str(tag);
                 match map.map.get(key.as_bytes()) {
                     Some(Slot::Known(v)) => out[i] = Some(v.clone()),
-                    Some(Slot::Fetching(_)) => missing.push((i, None)),
-                    None => {
+                    Some(Slot::Fetching(_, since)) if since.elapsed() < FETCH_STALE => {
+                        missing.push((i, None));
+                    }
+                    _ => {
                         map.next += 1;
                         let token = map.next;
                         if map.map.len() >= MAX_TRACKED {
                             map.map.clear();
                         }
-                        map.map
-                            .insert(key.as_bytes().to_vec(), Slot::Fetching(token));
+                        map.map.insert(
+                            key.as_bytes().to_vec(),
+                            Slot::Fetching(token, Instant::now()),
+                        );
                         missing.push((i, Some(token)));
                     }
                 }
@@ -389,7 +397,7 @@ impl Link {
         for (n, (i, token)) in missing.iter().enumerate() {
             let v = fetched.as_ref().and_then(|f| f.get(n).cloned().flatten());
             if let Some(token) = token
-                && matches!(map.map.get(keys[n].as_bytes()), Some(Slot::Fetching(t)) if t == token)
+                && matches!(map.map.get(keys[n].as_bytes()), Some(Slot::Fetching(t, _)) if t == token)
             {
                 match (&v, current) {
                     (Some(v), true) => {
