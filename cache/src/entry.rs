@@ -309,10 +309,12 @@ where
     /// The fresh value of `key`, or `None`. Never fails because of the store: a store that is
     /// down or slow, or a value that no longer decodes, is a miss (counted).
     pub async fn get(&self, org: &OrgId, key: &str) -> Result<Option<Arc<T>>> {
-        validate_key_segment("cache key", key)?;
+        // The L1 only holds validated keys (compared in full), so an invalid one misses there
+        // and is refused below.
         if let Some((v, _)) = self.l1_get(org, key, Instant::now()) {
             return Ok(Some(v));
         }
+        validate_key_segment("cache key", key)?;
         match self.lookup(org, key).await {
             Found::Fresh(v, _) => {
                 self.counters.hits_l2.inc();
