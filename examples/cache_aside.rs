@@ -5,14 +5,17 @@
 //! ```
 //! Uses `WINDLASS_REDIS_URL` (default `redis://127.0.0.1:6379`). A stand-in "database" (a map)
 //! is read on misses; an update invalidates the customer's tag, and every invoice of that
-//! customer is reloaded on its next read.
+//! customer is reloaded on its next read. The loader borrows the database: no clones.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use windlass::cache::{Cache, CacheOptions, L1Options, RedisStore, RedisStoreOptions, TypePolicy};
+use windlass::cache::{
+    Cache, CacheOptions, L1Options, RedisCacheStore, RedisCacheStoreConfig, TypePolicy,
+};
 use windlass::core::OrgId;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,81 +25,102 @@ struct Invoice {
     amount_cents: u64,
 }
 
-type Db = Arc<Mutex<HashMap<u64, Invoice>>>;
+/// The service's database, as far as this example needs one.
+struct Db {
+    rows: Mutex<HashMap<u64, Invoice>>,
+    reads: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct NotFound(u64);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invoice {} not found", self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+impl Db {
+    async fn invoice(&self, id: u64) -> Result<Invoice, NotFound> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        rows.get(&id).cloned().ok_or(NotFound(id))
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url =
         std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let prefix = format!("example-{}", std::process::id());
-    let store = RedisStore::new(
+    let store = RedisCacheStore::with_config(
         redis::Client::open(url.as_str())?,
-        RedisStoreOptions::default().prefix(&prefix),
+        RedisCacheStoreConfig::default().prefix(&prefix),
     )
     .await?;
     let cache = Cache::with_options(
         store,
         CacheOptions::default().l1(L1Options::capacity(10_000)),
-    );
+    )?;
     let invoices = cache.entry::<Invoice>(
         "invoice",
         TypePolicy::ttl(Duration::from_secs(300)).fail_safe(Duration::from_secs(3600)),
     )?;
     let acme = OrgId::new("acme")?;
 
-    let db: Db = Arc::new(Mutex::new(HashMap::new()));
-    for id in 1..=3 {
-        db.lock().unwrap().insert(
-            id,
-            Invoice {
-                id,
-                customer: 7,
-                amount_cents: 100 * id,
-            },
-        );
-    }
-    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-
-    // The loader: what the service would do on a miss (a SQL query).
-    let load = |id: u64| {
-        let db = db.clone();
-        let reads = reads.clone();
-        move || {
-            let db = db.clone();
-            let reads = reads.clone();
-            async move {
-                reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                db.lock()
-                    .unwrap()
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| format!("invoice {id} not found"))
-            }
-        }
+    let db = Db {
+        rows: Mutex::new(
+            (1..=3)
+                .map(|id| {
+                    let inv = Invoice {
+                        id,
+                        customer: 7,
+                        amount_cents: 100 * id,
+                    };
+                    (id, inv)
+                })
+                .collect(),
+        ),
+        reads: AtomicUsize::new(0),
     };
 
     for round in 1..=2 {
         for id in 1..=3u64 {
             let tags = [format!("invoice:{id}"), "customer:7".to_owned()];
-            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
             let inv = invoices
-                .get_or_load(&acme, &id.to_string(), &tags, load(id))
+                .get_or_load(&acme, &id.to_string(), &tags, || db.invoice(id))
                 .await?;
             println!("round {round}: {inv:?}");
         }
     }
     println!(
         "database reads after two rounds: {}",
-        reads.load(std::sync::atomic::Ordering::Relaxed)
+        db.reads.load(Ordering::Relaxed)
     );
 
+    // A missing row: the loader's error comes back with its own type.
+    match invoices
+        .get_or_load(&acme, "99", &["invoice:99"], || db.invoice(99))
+        .await
+    {
+        Err(e) => println!("invoice 99: {:?}", e.loader_error()),
+        Ok(v) => println!("invoice 99 unexpectedly found: {v:?}"),
+    }
+
     // The customer's invoices change: one tag bump invalidates all of them, on every instance.
-    for inv in db.lock().unwrap().values_mut() {
+    for inv in db
+        .rows
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values_mut()
+    {
         inv.amount_cents += 1;
     }
     cache.invalidate_tag(&acme, "customer:7").await?;
     let inv = invoices
-        .get_or_load(&acme, "1", &["invoice:1", "customer:7"], load(1))
+        .get_or_load(&acme, "1", &["invoice:1", "customer:7"], || db.invoice(1))
         .await?;
     println!("after the update: {inv:?}");
     assert_eq!(inv.amount_cents, 101);

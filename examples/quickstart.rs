@@ -283,23 +283,20 @@ async fn cache() -> Result<(), Error> {
     use windlass::cache::{Cache, InvalidationHandler, InvalidationRules, TypePolicy};
     use windlass::core::OrgId;
 
-    println!("\n== 3. cache (in-process store; RedisStore with an optional L1 in production)");
+    println!("\n== 3. cache (in-process store; RedisCacheStore with an optional L1 in production)");
     let cache = Cache::memory();
     let invoices = cache.entry::<Invoice>("invoice", TypePolicy::ttl(Duration::from_secs(60)))?;
     let acme = OrgId::new("acme")?;
-    let loads = Arc::new(AtomicU32::new(0));
+    let loads = AtomicU32::new(0);
     for _ in 0..3 {
-        let loads = loads.clone();
+        // The loader may borrow (`loads`); it runs once, later reads are hits.
         let inv = invoices
-            .get_or_load(&acme, "42", &["invoice:inv_42"], move || {
-                let loads = loads.clone();
-                async move {
-                    loads.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, std::io::Error>(Invoice {
-                        id: 42,
-                        paid: false,
-                    })
-                }
+            .get_or_load(&acme, "42", &["invoice:inv_42"], || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(Invoice {
+                    id: 42,
+                    paid: false,
+                })
             })
             .await?;
         println!("   read invoice 42: {inv:?}");

@@ -1,13 +1,16 @@
-//! Errors of the cache.
+//! Errors of the cache: [`Error`] for cache operations, [`LoadError`] for `get_or_load`, which
+//! keeps the loader's own error type.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use windlass_core::{BoxError, NameError};
 
 /// Errors of the cache. Reads never fail because the store is down or a stored value no longer
 /// decodes (those are misses, counted); writes and invalidations report store failures so the
-/// caller can decide (most ignore them).
+/// caller can decide (failed invalidations and deletes are also queued and replayed, see
+/// [`Cache::pending_invalidations`](crate::Cache::pending_invalidations)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -65,13 +68,23 @@ pub enum Error {
         /// The timeout that expired, in milliseconds.
         millis: u64,
     },
-    /// The loader of [`CacheEntry::get_or_load`](crate::CacheEntry::get_or_load) failed and no
-    /// stale value could be served in its place.
-    #[error("cache loader failed: {0}")]
-    Load(#[source] LoadError),
-    /// Invalid configuration.
+    /// The circuit breaker around the store is open (the store failed repeatedly): the call
+    /// was not attempted. It closes again after a successful probe.
+    #[error(
+        "cache store {backend} is unavailable (circuit breaker open after repeated failures); {op} not attempted"
+    )]
+    Unavailable {
+        /// Store name.
+        backend: &'static str,
+        /// Operation that was not attempted.
+        op: &'static str,
+    },
+    /// Invalid configuration or options.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+    /// A loader failed (from a [`LoadError`] converted with `?`).
+    #[error("cache loader failed: {0}")]
+    Load(#[source] BoxError),
 }
 
 impl Error {
@@ -84,43 +97,106 @@ impl Error {
         }
     }
 
-    /// True for store failures and timeouts (the cases a caller may ignore on writes).
+    /// True for store failures, timeouts and an open breaker (the cases a caller may ignore on
+    /// writes and invalidations: these are queued and replayed).
     pub fn is_store_unavailable(&self) -> bool {
-        matches!(self, Error::Backend { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Backend { .. } | Error::Timeout { .. } | Error::Unavailable { .. }
+        )
     }
 }
 
-/// The error a loader returned. Cheap to clone: every caller that shared one load gets it.
-#[derive(Clone)]
-pub struct LoadError(Arc<dyn std::error::Error + Send + Sync + 'static>);
+/// How [`CacheEntry::get_or_load`](crate::CacheEntry::get_or_load) failed. The loader's own
+/// error keeps its type (`E`), shared behind an `Arc` by every caller that joined the load.
+#[non_exhaustive]
+pub enum LoadError<E> {
+    /// The loader returned this error (and no stale value could be served in its place).
+    Loader(Arc<E>),
+    /// No value within the data type's hard timeout (the loader, or the load this call waited
+    /// for, was abandoned).
+    TimedOut {
+        /// The hard timeout that expired.
+        after: Duration,
+    },
+    /// The loader panicked.
+    Panicked,
+    /// Invalid input (key, tags, options) or a misuse of the data type; nothing was loaded.
+    Cache(Error),
+}
 
-impl LoadError {
-    pub(crate) fn new(source: impl Into<BoxError>) -> Self {
-        let boxed: BoxError = source.into();
-        Self(Arc::from(boxed))
-    }
-
-    /// The loader's error.
-    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        &*self.0
+impl<E> LoadError<E> {
+    /// The loader's error, if that is what failed.
+    pub fn loader_error(&self) -> Option<&E> {
+        match self {
+            LoadError::Loader(e) => Some(e),
+            _ => None,
+        }
     }
 }
 
-impl fmt::Debug for LoadError {
+impl<E> From<Error> for LoadError<E> {
+    fn from(e: Error) -> Self {
+        LoadError::Cache(e)
+    }
+}
+
+impl<E> Clone for LoadError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            LoadError::Loader(e) => LoadError::Loader(e.clone()),
+            LoadError::TimedOut { after } => LoadError::TimedOut { after: *after },
+            LoadError::Panicked => LoadError::Panicked,
+            // Cache errors are never shared between callers; a clone keeps the message.
+            LoadError::Cache(e) => LoadError::Cache(Error::Config(e.to_string())),
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        match self {
+            LoadError::Loader(e) => f.debug_tuple("Loader").field(e).finish(),
+            LoadError::TimedOut { after } => {
+                f.debug_struct("TimedOut").field("after", after).finish()
+            }
+            LoadError::Panicked => f.write_str("Panicked"),
+            LoadError::Cache(e) => f.debug_tuple("Cache").field(e).finish(),
+        }
     }
 }
 
-impl fmt::Display for LoadError {
+impl<E: fmt::Display> fmt::Display for LoadError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.0, f)
+        match self {
+            LoadError::Loader(e) => write!(f, "cache loader failed: {e}"),
+            LoadError::TimedOut { after } => write!(
+                f,
+                "cache load gave up after the hard timeout of {} ms",
+                after.as_millis()
+            ),
+            LoadError::Panicked => f.write_str("cache loader panicked"),
+            LoadError::Cache(e) => fmt::Display::fmt(e, f),
+        }
     }
 }
 
-impl std::error::Error for LoadError {
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        match self {
+            LoadError::Loader(e) => Some(&**e),
+            LoadError::Cache(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<LoadError<E>> for Error {
+    fn from(e: LoadError<E>) -> Self {
+        match e {
+            LoadError::Cache(e) => e,
+            other => Error::Load(Box::new(other)),
+        }
     }
 }
 

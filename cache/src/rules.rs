@@ -1,167 +1,35 @@
-//! Invalidation driven by domain events: rules such as
-//! `on event type "invoice.paid" invalidate tag "invoice:{subject}"`, run by an
-//! [`InvalidationHandler`] subscribed to the event bus like any other handler.
+//! Rules driven by domain events: `on event type "invoice.paid" invalidate tag
+//! "invoice:{subject}"` and, for warming, `on event type "invoice.paid" reload "invoice" key
+//! "{subject}" tags "invoice:{subject}"`. [`InvalidationRules::plan`] turns an event into the
+//! work to do, rule by rule: one rule that cannot be rendered never stops the others; it is
+//! reported in [`Plan::failures`]. The [`InvalidationHandler`](crate::InvalidationHandler)
+//! runs a plan on a cache.
 //!
-//! Placeholders: `{subject}`, `{orgid}`, `{partitionkey}`, `{id}`, `{source}`, `{type}`,
-//! `{data.<field>[.<field>...]}` (a string, number or boolean of the JSON payload) and any other
-//! extension by its name (`{region}`). The tenant is the event's `orgid` (or the rules' default
-//! tenant). An event whose rule cannot be rendered (a missing attribute, a result that is not a
-//! valid tag) is rejected to the dead-letter queue with the reason; a store failure is retried
-//! by the bus.
+//! The tenant is the event's `orgid` (or the rules' default tenant).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use async_trait::async_trait;
-use windlass_core::{OrgId, validate_key_segment};
-use windlass_eventbus::{DeliveryContext, Event, Handler, HandlerError, HandlerResult};
+use windlass_core::{Name, OrgId};
+use windlass_eventbus::Event;
 
-use crate::cache::{Cache, MAX_TAGS};
 use crate::error::{Error, Result};
+use crate::template::TagTemplate;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Subject,
-    OrgId,
-    PartitionKey,
-    Id,
-    Source,
-    Type,
-    Data(Vec<String>),
-    Extension(String),
-}
-
-/// A tag template such as `invoice:{subject}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagTemplate {
-    source: String,
-    parts: Vec<Part>,
-}
-
-impl TagTemplate {
-    /// Parses a template. Errors on unbalanced braces and empty placeholders.
-    pub fn parse(template: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Config(format!("tag template {template:?}: {why}"));
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while !rest.is_empty() {
-            match rest.find(['{', '}']) {
-                Some(i) if rest.as_bytes()[i] == b'}' => return Err(bad("'}' without '{'")),
-                Some(i) => {
-                    if i > 0 {
-                        parts.push(Part::Literal(rest[..i].to_owned()));
-                    }
-                    let after = &rest[i + 1..];
-                    let end = after.find('}').ok_or_else(|| bad("'{' without '}'"))?;
-                    let name = after[..end].trim();
-                    if name.is_empty() || name.contains('{') {
-                        return Err(bad("empty or nested placeholder"));
-                    }
-                    parts.push(match name {
-                        "subject" => Part::Subject,
-                        "orgid" => Part::OrgId,
-                        "partitionkey" => Part::PartitionKey,
-                        "id" => Part::Id,
-                        "source" => Part::Source,
-                        "type" => Part::Type,
-                        _ => match name.strip_prefix("data.") {
-                            Some(path) if path.split('.').all(|p| !p.is_empty()) => {
-                                Part::Data(path.split('.').map(str::to_owned).collect())
-                            }
-                            Some(_) => return Err(bad("empty field in a data path")),
-                            None if name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) => {
-                                Part::Extension(name.to_owned())
-                            }
-                            None => return Err(bad("unknown placeholder (extension names are lowercase letters and digits)")),
-                        },
-                    });
-                    rest = &after[end + 1..];
-                }
-                None => {
-                    parts.push(Part::Literal(rest.to_owned()));
-                    rest = "";
-                }
-            }
-        }
-        if parts.is_empty() {
-            return Err(bad("empty template"));
-        }
-        Ok(Self {
-            source: template.to_owned(),
-            parts,
-        })
-    }
-
-    /// Renders the template for an event. Errors name the missing attribute.
-    pub fn render(&self, event: &Event) -> std::result::Result<String, String> {
-        let mut out = String::new();
-        let mut data: Option<serde_json::Value> = None;
-        for part in &self.parts {
-            let missing = |what: &str| {
-                format!(
-                    "tag template {:?} needs `{what}`, which event {} lacks",
-                    self.source,
-                    event.id()
-                )
-            };
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Subject => out.push_str(event.subject().ok_or_else(|| missing("subject"))?),
-                Part::OrgId => out.push_str(event.org_id().ok_or_else(|| missing("orgid"))?),
-                Part::PartitionKey => out.push_str(
-                    event
-                        .partition_key()
-                        .ok_or_else(|| missing("partitionkey"))?,
-                ),
-                Part::Id => out.push_str(event.id()),
-                Part::Source => out.push_str(event.source()),
-                Part::Type => out.push_str(event.ty()),
-                Part::Extension(name) => out.push_str(
-                    &event
-                        .extension(name)
-                        .ok_or_else(|| missing(name))?
-                        .to_string(),
-                ),
-                Part::Data(path) => {
-                    if data.is_none() {
-                        data = Some(
-                            event
-                                .data_as::<serde_json::Value>()
-                                .map_err(|e| format!("event {} data is not JSON: {e}", event.id()))?
-                                .ok_or_else(|| missing("data"))?,
-                        );
-                    }
-                    let mut v = data.as_ref().unwrap_or(&serde_json::Value::Null);
-                    for field in path {
-                        v = v
-                            .get(field)
-                            .ok_or_else(|| missing(&format!("data.{}", path.join("."))))?;
-                    }
-                    match v {
-                        serde_json::Value::String(s) => out.push_str(s),
-                        serde_json::Value::Number(n) => out.push_str(&n.to_string()),
-                        serde_json::Value::Bool(b) => out.push_str(&b.to_string()),
-                        _ => {
-                            return Err(missing(&format!(
-                                "data.{} as a string, number or boolean",
-                                path.join(".")
-                            )));
-                        }
-                    }
-                }
-            }
-        }
-        validate_key_segment("cache tag", &out).map_err(|e| e.to_string())?;
-        Ok(out)
-    }
+#[derive(Debug, Clone)]
+enum Action {
+    Invalidate(TagTemplate),
+    Reload {
+        data_type: Name,
+        key: TagTemplate,
+        tags: Vec<TagTemplate>,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
     event_type: String,
     prefix: bool,
-    tags: TagTemplate,
+    action: Action,
 }
 
 impl Rule {
@@ -172,19 +40,35 @@ impl Rule {
             ty == self.event_type
         }
     }
+
+    fn describe(&self) -> String {
+        let star = if self.prefix { "*" } else { "" };
+        match &self.action {
+            Action::Invalidate(t) => {
+                format!("on {}{star} invalidate {}", self.event_type, t.source())
+            }
+            Action::Reload { data_type, key, .. } => format!(
+                "on {}{star} reload {data_type} {}",
+                self.event_type,
+                key.source()
+            ),
+        }
+    }
 }
 
-/// Rules mapping event types to tags to invalidate.
+/// Rules mapping event types to tags to invalidate and entries to reload.
 ///
 /// ```
 /// use windlass_cache::InvalidationRules;
 ///
 /// let rules = InvalidationRules::new()
 ///     .on("invoice.paid", "invoice:{subject}")?
-///     .on("customer.*", "customer:{data.customer_id}")?;
+///     .on("customer.*", "customer:{data.customer_id}")?
+///     .reload_on("invoice.paid", "invoice", "{subject}", &["invoice:{subject}"])?;
 /// let same = InvalidationRules::parse(
 ///     r#"on event type "invoice.paid" invalidate tag "invoice:{subject}"
-///        on event type "customer.*" invalidate tag "customer:{data.customer_id}""#,
+///        on event type "customer.*" invalidate tag "customer:{data.customer_id}"
+///        on event type "invoice.paid" reload "invoice" key "{subject}" tags "invoice:{subject}""#,
 /// )?;
 /// assert_eq!(rules.len(), same.len());
 /// # Ok::<(), windlass_cache::Error>(())
@@ -193,6 +77,60 @@ impl Rule {
 pub struct InvalidationRules {
     rules: Vec<Rule>,
     default_org: Option<OrgId>,
+}
+
+/// One entry to reload, from a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PlannedReload {
+    /// Data type.
+    pub data_type: Name,
+    /// Key.
+    pub key: String,
+    /// Tags to store it with.
+    pub tags: Vec<String>,
+}
+
+/// A rule that could not be applied to an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RuleFailure {
+    /// The rule, as text.
+    pub rule: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What an event asks for: [`InvalidationRules::plan`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Plan {
+    /// The tenant (`None` when no rule could be applied).
+    pub org: Option<OrgId>,
+    /// Tags to invalidate (deduplicated).
+    pub invalidate: Vec<String>,
+    /// Entries to reload, after the invalidations.
+    pub reload: Vec<PlannedReload>,
+    /// Matching rules that could not be rendered.
+    pub failures: Vec<RuleFailure>,
+}
+
+impl Plan {
+    /// True when no rule matched the event.
+    pub fn is_empty(&self) -> bool {
+        self.invalidate.is_empty() && self.reload.is_empty() && self.failures.is_empty()
+    }
+}
+
+fn event_type(event_type: &str) -> Result<(String, bool)> {
+    let (ty, prefix) = match event_type.strip_suffix('*') {
+        Some(p) => (p, true),
+        None => (event_type, false),
+    };
+    if ty.is_empty() && !prefix {
+        return Err(Error::Config("a rule needs an event type".to_owned()));
+    }
+    Ok((ty.to_owned(), prefix))
 }
 
 impl InvalidationRules {
@@ -204,29 +142,50 @@ impl InvalidationRules {
     /// Adds a rule: events of `event_type` (exact, or a prefix when it ends with `*`)
     /// invalidate the tag `template` renders to.
     pub fn on(mut self, event_type: &str, template: &str) -> Result<Self> {
-        let (event_type, prefix) = match event_type.strip_suffix('*') {
-            Some(p) => (p, true),
-            None => (event_type, false),
-        };
-        if event_type.is_empty() && !prefix {
-            return Err(Error::Config("a rule needs an event type".to_owned()));
-        }
+        let (event_type, prefix) = self::event_type(event_type)?;
         self.rules.push(Rule {
-            event_type: event_type.to_owned(),
+            event_type,
             prefix,
-            tags: TagTemplate::parse(template)?,
+            action: Action::Invalidate(TagTemplate::parse(template)?),
         });
         Ok(self)
     }
 
-    /// The tenant for events without `orgid` (otherwise they are rejected).
+    /// Adds a warming rule: events of `event_type` reload the entry of `data_type` at the key
+    /// `key` renders to (with the tags `tags` render to), through the reloader registered for
+    /// that data type on the [`InvalidationHandler`](crate::InvalidationHandler).
+    pub fn reload_on(
+        mut self,
+        event_type: &str,
+        data_type: &str,
+        key: &str,
+        tags: &[&str],
+    ) -> Result<Self> {
+        let (event_type, prefix) = self::event_type(event_type)?;
+        self.rules.push(Rule {
+            event_type,
+            prefix,
+            action: Action::Reload {
+                data_type: Name::parse("cache data type", data_type)?,
+                key: TagTemplate::parse(key)?,
+                tags: tags
+                    .iter()
+                    .map(|t| TagTemplate::parse(t))
+                    .collect::<Result<_>>()?,
+            },
+        });
+        Ok(self)
+    }
+
+    /// The tenant for events without `orgid` (otherwise their rules fail).
     pub fn default_org(mut self, org: OrgId) -> Self {
         self.default_org = Some(org);
         self
     }
 
-    /// Parses rules, one per line: `on event type "<type>" invalidate tag "<template>"`
-    /// (`#` starts a comment line; blank lines are skipped).
+    /// Parses rules, one per line (`#` starts a comment line; blank lines are skipped):
+    /// - `on event type "<type>" invalidate tag "<template>"`
+    /// - `on event type "<type>" reload "<data type>" key "<template>" [tags "<t>" "<t>"...]`
     pub fn parse(text: &str) -> Result<Self> {
         let mut rules = Self::new();
         for (n, line) in text.lines().enumerate() {
@@ -236,7 +195,8 @@ impl InvalidationRules {
             }
             let bad = || {
                 Error::Config(format!(
-                    "rule line {}: expected `on event type \"<type>\" invalidate tag \"<template>\"`, got {line:?}",
+                    "rule line {}: expected `on event type \"<type>\" invalidate tag \"<template>\"` \
+                     or `on event type \"<type>\" reload \"<data type>\" key \"<template>\" [tags \"<template>\"...]`, got {line:?}",
                     n + 1
                 ))
             };
@@ -245,16 +205,41 @@ impl InvalidationRules {
                 .ok_or_else(bad)?
                 .trim_start();
             let (ty, rest) = quoted(rest).ok_or_else(bad)?;
-            let rest = rest
-                .trim_start()
-                .strip_prefix("invalidate tag")
-                .ok_or_else(bad)?
-                .trim_start();
-            let (template, rest) = quoted(rest).ok_or_else(bad)?;
-            if !rest.trim().is_empty() {
+            let rest = rest.trim_start();
+            if let Some(rest) = rest.strip_prefix("invalidate tag") {
+                let (template, rest) = quoted(rest.trim_start()).ok_or_else(bad)?;
+                if !rest.trim().is_empty() {
+                    return Err(bad());
+                }
+                rules = rules.on(ty, template)?;
+            } else if let Some(rest) = rest.strip_prefix("reload") {
+                let (data_type, rest) = quoted(rest.trim_start()).ok_or_else(bad)?;
+                let rest = rest
+                    .trim_start()
+                    .strip_prefix("key")
+                    .ok_or_else(bad)?
+                    .trim_start();
+                let (key, rest) = quoted(rest).ok_or_else(bad)?;
+                let mut rest = rest.trim_start();
+                let mut tags = Vec::new();
+                if let Some(r) = rest.strip_prefix("tags") {
+                    rest = r.trim_start();
+                    while !rest.is_empty() {
+                        let (tag, r) = quoted(rest).ok_or_else(bad)?;
+                        tags.push(tag);
+                        rest = r.trim_start();
+                    }
+                    if tags.is_empty() {
+                        return Err(bad());
+                    }
+                }
+                if !rest.is_empty() {
+                    return Err(bad());
+                }
+                rules = rules.reload_on(ty, data_type, key, &tags)?;
+            } else {
                 return Err(bad());
             }
-            rules = rules.on(ty, template)?;
         }
         Ok(rules)
     }
@@ -269,30 +254,65 @@ impl InvalidationRules {
         self.rules.is_empty()
     }
 
-    /// The tenant and the tags an event invalidates (no tags when no rule matches). Errors
-    /// say why a matching rule cannot be applied.
-    pub fn tags_for(
-        &self,
-        event: &Event,
-    ) -> std::result::Result<(Option<OrgId>, Vec<String>), String> {
+    /// What `event` asks for. Every matching rule is rendered on its own: a rule that cannot
+    /// be rendered (a missing attribute, an invalid result, no tenant) is listed in
+    /// [`Plan::failures`] and the others still apply.
+    pub fn plan(&self, event: &Event) -> Plan {
+        let mut plan = Plan::default();
+        let matching: Vec<&Rule> = self
+            .rules
+            .iter()
+            .filter(|r| r.matches(event.ty()))
+            .collect();
+        if matching.is_empty() {
+            return plan;
+        }
+        let Some(org) = event.org_id().or(self.default_org.as_ref()).cloned() else {
+            plan.failures = matching
+                .iter()
+                .map(|r| RuleFailure {
+                    rule: r.describe(),
+                    reason: format!(
+                        "event {} has no orgid and the rules have no default tenant",
+                        event.id()
+                    ),
+                })
+                .collect();
+            return plan;
+        };
         let mut tags = BTreeSet::new();
-        for rule in self.rules.iter().filter(|r| r.matches(event.ty())) {
-            tags.insert(rule.tags.render(event)?);
+        for rule in matching {
+            let rendered = match &rule.action {
+                Action::Invalidate(t) => t.render(event).map(|tag| {
+                    tags.insert(tag);
+                }),
+                Action::Reload {
+                    data_type,
+                    key,
+                    tags: templates,
+                } => key.render(event).and_then(|key| {
+                    let tags = templates
+                        .iter()
+                        .map(|t| t.render(event))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    plan.reload.push(PlannedReload {
+                        data_type: data_type.clone(),
+                        key,
+                        tags,
+                    });
+                    Ok(())
+                }),
+            };
+            if let Err(reason) = rendered {
+                plan.failures.push(RuleFailure {
+                    rule: rule.describe(),
+                    reason,
+                });
+            }
         }
-        if tags.is_empty() {
-            return Ok((None, Vec::new()));
-        }
-        let org = event
-            .org_id()
-            .or(self.default_org.as_ref())
-            .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "event {} has no orgid and the rules have no default tenant",
-                    event.id()
-                )
-            })?;
-        Ok((Some(org), tags.into_iter().collect()))
+        plan.invalidate = tags.into_iter().collect();
+        plan.org = Some(org);
+        plan
     }
 }
 
@@ -300,46 +320,6 @@ fn quoted(s: &str) -> Option<(&str, &str)> {
     let s = s.strip_prefix('"')?;
     let end = s.find('"')?;
     Some((&s[..end], &s[end + 1..]))
-}
-
-/// A bus [`Handler`] that applies [`InvalidationRules`] to a [`Cache`]. Subscribe it with a
-/// group of its own (every instance group shares the work; the L1s learn through notices).
-#[derive(Debug, Clone)]
-pub struct InvalidationHandler {
-    cache: Cache,
-    rules: Arc<InvalidationRules>,
-}
-
-impl InvalidationHandler {
-    /// A handler applying `rules` to `cache`.
-    pub fn new(cache: Cache, rules: InvalidationRules) -> Self {
-        Self {
-            cache,
-            rules: Arc::new(rules),
-        }
-    }
-}
-
-#[async_trait]
-impl Handler for InvalidationHandler {
-    async fn handle(&self, event: &Event, _ctx: &DeliveryContext) -> HandlerResult {
-        let (org, tags) = self.rules.tags_for(event).map_err(HandlerError::reject)?;
-        let Some(org) = org else { return Ok(()) };
-        for chunk in tags.chunks(MAX_TAGS) {
-            let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            self.cache
-                .invalidate_tags(&org, &chunk)
-                .await
-                .map_err(HandlerError::retry)?;
-        }
-        tracing::debug!(
-            event = event.id(),
-            ty = event.ty(),
-            tags = tags.len(),
-            "cache tags invalidated by event"
-        );
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -356,39 +336,16 @@ mod tests {
     }
 
     #[test]
-    fn renders_attributes_and_data() {
-        let t = TagTemplate::parse("invoice:{subject}/c{data.customer.id}:{orgid}:{data.flag}")
-            .unwrap();
-        assert_eq!(t.render(&event()).unwrap(), "invoice:inv_42/c7:acme:true");
-        assert!(
-            TagTemplate::parse("x:{partitionkey}")
-                .unwrap()
-                .render(&event())
-                .unwrap_err()
-                .contains("partitionkey")
-        );
-        assert!(
-            TagTemplate::parse("x:{data.obj}")
-                .unwrap()
-                .render(&event())
-                .is_err()
-        );
-        assert!(
-            TagTemplate::parse("bad tag {subject}")
-                .unwrap()
-                .render(&event())
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn refuses_bad_templates_and_rules() {
-        for bad in ["", "a{", "a}", "{}", "{data.}", "{Weird}", "{a{b}}"] {
-            assert!(TagTemplate::parse(bad).is_err(), "{bad:?}");
-        }
+    fn refuses_bad_rules() {
         assert!(InvalidationRules::parse("on event \"x\" invalidate tag \"y\"").is_err());
         assert!(
             InvalidationRules::parse("on event type \"x\" invalidate tag \"y\" extra").is_err()
+        );
+        assert!(
+            InvalidationRules::parse("on event type \"x\" reload \"bad:type\" key \"k\"").is_err()
+        );
+        assert!(
+            InvalidationRules::parse("on event type \"x\" reload \"t\" key \"k\" tags").is_err()
         );
         assert!(InvalidationRules::new().on("", "x").is_err());
     }
@@ -398,26 +355,47 @@ mod tests {
         let rules = InvalidationRules::parse(
             "# billing\non event type \"invoice.paid\" invalidate tag \"invoice:{subject}\"\n\n\
              on event type \"invoice.*\" invalidate tag \"invoices\"\n\
-             on event type \"other\" invalidate tag \"nope\"",
+             on event type \"other\" invalidate tag \"nope\"\n\
+             on event type \"invoice.paid\" reload \"invoice\" key \"{subject}\" tags \"invoice:{subject}\" \"c:{data.customer.id}\"",
         )
         .unwrap();
-        let (org, tags) = rules.tags_for(&event()).unwrap();
-        assert_eq!(org.unwrap().as_str(), "acme");
+        let plan = rules.plan(&event());
+        assert_eq!(plan.org.unwrap().as_str(), "acme");
         assert_eq!(
-            tags,
+            plan.invalidate,
             vec!["invoice:inv_42".to_owned(), "invoices".to_owned()]
         );
+        assert_eq!(plan.reload.len(), 1);
+        assert_eq!(plan.reload[0].key, "inv_42");
+        assert_eq!(plan.reload[0].tags, vec!["invoice:inv_42", "c:7"]);
         let unrelated = Event::builder("/x", "order.placed").build().unwrap();
-        assert_eq!(rules.tags_for(&unrelated).unwrap(), (None, vec![]));
+        assert!(rules.plan(&unrelated).is_empty());
         let no_org = Event::builder("/x", "invoice.paid")
             .subject("s")
             .build()
             .unwrap();
-        assert!(rules.tags_for(&no_org).is_err());
+        let plan = rules.plan(&no_org);
+        assert!(plan.org.is_none());
+        assert_eq!(plan.failures.len(), 3);
         let with_default = rules.default_org(OrgId::new("dflt").unwrap());
-        assert_eq!(
-            with_default.tags_for(&no_org).unwrap().0.unwrap().as_str(),
-            "dflt"
-        );
+        assert_eq!(with_default.plan(&no_org).org.unwrap().as_str(), "dflt");
+    }
+
+    #[test]
+    fn a_failing_rule_does_not_stop_the_others() {
+        let rules = InvalidationRules::new()
+            .on("invoice.paid", "by-key:{partitionkey}") // the event has none
+            .unwrap()
+            .on("invoice.paid", "invoice:{subject}")
+            .unwrap()
+            .reload_on("invoice.paid", "invoice", "{data.missing}", &[])
+            .unwrap()
+            .on("invoice.*", "all-invoices")
+            .unwrap();
+        let plan = rules.plan(&event());
+        assert_eq!(plan.invalidate, vec!["all-invoices", "invoice:inv_42"]);
+        assert_eq!(plan.failures.len(), 2, "{:?}", plan.failures);
+        assert!(plan.failures[0].reason.contains("partitionkey"));
+        assert!(plan.failures[1].reason.contains("data.missing"));
     }
 }

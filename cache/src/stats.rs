@@ -1,12 +1,7 @@
-//! Counters of a cache: exported through the `metrics` facade (labelled by data type) and kept
-//! in process for [`Cache::stats`](crate::Cache::stats).
-//!
-//! Metric names: `windlass_cache_hits_total{type,tier="l1"|"l2"}`, `windlass_cache_misses_total`,
-//! `windlass_cache_stale_served_total`, `windlass_cache_loads_total`,
-//! `windlass_cache_load_errors_total`, `windlass_cache_load_seconds` (histogram),
-//! `windlass_cache_decode_failures_total`, `windlass_cache_fail_open_total`,
-//! `windlass_cache_writes_discarded_total` (generation guard), and
-//! `windlass_cache_invalidations_total` (tags bumped, no label).
+//! Counters of a cache: exported through the `metrics` facade (labelled by data type, never by
+//! tenant or key; names in [`crate::metrics::CATALOG`]) and kept in process for
+//! [`Cache::stats`](crate::Cache::stats), a cheap snapshot (atomic loads, no store call) for
+//! health checks and the operations console.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -14,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
+
+use crate::breaker::BreakerState;
 
 /// Counters of one data type.
 pub(crate) struct TypeCounters {
@@ -23,9 +20,12 @@ pub(crate) struct TypeCounters {
     pub(crate) stale_served: Metric,
     pub(crate) loads: Metric,
     pub(crate) load_errors: Metric,
+    pub(crate) soft_timeouts: Metric,
+    pub(crate) hard_timeouts: Metric,
     pub(crate) decode_failures: Metric,
     pub(crate) fail_open: Metric,
     pub(crate) writes_discarded: Metric,
+    pub(crate) refreshes: Metric,
     load_nanos: AtomicU64,
     load_seconds: Histogram,
 }
@@ -36,9 +36,9 @@ pub(crate) struct Metric {
 }
 
 impl Metric {
-    fn new(name: &'static str, ty: &str, tier: Option<&'static str>) -> Self {
-        let exported = match tier {
-            Some(tier) => metrics::counter!(name, "type" => ty.to_owned(), "tier" => tier),
+    fn new(name: &'static str, ty: &str, extra: Option<(&'static str, &'static str)>) -> Self {
+        let exported = match extra {
+            Some((k, v)) => metrics::counter!(name, "type" => ty.to_owned(), k => v),
             None => metrics::counter!(name, "type" => ty.to_owned()),
         };
         Self {
@@ -59,16 +59,20 @@ impl Metric {
 
 impl TypeCounters {
     fn new(ty: &str) -> Self {
+        let m = |name, extra| Metric::new(name, ty, extra);
         Self {
-            hits_l1: Metric::new("windlass_cache_hits_total", ty, Some("l1")),
-            hits_l2: Metric::new("windlass_cache_hits_total", ty, Some("l2")),
-            misses: Metric::new("windlass_cache_misses_total", ty, None),
-            stale_served: Metric::new("windlass_cache_stale_served_total", ty, None),
-            loads: Metric::new("windlass_cache_loads_total", ty, None),
-            load_errors: Metric::new("windlass_cache_load_errors_total", ty, None),
-            decode_failures: Metric::new("windlass_cache_decode_failures_total", ty, None),
-            fail_open: Metric::new("windlass_cache_fail_open_total", ty, None),
-            writes_discarded: Metric::new("windlass_cache_writes_discarded_total", ty, None),
+            hits_l1: m("windlass_cache_hits_total", Some(("tier", "l1"))),
+            hits_l2: m("windlass_cache_hits_total", Some(("tier", "l2"))),
+            misses: m("windlass_cache_misses_total", None),
+            stale_served: m("windlass_cache_stale_served_total", None),
+            loads: m("windlass_cache_loads_total", None),
+            load_errors: m("windlass_cache_load_errors_total", None),
+            soft_timeouts: m("windlass_cache_load_timeouts_total", Some(("kind", "soft"))),
+            hard_timeouts: m("windlass_cache_load_timeouts_total", Some(("kind", "hard"))),
+            decode_failures: m("windlass_cache_decode_failures_total", None),
+            fail_open: m("windlass_cache_fail_open_total", None),
+            writes_discarded: m("windlass_cache_writes_discarded_total", None),
+            refreshes: m("windlass_cache_refreshes_total", None),
             load_nanos: AtomicU64::new(0),
             load_seconds: metrics::histogram!("windlass_cache_load_seconds", "type" => ty.to_owned()),
         }
@@ -76,7 +80,7 @@ impl TypeCounters {
 
     pub(crate) fn record_load(&self, took: Duration) {
         self.load_nanos
-            .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+            .fetch_add(took.as_nanos().min(u128::from(u64::MAX)) as u64, Relaxed);
         self.load_seconds.record(took.as_secs_f64());
     }
 
@@ -88,10 +92,12 @@ impl TypeCounters {
             stale_served: self.stale_served.get(),
             loads: self.loads.get(),
             load_errors: self.load_errors.get(),
+            load_timeouts: self.soft_timeouts.get() + self.hard_timeouts.get(),
             load_time: Duration::from_nanos(self.load_nanos.load(Relaxed)),
             decode_failures: self.decode_failures.get(),
             fail_open: self.fail_open.get(),
             writes_discarded: self.writes_discarded.get(),
+            refreshes: self.refreshes.get(),
         }
     }
 }
@@ -107,20 +113,24 @@ pub struct TypeStats {
     /// Lookups that found no usable value (absent, expired, invalidated, undecodable, store
     /// unavailable).
     pub misses: u64,
-    /// Stale values served (stale-while-revalidate, or fail-safe after a loader error).
+    /// Stale values served (stale-while-revalidate, fail-safe, soft timeout).
     pub stale_served: u64,
     /// Loader runs.
     pub loads: u64,
-    /// Loader runs that failed.
+    /// Loader runs that failed (errors, panics, hard timeouts).
     pub load_errors: u64,
+    /// Loads past their soft or hard timeout.
+    pub load_timeouts: u64,
     /// Total time spent in loaders.
     pub load_time: Duration,
     /// Stored values that did not decode (garbage, another format, a changed type).
     pub decode_failures: u64,
-    /// Store calls that failed or timed out and fell through (to a miss or the loader).
+    /// Store calls that failed, timed out or met an open breaker and fell through.
     pub fail_open: u64,
     /// Loaded values not written because the entry or a tag changed during the load.
     pub writes_discarded: u64,
+    /// Background refreshes started (stale-while-revalidate, refresh-ahead).
+    pub refreshes: u64,
 }
 
 impl TypeStats {
@@ -141,17 +151,29 @@ impl TypeStats {
 }
 
 /// A snapshot of a cache's counters: [`Cache::stats`](crate::Cache::stats).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Stats {
     /// Per data type.
     pub types: BTreeMap<String, TypeStats>,
-    /// Tags invalidated through this cache (each tag of `invalidate_tags` counts).
+    /// Tags invalidated on the store through this cache (each tag of `invalidate_tags` counts).
     pub invalidations: u64,
+    /// Invalidations and deletes that failed on the store and were queued for replay.
+    pub invalidations_queued: u64,
+    /// Queued invalidations and deletes replayed on the store since.
+    pub invalidations_replayed: u64,
+    /// Invalidations and deletes still waiting for replay.
+    pub pending_invalidations: usize,
     /// Notices received from other instances (L1 sync).
     pub notices: u64,
     /// L1 resets (first subscription, reconnects, lag).
     pub l1_resets: u64,
+    /// Times the L1 went out of use because its heartbeat was older than its staleness bound.
+    pub l1_deaf: u64,
+    /// The circuit breaker now.
+    pub breaker: BreakerState,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
 }
 
 impl Stats {
@@ -162,15 +184,29 @@ impl Stats {
 }
 
 /// The registry of a cache.
-#[derive(Default)]
 pub(crate) struct Registry {
     types: Mutex<BTreeMap<String, Arc<TypeCounters>>>,
     pub(crate) invalidations: AtomicU64,
+    pub(crate) invalidations_queued: AtomicU64,
     pub(crate) notices: AtomicU64,
     pub(crate) l1_resets: AtomicU64,
+    pub(crate) l1_deaf: AtomicU64,
+    backend: &'static str,
 }
 
 impl Registry {
+    pub(crate) fn new(backend: &'static str) -> Self {
+        Self {
+            types: Mutex::new(BTreeMap::new()),
+            invalidations: AtomicU64::new(0),
+            invalidations_queued: AtomicU64::new(0),
+            notices: AtomicU64::new(0),
+            l1_resets: AtomicU64::new(0),
+            l1_deaf: AtomicU64::new(0),
+            backend,
+        }
+    }
+
     pub(crate) fn of(&self, ty: &str) -> Arc<TypeCounters> {
         let mut types = self.types.lock().unwrap_or_else(|p| p.into_inner());
         types
@@ -181,19 +217,58 @@ impl Registry {
 
     pub(crate) fn invalidated(&self, n: usize) {
         self.invalidations.fetch_add(n as u64, Relaxed);
-        metrics::counter!("windlass_cache_invalidations_total").increment(n as u64);
+        metrics::counter!("windlass_cache_invalidations_total", "outcome" => "applied")
+            .increment(n as u64);
     }
 
-    pub(crate) fn snapshot(&self) -> Stats {
-        let types = self.types.lock().unwrap_or_else(|p| p.into_inner());
-        Stats {
-            types: types
-                .iter()
-                .map(|(k, v)| (k.clone(), v.snapshot()))
-                .collect(),
-            invalidations: self.invalidations.load(Relaxed),
-            notices: self.notices.load(Relaxed),
-            l1_resets: self.l1_resets.load(Relaxed),
+    pub(crate) fn queued(&self, n: usize) {
+        self.invalidations_queued.fetch_add(n as u64, Relaxed);
+        metrics::counter!("windlass_cache_invalidations_total", "outcome" => "queued")
+            .increment(n as u64);
+    }
+
+    pub(crate) fn replayed(&self, n: usize) {
+        metrics::counter!("windlass_cache_invalidations_replayed_total").increment(n as u64);
+    }
+
+    pub(crate) fn pending(&self, n: usize) {
+        metrics::gauge!("windlass_cache_invalidations_pending", "store" => self.backend)
+            .set(n as f64);
+    }
+
+    pub(crate) fn notice(&self) {
+        self.notices.fetch_add(1, Relaxed);
+        metrics::counter!("windlass_cache_notices_total").increment(1);
+    }
+
+    pub(crate) fn l1_reset(&self) {
+        self.l1_resets.fetch_add(1, Relaxed);
+        metrics::counter!("windlass_cache_l1_resets_total").increment(1);
+    }
+
+    pub(crate) fn l1_deaf(&self) {
+        self.l1_deaf.fetch_add(1, Relaxed);
+        metrics::counter!("windlass_cache_l1_deaf_total").increment(1);
+    }
+
+    pub(crate) fn breaker(&self, state: BreakerState, opened: bool) {
+        if opened {
+            metrics::counter!("windlass_cache_breaker_opened_total", "store" => self.backend)
+                .increment(1);
         }
+        let v = match state {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        };
+        metrics::gauge!("windlass_cache_breaker_state", "store" => self.backend).set(v);
+    }
+
+    pub(crate) fn types(&self) -> BTreeMap<String, TypeStats> {
+        let types = self.types.lock().unwrap_or_else(|p| p.into_inner());
+        types
+            .iter()
+            .map(|(k, v)| (k.clone(), v.snapshot()))
+            .collect()
     }
 }

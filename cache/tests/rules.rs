@@ -1,127 +1,143 @@
-//! Event-driven invalidation end to end: rules run by a subscriber on the bus.
-
-mod common;
+//! Event-driven invalidation and warming end to end: rules run by a subscriber on the bus.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
-use windlass_cache::{Cache, CacheOptions, InvalidationHandler, InvalidationRules};
+use windlass_cache::{
+    Cache, CacheOptions, InvalidationHandler, InvalidationRules, MemoryCacheStore,
+};
 use windlass_core::{Group, Topic};
 use windlass_eventbus::{Event, Publisher, SubscribeOptions, Subscriber};
+use windlass_testkit::conformance::cache::{Invoice, WAIT, amount, eventually, inv, minute, org};
 
 #[cfg(feature = "memory")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paid_invoice_events_invalidate_their_tags_on_the_memory_bus() {
+async fn rules_invalidate_and_warm_and_one_failing_rule_does_not_stop_the_others() {
     use windlass_core::RetryPolicy;
     use windlass_eventbus::{DeadLetters, MemoryBus};
 
-    let cache = Cache::with_options(windlass_cache::MemoryStore::new(), CacheOptions::default());
-    let invoices = cache
-        .entry::<common::Invoice>("invoice", common::minute())
-        .unwrap();
-    let (acme, other) = (common::org("acme"), common::org("other"));
-    invoices
-        .set(&acme, "42", &common::inv(42, 1), &["invoice:inv_42"])
-        .await
-        .unwrap();
-    invoices
-        .set(&acme, "43", &common::inv(43, 1), &["invoice:inv_43"])
-        .await
-        .unwrap();
-    invoices
-        .set(&other, "42", &common::inv(42, 9), &["invoice:inv_42"])
+    let cache = Cache::with_options(MemoryCacheStore::new(), CacheOptions::default()).unwrap();
+    let invoices = cache.entry::<Invoice>("invoice", minute()).unwrap();
+    let summaries = cache.entry::<Invoice>("summary", minute()).unwrap();
+    let (acme, other) = (org("acme"), org("other"));
+    for (o, k, a) in [(&acme, "42", 1), (&acme, "43", 1), (&other, "42", 9)] {
+        invoices
+            .set(o, k, &inv(42, a), &[format!("invoice:inv_{k}")])
+            .await
+            .unwrap();
+    }
+    summaries
+        .set(&acme, "inv_42", &inv(42, 1), &["s"])
         .await
         .unwrap();
 
+    // The "database" the warming rule reloads from.
+    let db = Arc::new(AtomicU64::new(1));
     let rules = InvalidationRules::parse(
-        r#"on event type "invoice.paid" invalidate tag "invoice:{subject}""#,
+        r#"on event type "invoice.paid" invalidate tag "by-key:{partitionkey}"
+           on event type "invoice.paid" invalidate tag "invoice:{subject}"
+           on event type "invoice.paid" reload "summary" key "{subject}" tags "s"
+           on event type "invoice.paid" reload "unregistered" key "{subject}""#,
     )
     .unwrap();
+    let d = db.clone();
+    let handler = InvalidationHandler::new(cache.clone(), rules).reloader(
+        summaries.clone(),
+        move |_org, _key| {
+            let d = d.clone();
+            async move { Ok::<_, std::io::Error>(inv(42, d.load(SeqCst))) }
+        },
+    );
     let bus = MemoryBus::new();
     let topic = Topic::new("billing").unwrap();
     let sub = bus
         .subscribe(
             &topic,
-            &Group::new("cache-invalidation").unwrap(),
-            Arc::new(InvalidationHandler::new(cache.clone(), rules)),
+            &Group::new("cache-rules").unwrap(),
+            Arc::new(handler.clone()),
             SubscribeOptions::default().retry(RetryPolicy::no_retry()),
         )
         .await
         .unwrap();
+    db.store(2, SeqCst);
+    // No partition key: the first rule cannot render; the others must still apply.
     let paid = Event::builder("/billing", "invoice.paid")
         .subject("inv_42")
         .org_id("acme")
         .build()
         .unwrap();
     bus.publish(&topic, &paid).await.unwrap();
-    // An event no rule can render (no subject) goes to the DLQ with the reason.
-    let broken = Event::builder("/billing", "invoice.paid")
-        .org_id("acme")
-        .build()
-        .unwrap();
-    bus.publish(&topic, &broken).await.unwrap();
 
-    let (inv, a) = (invoices.clone(), acme.clone());
-    common::eventually(Duration::from_secs(5), move || {
-        let (inv, a) = (inv.clone(), a.clone());
-        async move { inv.get(&a, "42").await.unwrap().is_none() }
+    let (i, a) = (invoices.clone(), acme.clone());
+    eventually(WAIT, move || {
+        let (i, a) = (i.clone(), a.clone());
+        async move { i.get(&a, "42").await.unwrap().is_none() }
     })
     .await;
+    let (s, a) = (summaries.clone(), acme.clone());
+    eventually(WAIT, move || {
+        let (s, a) = (s.clone(), a.clone());
+        async move { amount(&s.get(&a, "inv_42").await.unwrap()) == Some(2) }
+    })
+    .await;
+    assert_eq!(amount(&invoices.get(&acme, "43").await.unwrap()), Some(1));
     assert_eq!(
-        invoices.get(&acme, "43").await.unwrap(),
-        Some(common::inv(43, 1))
-    );
-    assert_eq!(
-        invoices.get(&other, "42").await.unwrap(),
-        Some(common::inv(42, 9)),
+        amount(&invoices.get(&other, "42").await.unwrap()),
+        Some(9),
         "another tenant was invalidated"
     );
-    let bus2 = bus.clone();
-    let topic2 = topic.clone();
-    common::eventually(Duration::from_secs(5), move || {
-        let (bus, topic) = (bus2.clone(), topic2.clone());
-        async move { !bus.dead_letters(&topic, 10).await.unwrap().is_empty() }
+    // The failures are reported: the event is dead-lettered with each failed rule's reason.
+    let (b, t) = (bus.clone(), topic.clone());
+    eventually(WAIT, move || {
+        let (b, t) = (b.clone(), t.clone());
+        async move { !b.dead_letters(&t, 10).await.unwrap().is_empty() }
     })
     .await;
     let dlq = bus.dead_letters(&topic, 10).await.unwrap();
     assert_eq!(dlq.len(), 1);
-    assert!(dlq[0].error.contains("subject"), "{}", dlq[0].error);
+    assert!(dlq[0].error.contains("partitionkey"), "{}", dlq[0].error);
+    assert!(dlq[0].error.contains("unregistered"), "{}", dlq[0].error);
+    let stats = handler.stats();
+    assert_eq!(stats.events, 1);
+    assert_eq!(stats.invalidated, 1);
+    assert_eq!(stats.reloaded, 1);
+    assert_eq!(stats.render_failures, 1);
+    assert_eq!(stats.reload_failures, 1);
     sub.shutdown_within(Duration::from_secs(10)).await.unwrap();
 }
 
-/// Redis Streams bus -> invalidation handler (in "process" B) -> tag bump and notice ->
-/// the L1 of "process" A stops serving the old value.
+/// Redis Streams bus -> rules handler (in "process" B) -> tag bump and notice -> the L1 of
+/// "process" A stops serving the old value.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
-    use windlass_cache::{L1Options, RedisStore, RedisStoreOptions};
+    use windlass_cache::{L1Options, RedisCacheStore, RedisCacheStoreConfig};
     use windlass_eventbus::redis::{RedisBus, RedisConfig};
 
     let t = windlass_testkit::redis::fresh_prefix().await;
     let options = CacheOptions::default().l1(L1Options::capacity(100));
     let store = || async {
-        RedisStore::new(
+        RedisCacheStore::with_config(
             t.client.clone(),
-            RedisStoreOptions::default().prefix(&t.prefix),
+            RedisCacheStoreConfig::default().prefix(&t.prefix),
         )
         .await
         .unwrap()
     };
-    let reader = Cache::with_options(store().await, options.clone());
-    let invalidator = Cache::with_options(store().await, options);
+    let reader = Cache::with_options(store().await, options.clone()).unwrap();
+    let invalidator = Cache::with_options(store().await, options).unwrap();
     let r = reader.clone();
-    common::eventually(Duration::from_secs(5), move || {
+    eventually(WAIT, move || {
         let r = r.clone();
         async move { r.l1_active() }
     })
     .await;
-    let invoices = reader
-        .entry::<common::Invoice>("invoice", common::minute())
-        .unwrap();
-    let acme = common::org("acme");
+    let invoices = reader.entry::<Invoice>("invoice", minute()).unwrap();
+    let acme = org("acme");
     let loaded = invoices
         .get_or_load(&acme, "42", &["invoice:inv_42", "customer:7"], || async {
-            Ok::<_, std::io::Error>(common::inv(42, 1))
+            Ok::<_, std::io::Error>(inv(42, 1))
         })
         .await
         .unwrap();
@@ -152,17 +168,16 @@ async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
         .build()
         .unwrap();
     bus.publish(&topic, &paid).await.unwrap();
-    let (inv, a) = (invoices.clone(), acme.clone());
-    let took = common::eventually(Duration::from_secs(10), move || {
-        let (inv, a) = (inv.clone(), a.clone());
-        async move { inv.get(&a, "42").await.unwrap().is_none() }
+    let (i, a) = (invoices.clone(), acme.clone());
+    let took = eventually(WAIT, move || {
+        let (i, a) = (i.clone(), a.clone());
+        async move { i.get(&a, "42").await.unwrap().is_none() }
     })
     .await;
     println!("event published -> reader stops serving the value: {took:?}");
 
-    // A data-field template, on an entry that only the customer tag covers.
     invoices
-        .set(&acme, "43", &common::inv(43, 1), &["customer:7"])
+        .set(&acme, "43", &inv(43, 1), &["customer:7"])
         .await
         .unwrap();
     let updated = Event::builder("/crm", "customer.updated")
@@ -171,10 +186,10 @@ async fn events_on_the_redis_streams_bus_invalidate_every_instance() {
         .build()
         .unwrap();
     bus.publish(&topic, &updated).await.unwrap();
-    let (inv, a) = (invoices.clone(), acme.clone());
-    common::eventually(Duration::from_secs(10), move || {
-        let (inv, a) = (inv.clone(), a.clone());
-        async move { inv.get(&a, "43").await.unwrap().is_none() }
+    let (i, a) = (invoices.clone(), acme.clone());
+    eventually(WAIT, move || {
+        let (i, a) = (i.clone(), a.clone());
+        async move { i.get(&a, "43").await.unwrap().is_none() }
     })
     .await;
     assert!(invalidator.stats().invalidations >= 2);
