@@ -38,6 +38,7 @@
 //! ```
 #![doc(test(attr(deny(warnings))))]
 
+pub mod admin;
 mod error;
 mod event;
 mod handler;
@@ -45,8 +46,10 @@ mod handler;
 pub mod kafka;
 #[cfg(feature = "memory")]
 mod memory;
+mod membership;
 pub mod metrics;
 pub mod migrate;
+pub mod partition;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod replay;
@@ -67,4 +70,7 @@ pub use subscription::Subscription;
 pub use traits::{
     DeadLetter, DeadLetters, Publisher, StartFrom, SubscribeOptions, Subscriber, SubscriberExt,
 };
-pub use windlass_core::{Group, OrgId, RetryPolicy, Topic};
+pub use admin::BusAdmin;
+pub use partition::PartitionCount;
+pub use tokio_util::sync::CancellationToken;
+pub use windlass_core::{Group, OrgId, RetryPolicy, TenantScope, Topic};

@@ -1,38 +1,44 @@
-//! Publishing: `XADD {prefix}:{topic} [MAXLEN ~ n | MINID ~ id] * event <json>`, pipelined for
-//! batches, retried on connection errors, never dropped silently.
+//! Publishing: `XADD {prefix}:{topic:p} [MAXLEN ~ n | MINID ~ id] * event <json>` to the
+//! partition of the event's key, pipelined per partition for batches (the partitions' pipelines
+//! go out together), retried on connection errors, never dropped silently.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use futures::future::try_join_all;
 use windlass_core::Topic;
 
 use super::conn::is_connection_error;
 use super::{RedisBus, Trim};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::partition::partition_for_event;
 use crate::traits::Publisher;
 
 impl RedisBus {
-    /// One `XADD` of already encoded bytes, with the configured trimming.
-    pub(crate) fn xadd(&self, key: &str, bytes: &[u8]) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(key);
+    /// The trimming arguments of an `XADD` (before the `*`).
+    pub(crate) fn trim_args(&self) -> Vec<String> {
         match self.inner.config.trim {
-            Trim::None => {}
-            Trim::MaxLen(n) => {
-                cmd.arg("MAXLEN").arg("~").arg(n);
-            }
+            Trim::None => Vec::new(),
+            Trim::MaxLen(n) => vec!["MAXLEN".into(), "~".into(), n.to_string()],
             Trim::MaxAge(age) => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
                 let min = now.saturating_sub(age).as_millis();
-                cmd.arg("MINID").arg("~").arg(format!("{min}-0"));
+                vec!["MINID".into(), "~".into(), format!("{min}-0")]
             }
         }
-        cmd.arg("*").arg("event").arg(bytes);
+    }
+
+    /// One `XADD` of already encoded bytes, with the configured trimming.
+    pub(crate) fn xadd(&self, key: &str, bytes: &[u8]) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key).arg(self.trim_args()).arg("*").arg("event").arg(bytes);
         cmd
     }
 
-    /// Sends a pipeline, retrying connection errors and timeouts with the publish policy.
+    /// Sends a request, retrying connection errors and timeouts with the publish policy.
     async fn send_with_retry(&self, req: Request<'_>) -> Result<()> {
         let policy = self.inner.config.publish_retry;
         let conn = &self.inner.conn;
@@ -62,24 +68,38 @@ impl RedisBus {
 impl Publisher for RedisBus {
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
         let bytes = self.encode(event)?;
-        self.send_with_retry(Request::One(&self.xadd(&self.stream_key(topic), &bytes)))
+        let partitions = self.topic_partitions(topic).await?;
+        let key = self.stream_key(topic, partition_for_event(event, partitions));
+        self.send_with_retry(Request::One(&self.xadd(&key, &bytes)))
             .await
     }
 
-    /// One round trip for the whole batch (a pipeline of `XADD`s, in order). Every event is
-    /// encoded and size-checked before anything is sent. On error, a prefix of the batch may
-    /// be stored, and a retried batch may store that prefix twice.
+    /// One round trip for the whole batch: a pipeline of `XADD`s per partition touched (in the
+    /// batch's order within each partition), the pipelines sent together. Every event is
+    /// encoded and size-checked before anything is sent. On error, some partitions' part of the
+    /// batch may be stored, and a retried batch may store it twice.
     async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        let key = self.stream_key(topic);
-        let mut pipe = redis::pipe();
+        let partitions = self.topic_partitions(topic).await?;
+        let mut pipes: BTreeMap<u32, redis::Pipeline> = BTreeMap::new();
         for event in events {
             let bytes = self.encode(event)?;
-            pipe.add_command(self.xadd(&key, &bytes)).ignore();
+            let p = partition_for_event(event, partitions);
+            pipes
+                .entry(p)
+                .or_insert_with(redis::pipe)
+                .add_command(self.xadd(&self.stream_key(topic, p), &bytes))
+                .ignore();
         }
-        self.send_with_retry(Request::Batch(&pipe)).await
+        try_join_all(
+            pipes
+                .values()
+                .map(|pipe| self.send_with_retry(Request::Batch(pipe))),
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -91,7 +111,7 @@ enum Request<'a> {
 }
 
 impl Request<'_> {
-    async fn exec(self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+    async fn exec(self, conn: &mut super::conn::Link) -> redis::RedisResult<()> {
         match self {
             Request::One(cmd) => cmd.exec_async(conn).await,
             Request::Batch(pipe) => pipe.exec_async(conn).await,

@@ -153,13 +153,13 @@ pub(crate) async fn deliver(
     };
     let mut attempt = 1;
     loop {
-        let ctx = DeliveryContext {
-            topic: topic.clone(),
-            group: options.group.clone(),
-            consumer: "replay".to_owned(),
-            delivery_id: position.clone(),
-            attempt,
-        };
+        let ctx = DeliveryContext::new(
+            topic.clone(),
+            options.group.clone(),
+            "replay",
+            position.clone(),
+        )
+        .with_attempt(attempt);
         match handler.handle(&event, &ctx).await {
             Ok(()) => {
                 report.delivered += 1;

@@ -1,5 +1,6 @@
-//! Replay on Redis Streams: `XRANGE` over the topic's stream (entry ids carry the append time
-//! in milliseconds), with a plain connection of its own: no consumer group is read or moved.
+//! Replay on Redis Streams: `XRANGE` over the topic's partition streams (entry ids carry the
+//! append time in milliseconds), merged by entry id (ties by partition), with a plain
+//! connection of its own: no consumer group is read or moved.
 
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -104,9 +105,50 @@ impl RedisBus {
         })
     }
 
-    /// Creates consumer group `group` on `topic`'s stream positioned just before `from`, for a
-    /// replay through a normal subscription. Refuses a group that exists already, so live
-    /// consumers are never moved.
+    /// Where the replay starts in each partition stream (an `XRANGE` start: `-`, an id, or an
+    /// exclusive `(id`). By event id: the event's own entry in its partition; the other
+    /// partitions from the same id on, in the (id, partition) order the replay merges by.
+    async fn replay_starts(
+        &self,
+        conn: &mut MultiplexedConnection,
+        keys: &[String],
+        topic: &Topic,
+        from: &ReplayFrom,
+    ) -> Result<Vec<String>> {
+        match from {
+            ReplayFrom::EventId(id) => {
+                for (found, key) in keys.iter().enumerate() {
+                    match self.replay_start(conn, key, topic, from).await {
+                        Ok(entry) => {
+                            return Ok((0..keys.len())
+                                .map(|p| {
+                                    if p < found {
+                                        format!("({entry}")
+                                    } else {
+                                        entry.clone()
+                                    }
+                                })
+                                .collect());
+                        }
+                        Err(Error::EventNotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(Error::EventNotFound {
+                    topic: topic.to_string(),
+                    id: id.clone(),
+                })
+            }
+            _ => {
+                let start = self.replay_start(conn, "", topic, from).await?;
+                Ok(vec![start; keys.len()])
+            }
+        }
+    }
+
+    /// Creates consumer group `group` on every partition of `topic` positioned just before
+    /// `from`, for a replay through a normal subscription. Refuses a group that exists
+    /// already, so live consumers are never moved.
     pub async fn start_group_at(
         &self,
         topic: &Topic,
@@ -114,28 +156,41 @@ impl RedisBus {
         from: ReplayFrom,
     ) -> Result<()> {
         let mut conn = self.replay_conn().await?;
-        let key = self.stream_key(topic);
-        let start = self.replay_start(&mut conn, &key, topic, &from).await?;
-        let last = if start == "-" {
-            "0".to_owned()
-        } else {
-            before(&start)
-        };
-        let r: redis::RedisResult<()> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&key)
+        let keys = self.stream_keys(topic).await?;
+        let starts = self.replay_starts(&mut conn, &keys, topic, &from).await?;
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.groups_key(topic))
             .arg(group.as_str())
-            .arg(&last)
-            .arg("MKSTREAM")
             .query_async(&mut conn)
-            .await;
-        match r {
-            Ok(()) => Ok(()),
-            Err(e) if e.code() == Some("BUSYGROUP") => Err(Error::Config(format!(
-                "consumer group {group} already exists on {topic}; replay into a new group"
-            ))),
-            Err(e) => Err(Error::backend("redis", "replay", e)),
+            .await
+            .map_err(rerr("replay"))?;
+        for (key, start) in keys.iter().zip(starts) {
+            let last = if start == "-" {
+                "0".to_owned()
+            } else if let Some(exclusive) = start.strip_prefix('(') {
+                exclusive.to_owned()
+            } else {
+                before(&start)
+            };
+            let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(key)
+                .arg(group.as_str())
+                .arg(&last)
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {
+                    return Err(Error::Config(format!(
+                        "consumer group {group} already exists on {topic}; replay into a new group"
+                    )));
+                }
+                Err(e) => return Err(Error::backend("redis", "replay", e)),
+            }
         }
+        Ok(())
     }
 }
 
@@ -150,64 +205,86 @@ impl Replay for RedisBus {
     ) -> Result<ReplayReport> {
         let work = async {
             let mut conn = self.replay_conn().await?;
-            let key = self.stream_key(topic);
-            // The end as it is now: entries appended during the replay are not included.
-            let last: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn)
-                .await
-                .map_err(rerr("replay"))?;
+            let keys = self.stream_keys(topic).await?;
             let mut report = ReplayReport::default();
-            let Some(end) = last.ids.first().map(|e| e.id.clone()) else {
-                return Ok(report);
-            };
-            let end = match options.until {
-                Some(u) => {
-                    let bound = format!("{}-{}", u.timestamp_millis().max(0), u64::MAX);
-                    if parse_id(&bound) < parse_id(&end) {
-                        bound
-                    } else {
-                        end
-                    }
-                }
-                None => end,
-            };
-            let mut start = self.replay_start(&mut conn, &key, topic, &from).await?;
-            loop {
-                let page: StreamRangeReply = redis::cmd("XRANGE")
-                    .arg(&key)
-                    .arg(&start)
-                    .arg(&end)
+            // The end of each partition as it is now: entries appended during the replay are
+            // not included.
+            let mut ends = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let last: StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(key)
+                    .arg("+")
+                    .arg("-")
                     .arg("COUNT")
-                    .arg(PAGE)
+                    .arg(1)
                     .query_async(&mut conn)
                     .await
                     .map_err(rerr("replay"))?;
-                let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
-                    break;
-                };
-                for entry in &page.ids {
-                    if !deliver(
-                        &mut report,
-                        handler,
-                        options,
-                        topic,
-                        entry.id.clone(),
-                        decode(entry),
-                    )
-                    .await
-                    {
-                        return Ok(report);
+                let end = last.ids.first().map(|e| e.id.clone()).map(|end| match options.until {
+                    Some(u) => {
+                        let bound = format!("{}-{}", u.timestamp_millis().max(0), u64::MAX);
+                        if parse_id(&bound) < parse_id(&end) {
+                            bound
+                        } else {
+                            end
+                        }
                     }
+                    None => end,
+                });
+                ends.push(end);
+            }
+            if ends.iter().all(Option::is_none) {
+                return Ok(report);
+            }
+            let starts = self.replay_starts(&mut conn, &keys, topic, &from).await?;
+            // Merge the partitions by (entry id, partition), one page of each at a time.
+            let mut cursors: Vec<Option<String>> = starts
+                .into_iter()
+                .zip(&ends)
+                .map(|(s, e)| e.as_ref().map(|_| s))
+                .collect();
+            let mut pages: Vec<std::collections::VecDeque<StreamId>> =
+                vec![std::collections::VecDeque::new(); keys.len()];
+            loop {
+                for p in 0..keys.len() {
+                    let (Some(start), Some(end)) = (cursors[p].clone(), ends[p].as_ref()) else {
+                        continue;
+                    };
+                    if !pages[p].is_empty() {
+                        continue;
+                    }
+                    let page: StreamRangeReply = redis::cmd("XRANGE")
+                        .arg(&keys[p])
+                        .arg(&start)
+                        .arg(end)
+                        .arg("COUNT")
+                        .arg(PAGE)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(rerr("replay"))?;
+                    cursors[p] = match page.ids.last() {
+                        Some(last) if page.ids.len() >= PAGE => Some(format!("({}", last.id)),
+                        _ => None,
+                    };
+                    pages[p].extend(page.ids);
                 }
-                if page.ids.len() < PAGE {
-                    break;
+                let next = (0..keys.len())
+                    .filter_map(|p| pages[p].front().map(|e| (parse_id(&e.id), p)))
+                    .min();
+                let Some((_, p)) = next else { break };
+                let entry = pages[p].pop_front().expect("the front exists");
+                if !deliver(
+                    &mut report,
+                    handler,
+                    options,
+                    topic,
+                    format!("{p}/{}", entry.id),
+                    decode(&entry),
+                )
+                .await
+                {
+                    return Ok(report);
                 }
-                start = format!("({last}");
             }
             Ok(report)
         };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
-use windlass_eventbus::{MemoryBus, SubscribeOptions, Topic};
+use windlass_eventbus::{MemoryBus, PartitionCount, SubscribeOptions, Topic};
 
 use super::BusFixture;
 use crate::redis::{TestRedis, cleanup_blocking, fresh_prefix};
@@ -56,13 +56,12 @@ pub struct RedisFixture {
 }
 
 impl RedisFixture {
-    /// The bus settings the suite uses: the harness prefix, short blocks and claim timeouts.
+    /// The bus settings the suite uses: the harness prefix, short blocks, 4 partitions.
     pub fn config(&self) -> RedisConfig {
         RedisConfig::new(self.redis.url.clone())
             .prefix(self.redis.prefix.clone())
             .block(Duration::from_millis(200))
-            .claim_idle(Duration::from_secs(5))
-            .claim_interval(Duration::from_millis(500))
+            .partitions(PartitionCount::new(4).expect("valid partition count"))
     }
 }
 
@@ -89,7 +88,7 @@ impl BusFixture for RedisFixture {
     async fn publish_raw(&self, topic: &Topic, bytes: &[u8]) {
         let mut conn = self.redis.conn.clone();
         let _: String = redis::cmd("XADD")
-            .arg(format!("{}:{}", self.redis.prefix, topic))
+            .arg(format!("{}:{{{}:0}}", self.redis.prefix, topic))
             .arg("*")
             .arg("event")
             .arg(bytes)
