@@ -180,6 +180,7 @@ impl KafkaTransport {
             record: Box::new(record),
         };
         Delivery::new(payload, token, format!("{partition}@{offset}"), 1)
+            .with_partition(partition.max(0) as u32)
     }
 
     async fn commit(&self, commits: Vec<(i32, i64)>) -> Result<()> {

@@ -118,7 +118,7 @@ async fn process<T: Transport>(
         )
         .with_attempt(attempt)
         .with_deadline(started + timeout);
-        ctx.partition = delivery.assignment.map(|a| a.partition);
+        ctx.partition = delivery.partition;
         ctx.cancel = attempt_cancel.clone();
         let span = tracing::info_span!(
             "windlass.deliver",

@@ -176,7 +176,15 @@ pub(crate) async fn run<T: Transport>(
                 };
                 d.finished(id);
             }
-            Some(cmd) = recv_control(&mut control) => d.command(cmd),
+            Some(cmd) = recv_control(&mut control) => {
+                // What was fetched before the command is the runner's: a revoke hands it back.
+                if d.stopping.is_none() {
+                    while let Ok((delivery, room)) = items.try_recv() {
+                        d.accept(Item { delivery, _room: room });
+                    }
+                }
+                d.command(cmd);
+            }
             _ = cancel.cancelled(), if d.stopping.is_none() => {
                 items.close();
                 d.begin_stop();
@@ -245,7 +253,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl<T: Transport> Dispatcher<T> {
     fn key_of(delivery: &Delivery<T::Token>) -> Option<Key> {
         let key = delivery.payload.as_ref().ok()?.ordering_key()?;
-        Some((delivery.assignment.map(|a| a.partition), key.to_owned()))
+        Some((delivery.partition, key.to_owned()))
     }
 
     /// True when a delivery read under its assignment may still start.

@@ -123,7 +123,11 @@ pub struct Delivery<T> {
     pub delivery_id: String,
     /// How many times the backend delivered this entry, this time included (1 the first time).
     pub delivery_count: u32,
-    /// The partition (and epoch) it was read under, for partitioned transports.
+    /// The partition it was read from, when the backend partitions topics: order per key is
+    /// kept within a partition, and the handler's context names it.
+    pub partition: Option<u32>,
+    /// The partition and epoch it was read under, for transports that assign partitions
+    /// through a [`PartitionControl`] (it then starts only while that assignment holds).
     pub assignment: Option<Assignment>,
 }
 
@@ -140,12 +144,20 @@ impl<T> Delivery<T> {
             token,
             delivery_id: delivery_id.into(),
             delivery_count: delivery_count.max(1),
+            partition: None,
             assignment: None,
         }
     }
 
+    /// Names the partition the delivery was read from (without fencing it by an assignment).
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
     /// Tags the delivery with the partition and epoch it was read under.
     pub fn with_assignment(mut self, assignment: Assignment) -> Self {
+        self.partition = Some(assignment.partition);
         self.assignment = Some(assignment);
         self
     }
