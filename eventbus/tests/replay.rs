@@ -235,7 +235,7 @@ async fn redis_replays_with_xrange_and_positions_new_groups() {
     // Garbage in the stream is reported, not fatal.
     let mut conn = r.conn.clone();
     let _: String = redis::cmd("XADD")
-        .arg(bus.stream_key(&topic))
+        .arg(bus.stream_key(&topic, 0))
         .arg("*")
         .arg("event")
         .arg("{oops")

@@ -277,12 +277,7 @@ async fn relay_process_killed_with_sigkill_after_publish_is_republished_exactly_
         .into_iter()
         .collect();
     assert_eq!(projected, ids.into_iter().collect::<HashSet<_>>());
-    let mut conn = redis.conn.clone();
-    let len: usize = redis::cmd("XLEN")
-        .arg(bus.stream_key(&topic))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let len = bus.topic_len(&topic).await.unwrap() as usize;
     assert_eq!(
         len,
         30 + n,

@@ -294,7 +294,9 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     fn start_ready(&mut self) {
-        if self.stopping.is_some() {
+        // Once shutdown was asked for, nothing new starts (even before the dispatcher got to
+        // handing everything back).
+        if self.stopping.is_some() || self.shared.cancel.is_cancelled() {
             return;
         }
         while self.running.len() < self.concurrency {
