@@ -12,7 +12,7 @@ use super::conn::is_connection_error;
 use super::{RedisBus, Trim};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::partition::partition_for_event;
+use crate::partition::{PartitionCount, partition_for_event};
 use crate::traits::Publisher;
 
 impl RedisBus {
@@ -36,6 +36,23 @@ impl RedisBus {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(key).arg(self.trim_args()).arg("*").arg("event").arg(bytes);
         cmd
+    }
+
+    /// The topic's partition count for a publish, retrying connection errors and timeouts with
+    /// the publish policy (the first publish to a topic reads it from Redis).
+    async fn partitions_for_publish(&self, topic: &Topic) -> Result<PartitionCount> {
+        let policy = self.inner.config.publish_retry;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.topic_partitions(topic).await {
+                Ok(n) => return Ok(n),
+                Err(e) if is_transient(&e) && !policy.is_exhausted(attempt) => {
+                    tokio::time::sleep(policy.delay(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends a request, retrying connection errors and timeouts with the publish policy.
@@ -68,7 +85,7 @@ impl RedisBus {
 impl Publisher for RedisBus {
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
         let bytes = self.encode(event)?;
-        let partitions = self.topic_partitions(topic).await?;
+        let partitions = self.partitions_for_publish(topic).await?;
         let key = self.stream_key(topic, partition_for_event(event, partitions));
         self.send_with_retry(Request::One(&self.xadd(&key, &bytes)))
             .await
@@ -82,7 +99,7 @@ impl Publisher for RedisBus {
         if events.is_empty() {
             return Ok(());
         }
-        let partitions = self.topic_partitions(topic).await?;
+        let partitions = self.partitions_for_publish(topic).await?;
         let mut pipes: BTreeMap<u32, redis::Pipeline> = BTreeMap::new();
         for event in events {
             let bytes = self.encode(event)?;
@@ -100,6 +117,17 @@ impl Publisher for RedisBus {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// True for errors a retry on a new connection may pass.
+fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Timeout(_) => true,
+        Error::Backend { source, .. } => source
+            .downcast_ref::<redis::RedisError>()
+            .is_some_and(is_connection_error),
+        _ => false,
     }
 }
 
