@@ -114,12 +114,12 @@ impl<S: Default> Holdings<S> {
         )
     }
 
-    fn add(&self, a: Assignment) {
+    pub(crate) fn add(&self, a: Assignment) {
         self.lock().insert(a.partition, (a.epoch, S::default()));
         self.changed.notify_waiters();
     }
 
-    fn remove(&self, partition: u32) {
+    pub(crate) fn remove(&self, partition: u32) {
         self.lock().remove(&partition);
         self.changed.notify_waiters();
     }

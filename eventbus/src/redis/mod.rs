@@ -92,6 +92,8 @@ mod keys;
 mod publisher;
 mod scripts;
 mod subscriber;
+#[cfg(test)]
+mod tests;
 mod topic;
 mod wire;
 

@@ -148,6 +148,56 @@ impl Subscriber for RedisBus {
     }
 }
 
+/// A member's coordinator and transport without a runner or driver, for tests of the fences.
+#[cfg(test)]
+pub(crate) fn bare_member(
+    bus: &RedisBus,
+    topic: &Topic,
+    group: &str,
+    consumer: &str,
+) -> (Arc<RedisCoordinator>, RedisTransport) {
+    let config = &bus.inner.config;
+    let member = membership::member_id(consumer);
+    let conn = || {
+        Conn::new(
+            &bus.inner.target,
+            "test".to_owned(),
+            config.connect_timeout,
+            config.block + config.timeout,
+        )
+        .expect("a connection")
+    };
+    let (holdings, _lost) = Holdings::new();
+    let coordinator = Arc::new(RedisCoordinator {
+        bus: bus.clone(),
+        control: conn(),
+        keys: bus.inner.keys.clone(),
+        topic: topic.to_string(),
+        group: group.to_owned(),
+        member: member.clone(),
+        consumer: consumer.to_owned(),
+        partitions: config.partitions_of(topic.as_str()).get(),
+        ttl: config.lease_ttl,
+    });
+    let transport = RedisTransport {
+        bus: bus.clone(),
+        reader: Some(conn()),
+        keys: bus.inner.keys.clone(),
+        topic: topic.to_string(),
+        group: group.to_owned(),
+        consumer: consumer.to_owned(),
+        member,
+        holdings,
+        coordinator: coordinator.clone(),
+        block: config.block,
+        cluster_poll: config.cluster_poll,
+        rotate: AtomicUsize::new(0),
+        close: CancellationToken::new(),
+        driver: tokio::sync::Mutex::new(None),
+    };
+    (coordinator, transport)
+}
+
 pub(crate) struct RedisTransport {
     bus: RedisBus,
     /// Blocking reads (single server only).
@@ -157,7 +207,7 @@ pub(crate) struct RedisTransport {
     group: String,
     consumer: String,
     member: String,
-    holdings: Arc<Holdings<ReadState>>,
+    pub(crate) holdings: Arc<Holdings<ReadState>>,
     coordinator: Arc<RedisCoordinator>,
     block: Duration,
     cluster_poll: Duration,
