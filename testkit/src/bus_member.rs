@@ -15,30 +15,42 @@ use crate::conformance::bus::Step;
 /// The `windlass-bus-member` binary, built on demand when the test runner did not build it
 /// (narrow `cargo test -p` runs build only the tested package's targets).
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/<test> -> target/<profile>/windlass-bus-member
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("a target directory")
-        .to_path_buf();
-    let bin = dir.join("windlass-bus-member");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "windlass-testkit",
-                "--bin",
-                "windlass-bus-member",
-            ])
-            .status()
-            .expect("run cargo build for windlass-bus-member");
-        assert!(status.success(), "building windlass-bus-member failed");
+    let candidates = || {
+        let mut dirs = Vec::new();
+        // Cargo puts binaries in the target directory (the build directory may be elsewhere).
+        if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+            dirs.push(PathBuf::from(dir).join("debug"));
+        }
+        // target/<profile>/deps/<test> -> target/<profile>
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(PathBuf::from))
+        {
+            dirs.push(dir);
+        }
+        if let Ok(manifest) = std::env::var("CARGO_MANIFEST_DIR") {
+            dirs.push(PathBuf::from(manifest).join("../target/debug"));
+        }
+        dirs.into_iter()
+            .map(|d| d.join("windlass-bus-member"))
+            .find(|b| b.exists())
+    };
+    if let Some(bin) = candidates() {
+        return bin;
     }
-    assert!(bin.exists(), "{} is missing", bin.display());
-    bin
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "windlass-testkit",
+            "--bin",
+            "windlass-bus-member",
+        ])
+        .status()
+        .expect("run cargo build for windlass-bus-member");
+    assert!(status.success(), "building windlass-bus-member failed");
+    candidates().expect("windlass-bus-member built but not found (set CARGO_TARGET_DIR)")
 }
 
 /// How to start a member.
@@ -68,6 +80,8 @@ pub struct MemberSpec {
     pub latency: Duration,
     /// `(key, seq, pause)`: the call of that event takes `pause`.
     pub slow: Option<(String, usize, Duration)>,
+    /// The slow pause blocks its thread (no await its deadline could stop it at).
+    pub slow_blocking: bool,
     /// Reject the slow event after its pause (a dead-letter write).
     pub reject_slow: bool,
 }
@@ -88,6 +102,7 @@ impl MemberSpec {
             handler_timeout: Duration::from_secs(1),
             latency: Duration::from_millis(3),
             slow: None,
+            slow_blocking: false,
             reject_slow: false,
         }
     }
@@ -131,6 +146,9 @@ impl MemberProcess {
         }
         if let Some((k, s, d)) = &spec.slow {
             cmd.arg("--slow").arg(format!("{k}:{s}:{}", d.as_millis()));
+        }
+        if spec.slow_blocking {
+            cmd.arg("--slow-blocking");
         }
         if spec.reject_slow {
             cmd.arg("--reject-slow");

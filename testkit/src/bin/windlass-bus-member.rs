@@ -6,11 +6,12 @@
 //! ```text
 //! windlass-bus-member --redis URL --prefix P --topic T --group G --name N --history KEY
 //!     [--consumer C] [--partitions 4] [--lease-ms 2000] [--timeout-ms 1000]
-//!     [--latency-ms 3] [--slow KEY:SEQ:MS] [--reject-slow]
+//!     [--latency-ms 3] [--slow KEY:SEQ:MS] [--slow-blocking] [--reject-slow]
 //! ```
 //! Prints `READY` once subscribed; shuts down gracefully when stdin closes (exit 0).
-//! `--slow KEY:SEQ:MS` makes the call of that event take MS ms; `--reject-slow` then rejects it
-//! (a dead-letter write) instead of succeeding. Events carry their key as `partitionkey` and
+//! `--slow KEY:SEQ:MS` makes the call of that event take MS ms (blocking its thread with
+//! `--slow-blocking`); `--reject-slow` then rejects it at once (a dead-letter write, no `end`
+//! recorded) instead of succeeding. Events carry their key as `partitionkey` and
 //! their sequence number as data.
 
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ fn args() -> HashMap<String, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let name = flag.trim_start_matches("--").to_owned();
-        if name == "reject-slow" {
+        if name == "reject-slow" || name == "slow-blocking" {
             out.insert(name, "1".to_owned());
         } else if let Some(value) = it.next() {
             out.insert(name, value);
@@ -64,6 +65,7 @@ async fn main() -> Result<(), BoxError> {
         ))
     });
     let reject_slow = a.contains_key("reject-slow");
+    let slow_blocking = a.contains_key("slow-blocking");
     let handler = {
         let (recorder, history, name) = (recorder.clone(), history.clone(), name.clone());
         handler_fn(move |event: Event, _ctx| {
@@ -83,23 +85,31 @@ async fn main() -> Result<(), BoxError> {
                 let is_slow = slow
                     .as_ref()
                     .is_some_and(|(k, s, _)| *k == key && *s == seq);
-                let pause = match &slow {
-                    Some((_, _, d)) if is_slow => *d,
-                    _ => {
-                        // A little jitter so calls of different keys interleave.
-                        let h = seq as u64 * 7919 + key.len() as u64 * 104_729;
-                        Duration::from_micros(h % (latency.as_micros() as u64 + 1))
+                if let Some((_, _, pause)) = slow.as_ref().filter(|_| is_slow) {
+                    if slow_blocking {
+                        // Frozen (SIGSTOP) in a blocking pause, the call goes on right where
+                        // it stopped once resumed, without an await at which its deadline
+                        // could drop it first.
+                        std::thread::sleep(*pause);
+                    } else {
+                        tokio::time::sleep(*pause).await;
                     }
-                };
-                tokio::time::sleep(pause).await;
+                    if reject_slow {
+                        return Err(HandlerError::reject("rejected after a long pause"));
+                    }
+                } else {
+                    // A little jitter so calls of different keys interleave.
+                    let h = seq as u64 * 7919 + key.len() as u64 * 104_729;
+                    tokio::time::sleep(Duration::from_micros(
+                        h % (latency.as_micros() as u64 + 1),
+                    ))
+                    .await;
+                }
                 let _: i64 = redis::cmd("RPUSH")
                     .arg(&history)
                     .arg(format!("end|{key}|{seq}|{name}"))
                     .query_async(&mut recorder)
                     .await?;
-                if is_slow && reject_slow {
-                    return Err(HandlerError::reject("rejected after a long pause"));
-                }
                 Ok(())
             }
         })
