@@ -132,7 +132,7 @@ async fn kill_9_of_a_member_mid_handler_keeps_order_across_the_other_processes()
     let bus = publisher(&redis).await;
     publish(&bus, &topic, &keys, 0..PER_KEY / 2).await;
     // Kill p1 while it is inside a handler.
-    let steps = wait_history(&redis, &history_key, "p1 is mid-handler", |steps| {
+    wait_history(&redis, &history_key, "p1 is mid-handler", |steps| {
         let mut open = 0i32;
         for s in steps {
             match s {
@@ -148,9 +148,14 @@ async fn kill_9_of_a_member_mid_handler_keeps_order_across_the_other_processes()
     victim.kill9().await;
     let mut conn = redis.conn.clone();
     record(&mut conn, &history_key, &Step::Gone { member: "p1".into() }).await;
+    // What p1 had started and not ended when it died (the history up to its `Gone`).
     let open_at_kill: Vec<(String, usize)> = {
+        let steps = history(&mut conn, &history_key).await;
         let mut open: HashMap<String, usize> = HashMap::new();
         for s in &steps {
+            if matches!(s, Step::Gone { member } if member == "p1") {
+                break;
+            }
             match s {
                 Step::Start { key, seq, member } if member == "p1" => {
                     open.insert(key.clone(), *seq);
