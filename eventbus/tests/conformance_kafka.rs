@@ -84,6 +84,10 @@ impl BusFixture for KafkaFixture {
     fn options(&self) -> SubscribeOptions {
         SubscribeOptions::default().shutdown_timeout(Duration::from_secs(10))
     }
+
+    fn partitions(&self) -> u32 {
+        PARTITIONS as u32
+    }
 }
 
 windlass_testkit::bus_conformance!(KafkaFixture);
