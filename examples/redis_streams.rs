@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use windlass::eventbus::redis::{RedisBus, RedisConfig, Trim};
 use windlass::eventbus::partition::PartitionCount;
+use windlass::eventbus::redis::{RedisBus, RedisConfig, Trim};
 use windlass::eventbus::{
     BusAdmin, DeadLetters, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions,
     Subscriber, TenantScope, Topic, handler_fn,
@@ -128,7 +128,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|p| format!("{}:{}", p.partition, p.owner.as_deref().unwrap_or("-")))
             .collect();
-        println!("group {}: members {:?}, owners {owners:?}", group.group, group.members);
+        println!(
+            "group {}: members {:?}, owners {owners:?}",
+            group.group, group.members
+        );
     }
     for sub in subs {
         sub.shutdown().await?;

@@ -5,7 +5,7 @@
 //! one tenant sees and touches only that tenant's dead letters, and another tenant's id behaves
 //! as an unknown id. Topics and consumer groups are shared by tenants, so the topic-wide calls
 //! ([`BusAdmin::topic_groups`], [`BusAdmin::delete_topic`]) need [`TenantScope::All`] and return
-//! [`Error::TenantScope`](crate::Error::TenantScope) otherwise.
+//! [`Error::TenantScope`] otherwise.
 
 use std::time::Duration;
 
@@ -93,8 +93,12 @@ pub trait BusAdmin: Send + Sync {
     -> Result<Redriven>;
 
     /// Deletes one dead letter; `false` when it is unknown in `scope`.
-    async fn delete_dead_letter(&self, topic: &Topic, scope: &TenantScope, id: &str)
-    -> Result<bool>;
+    async fn delete_dead_letter(
+        &self,
+        topic: &Topic,
+        scope: &TenantScope,
+        id: &str,
+    ) -> Result<bool>;
 
     /// Deletes the topic: its partitions, consumer groups, leases, members and dead letters.
     /// Stop its subscriptions first (a live subscription recreates its group). Needs

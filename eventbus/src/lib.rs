@@ -44,9 +44,9 @@ mod event;
 mod handler;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+mod membership;
 #[cfg(feature = "memory")]
 mod memory;
-mod membership;
 pub mod metrics;
 pub mod migrate;
 pub mod partition;
@@ -59,6 +59,7 @@ pub mod schema;
 mod subscription;
 mod traits;
 
+pub use admin::BusAdmin;
 pub use error::{Error, EventError, Result};
 pub use event::{
     ATTRIBUTE_MAX_LEN, Data, Event, EventBuilder, ExtensionValue, SPEC_VERSION, is_json_media_type,
@@ -66,11 +67,10 @@ pub use event::{
 pub use handler::{DeliveryContext, FnHandler, Handler, HandlerError, HandlerResult, handler_fn};
 #[cfg(feature = "memory")]
 pub use memory::{MemoryBus, MemoryConfig};
+pub use partition::PartitionCount;
 pub use subscription::Subscription;
+pub use tokio_util::sync::CancellationToken;
 pub use traits::{
     DeadLetter, DeadLetters, Publisher, StartFrom, SubscribeOptions, Subscriber, SubscriberExt,
 };
-pub use admin::BusAdmin;
-pub use partition::PartitionCount;
-pub use tokio_util::sync::CancellationToken;
 pub use windlass_core::{Group, OrgId, RetryPolicy, TenantScope, Topic};

@@ -10,8 +10,7 @@ use windlass_eventbus::partition::{PartitionCount, partition_for_key};
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
 use windlass_eventbus::{
     BusAdmin, DeadLetters, Error, Event, Group, HandlerError, OrgId, Publisher, SubscribeOptions,
-    Subscriber,
-    TenantScope, Topic, handler_fn,
+    Subscriber, TenantScope, Topic, handler_fn,
 };
 use windlass_testkit::conformance::bus::{keyed, wait_dead_letters, wait_until};
 use windlass_testkit::redis::{TestRedis, fresh_prefix};
@@ -120,13 +119,21 @@ async fn groups_show_owner_lag_pending_and_oldest_pending_age_per_partition() {
     assert!(audit.members.is_empty(), "{audit:?}");
     assert!(audit.partitions.iter().all(|p| p.owner.is_none()));
     assert_eq!(
-        audit.partitions.iter().map(|p| p.lag.unwrap_or(0)).sum::<u64>(),
+        audit
+            .partitions
+            .iter()
+            .map(|p| p.lag.unwrap_or(0))
+            .sum::<u64>(),
         10
     );
     assert!(audit.partitions.iter().all(|p| p.pending == 0));
     let billing = &groups[1];
     assert_eq!(billing.members.len(), 1);
-    assert!(billing.members[0].starts_with("worker~"), "{:?}", billing.members);
+    assert!(
+        billing.members[0].starts_with("worker~"),
+        "{:?}",
+        billing.members
+    );
     assert_eq!(billing.partitions.len(), 4);
     for p in &billing.partitions {
         assert_eq!(p.owner.as_deref(), Some(billing.members[0].as_str()));
@@ -198,7 +205,11 @@ async fn dead_letter_pages_walk_every_partition_once_in_order_within_the_scope()
         }
     }
     assert_eq!(ids.len(), 30, "{ids:?}");
-    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 30, "no dead letter twice");
+    assert_eq!(
+        ids.iter().collect::<HashSet<_>>().len(),
+        30,
+        "no dead letter twice"
+    );
     assert!(pages >= 5);
     // Oldest first across partitions: the stream ids (ms-seq) never go back.
     let times: Vec<(u64, u64)> = ids
@@ -249,17 +260,32 @@ async fn redrive_appends_the_event_to_its_partition_and_removes_the_dead_letter(
     // A tenant cannot touch another tenant's dead letter.
     let r = bus.redrive(&topic, &org("acme"), &globex).await.unwrap();
     assert_eq!(r.unknown, globex);
-    assert!(!bus.delete_dead_letter(&topic, &org("acme"), &globex[0]).await.unwrap());
+    assert!(
+        !bus.delete_dead_letter(&topic, &org("acme"), &globex[0])
+            .await
+            .unwrap()
+    );
     // Redrive two of acme's (plus an unknown id); delete the third.
     let mut ask = acme[..2].to_vec();
     ask.push("0/1-1".to_owned());
     let r = bus.redrive(&topic, &org("acme"), &ask).await.unwrap();
     assert_eq!(r.redriven, acme[..2].to_vec());
     assert_eq!(r.unknown, vec!["0/1-1".to_owned()]);
-    assert!(bus.delete_dead_letter(&topic, &org("acme"), &acme[2]).await.unwrap());
-    assert!(!bus.delete_dead_letter(&topic, &org("acme"), &acme[2]).await.unwrap());
+    assert!(
+        bus.delete_dead_letter(&topic, &org("acme"), &acme[2])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !bus.delete_dead_letter(&topic, &org("acme"), &acme[2])
+            .await
+            .unwrap()
+    );
     let left = bus.dead_letters(&topic, 10).await.unwrap();
-    assert_eq!(left.iter().map(|l| l.id.clone()).collect::<Vec<_>>(), globex);
+    assert_eq!(
+        left.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+        globex
+    );
     // The redriven events are consumed again, from their own partitions.
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let h = {
@@ -320,6 +346,11 @@ async fn deleting_a_topic_removes_its_partitions_groups_leases_members_and_dead_
     assert!(after.is_empty(), "left behind: {after:?}");
     assert_eq!(bus.topic_len(&kept).await.unwrap(), 3);
     assert_eq!(bus.dead_letters(&kept, 10).await.unwrap().len(), 2);
-    assert!(bus.topic_groups(&doomed, &TenantScope::All).await.unwrap().is_empty());
+    assert!(
+        bus.topic_groups(&doomed, &TenantScope::All)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     redis.cleanup().await;
 }

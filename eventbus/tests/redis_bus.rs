@@ -169,7 +169,9 @@ async fn dead_letter_entries_carry_error_failed_at_group_consumer_and_entry() {
         bus.dlq_key(&topic, p),
         format!("{}:{{payments:{p}}}:dlq", redis.prefix)
     );
-    let original = xrange(&redis, &bus.stream_key(&topic, p)).await[0].0.clone();
+    let original = xrange(&redis, &bus.stream_key(&topic, p)).await[0]
+        .0
+        .clone();
     let raw = xrange(&redis, &bus.dlq_key(&topic, p)).await;
     assert_eq!(raw.len(), 1);
     let field = |name: &str| {
@@ -410,9 +412,7 @@ async fn connections_are_named_for_operators() {
             .query_async(&mut conn)
             .await
             .unwrap();
-        found = names
-            .iter()
-            .all(|n| list.contains(&format!("name={n} ")));
+        found = names.iter().all(|n| list.contains(&format!("name={n} ")));
         if found {
             break;
         }
@@ -449,7 +449,10 @@ async fn invalid_settings_are_refused_at_construction() {
         Err(Error::Config(_))
     ));
     assert!(matches!(PartitionCount::new(0), Err(Error::Config(_))));
-    assert!(matches!(PartitionCount::new(100_000), Err(Error::Config(_))));
+    assert!(matches!(
+        PartitionCount::new(100_000),
+        Err(Error::Config(_))
+    ));
     let err = RedisBus::new(RedisConfig::new("redis://:hunter2@127.0.0.1:1/ bad")).err();
     if let Some(err) = err {
         assert!(!err.to_string().contains("hunter2"), "{err}");

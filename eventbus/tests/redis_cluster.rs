@@ -8,9 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use windlass_eventbus::partition::PartitionCount;
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
-use windlass_eventbus::{
-    BusAdmin, DeadLetters, Publisher, SubscribeOptions, TenantScope, Topic,
-};
+use windlass_eventbus::{BusAdmin, DeadLetters, Publisher, SubscribeOptions, TenantScope, Topic};
 use windlass_testkit::conformance::bus::{BusFixture, keyed};
 use windlass_testkit::redis_cluster::{TestRedisCluster, fresh_prefix};
 
@@ -76,9 +74,13 @@ windlass_testkit::bus_conformance!(ClusterFixture);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topics_partitions_spread_over_the_nodes_and_the_operator_api_works() {
     let fixture = ClusterFixture::setup().await;
-    let bus = RedisBus::connect(fixture.config().partitions(PartitionCount::new(16).unwrap()))
-        .await
-        .unwrap();
+    let bus = RedisBus::connect(
+        fixture
+            .config()
+            .partitions(PartitionCount::new(16).unwrap()),
+    )
+    .await
+    .unwrap();
     let topic = Topic::new("spread").unwrap();
     let events: Vec<_> = (0..64).map(|n| keyed(&format!("k{n}"), n)).collect();
     bus.publish_batch(&topic, &events).await.unwrap();
@@ -106,7 +108,12 @@ async fn a_topics_partitions_spread_over_the_nodes_and_the_operator_api_works() 
         .collect();
     assert_eq!(nodes.len(), 3, "partitions on every master: {slots:?}");
     assert!(bus.dead_letters(&topic, 10).await.unwrap().is_empty());
-    assert!(bus.topic_groups(&topic, &TenantScope::All).await.unwrap().is_empty());
+    assert!(
+        bus.topic_groups(&topic, &TenantScope::All)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     bus.delete_topic(&topic, &TenantScope::All).await.unwrap();
     assert_eq!(bus.topic_len(&topic).await.unwrap(), 0);
 }

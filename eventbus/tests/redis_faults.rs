@@ -110,7 +110,10 @@ async fn consumers(redis: &TestRedis, key: &str, group: &str) -> Vec<String> {
         .await
         .unwrap();
     rows.iter()
-        .filter_map(|r| r.get("name").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()))
+        .filter_map(|r| {
+            r.get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+        })
         .collect()
 }
 
@@ -176,18 +179,27 @@ async fn a_dead_members_pending_entries_go_to_the_next_owner_once_its_lease_expi
     let other = RedisBus::connect(config(&redis)).await.unwrap();
     let survivor = Seen::default();
     let b = other
-        .subscribe(&topic, &group, survivor.recording(), options().consumer("b"))
+        .subscribe(
+            &topic,
+            &group,
+            survivor.recording(),
+            options().consumer("b"),
+        )
         .await
         .unwrap();
     let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    wait_until("member b took the partition and handled the 5 entries", || {
-        survivor.ids() == all
-    })
+    wait_until(
+        "member b took the partition and handled the 5 entries",
+        || survivor.ids() == all,
+    )
     .await;
     b.shutdown().await.unwrap();
     for (id, attempt, consumer) in survivor.all() {
         assert_eq!(consumer, "b");
-        assert_eq!(attempt, 2, "{id}: the takeover counts as the second delivery");
+        assert_eq!(
+            attempt, 2,
+            "{id}: the takeover counts as the second delivery"
+        );
     }
     assert_eq!(survivor.all().len(), 5, "each once");
     assert_eq!(pending_count(&redis, &bus, &topic, "workers").await, 0);
@@ -199,7 +211,10 @@ async fn a_dead_members_pending_entries_go_to_the_next_owner_once_its_lease_expi
             assert!(names.contains(&"b".to_owned()), "{names:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "consumer a is still in the group: {names:?}");
+        assert!(
+            Instant::now() < deadline,
+            "consumer a is still in the group: {names:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     redis.cleanup().await;
@@ -293,7 +308,10 @@ async fn client_kill_of_the_members_connections_keeps_order_and_loses_nothing() 
         .await;
         kills += kill_clients(&redis, bus.client_name()).await;
     }
-    assert!(kills >= 3, "CLIENT KILL found none of the members' connections");
+    assert!(
+        kills >= 3,
+        "CLIENT KILL found none of the members' connections"
+    );
     producer.await.unwrap();
     wait_until("every event is handled after the kills", || {
         history.distinct() >= keys.len() * PER_KEY
@@ -326,7 +344,12 @@ async fn a_graceful_leave_hands_partitions_over_without_waiting_for_the_lease() 
     let (first, second) = (Seen::default(), Seen::default());
     let options = SubscribeOptions::default().handler_timeout(Duration::from_secs(5));
     let a = bus
-        .subscribe(&topic, &group, first.recording(), options.clone().consumer("a"))
+        .subscribe(
+            &topic,
+            &group,
+            first.recording(),
+            options.clone().consumer("a"),
+        )
         .await
         .unwrap();
     let other = RedisBus::connect(slow_lease()).await.unwrap();

@@ -127,7 +127,12 @@ async fn every_catalog_metric_is_emitted_and_partition_figures_follow_ownership(
                 .with_delays(Duration::from_millis(5), Duration::from_millis(10)),
         );
     let sub = bus
-        .subscribe(&topic, &Group::new("g").unwrap(), Arc::new(handler), options)
+        .subscribe(
+            &topic,
+            &Group::new("g").unwrap(),
+            Arc::new(handler),
+            options,
+        )
         .await
         .unwrap();
     for key in ["ok", "retry", "reject", "slow", "stuck"] {
@@ -137,14 +142,20 @@ async fn every_catalog_metric_is_emitted_and_partition_figures_follow_ownership(
     let series = |name: &str, p: u32| format!("{name}{{group=g,partition={p},topic=metered}}");
     wait_until("every catalog metric was emitted", || {
         let names = rec.names();
-        windlass_eventbus::metrics::CATALOG
-            .iter()
-            .all(|def| names.iter().any(|n| n.starts_with(&format!("{}{{", def.name))))
+        windlass_eventbus::metrics::CATALOG.iter().all(|def| {
+            names
+                .iter()
+                .any(|n| n.starts_with(&format!("{}{{", def.name)))
+        })
     })
     .await;
     // Label sets match the catalog.
     for def in windlass_eventbus::metrics::CATALOG {
-        for name in rec.names().iter().filter(|n| n.starts_with(&format!("{}{{", def.name))) {
+        for name in rec
+            .names()
+            .iter()
+            .filter(|n| n.starts_with(&format!("{}{{", def.name)))
+        {
             let labels: Vec<&str> = name[def.name.len() + 1..name.len() - 1]
                 .split(',')
                 .map(|kv| kv.split('=').next().unwrap())
@@ -154,18 +165,29 @@ async fn every_catalog_metric_is_emitted_and_partition_figures_follow_ownership(
             assert_eq!(labels, expected, "{name}");
         }
     }
-    wait_until("the owner reports the stuck partition's pending entry", || {
-        rec.gauge(&series("windlass_bus_partition_owned", stuck)) == Some(1.0)
-            && rec.gauge(&series("windlass_bus_partition_pending", stuck)) >= Some(1.0)
-            && rec.gauge(&series("windlass_bus_partition_oldest_pending_seconds", stuck))
-                > Some(0.0)
-    })
+    wait_until(
+        "the owner reports the stuck partition's pending entry",
+        || {
+            rec.gauge(&series("windlass_bus_partition_owned", stuck)) == Some(1.0)
+                && rec.gauge(&series("windlass_bus_partition_pending", stuck)) >= Some(1.0)
+                && rec.gauge(&series(
+                    "windlass_bus_partition_oldest_pending_seconds",
+                    stuck,
+                )) > Some(0.0)
+        },
+    )
     .await;
     // A member that leaves zeroes what it reported.
     sub.shutdown().await.unwrap();
     for p in 0..2 {
-        assert_eq!(rec.gauge(&series("windlass_bus_partition_owned", p)), Some(0.0));
-        assert_eq!(rec.gauge(&series("windlass_bus_partition_pending", p)), Some(0.0));
+        assert_eq!(
+            rec.gauge(&series("windlass_bus_partition_owned", p)),
+            Some(0.0)
+        );
+        assert_eq!(
+            rec.gauge(&series("windlass_bus_partition_pending", p)),
+            Some(0.0)
+        );
     }
     redis.cleanup().await;
 }

@@ -57,7 +57,10 @@ async fn wait_history(
         if cond(&steps) {
             return steps;
         }
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -112,7 +115,10 @@ async fn two_processes_with_default_consumer_names_never_handle_one_entry_at_onc
             names.insert(redis::from_redis_value::<String>(r["name"].clone()).unwrap());
         }
     }
-    assert!(names.len() >= 2, "one consumer name for two processes: {names:?}");
+    assert!(
+        names.len() >= 2,
+        "one consumer name for two processes: {names:?}"
+    );
     redis.cleanup().await;
 }
 
@@ -147,7 +153,14 @@ async fn kill_9_of_a_member_mid_handler_keeps_order_across_the_other_processes()
     let mut victim = members.remove(0);
     victim.kill9().await;
     let mut conn = redis.conn.clone();
-    record(&mut conn, &history_key, &Step::Gone { member: "p1".into() }).await;
+    record(
+        &mut conn,
+        &history_key,
+        &Step::Gone {
+            member: "p1".into(),
+        },
+    )
+    .await;
     // What p1 had started and not ended when it died (the history up to its `Gone`).
     let open_at_kill: Vec<(String, usize)> = {
         let steps = history(&mut conn, &history_key).await;
@@ -169,9 +182,12 @@ async fn kill_9_of_a_member_mid_handler_keeps_order_across_the_other_processes()
         open.into_iter().collect()
     };
     publish(&bus, &topic, &keys, PER_KEY / 2..PER_KEY).await;
-    let steps = wait_history(&redis, &history_key, "every event is handled after the kill", |s| {
-        distinct(s) >= keys.len() * PER_KEY
-    })
+    let steps = wait_history(
+        &redis,
+        &history_key,
+        "every event is handled after the kill",
+        |s| distinct(s) >= keys.len() * PER_KEY,
+    )
     .await;
     for m in members {
         m.leave().await;
@@ -213,16 +229,28 @@ async fn a_member_frozen_past_its_lease_cannot_dead_letter_and_its_entry_moves_o
     .await
     .unwrap();
     bus.publish(&topic, &keyed("slow", 0)).await.unwrap();
-    wait_history(&redis, &history_key, "the frozen member started the slow call", |s| {
-        s.iter()
-            .any(|s| matches!(s, Step::Start { member, .. } if member == "frozen"))
-    })
+    wait_history(
+        &redis,
+        &history_key,
+        "the frozen member started the slow call",
+        |s| {
+            s.iter()
+                .any(|s| matches!(s, Step::Start { member, .. } if member == "frozen"))
+        },
+    )
     .await;
     frozen.freeze();
     let mut conn = redis.conn.clone();
     // The documented exception: a member frozen past its lease while its handler runs; its
     // open call ends here as far as the order check goes.
-    record(&mut conn, &history_key, &Step::Gone { member: "frozen".into() }).await;
+    record(
+        &mut conn,
+        &history_key,
+        &Step::Gone {
+            member: "frozen".into(),
+        },
+    )
+    .await;
     // The successor takes the partition once the frozen member's lease expired, and runs the
     // same event (slowly: it is still pending when the frozen member resumes).
     let mut b_spec = a.clone();
@@ -232,11 +260,15 @@ async fn a_member_frozen_past_its_lease_cannot_dead_letter_and_its_entry_moves_o
     b_spec.reject_slow = false;
     let successor = MemberProcess::spawn(&b_spec).await;
     bus.publish(&topic, &keyed("slow", 1)).await.unwrap();
-    wait_history(&redis, &history_key, "the successor runs the frozen member's entry", |s| {
-        s.iter().any(|s| {
-            matches!(s, Step::Start { member, seq: 0, .. } if member == "successor")
-        })
-    })
+    wait_history(
+        &redis,
+        &history_key,
+        "the successor runs the frozen member's entry",
+        |s| {
+            s.iter()
+                .any(|s| matches!(s, Step::Start { member, seq: 0, .. } if member == "successor"))
+        },
+    )
     .await;
     // Let the frozen member run again: its call goes on at once and rejects the event, a
     // dead-letter write its lost lease must refuse. It then rejoins the group.
@@ -249,7 +281,10 @@ async fn a_member_frozen_past_its_lease_cannot_dead_letter_and_its_entry_moves_o
         .first()
         .is_none_or(|g| g.members.len() < 2)
     {
-        assert!(Instant::now() < deadline, "the resumed member never rejoined");
+        assert!(
+            Instant::now() < deadline,
+            "the resumed member never rejoined"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
@@ -257,10 +292,15 @@ async fn a_member_frozen_past_its_lease_cannot_dead_letter_and_its_entry_moves_o
         "a member that lost its lease wrote to the dead-letter queue"
     );
     bus.publish(&topic, &keyed("slow", 2)).await.unwrap();
-    let steps = wait_history(&redis, &history_key, "the event after the thaw is handled", |s| {
-        s.iter()
-            .any(|s| matches!(s, Step::End { key, seq: 2, .. } if key == "slow"))
-    })
+    let steps = wait_history(
+        &redis,
+        &history_key,
+        "the event after the thaw is handled",
+        |s| {
+            s.iter()
+                .any(|s| matches!(s, Step::End { key, seq: 2, .. } if key == "slow"))
+        },
+    )
     .await;
     assert!(
         bus.dead_letters(&topic, 10).await.unwrap().is_empty(),

@@ -207,7 +207,11 @@ impl MemberProcess {
             .await
             .expect("the member exits within 60 s")
             .expect("wait for the member");
-        assert!(status.success(), "member {} exited with {status}", self.name);
+        assert!(
+            status.success(),
+            "member {} exited with {status}",
+            self.name
+        );
     }
 }
 

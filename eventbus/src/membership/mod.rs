@@ -366,7 +366,9 @@ impl<C: Coordinator, S: Default + Send + 'static> Driver<C, S> {
             .held
             .iter()
             .filter(|(p, _)| !st.leaving.contains(*p))
-            .filter(|(p, _)| owners.get(**p as usize).and_then(Option::as_deref) != Some(&self.member))
+            .filter(|(p, _)| {
+                owners.get(**p as usize).and_then(Option::as_deref) != Some(&self.member)
+            })
             .map(|(p, h)| Assignment::new(*p, h.epoch))
             .collect();
         for a in lost {
@@ -413,7 +415,13 @@ impl<C: Coordinator, S: Default + Send + 'static> Driver<C, S> {
                     let _ = self.coordinator.release(a, Vec::new()).await;
                     return Ok(());
                 }
-                st.held.insert(p, Held { epoch, renewed: sent });
+                st.held.insert(
+                    p,
+                    Held {
+                        epoch,
+                        renewed: sent,
+                    },
+                );
                 self.holdings.add(a);
                 self.metrics.set(p, true);
                 tracing::debug!(member = %self.member, partition = p, epoch, "partition acquired");

@@ -82,7 +82,11 @@ mod tests {
                 assert!(target.iter().all(Option::is_some), "P={p} N={n}");
                 let c = counts(&target);
                 let (min, max) = (
-                    members.iter().map(|m| c.get(m).copied().unwrap_or(0)).min().unwrap(),
+                    members
+                        .iter()
+                        .map(|m| c.get(m).copied().unwrap_or(0))
+                        .min()
+                        .unwrap(),
                     c.values().copied().max().unwrap(),
                 );
                 assert!(max - min <= 1, "P={p} N={n}: {c:?}");
@@ -141,7 +145,11 @@ mod tests {
     fn the_extra_partitions_stay_with_the_members_holding_them() {
         // P=3, N=2: whoever holds two keeps two.
         let members = vec!["a".to_owned(), "b".to_owned()];
-        let owners = vec![Some("b".to_owned()), Some("b".to_owned()), Some("a".to_owned())];
+        let owners = vec![
+            Some("b".to_owned()),
+            Some("b".to_owned()),
+            Some("a".to_owned()),
+        ];
         assert_eq!(plan(&members, &owners), owners);
     }
 

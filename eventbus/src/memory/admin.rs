@@ -75,12 +75,10 @@ impl BusAdmin for MemoryBus {
         let st = lock(&log.state);
         let mut letters = Vec::new();
         let mut last = None;
-        let mut scanned = 0;
-        for (seq, letter) in st.dlq.range(from..) {
+        for (scanned, (seq, letter)) in st.dlq.range(from..).enumerate() {
             if letters.len() >= limit.max(1) || scanned >= SCAN_MAX {
                 break;
             }
-            scanned += 1;
             last = Some(*seq);
             if scope.allows(letter.org_id()) {
                 letters.push(letter.clone());
@@ -110,9 +108,9 @@ impl BusAdmin for MemoryBus {
                 let found = split_id(id)
                     .and_then(|(p, seq)| Some((p, seq.parse::<u64>().ok()?)))
                     .filter(|(p, seq)| {
-                        st.dlq.get(seq).is_some_and(|l| {
-                            l.partition == Some(*p) && scope.allows(l.org_id())
-                        })
+                        st.dlq
+                            .get(seq)
+                            .is_some_and(|l| l.partition == Some(*p) && scope.allows(l.org_id()))
                     });
                 let Some((p, seq)) = found else {
                     report.unknown.push(id.clone());

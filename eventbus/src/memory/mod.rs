@@ -174,9 +174,7 @@ impl MemoryBus {
         lock(&self.inner.topics)
             .entry(topic.to_owned())
             .or_insert_with(|| {
-                Arc::new(TopicLog::new(
-                    self.inner.config.partitions_of(topic).get(),
-                ))
+                Arc::new(TopicLog::new(self.inner.config.partitions_of(topic).get()))
             })
             .clone()
     }

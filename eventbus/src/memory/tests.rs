@@ -171,11 +171,13 @@ async fn a_dead_members_partitions_move_once_its_lease_expired() {
 
 #[tokio::test]
 async fn events_go_to_their_keys_partition() {
-    let bus = MemoryBus::with_config(
-        MemoryConfig::default().partitions(PartitionCount::new(4).unwrap()),
-    );
+    let bus =
+        MemoryBus::with_config(MemoryConfig::default().partitions(PartitionCount::new(4).unwrap()));
     let topic = Topic::new("placed").unwrap();
-    let e = Event::builder("/t", "t").partition_key("k-1").build().unwrap();
+    let e = Event::builder("/t", "t")
+        .partition_key("k-1")
+        .build()
+        .unwrap();
     bus.publish(&topic, &e).await.unwrap();
     let expected = crate::partition::partition_for_key(b"k-1", PartitionCount::new(4).unwrap());
     let log = bus.log("placed");
@@ -221,10 +223,15 @@ async fn a_tenant_scoped_operator_sees_only_its_dead_letters() {
         .id
         .clone();
     assert!(
-        !bus.delete_dead_letter(&topic, &acme, &globex_id).await.unwrap(),
+        !bus.delete_dead_letter(&topic, &acme, &globex_id)
+            .await
+            .unwrap(),
         "another tenant's id is unknown"
     );
-    let r = bus.redrive(&topic, &acme, &[globex_id.clone()]).await.unwrap();
+    let r = bus
+        .redrive(&topic, &acme, std::slice::from_ref(&globex_id))
+        .await
+        .unwrap();
     assert_eq!(r.unknown, vec![globex_id.clone()]);
     assert!(matches!(
         bus.topic_groups(&topic, &acme).await,

@@ -76,7 +76,8 @@ impl MemoryTransport {
                     break;
                 }
                 let a = Assignment::new(p, *epoch);
-                let (Some(gp), Some(log)) = (group.parts.get_mut(p as usize), st.parts.get(p as usize))
+                let (Some(gp), Some(log)) =
+                    (group.parts.get_mut(p as usize), st.parts.get(p as usize))
                 else {
                     continue;
                 };

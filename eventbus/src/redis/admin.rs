@@ -41,7 +41,8 @@ impl RedisBus {
 
     fn letter(&self, topic: &Topic, partition: u32, (id, fields): Entry) -> Option<DeadLetter> {
         let fields = fields?;
-        let text = |name| wire::field(&fields, name).map(|b| String::from_utf8_lossy(b).into_owned());
+        let text =
+            |name| wire::field(&fields, name).map(|b| String::from_utf8_lossy(b).into_owned());
         let payload = wire::field(&fields, "event")
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
@@ -227,9 +228,7 @@ impl BusAdmin for RedisBus {
                     letters.push(letter);
                 }
             }
-            let exhausted = frontier.is_none()
-                && letters.len() < limit
-                && scanned < SCAN_MAX;
+            let exhausted = frontier.is_none() && letters.len() < limit && scanned < SCAN_MAX;
             if exhausted {
                 return Ok(DeadLetterPage {
                     letters,
@@ -265,7 +264,11 @@ impl BusAdmin for RedisBus {
                 .key(self.stream_key(topic, p))
                 .arg(&stream_id)
                 .arg(self.trim_args());
-            let moved: i64 = self.inner.conn.script("redrive a dead letter", &inv).await?;
+            let moved: i64 = self
+                .inner
+                .conn
+                .script("redrive a dead letter", &inv)
+                .await?;
             if moved == 1 {
                 report.redriven.push(id.clone());
             } else {

@@ -29,7 +29,7 @@ pub(crate) enum Target {
 
 enum Connector {
     Single(Client),
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 /// One live connection of either kind.
@@ -103,7 +103,7 @@ impl Conn {
             .set_response_timeout(Some(response_timeout));
         let target = match target {
             Target::Single(client) => Connector::Single(client.clone()),
-            Target::Cluster(urls) => Connector::Cluster(
+            Target::Cluster(urls) => Connector::Cluster(Box::new(
                 redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                     .connection_timeout(connect_timeout)
                     .response_timeout(response_timeout)
@@ -111,7 +111,7 @@ impl Conn {
                     .map_err(|e| {
                         Error::Config(format!("invalid redis cluster configuration: {e}"))
                     })?,
-            ),
+            )),
         };
         Ok(Self {
             target,

@@ -135,7 +135,10 @@ impl Coordinator for RedisCoordinator {
         let mut cmd = redis::cmd("ZREM");
         cmd.arg(self.keys.members(&self.topic, &self.group))
             .arg(&self.member);
-        self.conn().query::<Value>("leave the group", &cmd).await.map(drop)
+        self.conn()
+            .query::<Value>("leave the group", &cmd)
+            .await
+            .map(drop)
     }
 
     async fn nudge(&self) {
@@ -210,7 +213,9 @@ impl Coordinator for RedisCoordinator {
                     f.pending,
                     f.oldest_pending_age,
                 ),
-                Err(e) => tracing::debug!(partition = p, error = %e, "reading partition figures failed"),
+                Err(e) => {
+                    tracing::debug!(partition = p, error = %e, "reading partition figures failed")
+                }
             }
         }
     }
@@ -236,7 +241,10 @@ pub(crate) async fn view(conn: &Conn, keys: Vec<String>) -> Result<Vec<(String, 
     for reply in &replies {
         for row in wire::array(reply) {
             let row = wire::array(row);
-            let owner = row.first().and_then(|v| wire::string(v)).unwrap_or_default();
+            let owner = row
+                .first()
+                .and_then(|v| wire::string(v))
+                .unwrap_or_default();
             let epoch = row.get(1).and_then(|v| wire::int(v)).unwrap_or(0).max(0) as u64;
             let left = row.get(2).and_then(|v| wire::int(v)).unwrap_or(0);
             out.push((owner, epoch, left));
@@ -267,18 +275,22 @@ pub(crate) async fn partition_figures(
         .arg(&key)
         .arg(group)
         .cmd("TIME");
-    let (groups, pending, time): (Value, Value, Vec<String>) =
-        match bus.inner.conn.query_pipe("read partition figures", &pipe).await {
-            Ok(v) => v,
-            Err(Error::Backend { source, .. }) if source.to_string().contains("no such key") => {
-                return Ok(Figures {
-                    lag: Some(0),
-                    pending: 0,
-                    oldest_pending_age: None,
-                });
-            }
-            Err(e) => return Err(e),
-        };
+    let (groups, pending, time): (Value, Value, Vec<String>) = match bus
+        .inner
+        .conn
+        .query_pipe("read partition figures", &pipe)
+        .await
+    {
+        Ok(v) => v,
+        Err(Error::Backend { source, .. }) if source.to_string().contains("no such key") => {
+            return Ok(Figures {
+                lag: Some(0),
+                pending: 0,
+                oldest_pending_age: None,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let mut lag = None;
     for row in wire::array(&groups) {
         let fields = wire::info_row(row);
@@ -288,17 +300,17 @@ pub(crate) async fn partition_figures(
         }
     }
     let summary = wire::array(&pending);
-    let count = summary.first().and_then(|v| wire::int(v)).unwrap_or(0).max(0) as u64;
+    let count = summary
+        .first()
+        .and_then(|v| wire::int(v))
+        .unwrap_or(0)
+        .max(0) as u64;
     let now_ms = time
         .first()
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0)
         * 1000
-        + time
-            .get(1)
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-            / 1000;
+        + time.get(1).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0) / 1000;
     let oldest = summary
         .get(1)
         .and_then(|v| wire::string(v))

@@ -34,7 +34,11 @@ impl RedisBus {
     /// One `XADD` of already encoded bytes, with the configured trimming.
     pub(crate) fn xadd(&self, key: &str, bytes: &[u8]) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(key).arg(self.trim_args()).arg("*").arg("event").arg(bytes);
+        cmd.arg(key)
+            .arg(self.trim_args())
+            .arg("*")
+            .arg("event")
+            .arg(bytes);
         cmd
     }
 

@@ -80,7 +80,8 @@ impl Subscriber for RedisBus {
             .clone()
             .unwrap_or_else(membership::default_consumer);
         let member = sanitize_name(&membership::member_id(&consumer));
-        let name = |role: &str| sanitize_name(&format!("{}.{role}.{consumer}", self.inner.client_name));
+        let name =
+            |role: &str| sanitize_name(&format!("{}.{role}.{consumer}", self.inner.client_name));
         let blocking = config.block + config.timeout;
         let reader = if self.inner.conn.is_cluster() {
             None
@@ -272,7 +273,13 @@ impl RedisTransport {
         }
     }
 
-    fn to_delivery(&self, a: Assignment, id: String, fields: Vec<(Vec<u8>, Vec<u8>)>, count: u32) -> Delivery<EntryToken> {
+    fn to_delivery(
+        &self,
+        a: Assignment,
+        id: String,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        count: u32,
+    ) -> Delivery<EntryToken> {
         let mut fields = fields;
         let position = fields.iter().position(|(k, _)| k == b"event");
         let (payload, raw) = match position {
@@ -386,9 +393,15 @@ impl RedisTransport {
                     .collect()
             })
             .unwrap_or_default();
-        let last = parts.get(3).and_then(|v| wire::string(v)).unwrap_or_default();
+        let last = parts
+            .get(3)
+            .and_then(|v| wire::string(v))
+            .unwrap_or_default();
         let done = parts.get(4).and_then(|v| wire::int(v)) == Some(1);
-        let delivered = parts.get(5).and_then(|v| wire::string(v)).filter(|s| !s.is_empty());
+        let delivered = parts
+            .get(5)
+            .and_then(|v| wire::string(v))
+            .filter(|s| !s.is_empty());
         entries.sort_by_key(|(id, _)| wire::stream_id(id));
         self.update(h.a, |st| {
             if done {
@@ -430,7 +443,11 @@ impl RedisTransport {
                 {
                     let mut cmd = redis::cmd("XGROUP");
                     cmd.arg("DELCONSUMER").arg(&key).arg(&group).arg(&name);
-                    let _ = bus.inner.conn.query::<Value>("remove a consumer", &cmd).await;
+                    let _ = bus
+                        .inner
+                        .conn
+                        .query::<Value>("remove a consumer", &cmd)
+                        .await;
                 }
             }
         });
@@ -569,7 +586,8 @@ impl RedisTransport {
             _ => {
                 // A cluster (partitions on several slots), or a partition whose position is
                 // not known yet: poll, backing off while idle.
-                let pause = Duration::from_millis(1u64 << idle_rounds.min(10)).min(self.cluster_poll);
+                let pause =
+                    Duration::from_millis(1u64 << idle_rounds.min(10)).min(self.cluster_poll);
                 let _ = tokio::time::timeout(pause, changed).await;
             }
         }
@@ -703,7 +721,10 @@ impl Transport for RedisTransport {
         self.forget(&tokens);
         let mut by_partition: BTreeMap<(u32, u64), Vec<EntryToken>> = BTreeMap::new();
         for t in tokens {
-            by_partition.entry((t.partition, t.epoch)).or_default().push(t);
+            by_partition
+                .entry((t.partition, t.epoch))
+                .or_default()
+                .push(t);
         }
         for ((p, epoch), tokens) in by_partition {
             let a = Assignment::new(p, epoch);

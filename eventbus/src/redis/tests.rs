@@ -72,9 +72,15 @@ async fn a_member_whose_lease_was_taken_over_can_write_nothing() {
     let last = got.pop().unwrap();
     let first = got.remove(0);
     let ack = a.ack(std::slice::from_ref(&first.token)).await;
-    assert!(matches!(ack, Err(Error::LeaseLost { partition: 0 })), "{ack:?}");
+    assert!(
+        matches!(ack, Err(Error::LeaseLost { partition: 0 })),
+        "{ack:?}"
+    );
     let dead = a.dead_letter(&last, "should not land").await;
-    assert!(matches!(dead, Err(Error::LeaseLost { partition: 0 })), "{dead:?}");
+    assert!(
+        matches!(dead, Err(Error::LeaseLost { partition: 0 })),
+        "{dead:?}"
+    );
     assert!(bus.dead_letters(&topic, 10).await.unwrap().is_empty());
     assert_eq!(pending(&bus, &topic).await, 3, "nothing was acknowledged");
     assert!(a.fetch(10).await.unwrap().is_empty(), "nor read");

@@ -101,7 +101,10 @@ impl RedisBus {
         };
         let mut cmd = redis::cmd("SADD");
         cmd.arg(self.inner.keys.groups(topic.as_str())).arg(group);
-        self.inner.conn.query::<Value>("register group", &cmd).await?;
+        self.inner
+            .conn
+            .query::<Value>("register group", &cmd)
+            .await?;
         try_join_all((0..partitions.get()).map(|p| {
             let key = self.inner.keys.stream(topic.as_str(), p);
             async move { self.create_group(&key, group, start).await }

@@ -220,17 +220,21 @@ impl Replay for RedisBus {
                     .query_async(&mut conn)
                     .await
                     .map_err(rerr("replay"))?;
-                let end = last.ids.first().map(|e| e.id.clone()).map(|end| match options.until {
-                    Some(u) => {
-                        let bound = format!("{}-{}", u.timestamp_millis().max(0), u64::MAX);
-                        if parse_id(&bound) < parse_id(&end) {
-                            bound
-                        } else {
-                            end
+                let end = last
+                    .ids
+                    .first()
+                    .map(|e| e.id.clone())
+                    .map(|end| match options.until {
+                        Some(u) => {
+                            let bound = format!("{}-{}", u.timestamp_millis().max(0), u64::MAX);
+                            if parse_id(&bound) < parse_id(&end) {
+                                bound
+                            } else {
+                                end
+                            }
                         }
-                    }
-                    None => end,
-                });
+                        None => end,
+                    });
                 ends.push(end);
             }
             if ends.iter().all(Option::is_none) {

@@ -230,7 +230,9 @@ pub(crate) async fn run<T: Transport>(
     Ok(())
 }
 
-async fn recv_control<T>(control: &mut Option<mpsc::UnboundedReceiver<Command<T>>>) -> Option<Command<T>> {
+async fn recv_control<T>(
+    control: &mut Option<mpsc::UnboundedReceiver<Command<T>>>,
+) -> Option<Command<T>> {
     match control {
         Some(rx) => match rx.recv().await {
             Some(cmd) => Some(cmd),
@@ -381,7 +383,12 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
-    fn revoke(&mut self, partition: u32, wait: Duration, reply: oneshot::Sender<Revoked<T::Token>>) {
+    fn revoke(
+        &mut self,
+        partition: u32,
+        wait: Duration,
+        reply: oneshot::Sender<Revoked<T::Token>>,
+    ) {
         let Some(part) = self.parts.get_mut(&partition) else {
             let _ = reply.send(Revoked {
                 unstarted: Vec::new(),
@@ -404,10 +411,10 @@ impl<T: Transport> Dispatcher<T> {
         let mut kept = VecDeque::with_capacity(self.ready.len());
         for (item, key) in self.ready.drain(..) {
             if item.delivery.assignment.map(|a| a.partition) == Some(partition) {
-                if let Some(key) = &key {
-                    if let Some(queue) = self.keys.remove(key) {
-                        unstarted.extend(queue.into_iter().map(|i| i.delivery.token));
-                    }
+                if let Some(key) = &key
+                    && let Some(queue) = self.keys.remove(key)
+                {
+                    unstarted.extend(queue.into_iter().map(|i| i.delivery.token));
                 }
                 unstarted.push(item.delivery.token);
             } else {

@@ -132,20 +132,41 @@ async fn shutdown_hands_back_every_delivery_not_started() {
         gated(started.clone(), gate.clone()),
         options,
     );
-    eventually("two handlers started", || started.lock().unwrap().len() == 2).await;
+    eventually("two handlers started", || {
+        started.lock().unwrap().len() == 2
+    })
+    .await;
     let shutdown = tokio::spawn(sub.shutdown());
     // Everything read but not started goes back at once, before the handlers end.
-    eventually("the 8 others are handed back", || fake.released().len() == 8).await;
-    assert!(!shutdown.is_finished(), "shutdown waits for the handlers in flight");
+    eventually("the 8 others are handed back", || {
+        fake.released().len() == 8
+    })
+    .await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown waits for the handlers in flight"
+    );
     gate.add_permits(2);
     shutdown.await.unwrap().unwrap();
-    assert_eq!(started.lock().unwrap().len(), 2, "nothing started after shutdown began");
+    assert_eq!(
+        started.lock().unwrap().len(),
+        2,
+        "nothing started after shutdown began"
+    );
     let mut acked = fake.acked();
     acked.sort_unstable();
-    let mut ran: Vec<u64> = started.lock().unwrap().iter().map(|s| s.parse().unwrap()).collect();
+    let mut ran: Vec<u64> = started
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     ran.sort_unstable();
     assert_eq!(acked, ran, "what ran was acknowledged");
-    assert!(fake.0.closed.load(Ordering::SeqCst), "the transport was closed last");
+    assert!(
+        fake.0.closed.load(Ordering::SeqCst),
+        "the transport was closed last"
+    );
 }
 
 #[tokio::test]
@@ -170,7 +191,10 @@ async fn revoke_hands_back_queued_waits_for_in_flight_and_spares_other_partition
     fake.push(keyed(1, "a", 0).with_assignment(p0));
     fake.push(keyed(2, "a", 1).with_assignment(p0));
     fake.push(keyed(3, "b", 0).with_assignment(p1));
-    eventually("both partitions' heads started", || started.lock().unwrap().len() == 2).await;
+    eventually("both partitions' heads started", || {
+        started.lock().unwrap().len() == 2
+    })
+    .await;
     let revoke = {
         let control = control.clone();
         tokio::spawn(async move { control.revoke(0, Duration::from_secs(30)).await })
@@ -187,7 +211,13 @@ async fn revoke_hands_back_queued_waits_for_in_flight_and_spares_other_partition
     eventually("one handler finished", || !fake.acked().is_empty()).await;
     gate.add_permits(2);
     let revoked = revoke.await.unwrap().unwrap();
-    assert_eq!(revoked.unstarted, vec![2], "the queued event of p0 was handed back (released: {:?}, acked {:?})", fake.released(), fake.acked());
+    assert_eq!(
+        revoked.unstarted,
+        vec![2],
+        "the queued event of p0 was handed back (released: {:?}, acked {:?})",
+        fake.released(),
+        fake.acked()
+    );
     assert_eq!(revoked.aborted, 0);
     assert!(
         fake.acked().contains(&1),
@@ -241,8 +271,14 @@ async fn revoke_past_its_wait_cancels_and_drops_the_handler() {
     eventually("the handler started", || started.load(Ordering::SeqCst)).await;
     let revoked = control.revoke(0, Duration::from_millis(50)).await.unwrap();
     assert_eq!(revoked.aborted, 1);
-    eventually("the handler's token was cancelled", || cancelled.load(Ordering::SeqCst)).await;
-    assert!(fake.acked().is_empty(), "an aborted delivery is not acknowledged");
+    eventually("the handler's token was cancelled", || {
+        cancelled.load(Ordering::SeqCst)
+    })
+    .await;
+    assert!(
+        fake.acked().is_empty(),
+        "an aborted delivery is not acknowledged"
+    );
     sub.shutdown().await.unwrap();
 }
 
@@ -316,7 +352,10 @@ async fn a_handler_past_its_deadline_is_cancelled_and_retried() {
     let sub = spawn(fake.clone(), topic(), group(), Arc::new(handler), options);
     fake.push(keyed(1, "a", 0));
     eventually("the retry succeeded", || fake.acked() == vec![1]).await;
-    assert!(cancelled.load(Ordering::SeqCst), "the timed-out attempt's token was cancelled");
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "the timed-out attempt's token was cancelled"
+    );
     let attempts = attempts.lock().unwrap().clone();
     assert_eq!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), vec![1, 2]);
     assert!(attempts.iter().all(|a| a.1 <= Duration::from_millis(100)));

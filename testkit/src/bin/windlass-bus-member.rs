@@ -43,7 +43,11 @@ fn args() -> HashMap<String, String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
     let a = args();
-    let get = |k: &str| a.get(k).cloned().ok_or_else(|| format!("--{k} is required"));
+    let get = |k: &str| {
+        a.get(k)
+            .cloned()
+            .ok_or_else(|| format!("--{k} is required"))
+    };
     let num = |k: &str, d: u64| a.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
     let name = get("name")?;
     let history = get("history")?;
@@ -69,8 +73,12 @@ async fn main() -> Result<(), BoxError> {
     let handler = {
         let (recorder, history, name) = (recorder.clone(), history.clone(), name.clone());
         handler_fn(move |event: Event, _ctx| {
-            let (mut recorder, history, name, slow) =
-                (recorder.clone(), history.clone(), name.clone(), slow.clone());
+            let (mut recorder, history, name, slow) = (
+                recorder.clone(),
+                history.clone(),
+                name.clone(),
+                slow.clone(),
+            );
             async move {
                 let key = event.partition_key().unwrap_or_default().to_owned();
                 let seq: usize = event
@@ -100,10 +108,8 @@ async fn main() -> Result<(), BoxError> {
                 } else {
                     // A little jitter so calls of different keys interleave.
                     let h = seq as u64 * 7919 + key.len() as u64 * 104_729;
-                    tokio::time::sleep(Duration::from_micros(
-                        h % (latency.as_micros() as u64 + 1),
-                    ))
-                    .await;
+                    tokio::time::sleep(Duration::from_micros(h % (latency.as_micros() as u64 + 1)))
+                        .await;
                 }
                 let _: i64 = redis::cmd("RPUSH")
                     .arg(&history)

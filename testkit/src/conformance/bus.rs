@@ -284,4 +284,3 @@ async fn subscribe<F: BusFixture>(
         .await
         .expect("subscribe")
 }
-

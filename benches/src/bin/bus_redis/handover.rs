@@ -23,7 +23,12 @@ type Calls = Arc<Mutex<Vec<(u32, usize, Instant)>>>;
 const LEASE: Duration = Duration::from_secs(2);
 const PARTITIONS: u32 = 16;
 
-async fn member(config: &RedisConfig, topic: &Topic, m: usize, calls: &Calls) -> BoxResult<Subscription> {
+async fn member(
+    config: &RedisConfig,
+    topic: &Topic,
+    m: usize,
+    calls: &Calls,
+) -> BoxResult<Subscription> {
     let calls = calls.clone();
     let handler = handler_fn(move |_event: Event, ctx| {
         calls
@@ -73,7 +78,10 @@ async fn settled(bus: &RedisBus, topic: &Topic, members: usize, m: usize) -> Box
 
 /// One round: handover delays (µs) of the victim's partitions.
 async fn round(config: &RedisConfig, members: usize, crash: bool, n: usize) -> BoxResult<Vec<u64>> {
-    let topic = Topic::new(format!("handover-{}-{n}", if crash { "crash" } else { "leave" }))?;
+    let topic = Topic::new(format!(
+        "handover-{}-{n}",
+        if crash { "crash" } else { "leave" }
+    ))?;
     let bus = RedisBus::connect(config.clone()).await?;
     let calls: Calls = Arc::default();
     let mut subs = Vec::new();

@@ -287,7 +287,12 @@ async fn raw_latency(
 }
 
 /// Drains `n` pre-published events with `members` subscriptions (each on its own `RedisBus`).
-async fn ours_consume(config: &RedisConfig, topic: &Topic, n: usize, members: usize) -> BoxResult<f64> {
+async fn ours_consume(
+    config: &RedisConfig,
+    topic: &Topic,
+    n: usize,
+    members: usize,
+) -> BoxResult<f64> {
     let handled = Arc::new(AtomicUsize::new(0));
     let handler = {
         let handled = handled.clone();
@@ -408,7 +413,10 @@ async fn main() -> BoxResult<()> {
 
     if only == "handover" {
         let report = handover::measure(&config(16)?, 3, scaled(5.0).min(20)).await?;
-        println!("{}", serde_json::json!({"bench": "bus_redis", "handover": report}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "bus_redis", "handover": report})
+        );
         return Ok(());
     }
     let all = events(n_batch.max(n_consume).max(n_single).max(n_latency));
@@ -437,26 +445,61 @@ async fn main() -> BoxResult<()> {
     for round in 0..2 {
         let t = |name: &str| topic(&format!("{name}-{round}"));
         let (rs, rb) = (t("raw-single"), t("raw-batch"));
-        let (o1, o16, b1, b16) = (t("ours-single-p1"), t("ours-single-p16"), t("ours-batch-p1"), t("ours-batch-p16"));
+        let (o1, o16, b1, b16) = (
+            t("ours-single-p1"),
+            t("ours-single-p16"),
+            t("ours-batch-p1"),
+            t("ours-batch-p16"),
+        );
         let ours_first = round % 2 == 1;
         {
             if ours_first {
-                keep("ours_single_p1", ours_publish_one_by_one(&one, &o1, &all[..n_single]).await?);
-                keep("ours_single_p16", ours_publish_one_by_one(&sixteen, &o16, &all[..n_single]).await?);
+                keep(
+                    "ours_single_p1",
+                    ours_publish_one_by_one(&one, &o1, &all[..n_single]).await?,
+                );
+                keep(
+                    "ours_single_p16",
+                    ours_publish_one_by_one(&sixteen, &o16, &all[..n_single]).await?,
+                );
             }
-            keep("raw_single", raw_publish_one_by_one(&mut conn, &key(&rs), &payloads[..n_single]).await?);
+            keep(
+                "raw_single",
+                raw_publish_one_by_one(&mut conn, &key(&rs), &payloads[..n_single]).await?,
+            );
             if !ours_first {
-                keep("ours_single_p1", ours_publish_one_by_one(&one, &o1, &all[..n_single]).await?);
-                keep("ours_single_p16", ours_publish_one_by_one(&sixteen, &o16, &all[..n_single]).await?);
+                keep(
+                    "ours_single_p1",
+                    ours_publish_one_by_one(&one, &o1, &all[..n_single]).await?,
+                );
+                keep(
+                    "ours_single_p16",
+                    ours_publish_one_by_one(&sixteen, &o16, &all[..n_single]).await?,
+                );
             }
             if ours_first {
-                keep("ours_batch_p1", ours_publish_pipelined(&one, &b1, &all[..n_batch]).await?);
-                keep("ours_batch_p16", ours_publish_pipelined(&sixteen, &b16, &all[..n_batch]).await?);
+                keep(
+                    "ours_batch_p1",
+                    ours_publish_pipelined(&one, &b1, &all[..n_batch]).await?,
+                );
+                keep(
+                    "ours_batch_p16",
+                    ours_publish_pipelined(&sixteen, &b16, &all[..n_batch]).await?,
+                );
             }
-            keep("raw_batch", raw_publish_pipelined(&mut conn, &key(&rb), &payloads[..n_batch]).await?);
+            keep(
+                "raw_batch",
+                raw_publish_pipelined(&mut conn, &key(&rb), &payloads[..n_batch]).await?,
+            );
             if !ours_first {
-                keep("ours_batch_p1", ours_publish_pipelined(&one, &b1, &all[..n_batch]).await?);
-                keep("ours_batch_p16", ours_publish_pipelined(&sixteen, &b16, &all[..n_batch]).await?);
+                keep(
+                    "ours_batch_p1",
+                    ours_publish_pipelined(&one, &b1, &all[..n_batch]).await?,
+                );
+                keep(
+                    "ours_batch_p16",
+                    ours_publish_pipelined(&sixteen, &b16, &all[..n_batch]).await?,
+                );
             }
         }
         for t in [o1, b1] {
@@ -466,7 +509,10 @@ async fn main() -> BoxResult<()> {
             topics_used.push((t, true));
         }
         for t in [rs, rb] {
-            let _: i64 = redis::cmd("UNLINK").arg(key(&t)).query_async(&mut conn).await?;
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(key(&t))
+                .query_async(&mut conn)
+                .await?;
         }
     }
 
@@ -478,7 +524,10 @@ async fn main() -> BoxResult<()> {
         let r = raw_consume(&client, &key(&t), n_consume).await?;
         let e = consume.entry("raw").or_insert(0.0);
         *e = e.max(r);
-        let _: i64 = redis::cmd("UNLINK").arg(key(&t)).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(key(&t))
+            .query_async(&mut conn)
+            .await?;
         for (name, partitions, members) in [("p1_m1", 1, 1), ("p16_m1", 16, 1), ("p16_m3", 16, 3)] {
             let t = topic(&format!("ours-consume-{name}-{round}"));
             let bus = if partitions == 1 { &one } else { &sixteen };
@@ -495,7 +544,10 @@ async fn main() -> BoxResult<()> {
     // End-to-end latency at 1k events/s.
     let raw_key = key(&topic("raw-latency"));
     let raw_lat = raw_latency(&client, &raw_key, &payloads[..n_latency]).await?;
-    let _: i64 = redis::cmd("UNLINK").arg(&raw_key).query_async(&mut conn).await?;
+    let _: i64 = redis::cmd("UNLINK")
+        .arg(&raw_key)
+        .query_async(&mut conn)
+        .await?;
     let (l1, l16) = (topic("ours-latency-p1"), topic("ours-latency-p16"));
     let lat_p1 = ours_latency(&one, &l1, &all[..n_latency]).await?;
     let lat_p16 = ours_latency(&sixteen, &l16, &all[..n_latency]).await?;

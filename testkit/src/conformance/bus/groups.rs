@@ -129,6 +129,9 @@ pub async fn order_per_key_under_concurrency<F: BusFixture>(fixture: &F) {
 /// Which member handled which partition in one round of probes.
 type RoundOwners = BTreeMap<u32, HashSet<String>>;
 
+/// (round, partition) -> the members that handled it.
+type Handled = Arc<Mutex<HashMap<(usize, u32), HashSet<String>>>>;
+
 /// Two members of one group split the partitions: once the group settled, every partition's
 /// events go to exactly one member, both members get partitions, and their counts differ by at
 /// most one. No event is handled twice on the way (joins hand partitions over gracefully).
@@ -137,28 +140,51 @@ pub async fn group_members_split_the_partitions<F: BusFixture>(fixture: &F) {
     let partitions = fixture.partitions();
     let g = group("workers");
     // (round, partition) -> members; event id -> handling count.
-    let seen: Arc<Mutex<HashMap<(usize, u32), HashSet<String>>>> = Arc::default();
+    let seen: Handled = Arc::default();
     let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let handler = || {
         let (seen, calls) = (seen.clone(), calls.clone());
         Arc::new(handler_fn(move |event: Event, ctx| {
             let (seen, calls) = (seen.clone(), calls.clone());
             async move {
-                let round: usize = event.data_as().map_err(HandlerError::reject)?.unwrap_or_default();
-                let partition = ctx.partition.ok_or_else(|| HandlerError::reject("no partition in the context"))?;
+                let round: usize = event
+                    .data_as()
+                    .map_err(HandlerError::reject)?
+                    .unwrap_or_default();
+                let partition = ctx
+                    .partition
+                    .ok_or_else(|| HandlerError::reject("no partition in the context"))?;
                 seen.lock()
                     .unwrap()
                     .entry((round, partition))
                     .or_default()
                     .insert(ctx.consumer.clone());
-                *calls.lock().unwrap().entry(event.id().to_owned()).or_default() += 1;
+                *calls
+                    .lock()
+                    .unwrap()
+                    .entry(event.id().to_owned())
+                    .or_default() += 1;
                 Ok(())
             }
         })) as Arc<dyn Handler>
     };
     let (bus_a, bus_b) = (fixture.bus().await, fixture.bus().await);
-    let a = subscribe::<F>(&bus_a, &topic, &g, handler(), fixture.options().consumer("a")).await;
-    let b = subscribe::<F>(&bus_b, &topic, &g, handler(), fixture.options().consumer("b")).await;
+    let a = subscribe::<F>(
+        &bus_a,
+        &topic,
+        &g,
+        handler(),
+        fixture.options().consumer("a"),
+    )
+    .await;
+    let b = subscribe::<F>(
+        &bus_b,
+        &topic,
+        &g,
+        handler(),
+        fixture.options().consumer("b"),
+    )
+    .await;
     let keys: Vec<String> = (0..partitions)
         .map(|p| key_for_partition(p, partitions))
         .collect();
@@ -242,7 +268,12 @@ pub async fn group_members_split_the_partitions<F: BusFixture>(fixture: &F) {
 
 /// Publishes `waves` rounds of one event per key (sequence numbers `from..from + waves`), one
 /// batch per round.
-async fn publish_waves<B: Publisher>(bus: &B, topic: &Topic, keys: &[String], seqs: std::ops::Range<usize>) {
+async fn publish_waves<B: Publisher>(
+    bus: &B,
+    topic: &Topic,
+    keys: &[String],
+    seqs: std::ops::Range<usize>,
+) {
     for seq in seqs {
         let events: Vec<Event> = keys.iter().map(|k| keyed(k, seq)).collect();
         bus.publish_batch(topic, &events).await.expect("publish");
@@ -278,7 +309,11 @@ pub async fn order_per_key_across_members_under_load<F: BusFixture>(fixture: &F)
         let bus = fixture.bus().await;
         let member = format!("m{m}");
         let handler = history.handler(&member, |seq| jitter("load", seq, 3));
-        let options = fixture.options().concurrency(8).prefetch(64).consumer(member);
+        let options = fixture
+            .options()
+            .concurrency(8)
+            .prefetch(64)
+            .consumer(member);
         subs.push(subscribe::<F>(&bus, &topic, &g, handler, options).await);
         buses.push(bus);
     }
@@ -318,7 +353,10 @@ pub async fn order_per_key_through_joins_and_leaves<F: BusFixture>(fixture: &F) 
             let member = format!("m{m}");
             let handler = history.handler(&member, |seq| jitter("churn", seq, 2));
             let options = fixture.options().concurrency(8).consumer(member.clone());
-            (member, subscribe::<F>(&bus, &topic, &g, handler, options).await)
+            (
+                member,
+                subscribe::<F>(&bus, &topic, &g, handler, options).await,
+            )
         }
     };
     live.push(join(1).await);
@@ -392,5 +430,9 @@ pub async fn a_crashed_members_partitions_are_taken_over_in_order<F: BusFixture>
     for sub in subs {
         sub.shutdown().await.expect("shutdown");
     }
-    assert_verdict(&check(&history.steps(), &expectations(&keys, PER_KEY), false));
+    assert_verdict(&check(
+        &history.steps(),
+        &expectations(&keys, PER_KEY),
+        false,
+    ));
 }

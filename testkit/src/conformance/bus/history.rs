@@ -292,11 +292,26 @@ mod tests {
     #[test]
     fn the_checker_catches_overlap_disorder_gaps_and_duplicates() {
         let expected: HashMap<String, usize> = [("k".to_owned(), 2)].into();
-        let ok = [start("k", 0, "a"), end("k", 0, "a"), start("k", 1, "b"), end("k", 1, "b")];
+        let ok = [
+            start("k", 0, "a"),
+            end("k", 0, "a"),
+            start("k", 1, "b"),
+            end("k", 1, "b"),
+        ];
         assert!(check(&ok, &expected, true).violations.is_empty());
-        let overlap = [start("k", 0, "a"), start("k", 1, "b"), end("k", 0, "a"), end("k", 1, "b")];
+        let overlap = [
+            start("k", 0, "a"),
+            start("k", 1, "b"),
+            end("k", 0, "a"),
+            end("k", 1, "b"),
+        ];
         assert!(!check(&overlap, &expected, false).violations.is_empty());
-        let disorder = [start("k", 1, "a"), end("k", 1, "a"), start("k", 0, "a"), end("k", 0, "a")];
+        let disorder = [
+            start("k", 1, "a"),
+            end("k", 1, "a"),
+            start("k", 0, "a"),
+            end("k", 0, "a"),
+        ];
         assert!(!check(&disorder, &expected, false).violations.is_empty());
         let gap = [start("k", 0, "a"), end("k", 0, "a")];
         assert!(!check(&gap, &expected, false).violations.is_empty());

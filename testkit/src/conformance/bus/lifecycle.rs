@@ -85,9 +85,7 @@ pub async fn shutdown_with_a_full_read_ahead_runs_only_what_started<F: BusFixtur
             }
         })
     };
-    let events: Vec<Event> = (0..40)
-        .map(|n| keyed(&format!("key-{n}"), 0))
-        .collect();
+    let events: Vec<Event> = (0..40).map(|n| keyed(&format!("key-{n}"), 0)).collect();
     bus.publish_batch(&topic, &events).await.expect("publish");
     let options = fixture
         .options()
@@ -161,7 +159,10 @@ pub async fn handler_deadline_cancels_and_retries<F: BusFixture>(fixture: &F) {
         .retry(fast_retry(3));
     let sub = subscribe::<F>(&bus, &topic, &group("g"), Arc::new(handler), options).await;
     bus.publish(&topic, &numbered(1)).await.expect("publish");
-    wait_until("the second attempt ran", || attempts.lock().unwrap().len() >= 2).await;
+    wait_until("the second attempt ran", || {
+        attempts.lock().unwrap().len() >= 2
+    })
+    .await;
     wait_until("the first attempt's token was cancelled", || {
         cancelled.load(Ordering::SeqCst) == 1
     })
