@@ -528,3 +528,82 @@ async fn changing_the_partition_count_of_a_topic_in_use_is_refused() {
     assert_eq!(per_topic.stream_keys(&other).await.unwrap().len(), 2);
     redis.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_merges_the_partitions_and_keeps_order_per_key() {
+    use windlass_eventbus::replay::{Replay, ReplayFrom, ReplayOptions};
+    let redis = fresh_prefix().await;
+    let bus = RedisBus::connect(config(&redis)).await.unwrap();
+    let topic = Topic::new("history").unwrap();
+    let events: Vec<Event> = (0..10)
+        .flat_map(|seq| (0..5).map(move |k| keyed(&format!("k{k}"), seq)))
+        .collect();
+    for chunk in events.chunks(5) {
+        bus.publish_batch(&topic, chunk).await.unwrap();
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let h = {
+        let seen = seen.clone();
+        handler_fn(move |e: Event, _c| {
+            let seen = seen.clone();
+            async move {
+                let seq: usize = e.data_as()?.unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push((e.partition_key().unwrap().to_owned(), seq));
+                Ok(())
+            }
+        })
+    };
+    let report = bus
+        .replay(&topic, ReplayFrom::Beginning, &h, &ReplayOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 50);
+    let seen = seen.lock().unwrap().clone();
+    for k in 0..5 {
+        let key = format!("k{k}");
+        let seqs: Vec<usize> = seen
+            .iter()
+            .filter(|(kk, _)| *kk == key)
+            .map(|(_, s)| *s)
+            .collect();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>(), "{key}");
+    }
+    // A group positioned at an event reads, in every partition, what came from it on.
+    let g = Group::new("rebuild").unwrap();
+    let from = &events[25];
+    bus.start_group_at(&topic, &g, ReplayFrom::EventId(from.id().to_owned()))
+        .await
+        .unwrap();
+    let got = Arc::new(Mutex::new(HashSet::new()));
+    let h = {
+        let got = got.clone();
+        handler_fn(move |e: Event, _c| {
+            let got = got.clone();
+            async move {
+                got.lock().unwrap().insert(e.id().to_owned());
+                Ok(())
+            }
+        })
+    };
+    let sub = bus
+        .subscribe(&topic, &g, Arc::new(h), SubscribeOptions::default())
+        .await
+        .unwrap();
+    wait_until("the group read from the event on", || {
+        got.lock().unwrap().contains(events[49].id()) && got.lock().unwrap().contains(from.id())
+    })
+    .await;
+    sub.shutdown().await.unwrap();
+    let got = got.lock().unwrap().clone();
+    assert!(got.contains(from.id()));
+    // Same-partition events before it are not read again.
+    let p = partition_for_event(from, count(4));
+    for e in &events[..25] {
+        if partition_for_event(e, count(4)) == p {
+            assert!(!got.contains(e.id()), "an event before the start was read");
+        }
+    }
+    redis.cleanup().await;
+}

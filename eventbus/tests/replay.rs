@@ -183,9 +183,14 @@ async fn wait(cond: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_replays_with_xrange_and_positions_new_groups() {
     let r = windlass_testkit::redis::fresh_prefix().await;
-    let bus = RedisBus::connect(RedisConfig::new(&r.url).prefix(&r.prefix))
-        .await
-        .unwrap();
+    // One partition: the assertions below expect one total order (partitions order per key).
+    let bus = RedisBus::connect(
+        RedisConfig::new(&r.url)
+            .prefix(&r.prefix)
+            .partitions(windlass_eventbus::PartitionCount::ONE),
+    )
+    .await
+    .unwrap();
     let topic = Topic::new("orders").unwrap();
     let (events, middle) = two_halves(&bus, &topic).await;
     let opts = ReplayOptions::default();

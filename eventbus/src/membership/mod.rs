@@ -168,12 +168,12 @@ struct Held {
 
 /// Runs one member's side of a group: heartbeats, renewals, rebalancing, handovers.
 pub(crate) struct Driver<C: Coordinator, S> {
-    pub(crate) coordinator: Arc<C>,
-    pub(crate) holdings: Arc<Holdings<S>>,
-    pub(crate) control: PartitionControl<C::Token>,
-    pub(crate) member: String,
-    pub(crate) timing: Timing,
-    pub(crate) metrics: OwnedMetrics,
+    coordinator: Arc<C>,
+    holdings: Arc<Holdings<S>>,
+    control: PartitionControl<C::Token>,
+    member: String,
+    timing: Timing,
+    metrics: OwnedMetrics,
 }
 
 /// The `windlass_bus_partition_owned` gauges of one subscription.
@@ -184,7 +184,7 @@ pub(crate) struct OwnedMetrics {
 }
 
 impl OwnedMetrics {
-    pub(crate) fn new(topic: &str, group: &str) -> Self {
+    fn new(topic: &str, group: &str) -> Self {
         Self {
             topic: topic.to_owned(),
             group: group.to_owned(),
@@ -200,6 +200,30 @@ impl OwnedMetrics {
     }
 }
 
+/// A running driver: what a transport needs to leave the group at its `close`, and the task
+/// [`Subscription::abort`](crate::Subscription::abort) kills.
+#[derive(Debug)]
+pub(crate) struct Running {
+    close: CancellationToken,
+    task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    abort: tokio::task::AbortHandle,
+}
+
+impl Running {
+    /// The driver task's abort handle.
+    pub(crate) fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.abort.clone()
+    }
+
+    /// Gives every partition back, leaves the group, and waits until that is done.
+    pub(crate) async fn leave(&self) {
+        self.close.cancel();
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
 struct State {
     held: HashMap<u32, Held>,
     leaving: HashSet<u32>,
@@ -208,10 +232,45 @@ struct State {
 }
 
 impl<C: Coordinator, S: Default + Send + 'static> Driver<C, S> {
+    /// A driver for `member` of `group` on `topic`.
+    pub(crate) fn new(
+        coordinator: Arc<C>,
+        holdings: Arc<Holdings<S>>,
+        control: PartitionControl<C::Token>,
+        member: String,
+        timing: Timing,
+        (topic, group): (&str, &str),
+    ) -> Self {
+        Self {
+            coordinator,
+            holdings,
+            control,
+            member,
+            timing,
+            metrics: OwnedMetrics::new(topic, group),
+        }
+    }
+
+    /// Spawns the driver; the receiver fires after its first rebalance.
+    pub(crate) fn start(
+        self,
+        lost: mpsc::UnboundedReceiver<Assignment>,
+    ) -> (Running, tokio::sync::oneshot::Receiver<()>) {
+        let close = CancellationToken::new();
+        let (joined_tx, joined) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(self.run(lost, close.clone(), joined_tx));
+        let running = Running {
+            close,
+            abort: task.abort_handle(),
+            task: tokio::sync::Mutex::new(Some(task)),
+        };
+        (running, joined)
+    }
+
     /// Runs until `close` fires, then gives every partition back and leaves the group.
     /// `joined` fires after the first rebalance (this member took its share of the free
     /// partitions, or found none free).
-    pub(crate) async fn run(
+    async fn run(
         self,
         mut lost: mpsc::UnboundedReceiver<Assignment>,
         close: CancellationToken,

@@ -17,13 +17,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio_util::sync::CancellationToken;
 use windlass_core::{Group, Topic};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::Handler;
-use crate::membership::{self, Driver, Holdings, OwnedMetrics, Timing};
+use crate::membership::{self, Driver, Holdings, Timing};
 use crate::partition::{PartitionCount, partition_for_event};
 use crate::runner::{Runner, partition_control};
 use crate::subscription::Subscription;
@@ -336,18 +335,16 @@ impl Subscriber for MemoryBus {
             member: member.clone(),
             ttl: config.lease_ttl,
         });
-        let driver = Driver {
+        let (membership, joined) = Driver::new(
             coordinator,
-            holdings: holdings.clone(),
+            holdings.clone(),
             control,
-            member: member.clone(),
-            timing: Timing::new(config.lease_ttl, options.handler_timeout),
-            metrics: OwnedMetrics::new(topic.as_str(), group.as_str()),
-        };
-        let close = CancellationToken::new();
-        let (joined_tx, joined) = tokio::sync::oneshot::channel();
-        let driver_task = tokio::spawn(driver.run(lost, close.clone(), joined_tx));
-        let abort = driver_task.abort_handle();
+            member.clone(),
+            Timing::new(config.lease_ttl, options.handler_timeout),
+            (topic.as_str(), group.as_str()),
+        )
+        .start(lost);
+        let abort = membership.abort_handle();
         let transport = MemoryTransport {
             log,
             topic: topic.to_string(),
@@ -356,8 +353,7 @@ impl Subscriber for MemoryBus {
             member,
             holdings,
             block: config.block,
-            close,
-            driver: tokio::sync::Mutex::new(Some(driver_task)),
+            membership,
         };
         let subscription = Runner::new(transport, topic.clone(), group.clone(), handler, options)
             .partitioned(events)

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use super::log::{Payload, Pending, TopicLog, lock};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::membership::Holdings;
+use crate::membership::{Holdings, Running};
 use crate::runner::{Assignment, Delivery, Transport, Undecodable};
 use crate::traits::DeadLetter;
 
@@ -47,8 +45,7 @@ pub(super) struct MemoryTransport {
     pub(super) member: String,
     pub(super) holdings: Arc<Holdings<ReadState>>,
     pub(super) block: Duration,
-    pub(super) close: CancellationToken,
-    pub(super) driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    pub(super) membership: Running,
 }
 
 fn decode(payload: &Payload) -> std::result::Result<Event, Undecodable> {
@@ -269,9 +266,6 @@ impl Transport for MemoryTransport {
     }
 
     async fn close(&self) {
-        self.close.cancel();
-        if let Some(driver) = self.driver.lock().await.take() {
-            let _ = driver.await;
-        }
+        self.membership.leave().await;
     }
 }

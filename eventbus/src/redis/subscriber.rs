@@ -11,8 +11,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use redis::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use windlass_core::{Group, Topic};
 
 use super::RedisBus;
@@ -24,7 +22,7 @@ use super::wire::{self, Entry};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::Handler;
-use crate::membership::{self, Driver, Holdings, OwnedMetrics, Timing, sanitize_name};
+use crate::membership::{self, Driver, Holdings, Running, Timing, sanitize_name};
 use crate::runner::{Assignment, Delivery, Runner, Transport, Undecodable, partition_control};
 use crate::subscription::Subscription;
 use crate::traits::{SubscribeOptions, Subscriber};
@@ -112,18 +110,16 @@ impl Subscriber for RedisBus {
             partitions: partitions.get(),
             ttl: config.lease_ttl,
         });
-        let driver = Driver {
-            coordinator: coordinator.clone(),
-            holdings: holdings.clone(),
+        let (membership, joined) = Driver::new(
+            coordinator.clone(),
+            holdings.clone(),
             control,
-            member: member.clone(),
-            timing: Timing::new(config.lease_ttl, options.handler_timeout),
-            metrics: OwnedMetrics::new(topic.as_str(), group.as_str()),
-        };
-        let close = CancellationToken::new();
-        let (joined_tx, joined) = tokio::sync::oneshot::channel();
-        let driver_task = tokio::spawn(driver.run(lost, close.clone(), joined_tx));
-        let abort = driver_task.abort_handle();
+            member.clone(),
+            Timing::new(config.lease_ttl, options.handler_timeout),
+            (topic.as_str(), group.as_str()),
+        )
+        .start(lost);
+        let abort = membership.abort_handle();
         let transport = RedisTransport {
             bus: self.clone(),
             reader,
@@ -137,8 +133,7 @@ impl Subscriber for RedisBus {
             block: config.block,
             cluster_poll: config.cluster_poll,
             rotate: AtomicUsize::new(0),
-            close,
-            driver: tokio::sync::Mutex::new(Some(driver_task)),
+            membership: Some(membership),
         };
         let subscription = Runner::new(transport, topic.clone(), group.clone(), handler, options)
             .partitioned(events)
@@ -193,8 +188,7 @@ pub(crate) fn bare_member(
         block: config.block,
         cluster_poll: config.cluster_poll,
         rotate: AtomicUsize::new(0),
-        close: CancellationToken::new(),
-        driver: tokio::sync::Mutex::new(None),
+        membership: None,
     };
     (coordinator, transport)
 }
@@ -213,8 +207,8 @@ pub(crate) struct RedisTransport {
     block: Duration,
     cluster_poll: Duration,
     rotate: AtomicUsize,
-    close: CancellationToken,
-    driver: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The membership driver (none in the fence tests' bare members).
+    membership: Option<Running>,
 }
 
 /// The partitions held, as one fetch sees them.
@@ -735,9 +729,8 @@ impl Transport for RedisTransport {
     }
 
     async fn close(&self) {
-        self.close.cancel();
-        if let Some(driver) = self.driver.lock().await.take() {
-            let _ = driver.await;
+        if let Some(membership) = &self.membership {
+            membership.leave().await;
         }
     }
 }
