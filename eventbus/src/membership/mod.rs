@@ -224,6 +224,14 @@ impl Running {
     }
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct State {
     held: HashMap<u32, Held>,
     leaving: HashSet<u32>,
@@ -278,7 +286,8 @@ impl<C: Coordinator, S: Default + Send + 'static> Driver<C, S> {
     ) {
         let mut joined = Some(joined);
         let (changed, mut nudges) = watch::channel(0u64);
-        let listener = tokio::spawn(self.coordinator.clone().listen(changed));
+        // Aborted with this task too (a crashed subscription leaves nothing running).
+        let _listener = AbortOnDrop(tokio::spawn(self.coordinator.clone().listen(changed)));
         let mut st = State {
             held: HashMap::new(),
             leaving: HashSet::new(),
@@ -345,7 +354,6 @@ impl<C: Coordinator, S: Default + Send + 'static> Driver<C, S> {
             tracing::warn!(member = %self.member, error = %e, "leaving the group failed; the member entry expires by itself");
         }
         self.coordinator.nudge().await;
-        listener.abort();
     }
 
     fn give_up(&self, st: &mut State, a: Assignment, why: &str) {
