@@ -45,8 +45,9 @@ pub(crate) struct ReadState {
     draining: Option<String>,
     /// The group's last delivered id: what a blocking wait waits past.
     last_delivered: Option<String>,
-    /// Ids handed to the runner and not yet acknowledged, dead-lettered or handed back.
-    in_flight: HashSet<String>,
+    /// Ids (ms, seq) handed to the runner and not yet acknowledged, dead-lettered or handed
+    /// back.
+    in_flight: HashSet<(u64, u64)>,
 }
 
 impl Default for ReadState {
@@ -233,7 +234,10 @@ impl RedisTransport {
                 draining: st.draining.clone(),
                 last_delivered: st.last_delivered.clone(),
                 in_flight: if st.draining.is_some() {
-                    st.in_flight.iter().cloned().collect()
+                    st.in_flight
+                        .iter()
+                        .map(|(ms, seq)| format!("{ms}-{seq}"))
+                        .collect()
                 } else {
                     Vec::new()
                 },
@@ -324,7 +328,7 @@ impl RedisTransport {
         for (id, fields) in entries {
             match fields {
                 Some(fields) => {
-                    ids.push(id.clone());
+                    ids.push(wire::stream_id(&id));
                     let count = counts.get(&id).copied().unwrap_or(1);
                     out.push(self.to_delivery(a, id, fields, count));
                 }
@@ -489,12 +493,13 @@ impl RedisTransport {
                     continue;
                 }
             };
-            for (h, row) in chunk.iter().zip(wire::array(&reply)) {
-                let row = wire::array(row);
-                match row.first().and_then(|v| wire::int(v)) {
+            for (h, row) in chunk.iter().zip(wire::into_array(reply)) {
+                let mut row = wire::into_array(row).into_iter();
+                let status = row.next().as_ref().and_then(wire::int);
+                match status {
                     Some(0) => self.holdings.lost(h.a),
                     Some(1) => {
-                        let entries = row.get(1).map(|v| wire::entries(v)).unwrap_or_default();
+                        let entries = row.next().map(wire::into_entries).unwrap_or_default();
                         if let Some((last, _)) = entries.last() {
                             let last = last.clone();
                             self.update(h.a, |st| st.last_delivered = Some(last));
@@ -593,7 +598,7 @@ impl RedisTransport {
             if let Some((epoch, st)) = parts.get_mut(&t.partition)
                 && *epoch == t.epoch
             {
-                st.in_flight.remove(&t.id);
+                st.in_flight.remove(&wire::stream_id(&t.id));
             }
         }
     }

@@ -53,6 +53,55 @@ fn entry(v: &Value) -> Option<Entry> {
     Some((id, fields))
 }
 
+/// The bytes of a value, moved out of it.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn into_items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Entries moved out of a reply (no copy of their bytes): the hot read path.
+pub(crate) fn into_entries(v: Value) -> Vec<Entry> {
+    into_items(v)
+        .into_iter()
+        .filter_map(|e| {
+            let mut parts = into_items(e).into_iter();
+            let id = String::from_utf8(into_bytes(parts.next()?)?).ok()?;
+            let fields = match parts.next() {
+                None | Some(Value::Nil) => None,
+                Some(f) => {
+                    let mut flat = into_items(f).into_iter();
+                    let mut out = Vec::with_capacity(1);
+                    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                        if let (Some(k), Some(v)) = (into_bytes(k), into_bytes(v)) {
+                            out.push((k, v));
+                        }
+                    }
+                    Some(out)
+                }
+            };
+            Some((id, fields))
+        })
+        .collect()
+}
+
+/// The items of an array reply, moved out.
+pub(crate) fn into_array(v: Value) -> Vec<Value> {
+    into_items(v)
+}
+
 /// A list of entries (`XRANGE`, `XCLAIM`, the middle of `XAUTOCLAIM`).
 pub(crate) fn entries(v: &Value) -> Vec<Entry> {
     items(v).into_iter().filter_map(entry).collect()

@@ -90,7 +90,7 @@ async fn process<T: Transport>(
         Ok(event) => event,
         Err(bad) => {
             let reason = format!("undecodable entry: {}", bad.reason);
-            return dead_letter(shared, delivery, &reason, stop).await;
+            return Box::pin(dead_letter(shared, delivery, &reason, stop)).await;
         }
     };
     let mut attempt = delivery.delivery_count.max(1);
@@ -99,7 +99,7 @@ async fn process<T: Transport>(
             "delivered {} times without being acknowledged (a consumer died while handling it?)",
             attempt - 1
         );
-        return dead_letter(shared, delivery, &reason, stop).await;
+        return Box::pin(dead_letter(shared, delivery, &reason, stop)).await;
     }
     let timeout = shared.handler_timeout;
     loop {
@@ -134,7 +134,16 @@ async fn process<T: Transport>(
         );
         let call = AssertUnwindSafe(shared.handler.handle(event, &ctx).instrument(span.clone()))
             .catch_unwind();
-        let result = tokio::time::timeout(timeout, call).await;
+        let mut call = std::pin::pin!(call);
+        // A handler done at its first poll needs no timer.
+        let result = match futures::poll!(call.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => {
+                let deadline = tokio::time::Instant::from_std(started + timeout);
+                // Boxed: the common path keeps the task's future small.
+                Box::pin(tokio::time::timeout_at(deadline, call)).await
+            }
+        };
         shared
             .metrics
             .duration
@@ -143,8 +152,7 @@ async fn process<T: Transport>(
             Ok(Ok(Ok(()))) => return Outcome::Acked,
             Ok(Ok(Err(e))) if e.is_reject() => {
                 let reason = format!("rejected by handler: {e}");
-                return dead_letter(shared, delivery, &reason, stop)
-                    .instrument(span)
+                return Box::pin(dead_letter(shared, delivery, &reason, stop).instrument(span))
                     .await;
             }
             Ok(Ok(Err(e))) => e,
@@ -161,7 +169,7 @@ async fn process<T: Transport>(
         };
         if shared.retry.is_exhausted(attempt) {
             let reason = format!("failed {attempt} attempts; last error: {error}");
-            return dead_letter(shared, delivery, &reason, stop).await;
+            return Box::pin(dead_letter(shared, delivery, &reason, stop)).await;
         }
         let delay = error
             .requested_delay()

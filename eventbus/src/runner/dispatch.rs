@@ -22,8 +22,17 @@ struct Item<T> {
     _room: OwnedSemaphorePermit,
 }
 
-/// An ordering key within a partition (`None`: unpartitioned).
-type Key = (Option<u32>, String);
+/// An ordering key within a partition (`None`: unpartitioned), by a 64-bit hash of the key:
+/// two keys with one hash are merely serialized together (never reordered), and no key is
+/// copied per event.
+type Key = (Option<u32>, u64);
+
+/// FNV-1a, 64 bits.
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 struct Running {
     key: Option<Key>,
@@ -131,6 +140,8 @@ struct Dispatcher<T: Transport> {
     stopping: Option<Instant>,
     shutdown_timeout: Duration,
     aborted_all: bool,
+    /// Revokes waiting for their partition's handlers.
+    revoking: usize,
 }
 
 pub(crate) async fn run<T: Transport>(
@@ -158,6 +169,7 @@ pub(crate) async fn run<T: Transport>(
         stopping: None,
         shutdown_timeout,
         aborted_all: false,
+        revoking: 0,
     };
     let cancel = shared.cancel.clone();
     loop {
@@ -255,7 +267,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 impl<T: Transport> Dispatcher<T> {
     fn key_of(delivery: &Delivery<T::Token>) -> Option<Key> {
         let key = delivery.payload.as_ref().ok()?.ordering_key()?;
-        Some((delivery.partition, key.to_owned()))
+        Some((delivery.partition, key_hash(key)))
     }
 
     /// True when a delivery read under its assignment may still start.
@@ -287,7 +299,7 @@ impl<T: Transport> Dispatcher<T> {
             Some(key) => match self.keys.get_mut(&key) {
                 Some(queue) => queue.push_back(item),
                 None => {
-                    self.keys.insert(key.clone(), VecDeque::new());
+                    self.keys.insert(key, VecDeque::new());
                     self.ready.push_back((item, Some(key)));
                 }
             },
@@ -344,7 +356,7 @@ impl<T: Transport> Dispatcher<T> {
         let Some(key) = key else { return };
         let next = self.keys.get_mut(key).and_then(VecDeque::pop_front);
         match next {
-            Some(item) => self.ready.push_back((item, Some(key.clone()))),
+            Some(item) => self.ready.push_back((item, Some(*key))),
             None => {
                 self.keys.remove(key);
             }
@@ -428,6 +440,7 @@ impl<T: Transport> Dispatcher<T> {
             }
         }
         let part = self.parts.get_mut(&partition).expect("checked above");
+        self.revoking += 1;
         part.revoke = Some(PendingRevoke {
             unstarted,
             deadline: Instant::now() + wait,
@@ -447,6 +460,9 @@ impl<T: Transport> Dispatcher<T> {
     /// Completes the revokes whose partition has no handler in flight any more: once the
     /// acknowledgements queued so far are flushed, the revoke returns.
     fn finish_revokes(&mut self) {
+        if self.revoking == 0 {
+            return;
+        }
         let done: Vec<u32> = self
             .parts
             .iter()
@@ -459,6 +475,7 @@ impl<T: Transport> Dispatcher<T> {
                 continue;
             };
             let Some(revoke) = part.revoke else { continue };
+            self.revoking -= 1;
             let (flushed, flush) = oneshot::channel();
             let _ = self.shared.acks.send(AckMsg::Flush(flushed));
             tokio::spawn(async move {
@@ -472,6 +489,9 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.revoking == 0 && self.stopping.is_none() {
+            return None;
+        }
         let revokes = self
             .parts
             .values()
