@@ -19,7 +19,8 @@ const NOW: &str = "local t = redis.call('TIME')\n\
 
 /// Reads new entries of held partitions.
 /// KEYS: lease, stream (per partition). ARGV: group, member, consumer, budget, epoch (per
-/// partition). Returns per partition `{0}` (lease lost), `{1, entries}` or `{2}` (nothing new).
+/// partition). Returns per partition `{0}` (lease lost), `{1, entries}`, `{2}` (nothing new)
+/// or `{3}` (not read: the budget was spent).
 pub(crate) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -32,7 +33,7 @@ for i = 1, #KEYS / 2 do
   if l[1] ~= member or l[2] ~= ARGV[4 + i] then
     out[i] = {0}
   elseif budget <= 0 then
-    out[i] = {2}
+    out[i] = {3}
   else
     local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', budget, 'STREAMS', stream, '>')
     if r then

@@ -45,6 +45,9 @@ pub(crate) struct ReadState {
     draining: Option<String>,
     /// The group's last delivered id: what a blocking wait waits past.
     last_delivered: Option<String>,
+    /// The last read found nothing more after `last_delivered`: the next fetch may wait at
+    /// once instead of reading first.
+    drained: bool,
     /// Ids (ms, seq) handed to the runner and not yet acknowledged, dead-lettered or handed
     /// back.
     in_flight: HashSet<(u64, u64)>,
@@ -55,6 +58,7 @@ impl Default for ReadState {
         Self {
             draining: Some("-".to_owned()),
             last_delivered: None,
+            drained: false,
             in_flight: HashSet::new(),
         }
     }
@@ -217,6 +221,7 @@ struct Held {
     a: Assignment,
     draining: Option<String>,
     last_delivered: Option<String>,
+    drained: bool,
     in_flight: Vec<String>,
 }
 
@@ -233,6 +238,7 @@ impl RedisTransport {
                 a: Assignment::new(*p, *epoch),
                 draining: st.draining.clone(),
                 last_delivered: st.last_delivered.clone(),
+                drained: st.drained,
                 in_flight: if st.draining.is_some() {
                     st.in_flight
                         .iter()
@@ -267,6 +273,7 @@ impl RedisTransport {
             self.update(*a, |st| {
                 st.draining = Some("-".to_owned());
                 st.last_delivered = None;
+                st.drained = false;
             });
         }
     }
@@ -484,7 +491,9 @@ impl RedisTransport {
         .await;
         let mut out = Vec::new();
         let mut error = None;
+        let chunked = chunks.len() > 1;
         for (chunk, reply) in chunks.iter().zip(replies) {
+            let mut left = budget;
             let reply = match reply {
                 Ok(r) => r,
                 Err(e) => {
@@ -500,12 +509,23 @@ impl RedisTransport {
                     Some(0) => self.holdings.lost(h.a),
                     Some(1) => {
                         let entries = row.next().map(wire::into_entries).unwrap_or_default();
-                        if let Some((last, _)) = entries.last() {
-                            let last = last.clone();
-                            self.update(h.a, |st| st.last_delivered = Some(last));
-                        }
+                        // Fewer than it was allowed to read: nothing more was there.
+                        let drained = entries.len() < left;
+                        left = if chunked {
+                            budget
+                        } else {
+                            left - entries.len().min(left)
+                        };
+                        let last = entries.last().map(|(id, _)| id.clone());
+                        self.update(h.a, |st| {
+                            if let Some(last) = last {
+                                st.last_delivered = Some(last);
+                            }
+                            st.drained = drained;
+                        });
                         out.extend(self.deliveries(h.a, entries, &HashMap::new()).await);
                     }
+                    Some(2) => self.update(h.a, |st| st.drained = true),
                     _ => {}
                 }
             }
@@ -630,9 +650,18 @@ impl Transport for RedisTransport {
                 return Ok(out);
             }
             let live: Vec<&Held> = held.iter().filter(|h| h.draining.is_none()).collect();
-            let out = self.read_new(&live, max).await?;
-            if !out.is_empty() || idle_rounds >= 1 && self.reader.is_some() {
-                return Ok(out);
+            // Every partition was found drained by the last read: wait for news at once rather
+            // than reading nothing first (a blocking wait returns at once if entries came).
+            let drained = idle_rounds == 0
+                && self.reader.is_some()
+                && !live.is_empty()
+                && live.len() == held.len()
+                && live.iter().all(|h| h.drained);
+            if !drained {
+                let out = self.read_new(&live, max).await?;
+                if !out.is_empty() || idle_rounds >= 1 && self.reader.is_some() {
+                    return Ok(out);
+                }
             }
             if held.iter().any(|h| h.draining.is_some()) {
                 // A drain page ended without entries: go on with the next page at once.
