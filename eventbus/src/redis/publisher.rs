@@ -95,8 +95,8 @@ impl Publisher for RedisBus {
             .await
     }
 
-    /// One round trip for the whole batch: a pipeline of `XADD`s per partition touched (in the
-    /// batch's order within each partition), the pipelines sent together. Every event is
+    /// One round trip for the whole batch: one pipeline of `XADD`s in the batch's order on a
+    /// single server; on a cluster one pipeline per partition touched, sent together. Every event is
     /// encoded and size-checked before anything is sent. On error, some partitions' part of the
     /// batch may be stored, and a retried batch may store it twice.
     async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> Result<()> {
@@ -104,12 +104,15 @@ impl Publisher for RedisBus {
             return Ok(());
         }
         let partitions = self.partitions_for_publish(topic).await?;
+        // A single server takes every partition's XADDs in one pipeline; a cluster needs one
+        // per hash slot (partition).
+        let per_partition = self.inner.conn.is_cluster();
         let mut pipes: BTreeMap<u32, redis::Pipeline> = BTreeMap::new();
         for event in events {
             let bytes = self.encode(event)?;
             let p = partition_for_event(event, partitions);
             pipes
-                .entry(p)
+                .entry(if per_partition { p } else { 0 })
                 .or_insert_with(redis::pipe)
                 .add_command(self.xadd(&self.stream_key(topic, p), &bytes))
                 .ignore();
