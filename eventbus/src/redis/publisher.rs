@@ -1,6 +1,6 @@
 //! Publishing: `XADD {prefix}:{topic:p} [MAXLEN ~ n | MINID ~ id] * event <json>` to the
-//! partition of the event's key, pipelined per partition for batches (the partitions' pipelines
-//! go out together), retried on connection errors, never dropped silently.
+//! partition of the event's key, pipelined for batches (one pipeline per hash slot on a
+//! cluster, sent together), retried on connection errors, never dropped silently.
 
 use std::collections::BTreeMap;
 
