@@ -1,22 +1,24 @@
 //! The event bus on Redis Streams: publish, two members of one consumer group sharing the
-//! work, a second group getting every event, a failing handler retried then dead-lettered.
+//! topic's partitions (order per key holds across both), a second group getting every event, a
+//! failing handler retried then dead-lettered, and the operator's view of the groups.
 //!
 //! ```text
 //! cargo run --example redis_streams --features redis
 //! # WINDLASS_REDIS_URL=redis://host:6379 to use another server
 //! ```
 //!
-//! Everything is written under a fresh key prefix (`windlass-example-<pid>`), deleted at the
-//! end.
+//! Everything is written under a fresh key prefix (`windlass-example-<pid>`); the topic is
+//! deleted at the end (`BusAdmin::delete_topic`: its partitions, groups and dead letters).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use windlass::eventbus::partition::PartitionCount;
 use windlass::eventbus::redis::{RedisBus, RedisConfig, Trim};
 use windlass::eventbus::{
-    DeadLetters, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions, Subscriber,
-    Topic, handler_fn,
+    BusAdmin, DeadLetters, Event, Group, HandlerError, Publisher, RetryPolicy, SubscribeOptions,
+    Subscriber, TenantScope, Topic, handler_fn,
 };
 
 #[tokio::main]
@@ -26,18 +28,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prefix = format!("windlass-example-{}", std::process::id());
     let config = RedisConfig::new(url.clone())
         .prefix(prefix.clone())
+        // 4 partitions: up to 4 members of a group share the work, each key in one of them.
+        .partitions(PartitionCount::new(4)?)
         // Keep about the newest 100k entries per topic (this can drop unread entries; size it
         // well above your consumers' worst lag).
         .trim(Trim::MaxLen(100_000));
     let bus = RedisBus::connect(config).await?;
     let invoices = Topic::new("invoices")?;
-    println!(
-        "stream {} / dead letters {}",
-        bus.stream_key(&invoices),
-        bus.dlq_key(&invoices)
-    );
+    println!("partition streams {:?}", bus.stream_keys(&invoices).await?);
 
-    // Two members of the group "ledger" split the events between them.
+    // Two members of the group "ledger" split the partitions between them.
     let handled = Arc::new(AtomicUsize::new(0));
     let ledger = Group::new("ledger")?;
     let mut subs = Vec::new();
@@ -122,6 +122,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         dead = bus.dead_letters(&invoices, 10).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    for group in bus.topic_groups(&invoices, &TenantScope::All).await? {
+        let owners: Vec<String> = group
+            .partitions
+            .iter()
+            .map(|p| format!("{}:{}", p.partition, p.owner.as_deref().unwrap_or("-")))
+            .collect();
+        println!(
+            "group {}: members {:?}, owners {owners:?}",
+            group.group, group.members
+        );
+    }
     for sub in subs {
         sub.shutdown().await?;
     }
@@ -132,20 +143,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for letter in &dead {
         println!(
-            "dead letter {} (group {}): {}",
-            letter.id, letter.group, letter.error
+            "dead letter {} (group {}, entry {:?}, consumer {}): {}",
+            letter.id, letter.group, letter.entry_id, letter.consumer, letter.error
         );
     }
 
-    // Clean up the example's keys.
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await?;
-    if !keys.is_empty() {
-        let () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
-    }
+    // Clean up: the topic's partitions, groups, leases and dead letters, without `KEYS`.
+    bus.delete_topic(&invoices, &TenantScope::All).await?;
     Ok(())
 }

@@ -89,6 +89,35 @@ pub enum Error {
     #[cfg(feature = "schema")]
     #[error(transparent)]
     Schema(#[from] crate::schema::SchemaError),
+    /// A write fenced by a partition lease was refused: this member no longer holds the
+    /// partition (its lease expired or another member took it). Nothing was written; the
+    /// partition's new owner handles the entry.
+    #[error("partition {partition} is no longer held by this member (its lease moved on)")]
+    LeaseLost {
+        /// The partition.
+        partition: u32,
+    },
+    /// A partitioned topic exists with another partition count than the one configured.
+    #[error(
+        "topic {topic} has {stored} partitions but this bus is configured with {configured}. \
+         Changing the partition count of a topic that holds entries or groups would move keys to \
+         other partitions and break order per key. Keep {stored} (set it per topic in the bus \
+         config), or migrate: publish to a new topic with {configured} partitions, move the \
+         consumers once the old topic is drained, then delete the old one (BusAdmin::delete_topic)"
+    )]
+    PartitionMismatch {
+        /// The topic.
+        topic: String,
+        /// The partition count the topic was created with.
+        stored: u32,
+        /// The partition count this bus is configured with for it.
+        configured: u32,
+    },
+    /// An operator call on a topic-wide resource (consumer groups, the whole topic) from a
+    /// handle scoped to one tenant: topics are shared by tenants, so only an all-tenants scope
+    /// may see or change them.
+    #[error("{0} needs an all-tenants scope (TenantScope::All): topics are shared by tenants")]
+    TenantScope(&'static str),
     /// A replay was asked to start at an event the topic does not hold (any more).
     #[error(
         "event {id} is not in topic {topic} (never published there, or already deleted by retention)"

@@ -3,14 +3,15 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 use windlass_core::{BoxError, Group, Topic};
 
 use crate::event::Event;
 
-/// Where a delivery came from and which attempt this is.
+/// Where a delivery came from, which attempt this is, and until when the handler may run.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DeliveryContext {
@@ -20,12 +21,70 @@ pub struct DeliveryContext {
     pub group: Group,
     /// The consumer (member of the group) handling it.
     pub consumer: String,
-    /// The backend's id for this delivery (Redis stream entry id, Kafka `partition@offset`,
-    /// memory sequence number).
+    /// The backend's id for this delivery (Redis stream entry id `{partition}/{id}`, Kafka
+    /// `partition@offset`, memory `{partition}/{sequence}`).
     pub delivery_id: String,
+    /// The partition the event was read from, when the backend partitions topics.
+    pub partition: Option<u32>,
     /// 1 for the first attempt; counts earlier deliveries the backend knows of (a crashed
     /// consumer's attempts included) and retries in this process.
     pub attempt: u32,
+    /// When this attempt's deadline ([`SubscribeOptions::handler_timeout`]) passes; the runner
+    /// then cancels [`DeliveryContext::cancel`] and drops the handler's future.
+    ///
+    /// [`SubscribeOptions::handler_timeout`]: crate::SubscribeOptions::handler_timeout
+    pub deadline: Option<Instant>,
+    /// Cancelled when the runner gives up on this attempt: its deadline passed, its partition
+    /// moved to another member and the bounded wait for in-flight handlers ran out, or the
+    /// subscription's shutdown deadline passed. Work the handler spawned should stop then; the
+    /// handler's own future is dropped at the same moment.
+    pub cancel: CancellationToken,
+}
+
+impl DeliveryContext {
+    /// A context for a first attempt, without deadline or partition: for calling a handler
+    /// outside a subscription (replays, unit tests of handlers).
+    pub fn new(
+        topic: Topic,
+        group: Group,
+        consumer: impl Into<String>,
+        delivery_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            topic,
+            group,
+            consumer: consumer.into(),
+            delivery_id: delivery_id.into(),
+            partition: None,
+            attempt: 1,
+            deadline: None,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Sets the attempt number (at least 1).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
+    }
+
+    /// Sets the partition.
+    pub fn with_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the deadline.
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Time left before the deadline (`None` without deadline; zero once it passed).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
 }
 
 /// How a handler failed: retry later, or reject at once (straight to the DLQ).

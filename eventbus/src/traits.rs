@@ -76,9 +76,17 @@ pub struct SubscribeOptions {
     pub retry: RetryPolicy,
     /// How long [`Subscription::shutdown`] waits for in-flight handlers.
     pub shutdown_timeout: Duration,
-    /// This member's name in the group. A restarted consumer with the same name re-reads the
-    /// entries it held but had not acknowledged. Defaults to the backend's default (host name
-    /// plus a random suffix where the backend cannot reclaim by name).
+    /// Deadline of one handler attempt (default 5 s). Past it, the runner cancels
+    /// [`DeliveryContext::cancel`](crate::DeliveryContext::cancel), drops the handler's future
+    /// and counts a failed attempt (retried with backoff, then dead-lettered). On backends
+    /// with partition leases (Redis Streams, memory) it must stay below the lease TTL, so a
+    /// handler never outlives its partition's lease; it also bounds how long a partition's
+    /// handover waits for the handlers in flight.
+    pub handler_timeout: Duration,
+    /// This member's consumer name in the group, for logs, `CLIENT LIST` and the backend's own
+    /// tools. Defaults to a name unique to this process and subscription
+    /// (`{host}-{pid}-{random}`). Ownership never depends on it: two live members with the same
+    /// name are still two members (each has its own lease identity).
     pub consumer: Option<String>,
     /// Where a group created by this subscription starts.
     pub start_from: StartFrom,
@@ -91,6 +99,7 @@ impl Default for SubscribeOptions {
             prefetch: 256,
             retry: RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(30),
+            handler_timeout: Duration::from_secs(5),
             consumer: None,
             start_from: StartFrom::Earliest,
         }
@@ -118,6 +127,12 @@ impl SubscribeOptions {
         self.shutdown_timeout = timeout;
         self
     }
+    /// Sets the deadline of one handler attempt (checked at subscribe: above zero, and below
+    /// the backend's lease TTL where there is one).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
     /// Sets the consumer name.
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
         self.consumer = Some(name.into());
@@ -132,9 +147,12 @@ impl SubscribeOptions {
 
 /// Runs a handler for the events of a topic, as a member of a consumer group.
 ///
-/// Every group gets every event; members of one group split them. Delivery is at least once:
-/// an event is handed to the handler until it succeeds, is rejected, or exhausts the retry
-/// policy (then it goes to the topic's dead-letter queue with the error).
+/// Every group gets every event; members of one group split them by partition: each partition
+/// is owned by one live member at a time, so for one ordering key handler calls never overlap
+/// and follow publish order across the whole group (see the crate docs for the exact promise).
+/// Delivery is at least once: an event is handed to the handler until it succeeds, is
+/// rejected, or exhausts the retry policy (then it goes to the topic's dead-letter queue with
+/// the error).
 #[async_trait]
 pub trait Subscriber: Send + Sync {
     /// Starts consuming; returns a handle whose [`Subscription::shutdown`] stops gracefully.
@@ -186,12 +204,21 @@ impl<S: Subscriber + ?Sized> SubscriberExt for S {}
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DeadLetter {
-    /// The backend's id of the DLQ entry.
+    /// The backend's id of the DLQ entry (Redis and memory: `{partition}/{id}`; Kafka:
+    /// `{partition}@{offset}` of the DLQ topic). Pass it to [`BusAdmin`](crate::admin::BusAdmin)
+    /// calls to redrive or delete it.
     pub id: String,
     /// The topic the event came from.
     pub topic: String,
+    /// The partition of the topic the entry was read from, when known.
+    pub partition: Option<u32>,
+    /// The id of the original entry in its partition (Redis stream id, Kafka offset, memory
+    /// sequence), when known.
+    pub entry_id: Option<String>,
     /// The group whose handler gave up (empty when unknown).
     pub group: String,
+    /// The consumer (member) that dead-lettered it (empty when unknown).
+    pub consumer: String,
     /// The event, when it decodes.
     pub event: Option<Event>,
     /// The payload as it was read (kept even when it does not decode).
@@ -202,9 +229,19 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
 }
 
+impl DeadLetter {
+    /// The tenant of the event (`orgid`), when the payload decodes and carries one.
+    pub fn org_id(&self) -> Option<&str> {
+        self.event
+            .as_ref()
+            .and_then(|e| e.org_id())
+            .map(|o| o.as_str())
+    }
+}
+
 /// Capability of backends whose dead-letter queue can be read back.
 #[async_trait]
 pub trait DeadLetters: Send + Sync {
-    /// Up to `limit` entries of the topic's dead-letter queue, oldest first.
+    /// Up to `limit` entries of the topic's dead-letter queue, oldest first (every partition).
     async fn dead_letters(&self, topic: &Topic, limit: usize) -> Result<Vec<DeadLetter>>;
 }

@@ -1,26 +1,33 @@
-//! Faults injected for real on the Redis Streams backend: consumers killed while holding
-//! entries, connections killed with `CLIENT KILL`, an unreachable or silent server, a consumer
-//! restarted under the same name, an entry that crashes its consumer every time.
+//! Faults injected for real on the Redis Streams backend, members in this process: members
+//! killed while holding entries (their lease expires), connections killed with `CLIENT KILL`,
+//! an unreachable or silent server, a member restarted under the same name, an entry that
+//! crashes its consumer every time, a graceful leave that must not wait for a lease.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use windlass_eventbus::partition::PartitionCount;
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
 use windlass_eventbus::{
     Error, Event, Group, Handler, Publisher, RetryPolicy, SubscribeOptions, Subscriber, Topic,
     handler_fn,
 };
-use windlass_testkit::conformance::bus::{numbered, wait_dead_letters, wait_until};
+use windlass_testkit::conformance::bus::{
+    History, check, jitter, keyed, numbered, wait_dead_letters, wait_until,
+};
 use windlass_testkit::redis::{TestRedis, fresh_prefix};
 
 fn config(redis: &TestRedis) -> RedisConfig {
     RedisConfig::new(redis.url.clone())
         .prefix(redis.prefix.clone())
         .block(Duration::from_millis(200))
-        .claim_idle(Duration::from_millis(600))
-        .claim_interval(Duration::from_millis(100))
+        .partitions(PartitionCount::ONE)
+        .lease_ttl(Duration::from_millis(1200))
+}
+
+fn options() -> SubscribeOptions {
+    SubscribeOptions::default().handler_timeout(Duration::from_millis(600))
 }
 
 fn topic() -> Topic {
@@ -57,7 +64,7 @@ impl Seen {
             }
         }))
     }
-    /// Records, then never returns: the entry stays unacknowledged.
+    /// Records, then never returns (until the handler deadline drops it).
     fn hanging(&self) -> Arc<dyn Handler> {
         let seen = self.clone();
         Arc::new(handler_fn(move |event, ctx| {
@@ -75,10 +82,10 @@ impl Seen {
     }
 }
 
-async fn pending_count(redis: &TestRedis, topic: &Topic, group: &str) -> i64 {
+async fn pending_count(redis: &TestRedis, bus: &RedisBus, topic: &Topic, group: &str) -> i64 {
     let mut conn = redis.conn.clone();
     let reply: redis::Value = redis::cmd("XPENDING")
-        .arg(format!("{}:{}", redis.prefix, topic))
+        .arg(bus.stream_key(topic, 0))
         .arg(group)
         .query_async(&mut conn)
         .await
@@ -90,6 +97,24 @@ async fn pending_count(redis: &TestRedis, topic: &Topic, group: &str) -> i64 {
         },
         other => panic!("unexpected XPENDING reply {other:?}"),
     }
+}
+
+/// The consumer names of a group on a stream.
+async fn consumers(redis: &TestRedis, key: &str, group: &str) -> Vec<String> {
+    let mut conn = redis.conn.clone();
+    let rows: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(key)
+        .arg(group)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .filter_map(|r| {
+            r.get("name")
+                .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+        })
+        .collect()
 }
 
 /// Kills every client whose name starts with `name_prefix` (`CLIENT LIST` + `CLIENT KILL ID`),
@@ -132,157 +157,213 @@ async fn kill_clients(redis: &TestRedis, name_prefix: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_consumer_entries_are_claimed_by_another_member() {
+async fn a_dead_members_pending_entries_go_to_the_next_owner_once_its_lease_expired() {
     let redis = fresh_prefix().await;
     let bus = RedisBus::connect(config(&redis)).await.unwrap();
     let (topic, group) = (topic(), Group::new("workers").unwrap());
     let dying = Seen::default();
-    let options = SubscribeOptions::default().concurrency(8);
     let a = bus
         .subscribe(
             &topic,
             &group,
             dying.hanging(),
-            options.clone().consumer("a"),
+            options().concurrency(8).consumer("a"),
         )
         .await
         .unwrap();
     let events: Vec<Event> = (0..5).map(numbered).collect();
     bus.publish_batch(&topic, &events).await.unwrap();
-    wait_until("consumer a holds all 5 entries", || dying.ids().len() == 5).await;
+    wait_until("member a runs all 5 entries", || dying.ids().len() == 5).await;
     a.abort();
 
     let other = RedisBus::connect(config(&redis)).await.unwrap();
     let survivor = Seen::default();
     let b = other
-        .subscribe(&topic, &group, survivor.recording(), options.consumer("b"))
+        .subscribe(
+            &topic,
+            &group,
+            survivor.recording(),
+            options().consumer("b"),
+        )
         .await
         .unwrap();
     let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    wait_until("consumer b claimed and handled the 5 entries", || {
-        survivor.ids() == all
-    })
+    wait_until(
+        "member b took the partition and handled the 5 entries",
+        || survivor.ids() == all,
+    )
     .await;
     b.shutdown().await.unwrap();
     for (id, attempt, consumer) in survivor.all() {
         assert_eq!(consumer, "b");
         assert_eq!(
             attempt, 2,
-            "{id}: the claim must count as the second delivery"
+            "{id}: the takeover counts as the second delivery"
         );
     }
-    assert_eq!(
-        pending_count(&redis, &topic, "workers").await,
-        0,
-        "claimed entries were not acknowledged"
-    );
+    assert_eq!(survivor.all().len(), 5, "each once");
+    assert_eq!(pending_count(&redis, &bus, &topic, "workers").await, 0);
+    // The dead member's consumer entry was removed once its entries moved.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let names = consumers(&redis, &bus.stream_key(&topic, 0), "workers").await;
+        if !names.contains(&"a".to_owned()) {
+            assert!(names.contains(&"b".to_owned()), "{names:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer a is still in the group: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     redis.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_handler_is_kept_alive_and_not_stolen() {
+async fn renewals_keep_a_busy_members_partition_across_many_lease_periods() {
     let redis = fresh_prefix().await;
     let bus = RedisBus::connect(config(&redis)).await.unwrap();
     let (topic, group) = (topic(), Group::new("workers").unwrap());
-    let seen = Seen::default();
-    let release = Arc::new(AtomicBool::new(false));
-    let slow = {
-        let (seen, release) = (seen.clone(), release.clone());
-        Arc::new(handler_fn(move |event, ctx| {
-            let (seen, release) = (seen.clone(), release.clone());
-            async move {
-                seen.0.lock().unwrap().push((
-                    event.id().to_owned(),
-                    ctx.attempt,
-                    ctx.consumer.clone(),
-                ));
-                while !release.load(Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Ok(())
-            }
-        }))
-    };
-    // Prefetch 1: while its handler runs, `a` does not fetch (so its own claim passes cannot
-    // refresh the entry); only the keep-alive does.
-    let options = SubscribeOptions::default().concurrency(1).prefetch(1);
+    let history = History::default();
+    // 12 events of one key, 300 ms each: 3.6 s of work, 3 lease periods.
     let a = bus
-        .subscribe(&topic, &group, slow, options.clone().consumer("a"))
+        .subscribe(
+            &topic,
+            &group,
+            history.handler("a", |_| Duration::from_millis(300)),
+            options().consumer("a"),
+        )
         .await
         .unwrap();
-    let event = numbered(1);
-    bus.publish(&topic, &event).await.unwrap();
-    wait_until("consumer a started the event", || !seen.ids().is_empty()).await;
-    let other = Seen::default();
-    let b = bus
-        .subscribe(&topic, &group, other.recording(), options.consumer("b"))
+    let events: Vec<Event> = (0..12).map(|n| keyed("busy", n)).collect();
+    bus.publish_batch(&topic, &events).await.unwrap();
+    wait_until("a started", || history.started() >= 1).await;
+    let b = RedisBus::connect(config(&redis))
+        .await
+        .unwrap()
+        .subscribe(
+            &topic,
+            &group,
+            history.handler("b", |_| Duration::ZERO),
+            options().consumer("b"),
+        )
         .await
         .unwrap();
-    // Three claim timeouts: without keep-alive, b claims the entry long before this.
-    tokio::time::sleep(Duration::from_millis(1800)).await;
-    release.store(true, Ordering::SeqCst);
+    wait_until("every event is handled", || history.distinct() == 12).await;
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    let calls = seen.all().len() + other.all().len();
+    let expected: HashMap<String, usize> = [("busy".to_owned(), 12)].into();
+    let verdict = check(&history.steps(), &expected, true);
+    assert!(verdict.violations.is_empty(), "{:?}", verdict.violations);
     assert_eq!(
-        calls,
-        1,
-        "a slow handler's entry was handled twice: a={:?} b={:?}",
-        seen.all(),
-        other.all()
+        verdict.members().into_iter().collect::<Vec<_>>(),
+        vec!["a".to_owned()],
+        "the busy member kept its lease (one partition, two members: it stays)"
     );
     redis.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_kill_mid_stream_loses_nothing() {
+async fn client_kill_of_the_members_connections_keeps_order_and_loses_nothing() {
     let redis = fresh_prefix().await;
-    let bus = RedisBus::connect(config(&redis)).await.unwrap();
+    let four = || config(&redis).partitions(PartitionCount::new(4).unwrap());
+    let bus = RedisBus::connect(four()).await.unwrap();
     let (topic, group) = (topic(), Group::new("g").unwrap());
-    let seen = Seen::default();
-    let sub = bus
-        .subscribe(
-            &topic,
-            &group,
-            seen.recording(),
-            SubscribeOptions::default().consumer("c"),
-        )
-        .await
-        .unwrap();
-    let published = Arc::new(Mutex::new(HashSet::new()));
+    let history = History::default();
+    let keys: Vec<String> = (0..20).map(|k| format!("k{k}")).collect();
+    const PER_KEY: usize = 15;
+    let mut subs = Vec::new();
+    for m in ["m0", "m1"] {
+        let member = RedisBus::connect(four()).await.unwrap();
+        subs.push(
+            member
+                .subscribe(
+                    &topic,
+                    &group,
+                    history.handler(m, |seq| jitter("kill", seq, 2)),
+                    options().consumer(m),
+                )
+                .await
+                .unwrap(),
+        );
+    }
     let producer = {
-        let (bus, topic, published) = (bus.clone(), topic.clone(), published.clone());
+        let (bus, topic, keys) = (bus.clone(), topic.clone(), keys.clone());
         tokio::spawn(async move {
-            for n in 0..300 {
-                let event = numbered(n);
-                bus.publish(&topic, &event)
+            for seq in 0..PER_KEY {
+                let events: Vec<Event> = keys.iter().map(|k| keyed(k, seq)).collect();
+                bus.publish_batch(&topic, &events)
                     .await
-                    .expect("publish retried across the kill");
-                published.lock().unwrap().insert(event.id().to_owned());
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                    .expect("publish retried across the kills");
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
     };
     let mut kills = 0;
-    for threshold in [50, 120, 200] {
+    for threshold in [40, 120, 200] {
         wait_until("progress before the next kill", || {
-            seen.ids().len() >= threshold
+            history.distinct() >= threshold
         })
         .await;
         kills += kill_clients(&redis, bus.client_name()).await;
     }
     assert!(
         kills >= 3,
-        "CLIENT KILL found none of the bus's connections"
+        "CLIENT KILL found none of the members' connections"
     );
     producer.await.unwrap();
-    let all = published.lock().unwrap().clone();
-    assert_eq!(all.len(), 300);
-    wait_until("every published event is handled after the kills", || {
-        seen.ids().is_superset(&all)
+    wait_until("every event is handled after the kills", || {
+        history.distinct() >= keys.len() * PER_KEY
     })
     .await;
-    sub.shutdown().await.unwrap();
+    for sub in subs {
+        sub.shutdown().await.unwrap();
+    }
+    let expected: HashMap<String, usize> = keys.iter().map(|k| (k.clone(), PER_KEY)).collect();
+    let verdict = check(&history.steps(), &expected, false);
+    assert!(
+        verdict.violations.is_empty(),
+        "{:#?}",
+        &verdict.violations[..verdict.violations.len().min(10)]
+    );
+    redis.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_hands_partitions_over_without_waiting_for_the_lease() {
+    let redis = fresh_prefix().await;
+    // A lease far longer than the test's patience: only a graceful handover can pass.
+    let slow_lease = || {
+        config(&redis)
+            .partitions(PartitionCount::new(4).unwrap())
+            .lease_ttl(Duration::from_secs(90))
+    };
+    let bus = RedisBus::connect(slow_lease()).await.unwrap();
+    let (topic, group) = (topic(), Group::new("g").unwrap());
+    let (first, second) = (Seen::default(), Seen::default());
+    let options = SubscribeOptions::default().handler_timeout(Duration::from_secs(5));
+    let a = bus
+        .subscribe(
+            &topic,
+            &group,
+            first.recording(),
+            options.clone().consumer("a"),
+        )
+        .await
+        .unwrap();
+    let other = RedisBus::connect(slow_lease()).await.unwrap();
+    let b = other
+        .subscribe(&topic, &group, second.recording(), options.consumer("b"))
+        .await
+        .unwrap();
+    a.shutdown().await.unwrap();
+    let events: Vec<Event> = (0..40).map(|n| keyed(&format!("k{n}"), n)).collect();
+    bus.publish_batch(&topic, &events).await.unwrap();
+    let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
+    wait_until("b handles every partition's events", || second.ids() == all).await;
+    b.shutdown().await.unwrap();
+    assert!(first.ids().is_disjoint(&all));
     redis.cleanup().await;
 }
 
@@ -357,20 +438,13 @@ async fn silent_server_times_out_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_same_consumer_name_rereads_pending_entries() {
+async fn a_restarted_member_gets_back_what_its_crashed_run_held() {
     let redis = fresh_prefix().await;
-    // Claims of idle entries far away: only the re-read by name can bring them back.
-    let config = config(&redis).claim_idle(Duration::from_secs(600));
-    let bus = RedisBus::connect(config.clone()).await.unwrap();
+    let bus = RedisBus::connect(config(&redis)).await.unwrap();
     let (topic, group) = (topic(), Group::new("g").unwrap());
     let first = Seen::default();
     let sub = bus
-        .subscribe(
-            &topic,
-            &group,
-            first.hanging(),
-            SubscribeOptions::default().consumer("c1"),
-        )
+        .subscribe(&topic, &group, first.hanging(), options().consumer("c1"))
         .await
         .unwrap();
     let events: Vec<Event> = (0..3).map(numbered).collect();
@@ -381,19 +455,14 @@ async fn restart_with_same_consumer_name_rereads_pending_entries() {
     .await;
     sub.abort();
 
-    let restarted = RedisBus::connect(config).await.unwrap();
+    let restarted = RedisBus::connect(config(&redis)).await.unwrap();
     let second = Seen::default();
     let sub = restarted
-        .subscribe(
-            &topic,
-            &group,
-            second.recording(),
-            SubscribeOptions::default().consumer("c1"),
-        )
+        .subscribe(&topic, &group, second.recording(), options().consumer("c1"))
         .await
         .unwrap();
     let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    wait_until("the restarted consumer re-read its pending entries", || {
+    wait_until("the restarted member got its entries back", || {
         second.ids() == all
     })
     .await;
@@ -403,21 +472,20 @@ async fn restart_with_same_consumer_name_rereads_pending_entries() {
         "{:?}",
         second.all()
     );
-    assert_eq!(pending_count(&redis, &topic, "g").await, 0);
+    assert_eq!(pending_count(&redis, &restarted, &topic, "g").await, 0);
     redis.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entry_that_kills_its_consumer_every_time_is_dead_lettered() {
     let redis = fresh_prefix().await;
-    let config = config(&redis).claim_idle(Duration::from_secs(600));
     let (topic, group) = (topic(), Group::new("g").unwrap());
-    let options = SubscribeOptions::default().consumer("crashy").retry(
+    let options = options().consumer("crashy").retry(
         RetryPolicy::default()
             .with_max_attempts(2)
             .with_delays(Duration::from_millis(5), Duration::from_millis(5)),
     );
-    let bus = RedisBus::connect(config.clone()).await.unwrap();
+    let bus = RedisBus::connect(config(&redis)).await.unwrap();
     let event = numbered(7);
     bus.publish(&topic, &event).await.unwrap();
     // Two runs die while handling it ("crash" = abort while the handler hangs).
@@ -446,6 +514,6 @@ async fn entry_that_kills_its_consumer_every_time_is_dead_lettered() {
         "{}",
         dlq[0].error
     );
-    assert_eq!(pending_count(&redis, &topic, "g").await, 0);
+    assert_eq!(pending_count(&redis, &bus, &topic, "g").await, 0);
     redis.cleanup().await;
 }

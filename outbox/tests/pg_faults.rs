@@ -112,20 +112,23 @@ impl Proc {
     }
 }
 
-/// Reads the whole stream back as (event) in stream order.
+/// Reads the topic back, partition by partition, each in stream order.
 async fn stream(redis: &windlass_testkit::redis::TestRedis, bus: &RedisBus) -> Vec<Published> {
     let mut conn = redis.conn.clone();
-    let key = bus.stream_key(&Topic::new("orders").unwrap());
-    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&key)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    entries
-        .ids
-        .iter()
+    // One stream per partition; a key lives on one partition, so per-key order is kept by
+    // reading the partitions one after another.
+    let mut ids = Vec::new();
+    for key in bus.stream_keys(&Topic::new("orders").unwrap()).await.unwrap() {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids.extend(entries.ids);
+    }
+    ids.iter()
         .map(|e| {
             let Some(redis::Value::BulkString(b)) = e.map.get("event") else {
                 panic!("entry without an event field")

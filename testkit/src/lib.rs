@@ -12,6 +12,7 @@
 //! if it answers; else, with feature `containers` and a Docker engine, a reusable testcontainers
 //! container (module `containers`); else the test fails with a how-to message.
 
+pub mod bus_member;
 pub mod conformance;
 #[cfg(feature = "containers")]
 pub mod containers;

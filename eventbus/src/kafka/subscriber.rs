@@ -180,6 +180,7 @@ impl KafkaTransport {
             record: Box::new(record),
         };
         Delivery::new(payload, token, format!("{partition}@{offset}"), 1)
+            .with_partition(partition.max(0) as u32)
     }
 
     async fn commit(&self, commits: Vec<(i32, i64)>) -> Result<()> {
@@ -523,9 +524,19 @@ impl DeadLetters for KafkaBus {
                     .unwrap_or_else(Utc::now);
                 let ts = r.timestamp().to_millis().unwrap_or(0);
                 let event = codec::decode(&r).ok();
+                let origin = header_str(&r, DLQ_ORIGIN_HEADER);
+                let (partition, entry_id) = origin
+                    .as_deref()
+                    .and_then(|o| o.rsplit_once('/'))
+                    .and_then(|(_, pos)| pos.split_once('@'))
+                    .map(|(p, o)| (p.parse().ok(), Some(o.to_owned())))
+                    .unwrap_or((None, None));
                 let letter = DeadLetter {
                     id: format!("{}@{}", r.partition(), r.offset()),
                     topic: topic.as_str().to_owned(),
+                    partition,
+                    entry_id,
+                    consumer: String::new(),
                     group: header_str(&r, DLQ_GROUP_HEADER).unwrap_or_default(),
                     event: event.clone(),
                     // The event in canonical structured JSON when it decodes, else the bytes read.

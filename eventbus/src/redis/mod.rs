@@ -1,50 +1,68 @@
 //! The Redis Streams backend: [`RedisBus`] implements [`Publisher`](crate::Publisher),
-//! [`Subscriber`](crate::Subscriber) and [`DeadLetters`].
+//! [`Subscriber`](crate::Subscriber), [`DeadLetters`](crate::DeadLetters) and
+//! [`BusAdmin`](crate::admin::BusAdmin), on one server or a Redis Cluster.
 //!
 //! # On the wire
-//! - Topic `t` is the stream `{prefix}:t` (prefix `windlass` by default, see
-//!   [`RedisConfig::prefix`]). Each entry has one field, `event`, holding the CloudEvents 1.0
-//!   structured JSON of the event ([`Event::to_json_vec`]), so any CloudEvents SDK reads it.
-//! - A subscription is a member (consumer) of a Redis consumer group named after its
-//!   [`Group`](crate::Group); the group is created with `XGROUP CREATE ... MKSTREAM` at `0` or `$`
-//!   ([`StartFrom`](crate::StartFrom)).
-//! - The dead-letter queue of topic `t` is the stream `{prefix}:t:dlq`; its entries hold
-//!   `event` (the bytes exactly as read, even when they do not decode), `error`, `failed_at`
-//!   (RFC 3339), `group`, `consumer` and `entry` (the id of the original entry). Moving an
-//!   entry there is one `MULTI` (`XADD` to the DLQ + `XACK`).
+//! - A topic has P partitions ([`RedisConfig::partitions`], per topic with
+//!   [`RedisConfig::topic_partitions`]); partition `p` of topic `t` is the stream
+//!   `{prefix}:{t:p}` (prefix `windlass` by default). Each entry has one field, `event`, holding
+//!   the CloudEvents 1.0 structured JSON of the event ([`Event::to_json_vec`]), so any
+//!   CloudEvents SDK reads it. The publisher puts an event in partition
+//!   `murmur2(key) & 0x7fffffff mod P` ([`crate::partition`], Kafka's default partitioner), the
+//!   key being the ordering key (`partitionkey`, else `subject`), else the event id.
+//! - The partition count is recorded in `{prefix}:{t}:meta` on first use; a bus configured with
+//!   another count for a topic that holds entries or groups is refused
+//!   ([`Error::PartitionMismatch`], which says how to migrate).
+//! - A consumer group is a Redis consumer group on every partition stream, created with
+//!   `XGROUP CREATE ... MKSTREAM` at `0` or `$` ([`StartFrom`](crate::StartFrom)); its name is
+//!   listed in `{prefix}:{t}:groups`.
+//! - Dead letters of partition `p` go to the stream `{prefix}:{t:p}:dlq` with `event` (the bytes
+//!   exactly as read, even when they do not decode), `error`, `failed_at` (RFC 3339), `group`,
+//!   `consumer` and `entry` (the original entry id); their ids are `{p}/{stream id}`.
+//! - The full key layout, with the Redis Cluster hash tags that keep every script on one slot,
+//!   is in the `keys` module docs and `docs/eventbus.md`.
 //!
-//! # Delivery
-//! - New entries are read with a blocking `XREADGROUP ... BLOCK` on a connection of its own per
-//!   subscription, so a long block never delays publishes or acknowledgements, which share one
-//!   multiplexed connection per [`RedisBus`].
-//! - On start (and after the read connection failed) a subscription first takes back the
-//!   entries its consumer name still holds (`XPENDING` + `XCLAIM`): a consumer restarted under
-//!   the same name re-reads what it had not acknowledged.
-//! - Every [`RedisConfig::claim_interval`] it runs `XAUTOCLAIM` for entries of other members
-//!   idle for at least [`RedisConfig::claim_idle`]: the entries of a dead consumer move to a
-//!   live one.
-//! - The delivery count Redis keeps per entry becomes [`Delivery::delivery_count`]; the
-//!   runner dead-letters an entry delivered more often than the retry policy allows (a handler
-//!   that crashes the process every time cannot loop forever).
-//! - While a handler runs (retries and their backoff included), the subscription refreshes the
-//!   idle time of the entries it holds (`XCLAIM ... JUSTID` every third of `claim_idle`, see
-//!   [`RedisConfig::keep_alive`]), so slow handlers are not stolen by `XAUTOCLAIM` and handled
-//!   twice. The trade-off: a consumer whose handler hangs forever keeps its entries until the
-//!   subscription is shut down or aborted; turn `keep_alive` off to cap the time any entry
-//!   can be held at `claim_idle` (at the price of duplicates for handlers slower than that).
+//! # Ownership: one live member per partition
+//! Every member of a group registers in `{prefix}:{t}:g:{group}:members` (a heartbeat), and
+//! every partition has a lease hash `{prefix}:{t:p}:lease:{group}` with an `owner`, an `epoch`
+//! (incremented by every acquisition) and an expiry by the server's clock
+//! ([`RedisConfig::lease_ttl`], renewed five times per TTL). Members spread the partitions
+//! evenly and move only what must move when members join, leave or die; a graceful leave
+//! nudges the others through `{prefix}:{t}:g:{group}:control` so they take over at once.
+//!
+//! A member reads a partition only while it holds its lease: reads (`XREADGROUP` inside a Lua
+//! script), acknowledgements (`XACK`), dead-letter moves (`XADD` to the DLQ + `XACK`) and
+//! hand-backs are fenced by the epoch in one script each, so a member that lost its lease
+//! (frozen, cut off) can neither read, acknowledge nor dead-letter. A new owner first claims the
+//! partition's pending entries (`XPENDING` + `XCLAIM`, whoever held them) in stream order, then
+//! reads new ones; consumers left without pending entries are removed (`XGROUP DELCONSUMER`).
+//! A graceful handover waits for the old owner's handlers of the partition (bounded by
+//! [`SubscribeOptions::handler_timeout`](crate::SubscribeOptions::handler_timeout)); a crashed
+//! owner's partitions move when its lease expires. A member that cannot renew cancels its
+//! handlers of the partition before its lease can expire by its own clock.
+//!
+//! The Redis delivery count of an entry becomes [`Delivery::delivery_count`]: an entry whose
+//! handler crashed its process every time is dead-lettered once the retry policy is exhausted.
+//! Entries handed back without being started get their count restored.
+//!
+//! # Reading
+//! On a single server, a subscription waits for new entries with a blocking `XREAD` on a
+//! connection of its own (publishes and acknowledgements share one multiplexed connection per
+//! [`RedisBus`]). On a cluster, partitions live on different slots and cannot share one
+//! blocking read: a subscription polls, backing off up to [`RedisConfig::cluster_poll`] while
+//! idle.
 //!
 //! # Trimming
-//! [`Trim`] (`MAXLEN ~` or `MINID ~` on every `XADD`) bounds the stream. Redis trims by
-//! length or age only: **trimming can drop entries that some group has not read or not
-//! acknowledged yet**. Size the bound well above the consumers' worst lag. Pending entries
-//! whose data was trimmed are acknowledged and logged, never handed to the handler.
+//! [`Trim`] (`MAXLEN ~` or `MINID ~` on every `XADD`, per partition stream) bounds the streams.
+//! Redis trims by length or age only: **trimming can drop entries that some group has not read
+//! or not acknowledged yet**. Size the bound well above the consumers' worst lag. Pending
+//! entries whose data was trimmed are acknowledged and logged, never handed to the handler.
 //!
 //! # Failures
 //! Publishing retries connection errors and timeouts with [`RedisConfig::publish_retry`],
 //! then returns the error to the caller (never a silent drop); a retried publish may store the
 //! event twice (consumers deduplicate by `source` + `id`). Every call has a deadline
-//! ([`RedisConfig::timeout`]). A broken connection is re-created on the next call; the read
-//! loop reconnects with backoff.
+//! ([`RedisConfig::timeout`]). A broken connection is re-created on the next call.
 //!
 //! ```no_run
 //! use windlass_eventbus::redis::{RedisBus, RedisConfig};
@@ -67,9 +85,16 @@
 //! # }
 //! ```
 
+mod admin;
 mod conn;
+mod coordinator;
+mod keys;
 mod publisher;
+mod scripts;
 mod subscriber;
+#[cfg(test)]
+mod tests;
+mod topic;
 mod wire;
 
 use std::collections::HashMap;
@@ -77,16 +102,16 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use windlass_core::{RetryPolicy, Topic};
 
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::membership::sanitize_name;
+use crate::partition::PartitionCount;
 #[cfg(doc)]
 use crate::runner::Delivery;
-use crate::traits::{DeadLetter, DeadLetters};
-use conn::Conn;
+use conn::{Conn, Target};
+use keys::Keys;
 
 /// How streams are bounded on publish. See the module docs: trimming can drop entries that are
 /// not acknowledged yet.
@@ -96,7 +121,7 @@ pub enum Trim {
     /// Streams grow until entries are deleted some other way (the default).
     #[default]
     None,
-    /// `MAXLEN ~ n`: keep about the newest `n` entries.
+    /// `MAXLEN ~ n` per partition: keep about the newest `n` entries of each.
     MaxLen(u64),
     /// `MINID ~ <now - age>`: drop entries older than `age` (entry ids carry their time).
     MaxAge(Duration),
@@ -106,16 +131,28 @@ pub enum Trim {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// Server URL, e.g. `redis://:password@host:6379/0`.
+    /// Server URL, e.g. `redis://:password@host:6379/0`. Ignored when [`RedisConfig::cluster`]
+    /// is set.
     pub url: String,
-    /// Key prefix: topic `t` lives at `{prefix}:t`. Default `windlass`.
+    /// Seed node URLs of a Redis Cluster; empty for a single server (the default).
+    pub cluster: Vec<String>,
+    /// Key prefix: partition `p` of topic `t` lives at `{prefix}:{t:p}`. Default `windlass`.
     pub prefix: String,
     /// Base of the `CLIENT SETNAME` names of this bus's connections; default
     /// `windlass.{prefix}`. Characters Redis does not allow in names become `_`.
     pub client_name: Option<String>,
+    /// Partitions of a topic unless set per topic (default 16). The most members of one group
+    /// that get work is the partition count.
+    pub partitions: PartitionCount,
+    /// Partition counts of given topics.
+    pub topic_partitions: HashMap<String, PartitionCount>,
+    /// How long a partition lease (and a member's registration) lasts without renewal: a
+    /// crashed member's partitions move after at most this long. Default 10 s. Handlers must
+    /// time out below it ([`SubscribeOptions::handler_timeout`](crate::SubscribeOptions)).
+    pub lease_ttl: Duration,
     /// Stream bound applied on every publish.
     pub trim: Trim,
-    /// `MAXLEN ~` of dead-letter streams (`None`: unbounded). Default 100 000.
+    /// `MAXLEN ~` of dead-letter streams (`None`: unbounded). Default 100 000 per partition.
     pub dlq_max_len: Option<u64>,
     /// Largest encoded event accepted by `publish` ([`Error::TooLarge`] beyond). Default 1 MiB.
     pub max_event_bytes: usize,
@@ -126,25 +163,31 @@ pub struct RedisConfig {
     /// Retries of a publish after a connection error or timeout. Default: 4 attempts, 50 ms
     /// to 1 s apart.
     pub publish_retry: RetryPolicy,
-    /// How long one `XREADGROUP` blocks waiting for new entries. Default 1 s. Shorter is not
-    /// faster (a blocked read returns as soon as an entry arrives); it only bounds how late
-    /// claims of idle entries run on a quiet stream.
+    /// How long one blocking read waits for new entries. Default 1 s. Shorter is not faster
+    /// (a blocked read returns as soon as an entry arrives).
     pub block: Duration,
-    /// Idle time after which another member of the group may claim an entry. Default 30 s.
-    pub claim_idle: Duration,
-    /// How often a subscription looks for idle entries to claim. Default 5 s.
-    pub claim_interval: Duration,
-    /// Refresh the idle time of entries while their handler runs (default `true`); see the
-    /// module docs for the trade-off.
-    pub keep_alive: bool,
+    /// Longest pause between two polls of an idle subscription on a Redis Cluster. Default
+    /// 50 ms.
+    pub cluster_poll: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &windlass_core::redact_url(&self.url))
+            .field(
+                "cluster",
+                &self
+                    .cluster
+                    .iter()
+                    .map(|u| windlass_core::redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("prefix", &self.prefix)
             .field("client_name", &self.client_name)
+            .field("partitions", &self.partitions)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("lease_ttl", &self.lease_ttl)
             .field("trim", &self.trim)
             .field("dlq_max_len", &self.dlq_max_len)
             .field("max_event_bytes", &self.max_event_bytes)
@@ -152,9 +195,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("publish_retry", &self.publish_retry)
             .field("block", &self.block)
-            .field("claim_idle", &self.claim_idle)
-            .field("claim_interval", &self.claim_interval)
-            .field("keep_alive", &self.keep_alive)
+            .field("cluster_poll", &self.cluster_poll)
             .finish()
     }
 }
@@ -163,8 +204,12 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            cluster: Vec::new(),
             prefix: "windlass".to_owned(),
             client_name: None,
+            partitions: PartitionCount::new(16).expect("16 is a valid partition count"),
+            topic_partitions: HashMap::new(),
+            lease_ttl: Duration::from_secs(10),
             trim: Trim::None,
             dlq_max_len: Some(100_000),
             max_event_bytes: 1024 * 1024,
@@ -174,9 +219,7 @@ impl Default for RedisConfig {
                 .with_max_attempts(4)
                 .with_delays(Duration::from_millis(50), Duration::from_secs(1)),
             block: Duration::from_secs(1),
-            claim_idle: Duration::from_secs(30),
-            claim_interval: Duration::from_secs(5),
-            keep_alive: true,
+            cluster_poll: Duration::from_millis(50),
         }
     }
 }
@@ -189,6 +232,17 @@ impl RedisConfig {
             ..Self::default()
         }
     }
+    /// Default settings on the Redis Cluster reached through these seed nodes.
+    pub fn cluster<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            cluster: urls.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
     /// Sets the key prefix.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -197,6 +251,21 @@ impl RedisConfig {
     /// Sets the base of the connections' client names.
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = Some(name.into());
+        self
+    }
+    /// Sets the default partition count of topics.
+    pub fn partitions(mut self, n: PartitionCount) -> Self {
+        self.partitions = n;
+        self
+    }
+    /// Sets the partition count of one topic.
+    pub fn topic_partitions(mut self, topic: &Topic, n: PartitionCount) -> Self {
+        self.topic_partitions.insert(topic.to_string(), n);
+        self
+    }
+    /// Sets the lease TTL (checked at construction: at least 100 ms).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
         self
     }
     /// Sets stream trimming.
@@ -234,43 +303,47 @@ impl RedisConfig {
         self.block = d;
         self
     }
-    /// Sets the idle time after which entries are claimed from other members.
-    pub fn claim_idle(mut self, d: Duration) -> Self {
-        self.claim_idle = d;
+    /// Sets the longest idle poll pause on a cluster.
+    pub fn cluster_poll(mut self, d: Duration) -> Self {
+        self.cluster_poll = d;
         self
     }
-    /// Sets how often idle entries are looked for.
-    pub fn claim_interval(mut self, d: Duration) -> Self {
-        self.claim_interval = d;
-        self
-    }
-    /// Turns refreshing in-flight entries on or off.
-    pub fn keep_alive(mut self, on: bool) -> Self {
-        self.keep_alive = on;
-        self
+
+    pub(crate) fn partitions_of(&self, topic: &str) -> PartitionCount {
+        self.topic_partitions
+            .get(topic)
+            .copied()
+            .unwrap_or(self.partitions)
     }
 
     fn validate(&self) -> Result<()> {
         if self.prefix.is_empty()
+            || self.prefix.len() > 200
             || self
                 .prefix
                 .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
+                .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
         {
             return Err(Error::Config(format!(
-                "redis prefix {:?} must be non-empty, without spaces",
+                "redis prefix {:?} must be 1-200 bytes without spaces or braces (braces would \
+                 change the keys' Redis Cluster hash slots)",
                 self.prefix
             )));
         }
-        if self.block.is_zero() || self.timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.block.is_zero()
+            || self.timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.cluster_poll.is_zero()
+        {
             return Err(Error::Config(
-                "redis block, timeout and connect_timeout must be above zero".into(),
+                "redis block, timeout, connect_timeout and cluster_poll must be above zero".into(),
             ));
         }
-        if self.claim_idle < Duration::from_millis(10) || self.claim_interval.is_zero() {
-            return Err(Error::Config(
-                "redis claim_idle must be at least 10 ms and claim_interval above zero".into(),
-            ));
+        if self.lease_ttl < Duration::from_millis(100) {
+            return Err(Error::Config(format!(
+                "redis lease_ttl {:?} is below the minimum of 100 ms",
+                self.lease_ttl
+            )));
         }
         if let Trim::MaxLen(0) = self.trim {
             return Err(Error::Config(
@@ -282,7 +355,7 @@ impl RedisConfig {
 }
 
 /// Event bus on Redis Streams. Cheap to clone; clones share one connection for publishing and
-/// acknowledging (each subscription adds a connection of its own for blocking reads).
+/// acknowledging (each subscription adds connections of its own for blocking reads).
 #[derive(Clone)]
 pub struct RedisBus {
     inner: Arc<Inner>,
@@ -290,11 +363,12 @@ pub struct RedisBus {
 
 pub(crate) struct Inner {
     config: RedisConfig,
-    client: redis::Client,
+    target: Target,
     conn: Arc<Conn>,
     client_name: String,
-    /// Subscriptions started per (topic, group), to name default consumers `{host}-{n}`.
-    members: Mutex<HashMap<(String, String), u32>>,
+    keys: Keys,
+    /// Partition counts of the topics this bus used, and when they were checked.
+    topics: Mutex<HashMap<String, (PartitionCount, std::time::Instant)>>,
 }
 
 impl fmt::Debug for RedisBus {
@@ -305,40 +379,21 @@ impl fmt::Debug for RedisBus {
     }
 }
 
-/// A Redis client name made of allowed characters only.
-fn sanitize_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-        .collect()
-}
-
-/// This host's name: `HOSTNAME`, else `/etc/hostname`, else `windlass`.
-fn host_name() -> String {
-    let from_env = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.trim().is_empty());
-    let name = from_env
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "windlass".to_owned());
-    sanitize_name(&name)
-}
-
 impl RedisBus {
-    /// A bus on the configured server. Does not connect yet: the first call does (see
-    /// [`RedisBus::connect`] to fail fast).
+    /// A bus on the configured server or cluster. Does not connect yet: the first call does
+    /// (see [`RedisBus::connect`] to fail fast).
     pub fn new(config: RedisConfig) -> Result<Self> {
         config.validate()?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            Error::Config(format!(
-                "invalid redis URL {}: {e}",
-                windlass_core::redact_url(&config.url)
-            ))
-        })?;
+        let target = if config.cluster.is_empty() {
+            Target::Single(redis::Client::open(config.url.as_str()).map_err(|e| {
+                Error::Config(format!(
+                    "invalid redis URL {}: {e}",
+                    windlass_core::redact_url(&config.url)
+                ))
+            })?)
+        } else {
+            Target::Cluster(config.cluster.clone())
+        };
         let client_name = sanitize_name(
             &config
                 .client_name
@@ -346,18 +401,19 @@ impl RedisBus {
                 .unwrap_or_else(|| format!("windlass.{}", config.prefix)),
         );
         let conn = Conn::new(
-            client.clone(),
+            &target,
             client_name.clone(),
             config.connect_timeout,
             config.timeout,
-        );
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
+                keys: Keys::new(&config.prefix),
                 config,
-                client,
+                target,
                 conn: Arc::new(conn),
                 client_name,
-                members: Mutex::new(HashMap::new()),
+                topics: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -374,18 +430,44 @@ impl RedisBus {
         &self.inner.config
     }
 
-    /// The stream key of a topic: `{prefix}:{topic}`.
-    pub fn stream_key(&self, topic: &Topic) -> String {
-        format!("{}:{}", self.inner.config.prefix, topic)
+    /// The stream key of partition `partition` of a topic: `{prefix}:{topic:partition}`.
+    pub fn stream_key(&self, topic: &Topic, partition: u32) -> String {
+        self.inner.keys.stream(topic.as_str(), partition)
     }
 
-    /// The dead-letter stream key of a topic: `{prefix}:{topic}:dlq`.
-    pub fn dlq_key(&self, topic: &Topic) -> String {
-        format!("{}:{}:dlq", self.inner.config.prefix, topic)
+    /// The dead-letter stream key of partition `partition` of a topic:
+    /// `{prefix}:{topic:partition}:dlq`.
+    pub fn dlq_key(&self, topic: &Topic, partition: u32) -> String {
+        self.inner.keys.dlq(topic.as_str(), partition)
     }
 
-    /// The `CLIENT SETNAME` name of the shared connection; the blocking read connection of a
-    /// subscription is named `{client_name}.read.{consumer}`.
+    /// The set of a topic's consumer group names.
+    pub(crate) fn groups_key(&self, topic: &Topic) -> String {
+        self.inner.keys.groups(topic.as_str())
+    }
+
+    /// The stream keys of every partition of a topic, in partition order (the topic's
+    /// partition count is read from Redis, or recorded there on first use).
+    pub async fn stream_keys(&self, topic: &Topic) -> Result<Vec<String>> {
+        let n = self.topic_partitions(topic).await?;
+        Ok((0..n.get()).map(|p| self.stream_key(topic, p)).collect())
+    }
+
+    /// Entries the topic's partition streams hold together (`XLEN` of each).
+    pub async fn topic_len(&self, topic: &Topic) -> Result<u64> {
+        let keys = self.stream_keys(topic).await?;
+        let lens = futures::future::try_join_all(keys.iter().map(|k| {
+            let mut cmd = redis::cmd("XLEN");
+            cmd.arg(k);
+            async move { self.inner.conn.query::<u64>("length", &cmd).await }
+        }))
+        .await?;
+        Ok(lens.into_iter().sum())
+    }
+
+    /// The `CLIENT SETNAME` name of the shared connection; the blocking connections of a
+    /// subscription are named `{client_name}.read.{consumer}` and
+    /// `{client_name}.control.{consumer}`.
     pub fn client_name(&self) -> &str {
         &self.inner.client_name
     }
@@ -402,46 +484,5 @@ impl RedisBus {
             });
         }
         Ok(bytes)
-    }
-}
-
-#[async_trait]
-impl DeadLetters for RedisBus {
-    async fn dead_letters(&self, topic: &Topic, limit: usize) -> Result<Vec<DeadLetter>> {
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(self.dlq_key(topic))
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1));
-        let reply: redis::Value = self.inner.conn.query("read dead letters", &cmd).await?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        Ok(wire::entries(&reply)
-            .into_iter()
-            .filter_map(|(id, fields)| {
-                let fields = fields?;
-                let text = |name| {
-                    wire::field(&fields, name).map(|b| String::from_utf8_lossy(b).into_owned())
-                };
-                let payload = wire::field(&fields, "event")
-                    .map(<[u8]>::to_vec)
-                    .unwrap_or_default();
-                let failed_at = text("failed_at")
-                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                    .map(|t| t.with_timezone(&Utc))
-                    .unwrap_or_else(|| DateTime::<Utc>::UNIX_EPOCH);
-                Some(DeadLetter {
-                    id,
-                    topic: topic.to_string(),
-                    group: text("group").unwrap_or_default(),
-                    event: Event::from_json(&payload).ok(),
-                    error: text("error").unwrap_or_default(),
-                    failed_at,
-                    payload,
-                })
-            })
-            .collect())
     }
 }

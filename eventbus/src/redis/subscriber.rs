@@ -1,49 +1,66 @@
-//! Consuming: a consumer group member driven by the shared runner. This module only moves
-//! entries (read, claim, acknowledge, dead-letter); retry, order and concurrency are the
-//! runner's.
+//! Consuming: a member of a consumer group that reads only the partitions it holds a lease
+//! for, driven by the shared runner. This module only moves entries (read, claim, acknowledge,
+//! dead-letter, hand back), each fenced by the partition's lease; retry, order and concurrency
+//! are the runner's, ownership the membership driver's.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::join_all;
 use redis::Value;
 use windlass_core::{Group, Topic};
 
+use super::RedisBus;
 use super::conn::Conn;
+use super::coordinator::RedisCoordinator;
+use super::keys::Keys;
+use super::scripts;
 use super::wire::{self, Entry};
-use super::{RedisBus, host_name, sanitize_name};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::Handler;
-use crate::runner::{self, Delivery, Transport, Undecodable};
+use crate::membership::{self, Driver, Holdings, Running, Timing, sanitize_name};
+use crate::runner::{Assignment, Delivery, Runner, Transport, Undecodable, partition_control};
 use crate::subscription::Subscription;
-use crate::traits::{StartFrom, SubscribeOptions, Subscriber};
+use crate::traits::{SubscribeOptions, Subscriber};
 
-/// What acknowledging or dead-lettering one entry needs: its id and the bytes as read.
+/// What acknowledging, dead-lettering or handing back one entry needs.
 #[derive(Debug)]
 pub(crate) struct EntryToken {
-    id: String,
-    raw: Vec<u8>,
+    pub(crate) partition: u32,
+    pub(crate) epoch: u64,
+    pub(crate) id: String,
+    pub(crate) raw: Vec<u8>,
+    /// The delivery count of this delivery.
+    pub(crate) count: u32,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// How far this member got in a partition it holds.
+#[derive(Debug)]
+pub(crate) struct ReadState {
+    /// Still claiming the pending entries of earlier holders, from this `XPENDING` start.
+    draining: Option<String>,
+    /// The group's last delivered id: what a blocking wait waits past.
+    last_delivered: Option<String>,
+    /// The last read found nothing more after `last_delivered`: the next fetch may wait at
+    /// once instead of reading first.
+    drained: bool,
+    /// Ids (ms, seq) handed to the runner and not yet acknowledged, dead-lettered or handed
+    /// back.
+    in_flight: HashSet<(u64, u64)>,
 }
 
-/// Creates the group (and the stream) unless it exists.
-async fn create_group(conn: &Conn, key: &str, group: &str, start: &str) -> Result<()> {
-    let mut cmd = redis::cmd("XGROUP");
-    cmd.arg("CREATE")
-        .arg(key)
-        .arg(group)
-        .arg(start)
-        .arg("MKSTREAM");
-    match conn.query::<Value>("create consumer group", &cmd).await {
-        Ok(_) => Ok(()),
-        Err(Error::Backend { source, .. }) if source.to_string().contains("BUSYGROUP") => Ok(()),
-        Err(e) => Err(e),
+impl Default for ReadState {
+    fn default() -> Self {
+        Self {
+            draining: Some("-".to_owned()),
+            last_delivered: None,
+            drained: false,
+            in_flight: HashSet::new(),
+        }
     }
 }
 
@@ -57,141 +74,213 @@ impl Subscriber for RedisBus {
         options: SubscribeOptions,
     ) -> Result<Subscription> {
         let config = &self.inner.config;
-        let key = self.stream_key(topic);
-        let start = match options.start_from {
-            StartFrom::Earliest => "0",
-            StartFrom::Latest => "$",
+        membership::check_options(&options, config.lease_ttl)?;
+        let partitions = self.topic_partitions(topic).await?;
+        self.ensure_group(topic, group.as_str(), partitions, options.start_from)
+            .await?;
+        let consumer = options
+            .consumer
+            .clone()
+            .unwrap_or_else(membership::default_consumer);
+        let member = sanitize_name(&membership::member_id(&consumer));
+        let name =
+            |role: &str| sanitize_name(&format!("{}.{role}.{consumer}", self.inner.client_name));
+        let blocking = config.block + config.timeout;
+        let reader = if self.inner.conn.is_cluster() {
+            None
+        } else {
+            Some(Conn::new(
+                &self.inner.target,
+                name("read"),
+                config.connect_timeout,
+                blocking,
+            )?)
         };
-        create_group(&self.inner.conn, &key, group.as_str(), start).await?;
-        let consumer = match &options.consumer {
-            Some(name) if name.is_empty() || name.chars().any(char::is_control) => {
-                return Err(Error::Config(format!(
-                    "consumer name {name:?} must be non-empty text"
-                )));
-            }
-            Some(name) => name.clone(),
-            None => {
-                let mut members = lock(&self.inner.members);
-                let n = members
-                    .entry((topic.to_string(), group.to_string()))
-                    .or_insert(0);
-                *n += 1;
-                format!("{}-{n}", host_name())
-            }
-        };
-        let reader = Conn::new(
-            self.inner.client.clone(),
-            sanitize_name(&format!("{}.read.{consumer}", self.inner.client_name)),
+        let control_conn = Conn::new(
+            &self.inner.target,
+            name("control"),
             config.connect_timeout,
-            config.block + config.timeout,
-        );
-        let state = Arc::new(State {
-            in_flight: Mutex::new(HashSet::new()),
-            reread_own: AtomicBool::new(true),
-            own_cursor: Mutex::new("-".to_owned()),
-            claim: Mutex::new(ClaimState {
-                next: Instant::now(),
-                cursor: "0-0".to_owned(),
-            }),
+            blocking,
+        )?;
+        let (holdings, lost) = Holdings::new();
+        let (control, events) = partition_control();
+        let coordinator = Arc::new(RedisCoordinator {
+            bus: self.clone(),
+            control: control_conn,
+            keys: self.inner.keys.clone(),
+            topic: topic.to_string(),
+            group: group.to_string(),
+            member: member.clone(),
+            consumer: consumer.clone(),
+            partitions: partitions.get(),
+            ttl: config.lease_ttl,
         });
+        let (membership, joined) = Driver::new(
+            coordinator.clone(),
+            holdings.clone(),
+            control,
+            member.clone(),
+            Timing::new(config.lease_ttl, options.handler_timeout),
+            (topic.as_str(), group.as_str()),
+        )
+        .start(lost);
+        let abort = membership.abort_handle();
         let transport = RedisTransport {
-            conn: self.inner.conn.clone(),
+            bus: self.clone(),
             reader,
-            key,
-            dlq_key: self.dlq_key(topic),
+            keys: self.inner.keys.clone(),
+            topic: topic.to_string(),
             group: group.to_string(),
             consumer,
+            member,
+            holdings,
+            coordinator,
             block: config.block,
-            claim_idle: config.claim_idle,
-            claim_interval: config.claim_interval,
-            dlq_max_len: config.dlq_max_len,
-            state: state.clone(),
+            cluster_poll: config.cluster_poll,
+            rotate: AtomicUsize::new(0),
+            membership: Some(membership),
         };
-        if config.keep_alive {
-            tokio::spawn(keep_alive(
-                Arc::downgrade(&state),
-                self.inner.conn.clone(),
-                transport.key.clone(),
-                transport.group.clone(),
-                transport.consumer.clone(),
-                config.claim_idle,
-            ));
-        }
-        Ok(runner::spawn(
-            transport,
-            topic.clone(),
-            group.clone(),
-            handler,
-            options,
-        ))
+        let subscription = Runner::new(transport, topic.clone(), group.clone(), handler, options)
+            .partitioned(events)
+            .abort_with(abort)
+            .spawn();
+        let _ = tokio::time::timeout(config.timeout * 2, joined).await;
+        Ok(subscription)
     }
 }
 
-struct State {
-    /// Entries handed to the runner and not yet acknowledged, dead-lettered or released.
-    in_flight: Mutex<HashSet<String>>,
-    /// Take back this consumer's pending entries before reading new ones (start, reconnect).
-    reread_own: AtomicBool,
-    /// Where the pass over this consumer's pending entries continues.
-    own_cursor: Mutex<String>,
-    claim: Mutex<ClaimState>,
+/// A member's coordinator and transport without a runner or driver, for tests of the fences.
+#[cfg(test)]
+pub(crate) fn bare_member(
+    bus: &RedisBus,
+    topic: &Topic,
+    group: &str,
+    consumer: &str,
+) -> (Arc<RedisCoordinator>, RedisTransport) {
+    let config = &bus.inner.config;
+    let member = membership::member_id(consumer);
+    let conn = || {
+        Conn::new(
+            &bus.inner.target,
+            "test".to_owned(),
+            config.connect_timeout,
+            config.block + config.timeout,
+        )
+        .expect("a connection")
+    };
+    let (holdings, _lost) = Holdings::new();
+    let coordinator = Arc::new(RedisCoordinator {
+        bus: bus.clone(),
+        control: conn(),
+        keys: bus.inner.keys.clone(),
+        topic: topic.to_string(),
+        group: group.to_owned(),
+        member: member.clone(),
+        consumer: consumer.to_owned(),
+        partitions: config.partitions_of(topic.as_str()).get(),
+        ttl: config.lease_ttl,
+    });
+    let transport = RedisTransport {
+        bus: bus.clone(),
+        reader: Some(conn()),
+        keys: bus.inner.keys.clone(),
+        topic: topic.to_string(),
+        group: group.to_owned(),
+        consumer: consumer.to_owned(),
+        member,
+        holdings,
+        coordinator: coordinator.clone(),
+        block: config.block,
+        cluster_poll: config.cluster_poll,
+        rotate: AtomicUsize::new(0),
+        membership: None,
+    };
+    (coordinator, transport)
 }
 
-struct ClaimState {
-    next: Instant,
-    cursor: String,
-}
-
-struct RedisTransport {
-    conn: Arc<Conn>,
-    reader: Conn,
-    key: String,
-    dlq_key: String,
+pub(crate) struct RedisTransport {
+    bus: RedisBus,
+    /// Blocking reads (single server only).
+    reader: Option<Conn>,
+    keys: Keys,
+    topic: String,
     group: String,
     consumer: String,
+    member: String,
+    pub(crate) holdings: Arc<Holdings<ReadState>>,
+    coordinator: Arc<RedisCoordinator>,
     block: Duration,
-    claim_idle: Duration,
-    claim_interval: Duration,
-    dlq_max_len: Option<u64>,
-    state: Arc<State>,
+    cluster_poll: Duration,
+    rotate: AtomicUsize,
+    /// The membership driver (none in the fence tests' bare members).
+    membership: Option<Running>,
 }
 
-/// Refreshes the idle time of in-flight entries (`XCLAIM ... JUSTID`, which does not count as
-/// a delivery) until the subscription's transport is gone.
-async fn keep_alive(
-    state: Weak<State>,
-    conn: Arc<Conn>,
-    key: String,
-    group: String,
-    consumer: String,
-    idle: Duration,
-) {
-    let every = (idle / 3).max(Duration::from_millis(5));
-    let min_idle = (idle / 4).as_millis() as u64;
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(state) = state.upgrade() else { return };
-        let ids: Vec<String> = lock(&state.in_flight).iter().cloned().collect();
-        drop(state);
-        for chunk in ids.chunks(1000) {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(&key)
-                .arg(&group)
-                .arg(&consumer)
-                .arg(min_idle)
-                .arg(chunk)
-                .arg("JUSTID");
-            if let Err(e) = conn.query::<Value>("refresh in-flight entries", &cmd).await {
-                tracing::debug!(error = %e, "keep-alive of in-flight entries failed; will retry");
-                break;
-            }
-        }
-    }
+/// The partitions held, as one fetch sees them.
+struct Held {
+    a: Assignment,
+    draining: Option<String>,
+    last_delivered: Option<String>,
+    drained: bool,
+    in_flight: Vec<String>,
 }
 
 impl RedisTransport {
+    fn conn(&self) -> &Conn {
+        &self.bus.inner.conn
+    }
+
+    fn held(&self) -> Vec<Held> {
+        let parts = self.holdings.lock();
+        let mut held: Vec<Held> = parts
+            .iter()
+            .map(|(p, (epoch, st))| Held {
+                a: Assignment::new(*p, *epoch),
+                draining: st.draining.clone(),
+                last_delivered: st.last_delivered.clone(),
+                drained: st.drained,
+                in_flight: if st.draining.is_some() {
+                    st.in_flight
+                        .iter()
+                        .map(|(ms, seq)| format!("{ms}-{seq}"))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        // Start each fetch at another partition, so a busy one cannot starve the others.
+        if !held.is_empty() {
+            let start = self.rotate.fetch_add(1, Ordering::Relaxed) % held.len();
+            held.rotate_left(start);
+        }
+        held
+    }
+
+    /// Updates the state of a partition still held under the same epoch.
+    fn update(&self, a: Assignment, f: impl FnOnce(&mut ReadState)) {
+        if let Some((epoch, st)) = self.holdings.lock().get_mut(&a.partition)
+            && *epoch == a.epoch
+        {
+            f(st);
+        }
+    }
+
+    /// After a failed call whose reply may have been lost (the script may have run): the
+    /// partitions' entries read by it are pending under this consumer; claim them again.
+    fn reread(&self, parts: &[Assignment]) {
+        for a in parts {
+            self.update(*a, |st| {
+                st.draining = Some("-".to_owned());
+                st.last_delivered = None;
+                st.drained = false;
+            });
+        }
+    }
+
     fn to_delivery(
         &self,
+        a: Assignment,
         id: String,
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         count: u32,
@@ -216,216 +305,323 @@ impl RedisTransport {
                 (Err(Undecodable::new(raw.clone(), reason)), raw)
             }
         };
+        let delivery_id = format!("{}/{id}", a.partition);
         Delivery::new(
             payload,
             EntryToken {
-                id: id.clone(),
+                partition: a.partition,
+                epoch: a.epoch,
+                id,
                 raw,
+                count,
             },
-            id,
+            delivery_id,
             count,
         )
+        .with_assignment(a)
     }
 
-    /// Turns entries into deliveries (tracking them as in flight); entries whose data is gone
+    /// Turns entries into deliveries, tracking them as in flight; entries whose data is gone
     /// (trimmed or deleted while pending) are acknowledged and dropped.
     async fn deliveries(
         &self,
+        a: Assignment,
         entries: Vec<Entry>,
         counts: &HashMap<String, u32>,
     ) -> Vec<Delivery<EntryToken>> {
         let mut out = Vec::with_capacity(entries.len());
         let mut gone = Vec::new();
-        {
-            let mut in_flight = lock(&self.state.in_flight);
-            for (id, fields) in entries {
-                match fields {
-                    Some(fields) => {
-                        in_flight.insert(id.clone());
-                        let count = counts.get(&id).copied().unwrap_or(1);
-                        out.push(self.to_delivery(id, fields, count));
-                    }
-                    None => gone.push(id),
+        let mut ids = Vec::with_capacity(entries.len());
+        for (id, fields) in entries {
+            match fields {
+                Some(fields) => {
+                    ids.push(wire::stream_id(&id));
+                    let count = counts.get(&id).copied().unwrap_or(1);
+                    out.push(self.to_delivery(a, id, fields, count));
                 }
+                None => gone.push(id),
             }
         }
+        self.update(a, |st| st.in_flight.extend(ids));
         if !gone.is_empty() {
-            tracing::warn!(stream = %self.key, group = %self.group, n = gone.len(), "pending entries were trimmed before being handled; acknowledging them");
-            let mut cmd = redis::cmd("XACK");
-            cmd.arg(&self.key).arg(&self.group).arg(&gone);
-            let _ = self.conn.query::<Value>("ack trimmed entries", &cmd).await;
+            tracing::warn!(topic = %self.topic, partition = a.partition, group = %self.group, n = gone.len(), "pending entries were trimmed before being handled; acknowledging them");
+            let mut inv = scripts::ACK.prepare_invoke();
+            inv.key(self.keys.lease(&self.topic, a.partition, &self.group))
+                .key(self.keys.stream(&self.topic, a.partition))
+                .arg(&self.group)
+                .arg(&self.member)
+                .arg(a.epoch)
+                .arg(&gone);
+            let _ = self.conn().script::<i64>("ack trimmed entries", &inv).await;
         }
         out
     }
 
-    /// This consumer's pending entries not in flight here (left by an earlier run of this
-    /// consumer name, or read when the connection broke), claimed back with their counts.
-    async fn take_own(&self, max: usize) -> Result<Vec<Delivery<EntryToken>>> {
-        let cursor = lock(&self.state.own_cursor).clone();
-        let page = max + lock(&self.state.in_flight).len();
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.key)
-            .arg(&self.group)
-            .arg(&cursor)
-            .arg("+")
-            .arg(page)
-            .arg(&self.consumer);
-        let reply: Value = self.conn.query("read pending entries", &cmd).await?;
-        let rows = wire::pending_reply(&reply);
-        match rows.last() {
-            Some((last, ..)) if rows.len() >= page => {
-                *lock(&self.state.own_cursor) = format!("({last}");
-                self.state.reread_own.store(true, Ordering::Relaxed);
-            }
-            _ => *lock(&self.state.own_cursor) = "-".to_owned(),
-        }
-        let mut counts = HashMap::new();
-        {
-            let in_flight = lock(&self.state.in_flight);
-            for (id, _, _, count) in rows {
-                if !in_flight.contains(&id) {
-                    counts.insert(id, (count.max(0) as u32).saturating_add(1));
-                }
-            }
-        }
-        if counts.is_empty() {
+    /// Claims the next page of a partition's pending entries (left by earlier holders, or by
+    /// this member's reads whose reply was lost).
+    async fn drain(&self, h: &Held, max: usize) -> Result<Vec<Delivery<EntryToken>>> {
+        let Some(from) = &h.draining else {
             return Ok(Vec::new());
-        }
-        let ids: Vec<&String> = counts.keys().collect();
-        let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(&self.key)
+        };
+        let page = max.max(1) + h.in_flight.len();
+        let mut inv = scripts::DRAIN.prepare_invoke();
+        inv.key(self.keys.lease(&self.topic, h.a.partition, &self.group))
+            .key(self.keys.stream(&self.topic, h.a.partition))
             .arg(&self.group)
+            .arg(&self.member)
+            .arg(h.a.epoch)
             .arg(&self.consumer)
-            .arg(0)
-            .arg(&ids);
-        let reply: Value = self.conn.query("claim own pending entries", &cmd).await?;
-        let mut entries = wire::entries(&reply);
-        entries.sort_by_key(|(id, _)| stream_id(id));
-        Ok(self.deliveries(entries, &counts).await)
-    }
-
-    /// Entries of any member idle past `claim_idle` (`XAUTOCLAIM`), when a pass is due.
-    async fn claim_idle_entries(&self, max: usize) -> Result<Vec<Delivery<EntryToken>>> {
-        let cursor = {
-            let claim = lock(&self.state.claim);
-            if Instant::now() < claim.next {
-                return Ok(Vec::new());
-            }
-            claim.cursor.clone()
-        };
-        let mut cmd = redis::cmd("XAUTOCLAIM");
-        cmd.arg(&self.key)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(self.claim_idle.as_millis() as u64)
-            .arg(&cursor)
-            .arg("COUNT")
-            .arg(max.max(1));
-        let reply: Value = self.conn.query("claim idle entries", &cmd).await?;
-        let (next, entries, _deleted) = wire::autoclaim_reply(&reply);
-        {
-            let mut claim = lock(&self.state.claim);
-            // A finished pass waits for the next interval; an unfinished one goes on next fetch.
-            claim.next = if next == "0-0" {
-                Instant::now() + self.claim_interval
-            } else {
-                Instant::now()
-            };
-            claim.cursor = next;
-        }
-        // An entry of ours still in flight is only being slow: the claim refreshed it, and it
-        // must not run twice here.
-        let entries: Vec<Entry> = {
-            let in_flight = lock(&self.state.in_flight);
-            entries
-                .into_iter()
-                .filter(|(id, _)| !in_flight.contains(id))
-                .collect()
-        };
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let counts = self.counts_of(&entries).await;
-        tracing::info!(stream = %self.key, group = %self.group, consumer = %self.consumer, n = entries.len(), "claimed idle entries of another consumer");
-        Ok(self.deliveries(entries, &counts).await)
-    }
-
-    /// Delivery counts of entries this consumer holds (best effort: 1 when unknown).
-    async fn counts_of(&self, entries: &[Entry]) -> HashMap<String, u32> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return HashMap::new();
-        };
-        let page = entries.len() + lock(&self.state.in_flight).len() + 1;
-        let mut cmd = redis::cmd("XPENDING");
-        cmd.arg(&self.key)
-            .arg(&self.group)
-            .arg(&first.0)
-            .arg(&last.0)
+            .arg(from)
             .arg(page)
-            .arg(&self.consumer);
-        match self.conn.query::<Value>("read delivery counts", &cmd).await {
-            Ok(reply) => wire::pending_reply(&reply)
-                .into_iter()
-                .map(|(id, _, _, count)| (id, count.max(1) as u32))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read delivery counts; counting this delivery as the first");
-                HashMap::new()
-            }
-        }
-    }
-
-    /// New entries, blocking up to `block` on the subscription's own connection.
-    async fn read_new(&self, max: usize) -> Result<Vec<Delivery<EntryToken>>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(max.max(1))
-            .arg("BLOCK")
-            .arg(self.block.as_millis().max(1) as u64)
-            .arg("STREAMS")
-            .arg(&self.key)
-            .arg(">");
-        let (generation, mut conn) = self
-            .reader
-            .get()
-            .await
-            .inspect_err(|_| self.after_read_error())?;
-        let reply: Value = match cmd.query_async(&mut conn).await {
+            .arg(&h.in_flight);
+        let reply: Value = match self.conn().script("claim pending entries", &inv).await {
             Ok(v) => v,
-            Err(e) => {
-                self.after_read_error();
-                if e.code() == Some("NOGROUP") {
-                    // The stream (and its groups) was deleted: start the group again.
-                    create_group(&self.conn, &self.key, &self.group, "0").await?;
-                }
-                return Err(self.reader.fail(generation, "read", e));
-            }
+            Err(e) => return Err(self.on_read_error(e, &[h.a]).await),
         };
-        Ok(self
-            .deliveries(wire::read_reply(&reply), &HashMap::new())
-            .await)
+        let parts = wire::array(&reply);
+        if parts.first().and_then(|v| wire::int(v)) != Some(1) {
+            self.holdings.lost(h.a);
+            return Ok(Vec::new());
+        }
+        let mut entries = parts.get(1).map(|v| wire::entries(v)).unwrap_or_default();
+        let counts: HashMap<String, u32> = parts
+            .get(2)
+            .map(|rows| {
+                wire::array(rows)
+                    .into_iter()
+                    .filter_map(|row| {
+                        let row = wire::array(row);
+                        let id = wire::string(row.first()?)?;
+                        let count = wire::int(row.get(1)?)?;
+                        Some((id, (count.max(0) as u32).saturating_add(1)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let last = parts
+            .get(3)
+            .and_then(|v| wire::string(v))
+            .unwrap_or_default();
+        let done = parts.get(4).and_then(|v| wire::int(v)) == Some(1);
+        let delivered = parts
+            .get(5)
+            .and_then(|v| wire::string(v))
+            .filter(|s| !s.is_empty());
+        entries.sort_by_key(|(id, _)| wire::stream_id(id));
+        self.update(h.a, |st| {
+            if done {
+                st.draining = None;
+                st.last_delivered = delivered;
+            } else {
+                st.draining = Some(format!("({last}"));
+            }
+        });
+        if done {
+            self.forget_idle_consumers(h.a.partition);
+        }
+        Ok(self.deliveries(h.a, entries, &counts).await)
     }
 
-    fn after_read_error(&self) {
-        // Entries Redis assigned to us in a reply we never got are pending under our name.
-        self.state.reread_own.store(true, Ordering::Relaxed);
+    /// Removes the group's consumers on a partition that hold no pending entry any more (dead
+    /// members, members that held it before), once its pending entries moved here.
+    fn forget_idle_consumers(&self, partition: u32) {
+        let (bus, key, group, me) = (
+            self.bus.clone(),
+            self.keys.stream(&self.topic, partition),
+            self.group.clone(),
+            self.consumer.clone(),
+        );
+        tokio::spawn(async move {
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("CONSUMERS").arg(&key).arg(&group);
+            let Ok(reply) = bus.inner.conn.query::<Value>("list consumers", &cmd).await else {
+                return;
+            };
+            for row in wire::array(&reply) {
+                let fields = wire::info_row(row);
+                let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+                let name = get("name").and_then(wire::string);
+                let pending = get("pending").and_then(wire::int).unwrap_or(1);
+                if let Some(name) = name
+                    && name != me
+                    && pending == 0
+                {
+                    let mut cmd = redis::cmd("XGROUP");
+                    cmd.arg("DELCONSUMER").arg(&key).arg(&group).arg(&name);
+                    let _ = bus
+                        .inner
+                        .conn
+                        .query::<Value>("remove a consumer", &cmd)
+                        .await;
+                }
+            }
+        });
     }
 
-    fn forget(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) {
-        let mut in_flight = lock(&self.state.in_flight);
-        for id in ids {
-            in_flight.remove(id.as_ref());
+    /// Reads new entries of the partitions done draining, up to `max` together.
+    async fn read_new(&self, held: &[&Held], max: usize) -> Result<Vec<Delivery<EntryToken>>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let chunks: Vec<Vec<&Held>> = if self.conn().is_cluster() {
+            held.iter().map(|h| vec![*h]).collect()
+        } else {
+            vec![held.to_vec()]
+        };
+        let budget = if chunks.len() > 1 {
+            max.div_ceil(chunks.len()).max(1)
+        } else {
+            max.max(1)
+        };
+        let replies = join_all(chunks.iter().map(|chunk| {
+            let mut inv = scripts::READ.prepare_invoke();
+            for h in chunk {
+                inv.key(self.keys.lease(&self.topic, h.a.partition, &self.group))
+                    .key(self.keys.stream(&self.topic, h.a.partition));
+            }
+            inv.arg(&self.group)
+                .arg(&self.member)
+                .arg(&self.consumer)
+                .arg(budget);
+            for h in chunk {
+                inv.arg(h.a.epoch);
+            }
+            async move { self.conn().script::<Value>("read", &inv).await }
+        }))
+        .await;
+        let mut out = Vec::new();
+        let mut error = None;
+        let chunked = chunks.len() > 1;
+        for (chunk, reply) in chunks.iter().zip(replies) {
+            let mut left = budget;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(e) => {
+                    let parts: Vec<Assignment> = chunk.iter().map(|h| h.a).collect();
+                    error = Some(self.on_read_error(e, &parts).await);
+                    continue;
+                }
+            };
+            for (h, row) in chunk.iter().zip(wire::into_array(reply)) {
+                let mut row = wire::into_array(row).into_iter();
+                let status = row.next().as_ref().and_then(wire::int);
+                match status {
+                    Some(0) => self.holdings.lost(h.a),
+                    Some(1) => {
+                        let entries = row.next().map(wire::into_entries).unwrap_or_default();
+                        // Fewer than it was allowed to read: nothing more was there.
+                        let drained = entries.len() < left;
+                        left = if chunked {
+                            budget
+                        } else {
+                            left - entries.len().min(left)
+                        };
+                        let last = entries.last().map(|(id, _)| id.clone());
+                        self.update(h.a, |st| {
+                            if let Some(last) = last {
+                                st.last_delivered = Some(last);
+                            }
+                            st.drained = drained;
+                        });
+                        out.extend(self.deliveries(h.a, entries, &HashMap::new()).await);
+                    }
+                    Some(2) => self.update(h.a, |st| st.drained = true),
+                    _ => {}
+                }
+            }
+        }
+        match error {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
         }
     }
-}
 
-/// Sort key of a stream id `ms-seq`.
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    async fn on_read_error(&self, e: Error, parts: &[Assignment]) -> Error {
+        self.reread(parts);
+        if e.to_string().contains("NOGROUP") {
+            // The stream (and its groups) was deleted under us: recreate them from the start.
+            for a in parts {
+                let key = self.keys.stream(&self.topic, a.partition);
+                let _ = self.bus.create_group(&key, &self.group, "0").await;
+            }
+        }
+        e
+    }
+
+    /// Waits for new entries in the held partitions (a blocking `XREAD` on a single server, a
+    /// pause on a cluster), or for the held partitions to change.
+    async fn wait(
+        &self,
+        held: &[Held],
+        idle_rounds: u32,
+        changed: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ) {
+        if held.is_empty() {
+            let _ = tokio::time::timeout(self.block, changed).await;
+            return;
+        }
+        let ready: Vec<(String, &str)> = held
+            .iter()
+            .filter(|h| h.draining.is_none())
+            .filter_map(|h| {
+                h.last_delivered
+                    .as_deref()
+                    .map(|id| (self.keys.stream(&self.topic, h.a.partition), id))
+            })
+            .collect();
+        match &self.reader {
+            Some(reader) if ready.len() == held.len() => {
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(self.block.as_millis().max(1) as u64)
+                    .arg("STREAMS");
+                for (key, _) in &ready {
+                    cmd.arg(key);
+                }
+                for (_, id) in &ready {
+                    cmd.arg(*id);
+                }
+                let (generation, mut conn) = match reader.get().await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                };
+                tokio::select! {
+                    r = cmd.query_async::<Value>(&mut conn) => {
+                        if let Err(e) = r {
+                            reader.fail(generation, "wait for entries", e);
+                        }
+                    }
+                    _ = changed => {
+                        // The blocked command is still on that connection: use a new one.
+                        reader.invalidate(generation);
+                    }
+                }
+            }
+            _ => {
+                // A cluster (partitions on several slots), or a partition whose position is
+                // not known yet: poll, backing off while idle.
+                let pause =
+                    Duration::from_millis(1u64 << idle_rounds.min(10)).min(self.cluster_poll);
+                let _ = tokio::time::timeout(pause, changed).await;
+            }
+        }
+    }
+
+    fn forget(&self, tokens: &[EntryToken]) {
+        let mut parts = self.holdings.lock();
+        for t in tokens {
+            if let Some((epoch, st)) = parts.get_mut(&t.partition)
+                && *epoch == t.epoch
+            {
+                st.in_flight.remove(&wire::stream_id(&t.id));
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -437,72 +633,138 @@ impl Transport for RedisTransport {
     }
 
     async fn fetch(&self, max: usize) -> Result<Vec<Delivery<EntryToken>>> {
-        let mut out = Vec::new();
-        if self.state.reread_own.swap(false, Ordering::Relaxed) {
-            out = self
-                .take_own(max)
-                .await
-                .inspect_err(|_| self.after_read_error())?;
-        }
-        if out.len() < max {
-            match self.claim_idle_entries(max - out.len()).await {
-                Ok(claimed) => out.extend(claimed),
-                Err(e) if out.is_empty() => return Err(e),
-                Err(e) => tracing::warn!(error = %e, "claiming idle entries failed; will retry"),
+        let mut idle_rounds = 0u32;
+        loop {
+            let changed = self.holdings.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            let held = self.held();
+            let mut out = Vec::new();
+            for h in held.iter().filter(|h| h.draining.is_some()) {
+                if out.len() >= max {
+                    break;
+                }
+                out.extend(self.drain(h, max - out.len()).await?);
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let live: Vec<&Held> = held.iter().filter(|h| h.draining.is_none()).collect();
+            // Every partition was found drained by the last read: wait for news at once rather
+            // than reading nothing first (a blocking wait returns at once if entries came).
+            let drained = idle_rounds == 0
+                && self.reader.is_some()
+                && !live.is_empty()
+                && live.len() == held.len()
+                && live.iter().all(|h| h.drained);
+            if !drained {
+                let out = self.read_new(&live, max).await?;
+                if !out.is_empty() || idle_rounds >= 1 && self.reader.is_some() {
+                    return Ok(out);
+                }
+            }
+            if held.iter().any(|h| h.draining.is_some()) {
+                // A drain page ended without entries: go on with the next page at once.
+                continue;
+            }
+            self.wait(&held, idle_rounds, changed).await;
+            idle_rounds += 1;
+            if idle_rounds > 64 {
+                return Ok(Vec::new());
             }
         }
-        if !out.is_empty() {
-            return Ok(out);
-        }
-        self.read_new(max).await
     }
 
     async fn ack(&self, tokens: &[EntryToken]) -> Result<()> {
-        // Forgotten first: should the ack fail for good, the entries are no longer kept alive
-        // and get delivered again (at least once) instead of being held forever.
-        self.forget(tokens.iter().map(|t| &t.id));
-        let mut cmd = redis::cmd("XACK");
-        cmd.arg(&self.key).arg(&self.group);
+        // Forgotten first: should the ack fail for good, the entries are redelivered by a
+        // drain rather than skipped by it.
+        self.forget(tokens);
+        let mut by_partition: BTreeMap<(u32, u64), Vec<&str>> = BTreeMap::new();
         for t in tokens {
-            cmd.arg(&t.id);
+            by_partition
+                .entry((t.partition, t.epoch))
+                .or_default()
+                .push(&t.id);
         }
-        self.conn.query::<Value>("ack", &cmd).await.map(drop)
+        let results = join_all(by_partition.iter().map(|((p, epoch), ids)| {
+            let mut inv = scripts::ACK.prepare_invoke();
+            inv.key(self.keys.lease(&self.topic, *p, &self.group))
+                .key(self.keys.stream(&self.topic, *p))
+                .arg(&self.group)
+                .arg(&self.member)
+                .arg(*epoch)
+                .arg(ids);
+            async move { self.conn().script::<i64>("ack", &inv).await }
+        }))
+        .await;
+        let mut lost = None;
+        let mut failed = None;
+        for (((p, epoch), _), r) in by_partition.iter().zip(results) {
+            match r {
+                Ok(-1) => {
+                    self.holdings.lost(Assignment::new(*p, *epoch));
+                    lost.get_or_insert(Error::LeaseLost { partition: *p });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        match (failed, lost) {
+            (Some(e), _) => Err(e),
+            (None, Some(e)) => Err(e),
+            (None, None) => Ok(()),
+        }
     }
 
     async fn dead_letter(&self, delivery: &Delivery<EntryToken>, reason: &str) -> Result<()> {
         let token = &delivery.token;
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&self.dlq_key);
-        if let Some(n) = self.dlq_max_len {
-            xadd.arg("MAXLEN").arg("~").arg(n);
-        }
-        xadd.arg("*")
-            .arg("event")
-            .arg(&token.raw)
-            .arg("error")
-            .arg(reason)
-            .arg("failed_at")
-            .arg(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .arg("group")
+        let mut inv = scripts::DEAD_LETTER.prepare_invoke();
+        inv.key(self.keys.lease(&self.topic, token.partition, &self.group))
+            .key(self.keys.stream(&self.topic, token.partition))
+            .key(self.keys.dlq(&self.topic, token.partition))
             .arg(&self.group)
-            .arg("consumer")
-            .arg(&self.consumer)
-            .arg("entry")
-            .arg(&token.id);
-        let mut xack = redis::cmd("XACK");
-        xack.arg(&self.key).arg(&self.group).arg(&token.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .add_command(xadd)
-            .ignore()
-            .add_command(xack)
-            .ignore();
-        self.conn.query_pipe::<()>("dead-letter", &pipe).await?;
-        self.forget([&token.id]);
+            .arg(&self.member)
+            .arg(token.epoch)
+            .arg(&token.id)
+            .arg(self.bus.inner.config.dlq_max_len.unwrap_or(0))
+            .arg(&token.raw)
+            .arg(reason)
+            .arg(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .arg(&self.consumer);
+        let r: i64 = self.conn().script("dead-letter", &inv).await?;
+        self.forget(std::slice::from_ref(token));
+        if r == -1 {
+            self.holdings
+                .lost(Assignment::new(token.partition, token.epoch));
+            return Err(Error::LeaseLost {
+                partition: token.partition,
+            });
+        }
         Ok(())
     }
 
     async fn release(&self, tokens: Vec<EntryToken>) {
-        self.forget(tokens.iter().map(|t| &t.id));
+        self.forget(&tokens);
+        let mut by_partition: BTreeMap<(u32, u64), Vec<EntryToken>> = BTreeMap::new();
+        for t in tokens {
+            by_partition
+                .entry((t.partition, t.epoch))
+                .or_default()
+                .push(t);
+        }
+        for ((p, epoch), tokens) in by_partition {
+            let a = Assignment::new(p, epoch);
+            if let Err(e) = self.coordinator.hand_back(a, &tokens, false).await {
+                tracing::debug!(partition = p, error = %e, "handing entries back failed; they are redelivered with one more delivery counted");
+            }
+        }
+    }
+
+    async fn close(&self) {
+        if let Some(membership) = &self.membership {
+            membership.leave().await;
+        }
     }
 }

@@ -329,13 +329,13 @@ impl<'a> Run<'a> {
     async fn attempts(&self, event: &Event, position: &str) -> Option<ReplayFailure> {
         let mut attempt = 1;
         loop {
-            let ctx = DeliveryContext {
-                topic: self.topic.clone(),
-                group: self.options.group.clone(),
-                consumer: "replay".to_owned(),
-                delivery_id: position.to_owned(),
-                attempt,
-            };
+            let ctx = DeliveryContext::new(
+                self.topic.clone(),
+                self.options.group.clone(),
+                "replay",
+                position.to_owned(),
+            )
+            .with_attempt(attempt);
             match self.handler.handle(event, &ctx).await {
                 Ok(()) => return None,
                 Err(e) if e.is_reject() || self.options.retry.is_exhausted(attempt) => {

@@ -1,9 +1,7 @@
 //! Replay on Redis Streams: `XRANGE` over each stream of the topic (entry ids carry the append
 //! time in milliseconds), with a plain connection of its own: no consumer group is read or moved.
 //!
-//! A topic's streams come from [`RedisBus::replay_streams`]: one stream per topic today; when
-//! topics get partitions (one stream per partition), that function is the one place to change.
-//! Each stream gets its own end id (its last entry when the replay starts) and is read in
+//! A topic's streams (one per partition) come from [`RedisBus::stream_keys`]. Each stream gets its own end id (its last entry when the replay starts) and is read in
 //! order up to it; the streams are merged by entry id, so the replay follows append time
 //! across partitions.
 
@@ -97,11 +95,10 @@ impl RedisBus {
             .map_err(rerr("replay"))
     }
 
-    /// The streams holding `topic`'s entries, one per partition. A topic is one stream today
-    /// ([`RedisBus::stream_key`]); partitioned topics list their partitions' streams here, and
-    /// replay (end ids, merge, `start_group_at`) follows without other changes.
-    pub(crate) fn replay_streams(&self, topic: &Topic) -> Vec<String> {
-        vec![self.stream_key(topic)]
+    /// The streams holding `topic`'s entries, one per partition ([`RedisBus::stream_keys`]);
+    /// replay (end ids, merge, `start_group_at`) follows them.
+    pub(crate) async fn replay_streams(&self, topic: &Topic) -> Result<Vec<String>> {
+        self.stream_keys(topic).await
     }
 
     /// The first entry of the replay in each stream (inclusive id, or `-`).
@@ -145,10 +142,17 @@ impl RedisBus {
         from: ReplayFrom,
     ) -> Result<()> {
         let mut conn = self.replay_conn().await?;
-        let streams = self.replay_streams(topic);
+        let streams = self.replay_streams(topic).await?;
         let starts = self
             .replay_starts(&mut conn, &streams, topic, &from)
             .await?;
+        // Registered like any group, so the operator API lists it.
+        let _: i64 = redis::cmd("SADD")
+            .arg(self.groups_key(topic))
+            .arg(group.as_str())
+            .query_async(&mut conn)
+            .await
+            .map_err(rerr("replay"))?;
         for (key, start) in streams.iter().zip(starts) {
             let last = if start == "-" {
                 "0".to_owned()
@@ -213,7 +217,7 @@ impl Replay for RedisBus {
         let mut run = Run::new(handler, options, topic);
         let setup = async {
             let mut conn = self.replay_conn().await?;
-            let streams = self.replay_streams(topic);
+            let streams = self.replay_streams(topic).await?;
             // The end of each stream as it is now: entries appended during the replay are not
             // included.
             let mut ends = Vec::with_capacity(streams.len());

@@ -17,23 +17,40 @@
 //! nothing else from the backend: it observes only what a user can observe (handler calls and
 //! the dead-letter queue).
 //!
+//! The multi-member properties check the bus's central promise from a recorded [`History`]:
+//! for each ordering key, handler calls never overlap and follow publish order across every
+//! member of a group, through joins, graceful leaves and crashes.
+//!
 //! Every wait polls its condition with a deadline ([`WAIT`]); nothing sleeps in place of a
-//! condition.
+//! condition (a few properties pace their publishing with short sleeps so that membership
+//! changes happen while events flow; the assertions never depend on them).
+//!
+//! Files: `delivery` (at least once, retries, dead letters, bad input), `groups` (groups,
+//! partitions, order across members), `lifecycle` (shutdown, deadlines), `history` (the order
+//! checker), `fixtures` (memory and Redis).
 
+mod delivery;
 mod fixtures;
+mod groups;
+pub mod history;
+mod lifecycle;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use windlass_eventbus::partition::{PartitionCount, partition_for_key};
 use windlass_eventbus::{
-    DeadLetter, DeadLetters, Event, Group, Handler, HandlerError, Publisher, RetryPolicy,
-    SubscribeOptions, Subscriber, Subscription, Topic, handler_fn,
+    DeadLetter, DeadLetters, Event, Group, Handler, Publisher, RetryPolicy, SubscribeOptions,
+    Subscriber, Subscription, Topic, handler_fn,
 };
 
+pub use delivery::*;
 pub use fixtures::{MemoryFixture, RedisFixture};
+pub use groups::*;
+pub use history::{History, Step, Verdict, check};
+pub use lifecycle::*;
 
 /// How long any condition of the suite may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -63,6 +80,9 @@ pub trait BusFixture: Send + Sync + Sized + 'static {
         SubscribeOptions::default()
     }
 
+    /// The partition count of the topics [`BusFixture::topic`] returns.
+    fn partitions(&self) -> u32;
+
     /// Releases what `setup` created (keys, topics). Runs after a passing property.
     async fn teardown(self) {}
 }
@@ -77,12 +97,17 @@ macro_rules! bus_conformance {
             retry_after_handler_error,
             dead_letter_after_max_attempts,
             reject_dead_letters_at_once,
-            group_members_split_the_work,
             every_group_gets_every_event,
             order_per_key_under_concurrency,
             shutdown_finishes_in_flight_work,
             garbage_goes_to_dead_letters_without_blocking,
             panicking_handler_is_retried,
+            handler_deadline_cancels_and_retries,
+            shutdown_with_a_full_read_ahead_runs_only_what_started,
+            group_members_split_the_partitions,
+            order_per_key_across_members_under_load,
+            order_per_key_through_joins_and_leaves,
+            a_crashed_members_partitions_are_taken_over_in_order,
         );
     };
     (@each $fixture:ty; $($property:ident),* $(,)?) => {
@@ -104,12 +129,17 @@ pub async fn run_all<F: BusFixture>(fixture: &F) {
     retry_after_handler_error(fixture).await;
     dead_letter_after_max_attempts(fixture).await;
     reject_dead_letters_at_once(fixture).await;
-    group_members_split_the_work(fixture).await;
     every_group_gets_every_event(fixture).await;
     order_per_key_under_concurrency(fixture).await;
     shutdown_finishes_in_flight_work(fixture).await;
     garbage_goes_to_dead_letters_without_blocking(fixture).await;
     panicking_handler_is_retried(fixture).await;
+    handler_deadline_cancels_and_retries(fixture).await;
+    shutdown_with_a_full_read_ahead_runs_only_what_started(fixture).await;
+    group_members_split_the_partitions(fixture).await;
+    order_per_key_across_members_under_load(fixture).await;
+    order_per_key_through_joins_and_leaves(fixture).await;
+    a_crashed_members_partitions_are_taken_over_in_order(fixture).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,6 +196,22 @@ pub fn keyed(key: &str, seq: usize) -> Event {
         .data_json(&seq)
         .build()
         .expect("valid event")
+}
+
+/// A key whose events land on `partition` of `partitions` (Kafka's default partitioner).
+pub fn key_for_partition(partition: u32, partitions: u32) -> String {
+    let count = PartitionCount::new(partitions).expect("valid partition count");
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| partition_for_key(k.as_bytes(), count) == partition)
+        .expect("some key lands on every partition")
+}
+
+/// A small pseudo-random latency for `(key, seq)`, up to `max_ms` milliseconds (deterministic,
+/// so a failing run can be replayed).
+pub fn jitter(key: &str, seq: usize, max_ms: u64) -> Duration {
+    let h = windlass_eventbus::partition::murmur2(format!("{key}/{seq}").as_bytes()) as u32;
+    Duration::from_micros(u64::from(h) % (max_ms * 1000 + 1))
 }
 
 fn group(name: &str) -> Group {
@@ -237,525 +283,4 @@ async fn subscribe<F: BusFixture>(
     bus.subscribe(topic, group, handler, options)
         .await
         .expect("subscribe")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Properties
-
-/// Every published event reaches the handler: events published before the group existed
-/// (start from earliest), one by one and in batches.
-pub async fn at_least_once<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let before: Vec<Event> = (0..20).map(numbered).collect();
-    bus.publish_batch(&topic, &before)
-        .await
-        .expect("publish batch");
-    let seen = Seen::default();
-    let sub = subscribe::<F>(
-        &bus,
-        &topic,
-        &group("g"),
-        recording(&seen),
-        fixture.options(),
-    )
-    .await;
-    let mut all: HashSet<String> = before.iter().map(|e| e.id().to_owned()).collect();
-    for n in 20..40 {
-        let event = numbered(n);
-        bus.publish(&topic, &event).await.expect("publish");
-        all.insert(event.id().to_owned());
-    }
-    wait_until("all 40 events are handled", || {
-        seen.distinct().is_superset(&all)
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(
-        seen.distinct(),
-        all,
-        "the handler saw events nobody published"
-    );
-}
-
-/// An acknowledged event is not delivered again, not even to the same consumer name after a
-/// restart (which re-reads what it had not acknowledged).
-pub async fn ack_is_final<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let g = group("g");
-    let first = Seen::default();
-    let options = fixture.options().consumer("c1");
-    let sub = subscribe::<F>(&bus, &topic, &g, recording(&first), options.clone()).await;
-    let events: Vec<Event> = (0..10).map(numbered).collect();
-    bus.publish_batch(&topic, &events).await.expect("publish");
-    wait_until("10 events are handled", || first.distinct().len() == 10).await;
-    sub.shutdown().await.expect("shutdown");
-
-    let second = Seen::default();
-    let sub = subscribe::<F>(&bus, &topic, &g, recording(&second), options).await;
-    let sentinel = numbered(999);
-    bus.publish(&topic, &sentinel)
-        .await
-        .expect("publish sentinel");
-    wait_until("the sentinel is handled", || {
-        second.distinct().contains(sentinel.id())
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(
-        second.ids(),
-        vec![sentinel.id().to_owned()],
-        "acknowledged events were delivered again"
-    );
-}
-
-/// A handler error is retried (with the attempt number counting up) until it succeeds; nothing
-/// is dead-lettered.
-pub async fn retry_after_handler_error<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |event, ctx| {
-            let seen = seen.clone();
-            async move {
-                seen.push(event.id(), ctx.attempt, &ctx.consumer);
-                if ctx.attempt < 3 {
-                    return Err(HandlerError::retry(format!(
-                        "transient failure {}",
-                        ctx.attempt
-                    )));
-                }
-                Ok(())
-            }
-        })
-    };
-    let options = fixture.options().retry(fast_retry(5));
-    let sub = subscribe::<F>(&bus, &topic, &group("g"), Arc::new(handler), options).await;
-    let event = numbered(1);
-    bus.publish(&topic, &event).await.expect("publish");
-    wait_until("the third attempt", || seen.len() >= 3).await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(seen.attempts_of(event.id()), vec![1, 2, 3]);
-    let dlq = bus.dead_letters(&topic, 10).await.expect("dead letters");
-    assert!(
-        dlq.is_empty(),
-        "a retried-then-handled event was dead-lettered: {dlq:?}"
-    );
-}
-
-/// A handler that keeps failing gets exactly `max_attempts` attempts; then the event is in the
-/// dead-letter queue with the last error, and events behind it are handled.
-pub async fn dead_letter_after_max_attempts<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let seen = Seen::default();
-    let poison = numbered(13);
-    let handler = {
-        let seen = seen.clone();
-        let poison_id = poison.id().to_owned();
-        handler_fn(move |event, ctx| {
-            let seen = seen.clone();
-            let poison = event.id() == poison_id;
-            async move {
-                seen.push(event.id(), ctx.attempt, &ctx.consumer);
-                if poison {
-                    return Err(HandlerError::retry(format!(
-                        "boom on attempt {}",
-                        ctx.attempt
-                    )));
-                }
-                Ok(())
-            }
-        })
-    };
-    let g = group("g");
-    let sub = subscribe::<F>(
-        &bus,
-        &topic,
-        &g,
-        Arc::new(handler),
-        fixture.options().retry(fast_retry(3)),
-    )
-    .await;
-    let after = numbered(14);
-    bus.publish_batch(&topic, &[poison.clone(), after.clone()])
-        .await
-        .expect("publish");
-    let dlq = wait_dead_letters(&bus, &topic, 1).await;
-    wait_until("the event behind the poison one is handled", || {
-        seen.distinct().contains(after.id())
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(dlq.len(), 1, "{dlq:?}");
-    let dead = &dlq[0];
-    assert_eq!(seen.attempts_of(poison.id()), vec![1, 2, 3]);
-    assert_eq!(
-        dead.event.as_ref().map(Event::id),
-        Some(poison.id()),
-        "{dead:?}"
-    );
-    assert_eq!(
-        Event::from_json(&dead.payload)
-            .expect("payload decodes")
-            .id(),
-        poison.id()
-    );
-    assert!(
-        dead.error.contains("boom on attempt 3"),
-        "reason lacks the last error: {}",
-        dead.error
-    );
-    assert_eq!(dead.group, g.as_str());
-    assert_eq!(dead.topic, topic.as_str());
-}
-
-/// A rejected event goes to the dead-letter queue at once, with the handler's reason.
-pub async fn reject_dead_letters_at_once<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |event, ctx| {
-            let seen = seen.clone();
-            async move {
-                seen.push(event.id(), ctx.attempt, &ctx.consumer);
-                Err(HandlerError::reject("amount is negative"))
-            }
-        })
-    };
-    let sub = subscribe::<F>(
-        &bus,
-        &topic,
-        &group("g"),
-        Arc::new(handler),
-        fixture.options().retry(fast_retry(5)),
-    )
-    .await;
-    let event = numbered(1);
-    bus.publish(&topic, &event).await.expect("publish");
-    let dlq = wait_dead_letters(&bus, &topic, 1).await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(
-        seen.attempts_of(event.id()),
-        vec![1],
-        "a rejected event was retried"
-    );
-    assert!(
-        dlq[0].error.contains("amount is negative"),
-        "reason: {}",
-        dlq[0].error
-    );
-    assert_eq!(dlq[0].event.as_ref().map(Event::id), Some(event.id()));
-}
-
-/// Two members of one group split the events: together they handle every event, each event
-/// once, and both get a share.
-pub async fn group_members_split_the_work<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let other = fixture.bus().await;
-    let topic = fixture.topic();
-    let g = group("workers");
-    let seen = Seen::default();
-    let slow = || {
-        let seen = seen.clone();
-        Arc::new(handler_fn(move |event, ctx| {
-            let seen = seen.clone();
-            async move {
-                seen.push(event.id(), ctx.attempt, &ctx.consumer);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                Ok(())
-            }
-        })) as Arc<dyn Handler>
-    };
-    let options = fixture.options().concurrency(2).prefetch(2);
-    let a = subscribe::<F>(&bus, &topic, &g, slow(), options.clone().consumer("a")).await;
-    let b = subscribe::<F>(&other, &topic, &g, slow(), options.consumer("b")).await;
-    let mut all = HashSet::new();
-    for n in 0..80 {
-        let event = numbered(n);
-        all.insert(event.id().to_owned());
-        bus.publish(&topic, &event).await.expect("publish");
-    }
-    wait_until("all 80 events are handled", || {
-        seen.distinct().is_superset(&all)
-    })
-    .await;
-    a.shutdown().await.expect("shutdown a");
-    b.shutdown().await.expect("shutdown b");
-    let records = seen.0.lock().unwrap().clone();
-    let mut per_id: HashMap<&str, usize> = HashMap::new();
-    let mut per_consumer: HashMap<&str, usize> = HashMap::new();
-    for (id, _, consumer) in &records {
-        *per_id.entry(id).or_default() += 1;
-        *per_consumer.entry(consumer).or_default() += 1;
-    }
-    let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty(),
-        "events handled by both members: {twice:?}"
-    );
-    assert_eq!(records.len(), 80);
-    assert!(
-        per_consumer.get("a").copied().unwrap_or(0) > 0
-            && per_consumer.get("b").copied().unwrap_or(0) > 0,
-        "one member got all the work: {per_consumer:?}"
-    );
-}
-
-/// Every group gets every event.
-pub async fn every_group_gets_every_event<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let (s1, s2) = (Seen::default(), Seen::default());
-    let a = subscribe::<F>(
-        &bus,
-        &topic,
-        &group("billing"),
-        recording(&s1),
-        fixture.options(),
-    )
-    .await;
-    let b = subscribe::<F>(
-        &bus,
-        &topic,
-        &group("shipping"),
-        recording(&s2),
-        fixture.options(),
-    )
-    .await;
-    let events: Vec<Event> = (0..30).map(numbered).collect();
-    bus.publish_batch(&topic, &events).await.expect("publish");
-    let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    wait_until("both groups handled every event", || {
-        s1.distinct() == all && s2.distinct() == all
-    })
-    .await;
-    a.shutdown().await.expect("shutdown");
-    b.shutdown().await.expect("shutdown");
-    assert_eq!(s1.len(), 30, "group billing saw duplicates");
-    assert_eq!(s2.len(), 30, "group shipping saw duplicates");
-}
-
-/// With many handlers running at once, events of one ordering key are handled one at a time
-/// in publish order; different keys do run concurrently.
-pub async fn order_per_key_under_concurrency<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    const KEYS: usize = 4;
-    const PER_KEY: usize = 25;
-    let order: Arc<Mutex<BTreeMap<String, Vec<usize>>>> = Arc::default();
-    let active = Arc::new(AtomicUsize::new(0));
-    let max_active = Arc::new(AtomicUsize::new(0));
-    let busy_keys: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let overlap = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (order, active, max_active, busy_keys, overlap) = (
-            order.clone(),
-            active.clone(),
-            max_active.clone(),
-            busy_keys.clone(),
-            overlap.clone(),
-        );
-        handler_fn(move |event, _ctx| {
-            let (order, active, max_active, busy_keys, overlap) = (
-                order.clone(),
-                active.clone(),
-                max_active.clone(),
-                busy_keys.clone(),
-                overlap.clone(),
-            );
-            async move {
-                let key = event.partition_key().unwrap_or_default().to_owned();
-                let seq: usize = event
-                    .data_as()
-                    .map_err(HandlerError::reject)?
-                    .unwrap_or_default();
-                if !busy_keys.lock().unwrap().insert(key.clone()) {
-                    overlap.fetch_add(1, Ordering::SeqCst);
-                }
-                let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-                max_active.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis((seq % 3) as u64 + 1)).await;
-                order
-                    .lock()
-                    .unwrap()
-                    .entry(key.clone())
-                    .or_default()
-                    .push(seq);
-                active.fetch_sub(1, Ordering::SeqCst);
-                busy_keys.lock().unwrap().remove(&key);
-                Ok(())
-            }
-        })
-    };
-    let options = fixture.options().concurrency(8).prefetch(64);
-    let sub = subscribe::<F>(&bus, &topic, &group("g"), Arc::new(handler), options).await;
-    let mut events = Vec::new();
-    for seq in 0..PER_KEY {
-        for k in 0..KEYS {
-            events.push(keyed(&format!("key-{k}"), seq));
-        }
-    }
-    bus.publish_batch(&topic, &events).await.expect("publish");
-    wait_until("every event is handled", || {
-        order.lock().unwrap().values().map(Vec::len).sum::<usize>() >= KEYS * PER_KEY
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    let order = order.lock().unwrap();
-    let expected: Vec<usize> = (0..PER_KEY).collect();
-    for (key, seqs) in order.iter() {
-        assert_eq!(seqs, &expected, "events of {key} handled out of order");
-    }
-    assert_eq!(
-        overlap.load(Ordering::SeqCst),
-        0,
-        "two events of one key ran at once"
-    );
-    assert!(
-        max_active.load(Ordering::SeqCst) > 1,
-        "different keys never ran concurrently"
-    );
-}
-
-/// Shutdown waits for the handler in flight, acknowledges its work, and a restarted consumer
-/// does not get that event again.
-pub async fn shutdown_finishes_in_flight_work<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let g = group("g");
-    let started = Arc::new(AtomicUsize::new(0));
-    let finished = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let (started, finished) = (started.clone(), finished.clone());
-        handler_fn(move |_event, _ctx| {
-            let (started, finished) = (started.clone(), finished.clone());
-            async move {
-                started.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                finished.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
-    };
-    let options = fixture
-        .options()
-        .consumer("c1")
-        .shutdown_timeout(Duration::from_secs(20));
-    let sub = subscribe::<F>(&bus, &topic, &g, Arc::new(handler), options.clone()).await;
-    let event = numbered(1);
-    bus.publish(&topic, &event).await.expect("publish");
-    wait_until("the handler started", || {
-        started.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    sub.shutdown().await.expect("graceful shutdown");
-    assert_eq!(
-        finished.load(Ordering::SeqCst),
-        1,
-        "shutdown returned before the in-flight handler finished"
-    );
-
-    let again = Seen::default();
-    let sub = subscribe::<F>(&bus, &topic, &g, recording(&again), options).await;
-    let sentinel = numbered(2);
-    bus.publish(&topic, &sentinel)
-        .await
-        .expect("publish sentinel");
-    wait_until("the sentinel is handled", || {
-        again.distinct().contains(sentinel.id())
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(
-        again.ids(),
-        vec![sentinel.id().to_owned()],
-        "work finished during shutdown was not acknowledged"
-    );
-}
-
-/// An entry that is not an event (written by a raw client) goes to the dead-letter queue with
-/// the reason and its bytes as written; the events behind it are handled.
-pub async fn garbage_goes_to_dead_letters_without_blocking<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let garbage = b"{\"specversion\": \"1.0\", this is not json".to_vec();
-    fixture.publish_raw(&topic, &garbage).await;
-    let events: Vec<Event> = (0..5).map(numbered).collect();
-    bus.publish_batch(&topic, &events).await.expect("publish");
-    let seen = Seen::default();
-    let sub = subscribe::<F>(
-        &bus,
-        &topic,
-        &group("g"),
-        recording(&seen),
-        fixture.options(),
-    )
-    .await;
-    let all: HashSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
-    let dlq = wait_dead_letters(&bus, &topic, 1).await;
-    wait_until("the events behind the garbage are handled", || {
-        seen.distinct() == all
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(dlq.len(), 1, "{dlq:?}");
-    assert_eq!(
-        dlq[0].payload, garbage,
-        "the dead letter does not keep the bytes as written"
-    );
-    assert!(dlq[0].event.is_none());
-    assert!(
-        dlq[0].error.contains("undecodable"),
-        "reason: {}",
-        dlq[0].error
-    );
-}
-
-/// A handler that panics is retried like one that failed, and the subscription survives.
-pub async fn panicking_handler_is_retried<F: BusFixture>(fixture: &F) {
-    let bus = fixture.bus().await;
-    let topic = fixture.topic();
-    let seen = Seen::default();
-    let handler = {
-        let seen = seen.clone();
-        handler_fn(move |event, ctx| {
-            let seen = seen.clone();
-            async move {
-                seen.push(event.id(), ctx.attempt, &ctx.consumer);
-                if ctx.attempt == 1 {
-                    panic!("handler bug on first attempt");
-                }
-                Ok(())
-            }
-        })
-    };
-    let sub = subscribe::<F>(
-        &bus,
-        &topic,
-        &group("g"),
-        Arc::new(handler),
-        fixture.options().retry(fast_retry(3)),
-    )
-    .await;
-    let (first, second) = (numbered(1), numbered(2));
-    bus.publish(&topic, &first).await.expect("publish");
-    wait_until("the retry after the panic", || {
-        seen.attempts_of(first.id()).len() >= 2
-    })
-    .await;
-    bus.publish(&topic, &second).await.expect("publish");
-    wait_until("the next event is handled", || {
-        seen.attempts_of(second.id()).len() >= 2
-    })
-    .await;
-    sub.shutdown().await.expect("shutdown");
-    assert_eq!(seen.attempts_of(first.id()), vec![1, 2]);
-    let dlq = bus.dead_letters(&topic, 10).await.expect("dead letters");
-    assert!(dlq.is_empty(), "{dlq:?}");
 }

@@ -4,10 +4,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
-use windlass_eventbus::{MemoryBus, SubscribeOptions, Topic};
+use windlass_eventbus::{MemoryBus, MemoryConfig, PartitionCount, SubscribeOptions, Topic};
 
 use super::BusFixture;
 use crate::redis::{TestRedis, cleanup_blocking, fresh_prefix};
+
+/// Partitions of the suite's topics on the memory and Redis fixtures.
+const PARTITIONS: u32 = 4;
+/// Lease TTL of the memory and Redis fixtures: short, so crash takeovers happen in seconds.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+/// Handler deadline of the fixtures' options (below the lease TTL).
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn fresh_topic() -> Topic {
     Topic::new(format!("t-{}", uuid::Uuid::new_v4().simple())).expect("valid topic")
@@ -26,8 +33,20 @@ impl BusFixture for MemoryFixture {
 
     async fn setup() -> Self {
         Self {
-            bus: MemoryBus::new(),
+            bus: MemoryBus::with_config(
+                MemoryConfig::default()
+                    .partitions(PartitionCount::new(PARTITIONS).expect("valid partition count"))
+                    .lease_ttl(LEASE_TTL),
+            ),
         }
+    }
+
+    fn partitions(&self) -> u32 {
+        PARTITIONS
+    }
+
+    fn options(&self) -> SubscribeOptions {
+        SubscribeOptions::default().handler_timeout(HANDLER_TIMEOUT)
     }
 
     async fn bus(&self) -> MemoryBus {
@@ -56,13 +75,14 @@ pub struct RedisFixture {
 }
 
 impl RedisFixture {
-    /// The bus settings the suite uses: the harness prefix, short blocks and claim timeouts.
+    /// The bus settings the suite uses: the harness prefix, short blocks, 4 partitions, a
+    /// lease TTL of 2 s.
     pub fn config(&self) -> RedisConfig {
         RedisConfig::new(self.redis.url.clone())
             .prefix(self.redis.prefix.clone())
             .block(Duration::from_millis(200))
-            .claim_idle(Duration::from_secs(5))
-            .claim_interval(Duration::from_millis(500))
+            .partitions(PartitionCount::new(PARTITIONS).expect("valid partition count"))
+            .lease_ttl(LEASE_TTL)
     }
 }
 
@@ -89,7 +109,7 @@ impl BusFixture for RedisFixture {
     async fn publish_raw(&self, topic: &Topic, bytes: &[u8]) {
         let mut conn = self.redis.conn.clone();
         let _: String = redis::cmd("XADD")
-            .arg(format!("{}:{}", self.redis.prefix, topic))
+            .arg(format!("{}:{{{}:0}}", self.redis.prefix, topic))
             .arg("*")
             .arg("event")
             .arg(bytes)
@@ -99,7 +119,11 @@ impl BusFixture for RedisFixture {
     }
 
     fn options(&self) -> SubscribeOptions {
-        SubscribeOptions::default()
+        SubscribeOptions::default().handler_timeout(HANDLER_TIMEOUT)
+    }
+
+    fn partitions(&self) -> u32 {
+        PARTITIONS
     }
 
     async fn teardown(self) {

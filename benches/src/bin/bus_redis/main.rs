@@ -1,20 +1,30 @@
-//! Throughput and latency of the Redis Streams bus beside raw `redis` baselines measured in the
-//! same run, printed as one JSON line.
+//! Throughput, latency and handover of the Redis Streams bus beside raw `redis` baselines
+//! measured in the same run, printed as one JSON line.
 //!
 //! ```text
 //! cargo run --release -p windlass-benches --bin bus_redis [-- SCALE]
 //! ```
 //! `SCALE` (default 1.0) multiplies the event counts. `WINDLASS_REDIS_URL` picks the server.
-//! `BUS_BENCH_ONLY=ours-consume` runs only our consumer, several times (for profiling).
+//! `BUS_BENCH_ONLY=ours-consume` runs only our consumer, several times (for profiling);
+//! `BUS_BENCH_ONLY=handover` only the handover rounds.
 //!
-//! - publish, one by one: `RedisBus::publish` vs raw `XADD` awaited one at a time;
-//! - publish, pipelined by 100: `RedisBus::publish_batch(100)` vs a raw pipeline of 100 `XADD`;
-//! - consume: a subscription with a no-op handler vs raw `XREADGROUP COUNT 100` + `XACK`;
+//! - publish, one by one: `RedisBus::publish` vs raw `XADD` awaited one at a time, with 1 and
+//!   16 partitions;
+//! - publish, pipelined by 100: `RedisBus::publish_batch(100)` vs a raw pipeline of 100 `XADD`
+//!   (the batch spreads over the partitions: one pipeline per partition, sent together);
+//! - consume: subscriptions with a no-op handler (order per key on, 64 keys) vs raw
+//!   `XREADGROUP COUNT 100` + `XACK` on one stream: 1 partition / 1 member, 16 partitions / 1
+//!   member, 16 partitions / 3 members (three `RedisBus` handles in this process);
 //! - end-to-end latency at a fixed 1k events/s: publish -> handler vs raw `XADD` -> blocking
-//!   `XREADGROUP` on another connection.
+//!   `XREADGROUP` on another connection, with 1 and 16 partitions;
+//! - handover (16 partitions, 3 members, events flowing to every partition): time from a
+//!   member's crash (its subscription aborted) or graceful leave (`shutdown`) until each of its
+//!   partitions is consumed by another member, p50/p99 over partitions and rounds.
 //!
 //! Both sides publish the same payload bytes (the event's structured JSON); ours also encodes
 //! the event each time, as an application would.
+
+mod handover;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +33,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use redis::aio::MultiplexedConnection;
+use windlass_eventbus::partition::PartitionCount;
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
-use windlass_eventbus::{Event, Group, Publisher, SubscribeOptions, Subscriber, Topic, handler_fn};
+use windlass_eventbus::{
+    BusAdmin, Event, Group, Publisher, SubscribeOptions, Subscriber, TenantScope, Topic, handler_fn,
+};
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -155,35 +168,6 @@ async fn raw_consume(client: &redis::Client, key: &str, n: usize) -> BoxResult<f
     Ok(rate(n, started.elapsed()))
 }
 
-async fn ours_consume(bus: &RedisBus, topic: &Topic, n: usize) -> BoxResult<f64> {
-    let handled = Arc::new(AtomicUsize::new(0));
-    let handler = {
-        let handled = handled.clone();
-        handler_fn(move |_event, _ctx| {
-            let handled = handled.clone();
-            async move {
-                handled.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-    };
-    let started = Instant::now();
-    let sub = bus
-        .subscribe(
-            topic,
-            &Group::new("ours")?,
-            Arc::new(handler),
-            SubscribeOptions::default().consumer("c"),
-        )
-        .await?;
-    while handled.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
-    let elapsed = started.elapsed();
-    sub.shutdown().await?;
-    Ok(rate(n, elapsed))
-}
-
 fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     serde_json::json!({
         "p50_us": h.value_at_quantile(0.50),
@@ -302,6 +286,49 @@ async fn raw_latency(
     Ok(h)
 }
 
+/// Drains `n` pre-published events with `members` subscriptions (each on its own `RedisBus`).
+async fn ours_consume(
+    config: &RedisConfig,
+    topic: &Topic,
+    n: usize,
+    members: usize,
+) -> BoxResult<f64> {
+    let handled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let handled = handled.clone();
+        handler_fn(move |_event, _ctx| {
+            let handled = handled.clone();
+            async move {
+                handled.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+    };
+    let handler = Arc::new(handler);
+    let started = Instant::now();
+    let mut subs = Vec::new();
+    for m in 0..members {
+        let bus = RedisBus::connect(config.clone()).await?;
+        subs.push(
+            bus.subscribe(
+                topic,
+                &Group::new("ours")?,
+                handler.clone(),
+                SubscribeOptions::default().consumer(format!("c{m}")),
+            )
+            .await?,
+        );
+    }
+    while handled.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed();
+    for sub in subs {
+        sub.shutdown().await?;
+    }
+    Ok(rate(n, elapsed))
+}
+
 async fn ours_latency(
     bus: &RedisBus,
     topic: &Topic,
@@ -349,6 +376,10 @@ async fn ours_latency(
     Ok(h)
 }
 
+fn ratio(ours: f64, raw: f64) -> f64 {
+    ((ours / raw) * 1000.0).round() / 1000.0
+}
+
 #[tokio::main]
 async fn main() -> BoxResult<()> {
     let scale: f64 = std::env::args()
@@ -368,88 +399,184 @@ async fn main() -> BoxResult<()> {
     let prefix = format!("windlass-bench-{}", std::process::id());
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let bus = RedisBus::connect(RedisConfig::new(url.clone()).prefix(prefix.clone())).await?;
-
-    let all = events(n_batch.max(n_consume).max(n_single).max(n_latency));
-    let payloads: Vec<Vec<u8>> = all.iter().map(Event::to_json_vec).collect();
+    let config = |p: u32| -> BoxResult<RedisConfig> {
+        Ok(RedisConfig::new(url.clone())
+            .prefix(prefix.clone())
+            .partitions(PartitionCount::new(p)?))
+    };
+    let one = RedisBus::connect(config(1)?).await?;
+    let sixteen = RedisBus::connect(config(16)?).await?;
     let topic = |name: &str| Topic::new(name).expect("topic");
     let key = |t: &Topic| format!("{prefix}:{t}");
+    let mut topics_used: Vec<(Topic, bool)> = Vec::new();
+    let only = std::env::var("BUS_BENCH_ONLY").unwrap_or_default();
 
-    // Publish: raw and ours take turns going first over two rounds; the best of each is kept
-    // (the machine is shared).
-    let (mut raw_single, mut ours_single, mut raw_batch, mut ours_batch) = (0f64, 0f64, 0f64, 0f64);
-    for round in 0..2 {
-        let (rs, os) = (
-            topic(&format!("raw-single-{round}")),
-            topic(&format!("ours-single-{round}")),
+    if only == "handover" {
+        let report = handover::measure(&config(16)?, 3, scaled(5.0).min(20)).await?;
+        println!(
+            "{}",
+            serde_json::json!({"bench": "bus_redis", "handover": report})
         );
-        let (rb, ob) = (
-            topic(&format!("raw-batch-{round}")),
-            topic(&format!("ours-batch-{round}")),
-        );
-        if round % 2 == 0 {
-            raw_single = raw_single
-                .max(raw_publish_one_by_one(&mut conn, &key(&rs), &payloads[..n_single]).await?);
-            ours_single =
-                ours_single.max(ours_publish_one_by_one(&bus, &os, &all[..n_single]).await?);
-            raw_batch = raw_batch
-                .max(raw_publish_pipelined(&mut conn, &key(&rb), &payloads[..n_batch]).await?);
-            ours_batch = ours_batch.max(ours_publish_pipelined(&bus, &ob, &all[..n_batch]).await?);
-        } else {
-            ours_single =
-                ours_single.max(ours_publish_one_by_one(&bus, &os, &all[..n_single]).await?);
-            raw_single = raw_single
-                .max(raw_publish_one_by_one(&mut conn, &key(&rs), &payloads[..n_single]).await?);
-            ours_batch = ours_batch.max(ours_publish_pipelined(&bus, &ob, &all[..n_batch]).await?);
-            raw_batch = raw_batch
-                .max(raw_publish_pipelined(&mut conn, &key(&rb), &payloads[..n_batch]).await?);
-        }
+        return Ok(());
     }
+    let all = events(n_batch.max(n_consume).max(n_single).max(n_latency));
+    let payloads: Vec<Vec<u8>> = all.iter().map(Event::to_json_vec).collect();
 
-    // Consume: each side drains its own pre-filled stream of the same entries.
-    let (mut raw_consume_rate, mut ours_consume_rate) = (0f64, 0f64);
-    if std::env::var("BUS_BENCH_ONLY").as_deref() == Ok("ours-consume") {
-        // For profiling the subscriber alone.
+    if only == "ours-consume" {
         for round in 0..5 {
             let t = topic(&format!("profile-consume-{round}"));
-            fill(&mut conn, &key(&t), &payloads[..n_consume]).await?;
-            let r = ours_consume(&bus, &t, n_consume).await?;
+            for chunk in all[..n_consume].chunks(500) {
+                one.publish_batch(&t, chunk).await?;
+            }
+            let r = ours_consume(&config(1)?, &t, n_consume, 1).await?;
             println!("{r}");
+            one.delete_topic(&t, &TenantScope::All).await?;
         }
         return Ok(());
     }
+
+    // Publish: raw and ours take turns going first over two rounds; the best of each is kept
+    // (the machine is shared).
+    let mut best: HashMap<&str, f64> = HashMap::new();
+    let mut keep = |name: &'static str, v: f64| {
+        let e = best.entry(name).or_insert(0.0);
+        *e = e.max(v);
+    };
+    for round in 0..2 {
+        let t = |name: &str| topic(&format!("{name}-{round}"));
+        let (rs, rb) = (t("raw-single"), t("raw-batch"));
+        let (o1, o16, b1, b16) = (
+            t("ours-single-p1"),
+            t("ours-single-p16"),
+            t("ours-batch-p1"),
+            t("ours-batch-p16"),
+        );
+        let ours_first = round % 2 == 1;
+        {
+            if ours_first {
+                keep(
+                    "ours_single_p1",
+                    ours_publish_one_by_one(&one, &o1, &all[..n_single]).await?,
+                );
+                keep(
+                    "ours_single_p16",
+                    ours_publish_one_by_one(&sixteen, &o16, &all[..n_single]).await?,
+                );
+            }
+            keep(
+                "raw_single",
+                raw_publish_one_by_one(&mut conn, &key(&rs), &payloads[..n_single]).await?,
+            );
+            if !ours_first {
+                keep(
+                    "ours_single_p1",
+                    ours_publish_one_by_one(&one, &o1, &all[..n_single]).await?,
+                );
+                keep(
+                    "ours_single_p16",
+                    ours_publish_one_by_one(&sixteen, &o16, &all[..n_single]).await?,
+                );
+            }
+            if ours_first {
+                keep(
+                    "ours_batch_p1",
+                    ours_publish_pipelined(&one, &b1, &all[..n_batch]).await?,
+                );
+                keep(
+                    "ours_batch_p16",
+                    ours_publish_pipelined(&sixteen, &b16, &all[..n_batch]).await?,
+                );
+            }
+            keep(
+                "raw_batch",
+                raw_publish_pipelined(&mut conn, &key(&rb), &payloads[..n_batch]).await?,
+            );
+            if !ours_first {
+                keep(
+                    "ours_batch_p1",
+                    ours_publish_pipelined(&one, &b1, &all[..n_batch]).await?,
+                );
+                keep(
+                    "ours_batch_p16",
+                    ours_publish_pipelined(&sixteen, &b16, &all[..n_batch]).await?,
+                );
+            }
+        }
+        for t in [o1, b1] {
+            topics_used.push((t, false));
+        }
+        for t in [o16, b16] {
+            topics_used.push((t, true));
+        }
+        for t in [rs, rb] {
+            let _: i64 = redis::cmd("UNLINK")
+                .arg(key(&t))
+                .query_async(&mut conn)
+                .await?;
+        }
+    }
+
+    // Consume: each side drains its own pre-filled topic of the same events.
+    let mut consume: HashMap<&str, f64> = HashMap::new();
     for round in 0..2 {
         let t = topic(&format!("raw-consume-{round}"));
         fill(&mut conn, &key(&t), &payloads[..n_consume]).await?;
-        raw_consume_rate = raw_consume_rate.max(raw_consume(&client, &key(&t), n_consume).await?);
-        let t = topic(&format!("ours-consume-{round}"));
-        fill(&mut conn, &key(&t), &payloads[..n_consume]).await?;
-        ours_consume_rate = ours_consume_rate.max(ours_consume(&bus, &t, n_consume).await?);
+        let r = raw_consume(&client, &key(&t), n_consume).await?;
+        let e = consume.entry("raw").or_insert(0.0);
+        *e = e.max(r);
+        let _: i64 = redis::cmd("UNLINK")
+            .arg(key(&t))
+            .query_async(&mut conn)
+            .await?;
+        for (name, partitions, members) in [("p1_m1", 1, 1), ("p16_m1", 16, 1), ("p16_m3", 16, 3)] {
+            let t = topic(&format!("ours-consume-{name}-{round}"));
+            let bus = if partitions == 1 { &one } else { &sixteen };
+            for chunk in all[..n_consume].chunks(500) {
+                bus.publish_batch(&t, chunk).await?;
+            }
+            let r = ours_consume(&config(partitions)?, &t, n_consume, members).await?;
+            let e = consume.entry(name).or_insert(0.0);
+            *e = e.max(r);
+            bus.delete_topic(&t, &TenantScope::All).await?;
+        }
     }
 
     // End-to-end latency at 1k events/s.
-    let raw_lat = raw_latency(&client, &key(&topic("raw-latency")), &payloads[..n_latency]).await?;
-    let ours_lat = ours_latency(&bus, &topic("ours-latency"), &all[..n_latency]).await?;
-
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
+    let raw_key = key(&topic("raw-latency"));
+    let raw_lat = raw_latency(&client, &raw_key, &payloads[..n_latency]).await?;
+    let _: i64 = redis::cmd("UNLINK")
+        .arg(&raw_key)
         .query_async(&mut conn)
         .await?;
-    if !keys.is_empty() {
-        let _: i64 = redis::cmd("UNLINK")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await?;
+    let (l1, l16) = (topic("ours-latency-p1"), topic("ours-latency-p16"));
+    let lat_p1 = ours_latency(&one, &l1, &all[..n_latency]).await?;
+    let lat_p16 = ours_latency(&sixteen, &l16, &all[..n_latency]).await?;
+    topics_used.push((l1, false));
+    topics_used.push((l16, true));
+
+    // Handover after a crash and after a graceful leave.
+    let handover = handover::measure(&config(16)?, 3, scaled(3.0).min(20)).await?;
+
+    for (t, p16) in topics_used {
+        let bus = if p16 { &sixteen } else { &one };
+        bus.delete_topic(&t, &TenantScope::All).await?;
     }
 
-    let ratio = |ours: f64, raw: f64| ((ours / raw) * 1000.0).round() / 1000.0;
     let report = serde_json::json!({
         "bench": "bus_redis",
         "payload_bytes": payloads[0].len(),
-        "publish_one_by_one": {"events": n_single, "ours_per_s": ours_single, "raw_xadd_per_s": raw_single, "ratio": ratio(ours_single, raw_single)},
-        "publish_pipelined_100": {"events": n_batch, "ours_per_s": ours_batch, "raw_xadd_per_s": raw_batch, "ratio": ratio(ours_batch, raw_batch)},
-        "consume": {"events": n_consume, "ours_per_s": ours_consume_rate, "raw_xreadgroup_100_xack_per_s": raw_consume_rate, "ratio": ratio(ours_consume_rate, raw_consume_rate)},
-        "latency_1k_per_s": {"ours": percentiles(&ours_lat), "raw_xadd_xreadgroup": percentiles(&raw_lat)},
+        "publish_one_by_one": {"events": n_single, "raw_xadd_per_s": best["raw_single"],
+            "ours_p1_per_s": best["ours_single_p1"], "ratio_p1": ratio(best["ours_single_p1"], best["raw_single"]),
+            "ours_p16_per_s": best["ours_single_p16"], "ratio_p16": ratio(best["ours_single_p16"], best["raw_single"])},
+        "publish_pipelined_100": {"events": n_batch, "raw_pipeline_per_s": best["raw_batch"],
+            "ours_p1_per_s": best["ours_batch_p1"], "ratio_p1": ratio(best["ours_batch_p1"], best["raw_batch"]),
+            "ours_p16_per_s": best["ours_batch_p16"], "ratio_p16": ratio(best["ours_batch_p16"], best["raw_batch"])},
+        "consume": {"events": n_consume, "raw_xreadgroup_100_xack_per_s": consume["raw"],
+            "ours_p1_1_member_per_s": consume["p1_m1"], "ratio_p1_1_member": ratio(consume["p1_m1"], consume["raw"]),
+            "ours_p16_1_member_per_s": consume["p16_m1"], "ratio_p16_1_member": ratio(consume["p16_m1"], consume["raw"]),
+            "ours_p16_3_members_per_s": consume["p16_m3"], "ratio_p16_3_members": ratio(consume["p16_m3"], consume["raw"])},
+        "latency_1k_per_s": {"ours_p1": percentiles(&lat_p1), "ours_p16": percentiles(&lat_p16), "raw_xadd_xreadgroup": percentiles(&raw_lat)},
+        "handover": handover,
     });
     println!("{report}");
     Ok(())
