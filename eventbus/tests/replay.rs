@@ -537,7 +537,11 @@ async fn redis_replay_of_a_topic_under_live_traffic_ends_with_a_complete_report(
         let Some(end) = p.end.as_deref() else {
             continue;
         };
-        assert_eq!(p.last.as_deref(), Some(end), "read up to the end id taken at the start");
+        assert_eq!(
+            p.last.as_deref(),
+            Some(end),
+            "read up to the end id taken at the start"
+        );
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(&p.partition)
             .arg("-")

@@ -118,7 +118,11 @@ async fn stream(redis: &windlass_testkit::redis::TestRedis, bus: &RedisBus) -> V
     // One stream per partition; a key lives on one partition, so per-key order is kept by
     // reading the partitions one after another.
     let mut ids = Vec::new();
-    for key in bus.stream_keys(&Topic::new("orders").unwrap()).await.unwrap() {
+    for key in bus
+        .stream_keys(&Topic::new("orders").unwrap())
+        .await
+        .unwrap()
+    {
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(&key)
             .arg("-")
