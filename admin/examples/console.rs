@@ -18,11 +18,10 @@ use std::sync::Arc;
 use windlass_admin::{
     BusApi, CacheApi, Console, ConsoleConfig, CookieSecurity, JobsApi, OutboxApi, TenantScope,
 };
-use windlass_cache::{Cache, RedisStore};
+use windlass_cache::{Cache, RedisCacheStore};
 use windlass_core::{OrgId, Topic};
 use windlass_eventbus::redis::{RedisBus, RedisConfig};
 use windlass_jobs::Jobs;
-use windlass_outbox::OutboxConfig;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,13 +45,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     windlass_outbox::postgres::migrate(&pool).await?;
 
     let jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(pool.clone()));
-    let outbox = windlass_outbox::postgres::PgStore::new(pool.clone(), OutboxConfig::default())?;
+    let outbox = windlass_outbox::postgres::PgOutboxStore::new(pool.clone());
     let bus = Arc::new(RedisBus::connect(RedisConfig::new(redis_url.clone())).await?);
-    let mut bus_api = BusApi::new(bus.clone(), bus);
+    let mut bus_api = BusApi::new(bus);
     for t in env("WINDLASS_ADMIN_TOPICS", "orders").split(',') {
         bus_api = bus_api.topic(Topic::new(t.trim())?);
     }
-    let cache = Cache::new(RedisStore::connect(&redis_url).await?);
+    let cache = Cache::new(RedisCacheStore::connect(&redis_url).await?);
 
     let token = std::env::var("WINDLASS_ADMIN_TOKEN").unwrap_or_else(|_| {
         let t = uuid::Uuid::new_v4().simple().to_string();

@@ -57,8 +57,8 @@ pub use error::ConsoleError;
 pub use source::{
     ActionReport, BusApi, BusSource, CacheApi, CacheSource, CacheTypeStats, CronSchedule,
     DeadOutboxEvent, DeadOutboxPage, Depths, DlqEntry, DlqPage, Exactness, GroupStatus, JobAction,
-    JobPage, JobQuery, JobsApi, JobsSource, OutboxApi, OutboxSource, OutboxTopicStats, QueueDepth,
-    SourceError, SourceResult, Throughput,
+    JobPage, JobQuery, JobsApi, JobsSource, OutboxApi, OutboxDelivery, OutboxSource,
+    OutboxTopicStats, QueueDepth, SourceError, SourceResult, Throughput,
 };
 pub use windlass_core::TenantScope;
 

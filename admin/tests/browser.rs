@@ -212,10 +212,7 @@ fn console(env: &Env, config: ConsoleConfig) -> Console {
                 .sample_every(Duration::from_millis(500)),
         )
         .outbox(OutboxApi::new(env.outbox_store.clone()))
-        .bus(
-            BusApi::new(env.bus.clone(), env.bus.clone())
-                .group(env.topic.clone(), Group::new("billing").unwrap()),
-        )
+        .bus(BusApi::new(env.bus.clone()).group(env.topic.clone(), Group::new("billing").unwrap()))
 }
 
 /// A cache with some lookups behind it, so the overview's cache section has figures.
@@ -230,7 +227,7 @@ async fn busy_cache() -> windlass_cache::Cache {
             )
             .unwrap();
         for k in 0..keys {
-            e.set(&org, &k.to_string(), &k, &[]).await.unwrap();
+            e.set::<&str>(&org, &k.to_string(), &k, &[]).await.unwrap();
         }
         for i in 0..lookups {
             e.get(&org, &(i % 10).to_string()).await.unwrap();
@@ -309,8 +306,11 @@ async fn log_in_retry_a_failed_job_requeue_and_redrive() {
     b.client.goto(&format!("{base}/outbox")).await.unwrap();
     assert!(b.source().await.contains(&dead.to_string()));
     b.screenshot("outbox").await;
-    b.click(&format!("#dead-{dead} button[value=requeue]"))
-        .await;
+    b.click(&format!(
+        "#dead-{}-{} button[value=requeue]",
+        dead.seq, dead.destination
+    ))
+    .await;
     b.client
         .wait()
         .for_element(Locator::Css(".notice"))

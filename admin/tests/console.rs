@@ -281,7 +281,7 @@ async fn a_tenant_console_never_shows_or_touches_another_tenants_rows() {
             &[
                 ("csrf", &csrf),
                 ("action", "requeue"),
-                ("id", &their_dead.to_string()),
+                ("delivery", &their_dead.to_string()),
             ],
         )
         .await;
@@ -403,7 +403,7 @@ async fn bad_input_gets_a_4xx_page_with_the_reason() {
         (
             "/outbox?after=x",
             StatusCode::BAD_REQUEST,
-            "positive integer",
+            "seq@destination",
         ),
         ("/outbox?limit=501", StatusCode::BAD_REQUEST, "outside"),
         ("/bus/dlq", StatusCode::BAD_REQUEST, "topic is required"),
@@ -459,14 +459,17 @@ async fn bad_input_gets_a_4xx_page_with_the_reason() {
         ),
         (
             "/outbox/action",
-            vec![("action", "requeue".into()), ("id", "not-a-uuid".into())],
+            vec![
+                ("action", "requeue".into()),
+                ("delivery", "not-a-delivery".into()),
+            ],
             StatusCode::BAD_REQUEST,
         ),
         (
             "/outbox/action",
             vec![
                 ("action", "requeue".into()),
-                ("id", uuid::Uuid::new_v4().to_string()),
+                ("delivery", "999999@default".into()),
             ],
             StatusCode::NOT_FOUND,
         ),
@@ -474,9 +477,9 @@ async fn bad_input_gets_a_4xx_page_with_the_reason() {
             "/outbox/action",
             vec![
                 ("action", "skip".into()),
-                ("id", uuid::Uuid::new_v4().to_string()),
+                ("delivery", "999999@default".into()),
             ],
-            StatusCode::NOT_IMPLEMENTED,
+            StatusCode::NOT_FOUND,
         ),
         (
             "/bus/redrive",

@@ -44,6 +44,9 @@ const BOUNDED_LABELS: &[&str] = &[
     "cron",
     "page",
     "status",
+    "store",
+    "op",
+    "what",
 ];
 
 #[test]

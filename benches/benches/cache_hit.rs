@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use windlass_cache::{Cache, MemoryStore, RedisStore, TypePolicy};
+use windlass_cache::{Cache, MemoryCacheStore, RedisCacheStore, TypePolicy};
 use windlass_core::OrgId;
 
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
@@ -46,12 +46,12 @@ fn hit(c: &mut Criterion, name: &str, cache: Cache, rt: &tokio::runtime::Runtime
 
 fn cache(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    hit(c, "memory", Cache::new(MemoryStore::new()), &rt);
+    hit(c, "memory", Cache::new(MemoryCacheStore::new()), &rt);
     let redis = rt.block_on(windlass_testkit::redis::fresh_prefix());
     let store = rt
-        .block_on(RedisStore::new(
+        .block_on(RedisCacheStore::with_config(
             redis.client.clone(),
-            windlass_cache::RedisStoreOptions::default().prefix(redis.prefix.clone()),
+            windlass_cache::RedisCacheStoreConfig::default().prefix(redis.prefix.clone()),
         ))
         .expect("redis store");
     hit(c, "redis", Cache::new(store), &rt);

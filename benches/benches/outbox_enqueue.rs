@@ -37,23 +37,21 @@ fn enqueue(c: &mut Criterion) {
         db.new_pool(1).await
     });
     let outbox = Outbox::default();
+    let topic = windlass_core::Topic::new("orders").expect("topic");
     let mut i = 0u64;
     let mut g = c.benchmark_group("outbox");
     g.bench_function("tx_with_enqueue", |b| {
         b.to_async(&rt).iter(|| {
             i += 1;
             let ev = event(i);
-            let (pool, outbox) = (&pool, &outbox);
+            let (pool, outbox, topic) = (&pool, &outbox, &topic);
             async move {
                 let mut tx = pool.begin().await.expect("begin");
                 sqlx::query("INSERT INTO orders (customer, cents) VALUES ('c', 1234)")
                     .execute(&mut *tx)
                     .await
                     .expect("order");
-                outbox
-                    .enqueue(&mut tx, "orders", &ev)
-                    .await
-                    .expect("enqueue");
+                outbox.enqueue(&mut tx, topic, &ev).await.expect("enqueue");
                 tx.commit().await.expect("commit");
             }
         })

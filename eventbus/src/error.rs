@@ -118,6 +118,11 @@ pub enum Error {
     /// may see or change them.
     #[error("{0} needs an all-tenants scope (TenantScope::All): topics are shared by tenants")]
     TenantScope(&'static str),
+    /// An operator list was given a position (`after`) that is not one it returned.
+    #[error(
+        "cursor {0:?} is not a position of this list; pass a `next` value from an earlier page"
+    )]
+    InvalidCursor(String),
     /// A replay was asked to start at an event the topic does not hold (any more).
     #[error(
         "event {id} is not in topic {topic} (never published there, or already deleted by retention)"

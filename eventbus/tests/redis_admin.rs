@@ -236,6 +236,17 @@ async fn dead_letter_pages_walk_every_partition_once_in_order_within_the_scope()
     }
     assert_eq!(acme.len(), 20);
     assert!(acme.iter().all(|l| l.org_id() == Some("acme")));
+    // A position the list never returned is refused, not read as "from the start".
+    for bad in ["0-0", "x@1", "1-x@0", "garbage"] {
+        let err = bus
+            .dead_letter_page(&topic, &TenantScope::All, Some(bad), 7)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, windlass_eventbus::Error::InvalidCursor(ref c) if c == bad),
+            "{bad}: {err}"
+        );
+    }
     redis.cleanup().await;
 }
 

@@ -125,6 +125,27 @@ pub struct Cursor {
     pub(crate) destination: String,
 }
 
+impl Cursor {
+    /// The position right after `delivery` (for a console that carries the cursor in a URL:
+    /// keep [`Cursor::delivery`] of the last item shown and rebuild the cursor from it).
+    pub fn after(delivery: &DeliveryRef) -> Self {
+        Self {
+            seq: delivery.seq,
+            destination: delivery.destination.as_str().to_owned(),
+        }
+    }
+
+    /// The row sequence number this cursor resumes after.
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    /// The destination this cursor resumes after.
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+}
+
 /// One page of a list.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

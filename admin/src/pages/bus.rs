@@ -46,7 +46,7 @@ pub(crate) fn groups_table(groups: &[GroupStatus]) -> Markup {
             }
         }
         @if groups.iter().all(|g| g.lag.is_none()) && !groups.is_empty() {
-            p.muted { "Lag, pending and owners are not reported by this bus version yet." }
+            p.muted { "Lag and owners are not reported by this bus backend." }
         }
     }
 }

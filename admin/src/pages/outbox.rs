@@ -7,12 +7,11 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use maud::{Markup, html};
-use uuid::Uuid;
 
 use super::{Ctx, Params, age, back, cut, layout, notice, ok, pretty, ts, unavailable};
 use crate::Shared;
 use crate::error::ConsoleError;
-use crate::source::{OutboxSource, OutboxTopicStats, SourceError};
+use crate::source::{OutboxDelivery, OutboxSource, OutboxTopicStats, SourceError};
 
 fn source(shared: &Shared) -> Result<&Arc<dyn OutboxSource>, ConsoleError> {
     shared
@@ -26,7 +25,7 @@ fn source(shared: &Shared) -> Result<&Arc<dyn OutboxSource>, ConsoleError> {
 pub(crate) fn stats_table(ctx: &Ctx, rows: &[OutboxTopicStats]) -> Markup {
     html! {
         table.outbox {
-            thead { tr { th { "topic" } th { "destination" } th.num { "pending" } th.num { "dead" } th { "lag (oldest pending)" } } }
+            thead { tr { th { "topic" } th { "destination" } th.num { "pending" } th.num { "dead" } th.num { "blocked keys" } th { "lag (oldest pending)" } } }
             tbody {
                 @for r in rows {
                     tr {
@@ -34,6 +33,7 @@ pub(crate) fn stats_table(ctx: &Ctx, rows: &[OutboxTopicStats]) -> Markup {
                         td { (r.destination.as_deref().unwrap_or("-")) }
                         td.num { (r.pending) }
                         td.num { a href=(ctx.url("/outbox")) { (r.dead) } }
+                        td.num { (r.blocked_keys) }
                         td { (r.lag.map(age).unwrap_or_else(|| "-".into())) }
                     }
                 }
@@ -49,10 +49,18 @@ pub(crate) async fn page(
 ) -> Result<Response, ConsoleError> {
     let params = Params::query(raw.as_deref());
     params.only(&["after", "limit", "act", "done", "skipped"])?;
-    let after = params.id("after")?;
+    let after = match params.get("after") {
+        None => None,
+        Some(raw) => Some(OutboxDelivery::parse(raw).ok_or_else(|| {
+            ConsoleError::BadRequest(format!("after must be seq@destination, not {raw:?}"))
+        })?),
+    };
     let limit = params.limit(shared.inner.config.page_size)?;
     let src = source(&shared)?;
-    let (stats, dead) = tokio::join!(src.stats(&ctx.scope), src.dead(&ctx.scope, after, limit));
+    let (stats, dead) = tokio::join!(
+        src.stats(&ctx.scope),
+        src.dead(&ctx.scope, after.as_ref(), limit)
+    );
     let dead = dead?;
     let here = format!("/outbox?{}", raw.as_deref().unwrap_or_default());
     let body = html! {
@@ -66,14 +74,15 @@ pub(crate) async fn page(
         @if let Some(note) = &dead.note { p.muted { (note) } }
         table.dead {
             thead { tr {
-                th { "seq" } th { "topic" } th { "key" } th { "tenant" } th { "type" }
+                th { "seq" } th { "destination" } th { "topic" } th { "key" } th { "tenant" } th { "type" }
                 th.num { "attempts" } th { "last error" } th { "created (UTC)" } th { "" }
             } }
             tbody {
-                @if dead.events.is_empty() { tr { td colspan="9" { "No dead events." } } }
+                @if dead.events.is_empty() { tr { td colspan="10" { "No dead events." } } }
                 @for e in &dead.events {
-                    tr id={ "dead-" (e.id) } {
-                        td.num { (e.seq) }
+                    tr id={ "dead-" (e.delivery.seq) "-" (e.delivery.destination) } {
+                        td.num { (e.delivery.seq) }
+                        td { (e.delivery.destination) }
                         td { (e.topic) }
                         td { (e.partition_key.as_deref().unwrap_or("-")) }
                         td { (e.org_id.as_deref().unwrap_or("-")) }
@@ -85,7 +94,7 @@ pub(crate) async fn page(
                             @if !ctx.read_only {
                                 form.inline method="post" action=(ctx.url("/outbox/action")) {
                                     (ctx.csrf_field())
-                                    input type="hidden" name="id" value=(e.id);
+                                    input type="hidden" name="delivery" value=(e.delivery);
                                     input type="hidden" name="return_to" value=(here);
                                     button name="action" value="requeue" { "Requeue" }
                                     @if src.can_skip() {
@@ -95,13 +104,13 @@ pub(crate) async fn page(
                             }
                         }
                     }
-                    tr.payload { td colspan="9" { details { summary { "event " (e.id) } pre.json { (pretty(&e.event)) } } } }
+                    tr.payload { td colspan="10" { details { summary { "event " (e.event_id.as_deref().unwrap_or("?")) } pre.json { (pretty(&e.event)) } } } }
                 }
             }
         }
         nav.pager {
             @if after.is_some() { a href=(ctx.url(&format!("/outbox?limit={limit}"))) { "« first page" } " " }
-            @if let Some(n) = dead.next { a rel="next" href=(ctx.url(&format!("/outbox?after={n}&limit={limit}"))) { "next page »" } }
+            @if let Some(n) = &dead.next { a rel="next" href=(ctx.url(&format!("/outbox?after={n}&limit={limit}"))) { "next page »" } }
         }
         @if !src.can_skip() { p.muted { "Skip is not available with this outbox version." } }
     };
@@ -114,17 +123,18 @@ pub(crate) async fn action(
     body: Bytes,
 ) -> Result<Response, ConsoleError> {
     let form = Params::parse(&body);
-    let raw = form.get("id").unwrap_or_default();
-    let id = Uuid::parse_str(raw)
-        .map_err(|_| ConsoleError::BadRequest(format!("id must be a UUID, not {raw:?}")))?;
+    let raw = form.get("delivery").unwrap_or_default();
+    let delivery = OutboxDelivery::parse(raw).ok_or_else(|| {
+        ConsoleError::BadRequest(format!("delivery must be seq@destination, not {raw:?}"))
+    })?;
     let src = source(&shared)?;
     let act = match form.get("action") {
         Some("requeue") => {
-            src.requeue(&ctx.scope, id).await?;
+            src.requeue(&ctx.scope, &delivery).await?;
             "requeue"
         }
         Some("skip") => {
-            src.skip(&ctx.scope, id).await?;
+            src.skip(&ctx.scope, &delivery).await?;
             "skip"
         }
         other => {

@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 use windlass_core::{BoxError, TenantScope, Topic};
 use windlass_jobs::{JobId, JobRecord, JobState};
 
@@ -237,35 +236,65 @@ pub trait JobsSource: Send + Sync + 'static {
 // ---------------------------------------------------------------------------------------------
 // Outbox
 
-/// Outbox counts of one topic (and destination, where the outbox has several).
+/// Outbox counts of one topic and destination.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct OutboxTopicStats {
-    /// Topic, or `None` for the whole table when the store cannot split by topic.
+    /// Topic, or `None` for a line that covers every topic.
     pub topic: Option<String>,
-    /// Destination (bus), when the outbox has several.
+    /// Destination (bus), or `None` for a line that covers every destination.
     pub destination: Option<String>,
     /// Rows waiting to be published.
     pub pending: u64,
     /// Dead rows.
     pub dead: u64,
+    /// Keys held behind a dead row (block policy) until an operator requeues or skips it.
+    pub blocked_keys: u64,
     /// Age of the oldest pending row.
     pub lag: Option<Duration>,
 }
 
-/// A dead outbox row.
+/// One delivery of one outbox row to one destination: what requeue and skip act on, and the
+/// keyset position of the dead list. Written `seq@destination` in URLs and forms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutboxDelivery {
+    /// The row's insertion order.
+    pub seq: i64,
+    /// The destination (bus) the delivery goes to.
+    pub destination: String,
+}
+
+impl OutboxDelivery {
+    /// Parses `seq@destination`; `None` when it is not of that shape.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (seq, destination) = text.split_once('@')?;
+        let seq = seq.parse().ok()?;
+        (!destination.is_empty()).then(|| Self {
+            seq,
+            destination: destination.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for OutboxDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.seq, self.destination)
+    }
+}
+
+/// A dead outbox delivery.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct DeadOutboxEvent {
-    /// Row id.
-    pub id: Uuid,
-    /// Insertion order (the keyset cursor).
-    pub seq: i64,
+    /// The row and destination (what requeue and skip take).
+    pub delivery: OutboxDelivery,
+    /// The event's id, when the stored JSON decodes.
+    pub event_id: Option<String>,
     /// Topic.
     pub topic: String,
     /// Ordering key.
     pub partition_key: Option<String>,
-    /// Tenant, from the event's `orgid`.
+    /// Tenant (`orgid`).
     pub org_id: Option<String>,
     /// Event type, when the stored JSON decodes.
     pub event_type: Option<String>,
@@ -279,14 +308,14 @@ pub struct DeadOutboxEvent {
     pub created_at: DateTime<Utc>,
 }
 
-/// A page of dead outbox rows.
+/// A page of dead outbox deliveries.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct DeadOutboxPage {
-    /// Rows, by `seq`.
+    /// Deliveries, oldest first.
     pub events: Vec<DeadOutboxEvent>,
-    /// Cursor of the next page.
-    pub next: Option<i64>,
+    /// Cursor of the next page (the last delivery shown).
+    pub next: Option<OutboxDelivery>,
     /// A note on how the page was made.
     pub note: Option<String>,
 }
@@ -294,19 +323,19 @@ pub struct DeadOutboxPage {
 /// What the console needs from the outbox.
 #[async_trait]
 pub trait OutboxSource: Send + Sync + 'static {
-    /// Pending, lag and dead per topic (and destination).
+    /// Pending, lag, dead and blocked keys per topic and destination.
     async fn stats(&self, scope: &TenantScope) -> SourceResult<Vec<OutboxTopicStats>>;
-    /// Dead rows after `after` (a `seq`), at most `limit`.
+    /// Dead deliveries after `after`, at most `limit`.
     async fn dead(
         &self,
         scope: &TenantScope,
-        after: Option<i64>,
+        after: Option<&OutboxDelivery>,
         limit: u32,
     ) -> SourceResult<DeadOutboxPage>;
-    /// Puts a dead row back to pending.
-    async fn requeue(&self, scope: &TenantScope, id: Uuid) -> SourceResult<()>;
-    /// Gives up on a dead row for good so the rows behind it on its key can go.
-    async fn skip(&self, scope: &TenantScope, id: Uuid) -> SourceResult<()>;
+    /// Puts a dead delivery back to pending (it goes out before the rows behind it on its key).
+    async fn requeue(&self, scope: &TenantScope, delivery: &OutboxDelivery) -> SourceResult<()>;
+    /// Gives up on a dead delivery for good so the rows behind it on its key can go.
+    async fn skip(&self, scope: &TenantScope, delivery: &OutboxDelivery) -> SourceResult<()>;
     /// Whether [`OutboxSource::skip`] is supported (the page hides the button otherwise).
     fn can_skip(&self) -> bool;
 }

@@ -1,53 +1,29 @@
-//! [`OutboxSource`] on the public API of `windlass-outbox` ([`OutboxStore`]), as it is today.
+//! [`OutboxSource`] on the outbox's operator API ([`OutboxAdmin`]): counters the maintenance
+//! leader keeps, keyset-paged dead deliveries, requeue and skip, all tenant-scoped by the
+//! outbox itself.
 
 use async_trait::async_trait;
-use uuid::Uuid;
 use windlass_core::TenantScope;
-use windlass_outbox::{DeadEvent, OutboxStore};
-
-use super::{
-    DeadOutboxEvent, DeadOutboxPage, OutboxSource, OutboxTopicStats, SourceError, SourceResult,
+use windlass_outbox::{
+    Cursor, DeadEvent, DeadFilter, DeliveryRef, Destination, MAX_PAGE, OutboxAdmin,
 };
 
-/// Dead rows read at most to serve one page (see the `GAP` in `OutboxApi::dead_rows`).
-const DEFAULT_DEAD_SCAN: usize = 10_000;
+use super::{
+    DeadOutboxEvent, DeadOutboxPage, OutboxDelivery, OutboxSource, OutboxTopicStats, SourceError,
+    SourceResult,
+};
 
-/// [`OutboxSource`] on an outbox store (Postgres or SQLite).
+/// [`OutboxSource`] on an outbox store (Postgres or SQLite): anything that implements
+/// [`OutboxAdmin`].
 #[derive(Debug, Clone)]
 pub struct OutboxApi<S> {
     store: S,
-    dead_scan: usize,
 }
 
-impl<S: OutboxStore> OutboxApi<S> {
+impl<S: OutboxAdmin> OutboxApi<S> {
     /// A source on `store`.
     pub fn new(store: S) -> Self {
-        Self {
-            store,
-            dead_scan: DEFAULT_DEAD_SCAN,
-        }
-    }
-
-    /// Dead rows read at most per page (default 10 000): rows past it cannot be browsed until
-    /// older ones are requeued.
-    pub fn dead_scan(mut self, rows: usize) -> Self {
-        self.dead_scan = rows.max(1);
-        self
-    }
-
-    async fn dead_rows(&self, scope: &TenantScope) -> SourceResult<Vec<DeadOutboxEvent>> {
-        // GAP: `OutboxStore::list_dead` has no cursor and no tenant scope: read the oldest
-        // `dead_scan` dead rows and page and filter them here (cost grows with the position).
-        let rows = self
-            .store
-            .list_dead(self.dead_scan)
-            .await
-            .map_err(|e| SourceError::backend("list dead outbox rows", e))?;
-        Ok(rows
-            .into_iter()
-            .map(dead_event)
-            .filter(|e| scope.allows(e.org_id.as_deref()))
-            .collect())
+        Self { store }
     }
 }
 
@@ -61,11 +37,14 @@ fn dead_event(row: DeadEvent) -> DeadOutboxEvent {
             .map(str::to_owned)
     };
     DeadOutboxEvent {
-        id: row.id,
-        seq: row.seq,
+        delivery: OutboxDelivery {
+            seq: row.delivery.seq,
+            destination: row.delivery.destination.as_str().to_owned(),
+        },
+        event_id: field("id"),
         topic: row.topic,
         partition_key: row.partition_key,
-        org_id: field("orgid"),
+        org_id: row.org_id.or_else(|| field("orgid")),
         event_type: field("type"),
         event: row.event,
         attempts: row.attempts,
@@ -74,83 +53,91 @@ fn dead_event(row: DeadEvent) -> DeadOutboxEvent {
     }
 }
 
+fn delivery_ref(d: &OutboxDelivery) -> SourceResult<DeliveryRef> {
+    let destination = Destination::new(d.destination.clone())
+        .map_err(|e| SourceError::Invalid(format!("destination {:?}: {e}", d.destination)))?;
+    Ok(DeliveryRef::new(d.seq, destination))
+}
+
 #[async_trait]
-impl<S: OutboxStore> OutboxSource for OutboxApi<S> {
+impl<S: OutboxAdmin + 'static> OutboxSource for OutboxApi<S> {
     async fn stats(&self, scope: &TenantScope) -> SourceResult<Vec<OutboxTopicStats>> {
-        if scope.org_id().is_some() {
-            // GAP: `OutboxStore::stats` counts the whole table; no per-tenant counts yet.
-            return Err(SourceError::Unsupported(
-                "outbox counts are not available per tenant yet".into(),
-            ));
-        }
-        // GAP: `stats` is one line for the whole table (no split per topic or destination)
-        // and runs three `count(*)`s: a full scan of the pending and dead rows per call.
-        let s = self
+        let stats = self
             .store
-            .stats()
+            .stats(scope)
             .await
             .map_err(|e| SourceError::backend("outbox stats", e))?;
-        Ok(vec![OutboxTopicStats {
-            topic: None,
-            destination: None,
-            pending: s.pending,
-            dead: s.dead,
-            lag: s.oldest_pending_age,
-        }])
+        if stats.refreshed_at.is_none() {
+            return Err(SourceError::Unsupported(
+                "the outbox counters have not been computed yet: a relay with maintenance on \
+                 (the default) recounts them every few seconds"
+                    .into(),
+            ));
+        }
+        Ok(stats
+            .topics
+            .into_iter()
+            .map(|t| OutboxTopicStats {
+                topic: Some(t.topic),
+                destination: Some(t.destination),
+                pending: t.pending,
+                dead: t.dead,
+                blocked_keys: t.blocked_keys,
+                lag: t.oldest_pending_age,
+            })
+            .collect())
     }
 
     async fn dead(
         &self,
         scope: &TenantScope,
-        after: Option<i64>,
+        after: Option<&OutboxDelivery>,
         limit: u32,
     ) -> SourceResult<DeadOutboxPage> {
-        let rows = self.dead_rows(scope).await?;
-        let scanned_all = rows.len() < self.dead_scan;
-        let mut events: Vec<DeadOutboxEvent> = rows
-            .into_iter()
-            .filter(|e| after.is_none_or(|a| e.seq > a))
-            .take(limit as usize + 1)
-            .collect();
-        let more = events.len() > limit as usize;
-        events.truncate(limit as usize);
-        let next = more.then(|| events.last().map(|e| e.seq)).flatten();
+        let cursor = after
+            .map(delivery_ref)
+            .transpose()?
+            .map(|d| Cursor::after(&d));
+        let limit = (limit as usize).clamp(1, MAX_PAGE);
+        let page = self
+            .store
+            .list_dead(scope, &DeadFilter::default(), cursor.as_ref(), limit)
+            .await
+            .map_err(|e| SourceError::backend("list dead outbox deliveries", e))?;
+        let next = page.next.as_ref().map(|c| OutboxDelivery {
+            seq: c.seq(),
+            destination: c.destination().to_owned(),
+        });
         Ok(DeadOutboxPage {
-            events,
+            events: page.items.into_iter().map(dead_event).collect(),
             next,
-            note: (!scanned_all).then(|| {
-                format!(
-                    "Only the oldest {} dead rows can be browsed here today.",
-                    self.dead_scan
-                )
-            }),
+            note: None,
         })
     }
 
-    async fn requeue(&self, scope: &TenantScope, id: Uuid) -> SourceResult<()> {
-        if scope.org_id().is_some() && !self.dead_rows(scope).await?.iter().any(|e| e.id == id) {
-            // GAP: `requeue` takes no tenant scope: check the row is this tenant's first.
-            return Err(not_found(id));
-        }
-        match self.store.requeue(id).await {
-            Ok(()) => Ok(()),
-            Err(windlass_outbox::Error::NotFound(_)) => Err(not_found(id)),
+    async fn requeue(&self, scope: &TenantScope, delivery: &OutboxDelivery) -> SourceResult<()> {
+        let d = delivery_ref(delivery)?;
+        match self.store.requeue(scope, std::slice::from_ref(&d)).await {
+            Ok(0) => Err(not_dead(delivery)),
+            Ok(_) => Ok(()),
             Err(e) => Err(SourceError::backend("requeue", e)),
         }
     }
 
-    async fn skip(&self, _scope: &TenantScope, _id: Uuid) -> SourceResult<()> {
-        // GAP: windlass-outbox has no "skip a dead row" call yet.
-        Err(SourceError::Unsupported(
-            "skipping a dead outbox row is not supported by this outbox version".into(),
-        ))
+    async fn skip(&self, scope: &TenantScope, delivery: &OutboxDelivery) -> SourceResult<()> {
+        let d = delivery_ref(delivery)?;
+        match self.store.skip(scope, std::slice::from_ref(&d)).await {
+            Ok(0) => Err(not_dead(delivery)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(SourceError::backend("skip", e)),
+        }
     }
 
     fn can_skip(&self) -> bool {
-        false
+        true
     }
 }
 
-fn not_found(id: Uuid) -> SourceError {
-    SourceError::NotFound(format!("no dead outbox row {id}"))
+fn not_dead(d: &OutboxDelivery) -> SourceError {
+    SourceError::NotFound(format!("no dead outbox delivery {d}"))
 }

@@ -15,7 +15,7 @@
 //!
 //! Seeding writes the rows with `INSERT ... SELECT generate_series` (the harness's own SQL:
 //! the console itself only calls the primitives' APIs): 10M job rows take a few minutes here.
-//! The database is named after the sizes (`windlass_admin_seed_j{jobs}_o{outbox}`) and reused
+//! The database is named after the sizes (`windlass_admin_seed2_j{jobs}_o{outbox}`) and reused
 //! by the next run when `--keep` kept it; without `--keep` it is dropped at the end.
 
 use std::time::{Duration, Instant};
@@ -29,7 +29,6 @@ use tower::ServiceExt;
 use windlass_admin::{Console, ConsoleConfig, JobsApi, OutboxApi, TenantScope};
 use windlass_core::OrgId;
 use windlass_jobs::Jobs;
-use windlass_outbox::OutboxConfig;
 
 const TOKEN: &str = "bench-token-0123456789";
 
@@ -115,18 +114,24 @@ async fn seed_outbox(pool: &PgPool, total: u64) {
     let mut done = 0;
     while done < total {
         let n = CHUNK.min(total - done);
+        // The event log, then delivery rows for what is not delivered yet: 2 % pending, 1 % dead
+        // (delivered rows have no delivery row left, as in a running outbox).
         sqlx::query(
-            "INSERT INTO windlass_outbox (id, org_id, topic, partition_key, event, created_at, status, attempts, last_error, published_at) \
-             SELECT gen_random_uuid(), 'org' || (g % 100), 'topic' || (g % 10), 'key' || (g % 5000), \
-                    jsonb_build_object('specversion','1.0','id', g::text,'source','/seed','type','order.placed', \
-                                       'orgid','org' || (g % 100),'partitionkey','key' || (g % 5000),'data', jsonb_build_object('order', g)), \
-                    now() - (g % 86400) * interval '1 second', s.status, \
-                    CASE WHEN s.status = 'pending' THEN 0 ELSE 1 END, \
-                    CASE WHEN s.status = 'dead' THEN 'destination refused: schema mismatch' END, \
-                    CASE WHEN s.status = 'published' THEN now() - (g % 86400) * interval '1 second' END \
-               FROM generate_series($1::bigint, $2::bigint) g \
-               CROSS JOIN LATERAL (SELECT CASE WHEN g % 100 < 97 THEN 'published' \
-                    WHEN g % 100 < 99 THEN 'pending' ELSE 'dead' END AS status) s",
+            "WITH ins AS ( \
+               INSERT INTO windlass_outbox (org_id, topic, partition_key, event_type, destinations, event, created_at) \
+               SELECT 'org' || (g % 100), 'topic' || (g % 10), 'key' || (g % 5000), 'order.placed', ARRAY['default'], \
+                      jsonb_build_object('specversion','1.0','id', g::text,'source','/seed','type','order.placed', \
+                                         'orgid','org' || (g % 100),'partitionkey','key' || (g % 5000),'data', jsonb_build_object('order', g))::text, \
+                      now() - (g % 86400) * interval '1 second' \
+                 FROM generate_series($1::bigint, $2::bigint) g \
+               RETURNING seq, org_id, topic, partition_key) \
+             INSERT INTO windlass_outbox_delivery (seq, destination, tenant, topic, partition_key, status, attempts, last_error, failed_at) \
+             SELECT seq, 'default', org_id, topic, partition_key, \
+                    CASE WHEN seq % 100 < 99 THEN 'pending' ELSE 'dead' END, \
+                    CASE WHEN seq % 100 < 99 THEN 0 ELSE 1 END, \
+                    CASE WHEN seq % 100 = 99 THEN 'destination refused: schema mismatch' END, \
+                    CASE WHEN seq % 100 = 99 THEN now() END \
+               FROM ins WHERE seq % 100 >= 97",
         )
         .bind(done as i64 + 1)
         .bind((done + n) as i64)
@@ -140,7 +145,7 @@ async fn seed_outbox(pool: &PgPool, total: u64) {
 
 async fn database(a: &Args) -> (PgPool, String, bool) {
     let admin_url = windlass_testkit::postgres::url();
-    let name = format!("windlass_admin_seed_j{}_o{}", a.jobs, a.outbox);
+    let name = format!("windlass_admin_seed2_j{}_o{}", a.jobs, a.outbox);
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("postgres");
@@ -210,10 +215,12 @@ async fn main() {
             .execute(&pool)
             .await
             .expect("vacuum");
-        sqlx::query("VACUUM ANALYZE windlass_outbox")
-            .execute(&pool)
-            .await
-            .expect("vacuum");
+        for table in ["windlass_outbox", "windlass_outbox_delivery"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+                .execute(&pool)
+                .await
+                .expect("vacuum");
+        }
         eprintln!("seeded in {:.0} s", t.elapsed().as_secs_f64());
     } else {
         eprintln!("reusing the seeded database {name}");
@@ -225,8 +232,11 @@ async fn main() {
             .expect("size");
 
     let jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(pool.clone()));
-    let outbox = windlass_outbox::postgres::PgStore::new(pool.clone(), OutboxConfig::default())
-        .expect("outbox store");
+    let outbox = windlass_outbox::postgres::PgOutboxStore::new(pool.clone());
+    // The counters the maintenance leader keeps (a running relay refreshes them).
+    windlass_outbox::OutboxMaintenance::refresh_stats(&outbox)
+        .await
+        .expect("outbox counters");
     let console = |scope: TenantScope| {
         Console::new(
             ConsoleConfig::default()

@@ -63,15 +63,19 @@ impl BusAdmin for MemoryBus {
         after: Option<&str>,
         limit: usize,
     ) -> Result<DeadLetterPage> {
+        let from = match after {
+            None => 0,
+            Some(a) => a
+                .parse::<u64>()
+                .map_err(|_| crate::Error::InvalidCursor(a.to_owned()))?
+                .saturating_add(1),
+        };
         let Some(log) = self.existing_log(topic.as_str()) else {
             return Ok(DeadLetterPage {
                 letters: Vec::new(),
                 next: None,
             });
         };
-        let from = after
-            .and_then(|a| a.parse::<u64>().ok())
-            .map_or(0, |a| a.saturating_add(1));
         let st = lock(&log.state);
         let mut letters = Vec::new();
         let mut last = None;

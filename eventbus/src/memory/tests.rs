@@ -211,6 +211,11 @@ async fn a_tenant_scoped_operator_sees_only_its_dead_letters() {
     let page = bus.dead_letter_page(&topic, &acme, None, 10).await.unwrap();
     assert_eq!(page.letters.len(), 1);
     assert_eq!(page.letters[0].org_id(), Some("acme"));
+    let bad = bus.dead_letter_page(&topic, &acme, Some("0-0"), 10).await;
+    assert!(
+        matches!(bad, Err(crate::Error::InvalidCursor(_))),
+        "a position the list never returned is refused"
+    );
     let all = bus
         .dead_letter_page(&topic, &TenantScope::All, None, 10)
         .await

@@ -15,7 +15,7 @@ use super::wire::{self, Entry};
 use crate::admin::{
     BusAdmin, DeadLetterPage, GroupStatus, PartitionStatus, Redriven, require_all, split_id,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::traits::{DeadLetter, DeadLetters};
 
@@ -94,9 +94,13 @@ impl RedisBus {
 }
 
 /// A position in the merged order of all partitions' DLQ entries: `{stream id}@{partition}`.
-fn parse_cursor(cursor: &str) -> Option<((u64, u64), u32)> {
-    let (id, p) = cursor.rsplit_once('@')?;
-    Some((wire::stream_id(id), p.parse().ok()?))
+fn parse_cursor(cursor: &str) -> Result<((u64, u64), u32)> {
+    let bad = || Error::InvalidCursor(cursor.to_owned());
+    let (id, p) = cursor.rsplit_once('@').ok_or_else(bad)?;
+    let (ms, seq) = id.split_once('-').ok_or_else(bad)?;
+    let ms = ms.parse().map_err(|_| bad())?;
+    let seq = seq.parse().map_err(|_| bad())?;
+    Ok(((ms, seq), p.parse().map_err(|_| bad())?))
 }
 
 fn cursor_of(id: (u64, u64), p: u32) -> String {
@@ -170,13 +174,13 @@ impl BusAdmin for RedisBus {
         limit: usize,
     ) -> Result<DeadLetterPage> {
         let limit = limit.max(1);
+        let mut cursor = after.map(parse_cursor).transpose()?;
         let Some(partitions) = self.recorded_partitions(topic).await? else {
             return Ok(DeadLetterPage {
                 letters: Vec::new(),
                 next: None,
             });
         };
-        let mut cursor = after.and_then(parse_cursor);
         let mut letters = Vec::new();
         let mut scanned = 0usize;
         let chunk = limit.clamp(16, 1000);
