@@ -4,8 +4,10 @@
 //! cargo run --example kafka_migration --features kafka,redis
 //! ```
 //! Needs Redis (`WINDLASS_REDIS_URL`, default `redis://127.0.0.1:6379`) and a Kafka-compatible
-//! broker (`WINDLASS_KAFKA_BROKERS`; unset, a local tansu broker is started, see
-//! `scripts/ensure-tansu`).
+//! broker (`WINDLASS_KAFKA_BROKERS`, default `127.0.0.1:19092`: the tansu broker the test suite
+//! starts; to start one yourself, `scripts/ensure-tansu` prints its binary, then
+//! `tansu broker --storage-engine memory://tansu/ --listener-url tcp://127.0.0.1:19092
+//! --advertised-listener-url tcp://127.0.0.1:19092`).
 //!
 //! 1. Dual publish: every event goes to both buses; the `billing` domain reads Redis.
 //! 2. Switch: `billing` moves to Kafka (the subscription starts on Kafka, then leaves Redis).
@@ -27,7 +29,8 @@ use windlass::eventbus::{Event, Group, Publisher, SubscriberExt, Topic};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let redis_url =
         std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await?;
+    let brokers =
+        std::env::var("WINDLASS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".to_owned());
     let run = uuid::Uuid::new_v4().simple().to_string();
     let domain = format!("billing{}", &run[..8]);
     let invoices = Topic::new(format!("{domain}.invoices"))?;

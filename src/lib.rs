@@ -26,7 +26,21 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Types that appear in the crates' public signatures are re-exported here, so an application
+//! needs no version of its own that must match ours: [`CancellationToken`], [`async_trait`](macro@async_trait),
+//! [`sqlx`] (with a Postgres or SQLite feature). With `jobs-postgres` and / or `outbox-postgres`,
+//! [`migrate`] creates every windlass table in one call.
 #![doc(test(attr(deny(warnings))))]
+
+pub use async_trait::async_trait;
+#[cfg(any(
+    feature = "jobs-postgres",
+    feature = "outbox-postgres",
+    feature = "outbox-sqlite"
+))]
+pub use sqlx;
+pub use tokio_util::sync::CancellationToken;
 
 #[cfg(feature = "cache")]
 pub use windlass_cache as cache;
@@ -36,3 +50,58 @@ pub use windlass_eventbus as eventbus;
 pub use windlass_jobs as jobs;
 #[cfg(any(feature = "outbox-postgres", feature = "outbox-sqlite"))]
 pub use windlass_outbox as outbox;
+
+/// Why [`migrate`] failed: the crate whose migration failed, and its error.
+#[cfg(any(feature = "jobs-postgres", feature = "outbox-postgres"))]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// The jobs tables.
+    #[cfg(feature = "jobs-postgres")]
+    Jobs(windlass_jobs::Error),
+    /// The outbox and inbox tables.
+    #[cfg(feature = "outbox-postgres")]
+    Outbox(windlass_outbox::Error),
+}
+
+#[cfg(any(feature = "jobs-postgres", feature = "outbox-postgres"))]
+impl std::fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            #[cfg(feature = "jobs-postgres")]
+            Self::Jobs(e) => write!(f, "jobs migration failed: {e}"),
+            #[cfg(feature = "outbox-postgres")]
+            Self::Outbox(e) => write!(f, "outbox migration failed: {e}"),
+        }
+    }
+}
+
+#[cfg(any(feature = "jobs-postgres", feature = "outbox-postgres"))]
+impl std::error::Error for MigrateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            #[cfg(feature = "jobs-postgres")]
+            Self::Jobs(e) => Some(e),
+            #[cfg(feature = "outbox-postgres")]
+            Self::Outbox(e) => Some(e),
+        }
+    }
+}
+
+/// Creates (or brings up to date) every windlass table on Postgres that the enabled features
+/// use: the jobs tables (`jobs-postgres`) and the outbox, delivery and inbox tables with their
+/// default names (`outbox-postgres`; for configured names call
+/// `windlass::outbox::postgres::migrate_with`). Idempotent, safe to run from several processes
+/// at once (each crate's migration holds an advisory lock).
+#[cfg(any(feature = "jobs-postgres", feature = "outbox-postgres"))]
+pub async fn migrate(pool: &sqlx::PgPool) -> Result<(), MigrateError> {
+    #[cfg(feature = "jobs-postgres")]
+    windlass_jobs::postgres::migrate(pool)
+        .await
+        .map_err(MigrateError::Jobs)?;
+    #[cfg(feature = "outbox-postgres")]
+    windlass_outbox::postgres::migrate(pool)
+        .await
+        .map_err(MigrateError::Outbox)?;
+    Ok(())
+}

@@ -127,7 +127,7 @@ pub struct Cursor {
 
 impl Cursor {
     /// The position right after `delivery` (for a console that carries the cursor in a URL:
-    /// keep [`Cursor::delivery`] of the last item shown and rebuild the cursor from it).
+    /// keep the last item's [`DeliveryRef`] and rebuild the cursor from it).
     pub fn after(delivery: &DeliveryRef) -> Self {
         Self {
             seq: delivery.seq,

@@ -23,17 +23,19 @@ fn example_binary() -> PathBuf {
     let bin = dir.join("examples").join("jobs_worker");
     let _one_build_at_a_time = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     if !bin.exists() {
-        // `cargo test` builds examples, `cargo test --test jobs_processes` does not.
+        // `cargo test --workspace` builds the facade's examples; a narrower run may not.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = std::process::Command::new(cargo)
             .args([
                 "build",
+                "-p",
+                "windlass",
                 "--example",
                 "jobs_worker",
                 "--features",
                 "jobs-postgres",
             ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("run cargo build");
         assert!(

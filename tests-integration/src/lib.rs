@@ -1,0 +1,1 @@
+//! Nothing here: this package only holds tests (`tests/`), see its manifest.
