@@ -44,6 +44,9 @@
 
 mod codec;
 mod config;
+mod consumer;
+mod dlq;
+mod offsets;
 mod publisher;
 mod replay;
 mod subscriber;
@@ -59,9 +62,7 @@ use rdkafka::producer::Producer;
 pub use codec::WireMode;
 pub use config::{DlqNaming, GroupTimeouts, KafkaConfig, is_secret_property};
 pub use publisher::FatalProducerError;
-pub use subscriber::{
-    DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
-};
+pub use dlq::{DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER};
 
 pub(crate) use codec::decode as decode_record;
 
