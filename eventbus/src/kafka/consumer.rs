@@ -286,6 +286,7 @@ impl PollThread {
             .name(format!("windlass-kafka-{}", truncate(&core.topic, 20)))
             .spawn(move || {
                 poll_loop(&c, &consumer, poll_wait);
+                tracing::debug!(topic = %c.topic, "poll loop ended; leaving the group");
                 // Leaving the group runs the revoke callback here (a final commit unless
                 // aborted), then closes the client.
                 drop(consumer);
