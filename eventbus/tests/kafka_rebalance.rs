@@ -136,7 +136,10 @@ async fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
 async fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
     while !f() {
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -166,7 +169,9 @@ async fn kafka_rebalance_with_a_slow_handler_keeps_order_and_commits_move_forwar
             .consumer(name)
             .shutdown_timeout(Duration::from_secs(10));
         // Slow: 15-40 ms per call, so every partition has work in flight at any time.
-        let handler = history.handler(name, |seq| Duration::from_millis(15 + (seq as u64 * 7) % 26));
+        let handler = history.handler(name, |seq| {
+            Duration::from_millis(15 + (seq as u64 * 7) % 26)
+        });
         (options, handler)
     };
     let (o1, h1) = member("m1");
@@ -177,7 +182,10 @@ async fn kafka_rebalance_with_a_slow_handler_keeps_order_and_commits_move_forwar
     let mut m2 = None;
     for wave in 0..WAVES {
         let events: Vec<Event> = keys.iter().map(|key| keyed(key, wave)).collect();
-        publisher.publish_batch(&k.topic, &events).await.expect("publish");
+        publisher
+            .publish_batch(&k.topic, &events)
+            .await
+            .expect("publish");
         if wave == 10 {
             // Joins mid-key: every key has handled some of its events and has more coming.
             let (o2, h2) = member("m2");
@@ -185,7 +193,9 @@ async fn kafka_rebalance_with_a_slow_handler_keeps_order_and_commits_move_forwar
             let topic = k.topic.clone();
             let g2 = g.clone();
             m2 = Some(tokio::spawn(async move {
-                bus2.subscribe(&topic, &g2, h2, o2).await.expect("m2 subscribes")
+                bus2.subscribe(&topic, &g2, h2, o2)
+                    .await
+                    .expect("m2 subscribes")
             }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -376,7 +386,10 @@ async fn kafka_a_hung_handler_does_not_stop_commits_of_other_partitions() {
         "partition 0 handled {p0_handled} of its {p0_total} records behind the hung one: \
          its read-and-uncommitted records are not bounded by {BOUND}"
     );
-    assert!(p0_handled > 0, "partition 0 made no progress on its other keys");
+    assert!(
+        p0_handled > 0,
+        "partition 0 made no progress on its other keys"
+    );
     commits.assert_monotonic();
 }
 
@@ -396,4 +409,3 @@ async fn kafka_a_handler_deadline_beyond_the_rebalance_timeout_is_refused() {
         Ok(_) => panic!("a handler deadline of 6 s with a 6 s rebalance timeout was accepted"),
     }
 }
-

@@ -201,9 +201,10 @@ impl Core {
         F::Output: Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let _ = self.runtime.spawn(async move {
+        // Detached: the result comes back through the channel.
+        drop(self.runtime.spawn(async move {
             let _ = tx.send(fut.await);
-        });
+        }));
         rx.recv_timeout(bound).ok()
     }
 
@@ -301,10 +302,10 @@ impl PollThread {
 
     /// Graceful end: commit what is due, leave the group, wait (bounded) for the thread.
     pub(crate) async fn close(&self, wait: Duration) {
-        let _ = self
-            .core
-            .state
-            .compare_exchange(RUNNING, CLOSING, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.core
+                .state
+                .compare_exchange(RUNNING, CLOSING, Ordering::AcqRel, Ordering::Acquire);
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(done) = done
             && tokio::time::timeout(wait, done).await.is_err()
@@ -317,10 +318,10 @@ impl PollThread {
 impl Drop for PollThread {
     fn drop(&mut self) {
         // Not closed gracefully (aborted): leave without committing anything more.
-        let _ = self
-            .core
-            .state
-            .compare_exchange(RUNNING, ABORTED, Ordering::AcqRel, Ordering::Acquire);
+        let _ =
+            self.core
+                .state
+                .compare_exchange(RUNNING, ABORTED, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 

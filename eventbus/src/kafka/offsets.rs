@@ -328,7 +328,10 @@ mod tests {
         let old = o.assign(2);
         assert!(o.fetched(delivery(2, old, 0)));
         o.begin_revoke(&[2]);
-        assert!(!o.fetched(delivery(2, old, 1)), "a revoking partition buffers nothing");
+        assert!(
+            !o.fetched(delivery(2, old, 1)),
+            "a revoking partition buffers nothing"
+        );
         o.remove(&[2]);
         let new = o.assign(2);
         assert!(new > old);

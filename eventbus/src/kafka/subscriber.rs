@@ -114,14 +114,9 @@ impl Transport for KafkaTransport {
         .await?;
         // The record is in the DLQ: acknowledge it. A failed commit is not a failed
         // dead-lettering (retrying would write the record twice); it stays due.
-        if self
-            .core
-            .lock()
-            .acked(std::iter::once(&delivery.token))
-        {
-            if let Err(e) = self.commit().await {
-                tracing::warn!(topic = %self.topic, error = %e, "commit after dead-lettering failed; it is retried");
-            }
+        let moved = self.core.lock().acked(std::iter::once(&delivery.token));
+        if moved && let Err(e) = self.commit().await {
+            tracing::warn!(topic = %self.topic, error = %e, "commit after dead-lettering failed; it is retried");
         }
         self.core.ready.notify_one();
         Ok(())
@@ -173,7 +168,9 @@ impl KafkaBus {
     /// Checks the options a subscription depends on.
     fn check_options(&self, options: &SubscribeOptions) -> Result<()> {
         if options.handler_timeout.is_zero() {
-            return Err(Error::Config("handler_timeout must be above zero".to_owned()));
+            return Err(Error::Config(
+                "handler_timeout must be above zero".to_owned(),
+            ));
         }
         // A revoke waits up to the handler timeout inside the rebalance; the group's
         // rebalance timeout (`max.poll.interval.ms`) must leave room for it and the commit.
