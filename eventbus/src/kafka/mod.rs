@@ -11,10 +11,10 @@
 //! - **Subscriber**: a consumer group member driven by the shared [runner](crate::runner) as a
 //!   partitioned transport. A thread of its own polls all the time (the member never misses
 //!   `max.poll.interval.ms`); backpressure is per partition with `pause`/`resume`
-//!   ([`KafkaConfig::max_pending_per_partition`]). Offsets are committed only after the
+//!   ([`KafkaConfig::max_pending_per_partition()`]). Offsets are committed only after the
 //!   handler succeeded (one past the highest contiguous acknowledged offset per partition),
 //!   serialised and never backwards; on revoke (cooperative-sticky by default,
-//!   [`KafkaConfig::assignment_strategy`]) the partition's in-flight handlers finish (up to the
+//!   [`KafkaConfig::assignment_strategy()`]) the partition's in-flight handlers finish (up to the
 //!   handler timeout) and its offsets are committed before the rebalance completes. Order is
 //!   kept per key (hence per partition) across the group; retries come from the runner; events
 //!   that fail for good, or records that are not CloudEvents, go to the DLQ topic (`{topic}.dlq`
