@@ -90,37 +90,6 @@ impl BusFixture for KafkaFixture {
     }
 }
 
-// Every shared property the current Kafka consumer passes. Two multi-member properties of the
-// suite are not enabled yet (they fail on the consumer of this release; the Kafka consumer
-// rework of issue 10 is what makes them pass):
-// - `group_members_split_the_partitions`: fails every run (4 of 4 here). A member joining makes
-//   the group rebalance eagerly (every partition revoked, then reassigned), and on tansu with
-//   `GroupTimeouts::tansu()` the group consumes nothing for longer than the suite's 30 s wait
-//   for a probe round; the rework (cooperative rebalancing, polling kept alive) removes the
-//   stall.
-// - `order_per_key_through_joins_and_leaves`: fails 1 run of 4 (an event runs twice, or a key's
-//   calls overlap across members). On revoke the current consumer neither stops dispatching the
-//   revoked partitions nor waits for their in-flight handlers, and drops their acknowledgements
-//   (`Pending::revoked`) before committing them, so the next owner restarts from an older
-//   offset while the old owner may still run. The rework uses the runner's
-//   `PartitionControl::revoke` (stop, bounded wait for in-flight handlers, hand back what never
-//   started, flush acknowledgements) and commits before the partition leaves.
-// `order_per_key_across_members_under_load` and
-// `a_crashed_members_partitions_are_taken_over_in_order` pass here (4 of 4 runs) because their
-// members join before events flow; they hold no guarantee through a rebalance mid-stream yet.
-windlass_testkit::bus_conformance!(@each KafkaFixture;
-    at_least_once,
-    ack_is_final,
-    retry_after_handler_error,
-    dead_letter_after_max_attempts,
-    reject_dead_letters_at_once,
-    every_group_gets_every_event,
-    order_per_key_under_concurrency,
-    shutdown_finishes_in_flight_work,
-    garbage_goes_to_dead_letters_without_blocking,
-    panicking_handler_is_retried,
-    handler_deadline_cancels_and_retries,
-    shutdown_with_a_full_read_ahead_runs_only_what_started,
-    order_per_key_across_members_under_load,
-    a_crashed_members_partitions_are_taken_over_in_order,
-);
+// The whole suite, the multi-member order properties included (members joining, leaving and
+// crashing while events flow).
+windlass_testkit::bus_conformance!(KafkaFixture);

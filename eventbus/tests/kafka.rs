@@ -297,6 +297,12 @@ async fn a_crash_before_the_handler_succeeded_redelivers() {
     })
     .await;
     sub.abort();
+    // The aborted member leaves the group at once (closing the client sends LeaveGroup).
+    // tansu 0.6 wedges a group when a member joins within moments of another one leaving
+    // (the joiner is never assigned, 3 runs of 3 here; docs/kafka.md), and its DescribeGroups
+    // lists nothing to wait on: let the leave settle. A crash without a leave (kill -9) is
+    // expelled after the session timeout instead, which tansu handles.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let got = Arc::new(std::sync::Mutex::new(Vec::new()));
     let g2 = got.clone();
     let sub = bus

@@ -105,8 +105,14 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
     let redis_bus = RedisBus::connect(RedisConfig::new(&redis.url).prefix(&redis.prefix))
         .await
         .unwrap();
-    let kafka_bus =
-        KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu())).unwrap();
+    // Kafka groups are cluster-wide: a prefix per run keeps this run's `ledger` group apart from
+    // earlier runs' on a shared broker.
+    let kafka_bus = KafkaBus::new(
+        KafkaConfig::new(&brokers)
+            .group_timeouts(GroupTimeouts::tansu())
+            .group_prefix(format!("{tag}.")),
+    )
+    .unwrap();
     let migration = Migration::new(redis_bus, kafka_bus, Routes::new(Backend::Redis));
 
     let projection = |consumer: &str| {

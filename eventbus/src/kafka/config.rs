@@ -107,6 +107,18 @@ pub struct KafkaConfig {
     pub dlq_partitions: i32,
     /// How long one consumer fetch waits for the first record. Default 100 ms.
     pub poll_wait: Duration,
+    /// Records of one partition a subscriber keeps read and not yet committed (buffered,
+    /// handled, or acknowledged behind an earlier offset still running) before it `pause`s
+    /// the partition at the client; it is resumed below half of it. Bounds the memory a
+    /// partition with a slow or hung handler can take, while the consumer keeps polling (and
+    /// stays in its group). Default 2048.
+    pub max_pending_per_partition: usize,
+    /// librdkafka's `partition.assignment.strategy`. Default `cooperative-sticky`: a join or
+    /// a leave moves only the partitions that change owner, the others keep flowing. Every
+    /// member of a group must list a common strategy; moving an existing group from the eager
+    /// `range,roundrobin` needs a rolling restart through `cooperative-sticky,range` (see
+    /// docs/kafka.md).
+    pub assignment_strategy: String,
     /// How long `subscribe` waits for the group to assign this member its partitions before
     /// returning anyway (consumption then starts whenever the rebalance completes). Default
     /// 30 s.
@@ -153,6 +165,8 @@ impl fmt::Debug for KafkaConfig {
             .field("dlq_naming", &self.dlq_naming)
             .field("dlq_partitions", &self.dlq_partitions)
             .field("poll_wait", &self.poll_wait)
+            .field("max_pending_per_partition", &self.max_pending_per_partition)
+            .field("assignment_strategy", &self.assignment_strategy)
             .field("assignment_wait", &self.assignment_wait)
             .field("group_prefix", &self.group_prefix)
             .field("client_properties", &shown(&self.client_properties))
@@ -186,6 +200,8 @@ impl Default for KafkaConfig {
             dlq_naming: DlqNaming::DotDlq,
             dlq_partitions: 1,
             poll_wait: Duration::from_millis(100),
+            max_pending_per_partition: 2048,
+            assignment_strategy: "cooperative-sticky".to_owned(),
             assignment_wait: Duration::from_secs(30),
             group_prefix: String::new(),
             client_properties: Vec::new(),
@@ -240,6 +256,18 @@ impl KafkaConfig {
     /// Sets how long a consumer fetch waits.
     pub fn poll_wait(mut self, wait: Duration) -> Self {
         self.poll_wait = wait;
+        self
+    }
+    /// Sets how many records of one partition a subscriber keeps read and not yet committed
+    /// before pausing it (at least 2).
+    pub fn max_pending_per_partition(mut self, n: usize) -> Self {
+        self.max_pending_per_partition = n.max(2);
+        self
+    }
+    /// Sets librdkafka's `partition.assignment.strategy` for subscribers
+    /// (`cooperative-sticky` by default; `range,roundrobin` is librdkafka's eager default).
+    pub fn assignment_strategy(mut self, strategy: impl Into<String>) -> Self {
+        self.assignment_strategy = strategy.into();
         self
     }
     /// Sets how long `subscribe` waits for the first partition assignment.
@@ -331,8 +359,11 @@ impl KafkaConfig {
 
     pub(crate) fn producer_config(&self) -> rdkafka::ClientConfig {
         let mut c = self.base();
+        // Kafka's default partitioner (Java client: murmur2 of the key), so a key lands on the
+        // same partition index as with every Java producer and on the Redis bus.
         c.set("enable.idempotence", "true")
             .set("acks", "all")
+            .set("partitioner", "murmur2_random")
             .set(
                 "message.timeout.ms",
                 self.publish_timeout.as_millis().max(1).to_string(),
@@ -365,6 +396,7 @@ impl KafkaConfig {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", &self.assignment_strategy)
             .set(
                 "auto.offset.reset",
                 if earliest { "earliest" } else { "latest" },

@@ -8,12 +8,18 @@
 //!   (checked before sending, and mapped from the broker's refusal),
 //!   [`Error::UnknownTopic`], [`Error::Timeout`]
 //!   when no broker acknowledged in time.
-//! - **Subscriber**: a consumer group member driven by the shared [runner](crate::runner):
-//!   offsets are committed only after the handler succeeded (the highest contiguous
-//!   acknowledged offset per partition), order is kept per key (hence per partition), retries
-//!   come from the runner, and events that fail for good, or records that are not
-//!   CloudEvents, go to the DLQ topic (`{topic}.dlq` by default, see [`DlqNaming`]) with the
-//!   reason in the `windlass_dlq_reason` header. [`DeadLetters`](crate::DeadLetters) reads it back.
+//! - **Subscriber**: a consumer group member driven by the shared [runner](crate::runner) as a
+//!   partitioned transport. A thread of its own polls all the time (the member never misses
+//!   `max.poll.interval.ms`); backpressure is per partition with `pause`/`resume`
+//!   ([`KafkaConfig::max_pending_per_partition()`]). Offsets are committed only after the
+//!   handler succeeded (one past the highest contiguous acknowledged offset per partition),
+//!   serialised and never backwards; on revoke (cooperative-sticky by default,
+//!   [`KafkaConfig::assignment_strategy()`]) the partition's in-flight handlers finish (up to the
+//!   handler timeout) and its offsets are committed before the rebalance completes. Order is
+//!   kept per key (hence per partition) across the group; retries come from the runner; events
+//!   that fail for good, or records that are not CloudEvents, go to the DLQ topic (`{topic}.dlq`
+//!   by default, see [`DlqNaming`]) with the reason in the `windlass_dlq_reason` header.
+//!   [`DeadLetters`](crate::DeadLetters) reads it back. See `docs/kafka.md`.
 //! - **Group timeouts** are configurable ([`GroupTimeouts`]); keep librdkafka's defaults on
 //!   real Kafka, use [`GroupTimeouts::tansu`] on the tansu broker, which holds `JoinGroup`
 //!   for the whole rebalance timeout.
@@ -44,6 +50,9 @@
 
 mod codec;
 mod config;
+mod consumer;
+mod dlq;
+mod offsets;
 mod publisher;
 mod replay;
 mod subscriber;
@@ -58,10 +67,8 @@ use rdkafka::producer::Producer;
 
 pub use codec::WireMode;
 pub use config::{DlqNaming, GroupTimeouts, KafkaConfig, is_secret_property};
+pub use dlq::{DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER};
 pub use publisher::FatalProducerError;
-pub use subscriber::{
-    DLQ_FAILED_AT_HEADER, DLQ_GROUP_HEADER, DLQ_ORIGIN_HEADER, DLQ_REASON_HEADER,
-};
 
 pub(crate) use codec::decode as decode_record;
 
