@@ -43,6 +43,13 @@ pub enum Error {
         /// Its unique key.
         unique_key: String,
     },
+    /// The job is running: `retry_now` would start a second attempt while the first still
+    /// runs. Cancel it (a request the worker acts on) and retry once it is final.
+    #[error("job {id} is running; it cannot be retried until its attempt ends")]
+    JobRunning {
+        /// The job.
+        id: i64,
+    },
     /// The store (database) failed; `op` says what was being done. Safe to retry.
     #[error("job store {backend} {op} failed: {source}")]
     Store {

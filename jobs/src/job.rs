@@ -3,11 +3,14 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use windlass_core::{BoxError, Name, OrgId};
 
@@ -65,6 +68,43 @@ pub struct JobContext {
     pub(crate) queue: String,
     pub(crate) org_id: Option<String>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) blocking: Arc<BlockingTracker>,
+}
+
+/// Counts the [`JobContext::run_blocking`] calls of one attempt still running, so the worker
+/// holds the attempt's slot until they returned.
+#[derive(Debug, Default)]
+pub(crate) struct BlockingTracker {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl BlockingTracker {
+    fn enter(self: &Arc<Self>) -> BlockingGuard {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        BlockingGuard(self.clone())
+    }
+
+    /// Waits until no blocking call of the attempt runs.
+    #[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct BlockingGuard(Arc<BlockingTracker>);
+
+impl Drop for BlockingGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.idle.notify_waiters();
+    }
 }
 
 impl JobContext {
@@ -99,6 +139,33 @@ impl JobContext {
     /// worker aborts the attempt shortly after it fires anyway.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Runs blocking code (CPU work, a synchronous client) on Tokio's blocking pool and waits
+    /// for it. **The rule for blocking jobs**: never block inside `run` itself (it stalls a
+    /// runtime thread, and the worker's timeout and cancellation can only take effect at an
+    /// `.await`); call this instead. Blocking code cannot be interrupted: when the attempt
+    /// times out or is cancelled, the worker stops awaiting it but keeps the attempt's slot
+    /// (the queue's concurrency is never exceeded) and its lease (the job is not rescued nor
+    /// run again) until the closure has returned; only then is the outcome written. Check
+    /// [`JobContext::cancellation`] inside long loops to stop early. A panic in `f` is a panic
+    /// of the attempt (retried).
+    pub async fn run_blocking<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let guard = self.blocking.enter();
+        let handle = tokio::task::spawn_blocking(move || {
+            let _running = guard;
+            f()
+        });
+        match handle.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The blocking pool shut down (the runtime is going away): nothing can continue.
+            Err(e) => panic!("blocking job work was cancelled: {e}"),
+        }
     }
 }
 

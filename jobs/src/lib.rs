@@ -81,8 +81,8 @@ pub use job::{
     UniqueOptions,
 };
 pub use model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
-    Outcome, QueueCount, Rescued,
+    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
+    JobRecord, JobState, NewJob, Outcome, QueueCount, Rescued,
 };
 pub use store::{JobStore, WAKE_ALL};
 pub use worker::{RunningWorker, Worker, WorkerConfig};
@@ -143,18 +143,22 @@ impl Jobs {
         self.store.insert(rows).await
     }
 
-    /// Cancels a job that is not final; a running attempt is stopped at its worker's next
-    /// heartbeat. False when missing or already final.
+    /// Cancels a job that is not final. A waiting job is cancelled at once; for a running job
+    /// this is a request: its worker stops the attempt after its next heartbeat and the row
+    /// becomes `cancelled` when the attempt has ended. False when missing or already final.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
         self.store.cancel(id).await
     }
 
-    /// Runs a job that is not running again now. False when missing or running.
+    /// Runs a job that is not running again now. False when missing;
+    /// [`Error::JobRunning`] when running (a second attempt would overlap the first: cancel
+    /// it and retry once it is final).
     pub async fn retry_now(&self, id: JobId) -> Result<bool> {
         self.store.retry_now(id).await
     }
 
-    /// Dead-letters a job that is not final. False when missing or already final.
+    /// Dead-letters a job that is not final (for a running job, a request like
+    /// [`Jobs::cancel`]). False when missing or already final.
     pub async fn discard(&self, id: JobId) -> Result<bool> {
         self.store.discard(id).await
     }

@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::error::Result;
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState,
-    MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
+    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
+    JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::JobStore;
 
@@ -80,6 +80,22 @@ impl MemoryStore {
     fn notify(&self, queue: &str) {
         let _ = self.wake.send(queue.to_owned());
     }
+
+    /// Cancel or discard by id: at once for a waiting job, a request for a running one.
+    fn stop(&self, id: JobId, state: JobState) -> bool {
+        let mut st = self.lock();
+        match st.jobs.get_mut(&id) {
+            Some(row) if row.rec.state == JobState::Running => {
+                row.rec.stop_requested.get_or_insert(state);
+                true
+            }
+            Some(row) if !row.rec.state.is_final() => {
+                finalize(&mut row.rec, state, Utc::now());
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn is_waiting(s: JobState) -> bool {
@@ -93,6 +109,19 @@ fn finalize(rec: &mut JobRecord, state: JobState, now: DateTime<Utc>) {
     rec.state = state;
     rec.finalized_at = if state.is_final() { Some(now) } else { None };
     rec.locked_by = None;
+    rec.stop_requested = None;
+}
+
+/// The row of `token`, if `worker` still holds that attempt.
+fn held<'a>(st: &'a mut State, worker: &str, token: AttemptToken) -> Option<&'a mut JobRecord> {
+    st.jobs
+        .get_mut(&token.id)
+        .map(|row| &mut row.rec)
+        .filter(|r| {
+            r.state == JobState::Running
+                && r.locked_by.as_deref() == Some(worker)
+                && r.attempt == token.attempt
+        })
 }
 
 #[async_trait]
@@ -151,6 +180,7 @@ impl JobStore for MemoryStore {
                     timeout: job.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
                     created_at: now,
                     finalized_at: None,
+                    stop_requested: None,
                 };
                 st.jobs.insert(
                     id,
@@ -214,17 +244,16 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut applied = 0;
         for f in finished {
-            let Some(row) = st.jobs.get_mut(&f.id) else {
+            let Some(r) = held(&mut st, worker, f.token()) else {
                 continue;
             };
-            let r = &mut row.rec;
-            if r.state != JobState::Running
-                || r.locked_by.as_deref() != Some(worker)
-                || r.attempt != f.attempt
-            {
-                continue;
+            // A stop requested by id wins over a retry or a snooze; a success stands.
+            let stopped = r
+                .stop_requested
+                .filter(|_| f.outcome.state() == JobState::Retryable);
+            if stopped.is_none() {
+                r.attempt += f.outcome.attempt_delta();
             }
-            r.attempt += f.outcome.attempt_delta();
             if let Some(at) = f.outcome.run_at() {
                 r.run_at = at;
             }
@@ -234,26 +263,26 @@ impl JobStore for MemoryStore {
                 }
                 r.errors.push(e.clone());
             }
-            finalize(r, f.outcome.state(), now);
+            finalize(r, stopped.unwrap_or(f.outcome.state()), now);
             applied += 1;
         }
         Ok(applied)
     }
 
-    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>> {
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply> {
         let now = Utc::now();
         let mut st = self.lock();
-        let mut held = Vec::new();
-        for id in ids {
-            if let Some(row) = st.jobs.get_mut(id)
-                && row.rec.state == JobState::Running
-                && row.rec.locked_by.as_deref() == Some(worker)
-            {
-                row.rec.heartbeat_at = Some(now);
-                held.push(*id);
+        let mut reply = HeartbeatReply::default();
+        for token in attempts {
+            if let Some(r) = held(&mut st, worker, *token) {
+                r.heartbeat_at = Some(now);
+                reply.held.push(*token);
+                if let Some(state) = r.stop_requested {
+                    reply.stop.push((*token, state));
+                }
             }
         }
-        Ok(held)
+        Ok(reply)
     }
 
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
@@ -276,7 +305,9 @@ impl JobStore for MemoryStore {
                     ),
                     worker,
                 ));
-                let state = if r.attempt >= r.max_attempts {
+                let state = if let Some(requested) = r.stop_requested {
+                    requested
+                } else if r.attempt >= r.max_attempts {
                     JobState::Discarded
                 } else {
                     JobState::Retryable
@@ -296,21 +327,24 @@ impl JobStore for MemoryStore {
         Ok(out)
     }
 
-    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64> {
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64> {
         let now = Utc::now();
         let mut queues = BTreeSet::new();
         let mut moved = 0;
         {
             let mut st = self.lock();
-            for id in ids {
-                if let Some(row) = st.jobs.get_mut(id)
-                    && row.rec.state == JobState::Running
-                    && row.rec.locked_by.as_deref() == Some(worker)
-                {
-                    row.rec.attempt -= 1;
-                    row.rec.run_at = now;
-                    finalize(&mut row.rec, JobState::Available, now);
-                    queues.insert(row.rec.queue.clone());
+            for token in attempts {
+                if let Some(r) = held(&mut st, worker, *token) {
+                    let state = match r.stop_requested {
+                        Some(requested) => requested,
+                        None => {
+                            r.attempt -= 1;
+                            JobState::Available
+                        }
+                    };
+                    r.run_at = now;
+                    finalize(r, state, now);
+                    queues.insert(r.queue.clone());
                     moved += 1;
                 }
             }
@@ -335,14 +369,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn cancel(&self, id: JobId) -> Result<bool> {
-        let mut st = self.lock();
-        Ok(match st.jobs.get_mut(&id) {
-            Some(row) if !row.rec.state.is_final() => {
-                finalize(&mut row.rec, JobState::Cancelled, Utc::now());
-                true
-            }
-            _ => false,
-        })
+        Ok(self.stop(id, JobState::Cancelled))
     }
 
     async fn retry_now(&self, id: JobId) -> Result<bool> {
@@ -353,7 +380,7 @@ impl JobStore for MemoryStore {
                 return Ok(false);
             };
             if row.rec.state == JobState::Running {
-                return Ok(false);
+                return Err(crate::Error::JobRunning { id });
             }
             if let Some(key) = &row.rec.unique_key
                 && row.unique_states & JobState::Available.bit() != 0
@@ -381,14 +408,7 @@ impl JobStore for MemoryStore {
     }
 
     async fn discard(&self, id: JobId) -> Result<bool> {
-        let mut st = self.lock();
-        Ok(match st.jobs.get_mut(&id) {
-            Some(row) if !row.rec.state.is_final() => {
-                finalize(&mut row.rec, JobState::Discarded, Utc::now());
-                true
-            }
-            _ => false,
-        })
+        Ok(self.stop(id, JobState::Discarded))
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {

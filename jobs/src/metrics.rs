@@ -32,6 +32,12 @@ pub const CATALOG: &[MetricDef] = &[
         "Attempts of dead workers rescued.",
     ),
     MetricDef::new(
+        "windlass_jobs_self_fenced_total",
+        Counter,
+        &[],
+        "Attempts a worker stopped itself because it could not renew their lease in time.",
+    ),
+    MetricDef::new(
         "windlass_jobs_cron_enqueued_total",
         Counter,
         &["cron"],

@@ -1,6 +1,7 @@
 //! The [`JobStore`] trait: what a backend (Postgres, memory) does for clients and workers.
-//! Every state change a worker makes is guarded by (`running`, `locked_by`, `attempt`), so a
-//! late or rescued worker can never overwrite another attempt's result.
+//! Every state change a worker makes is fenced by its attempt token: it applies only while the
+//! row is `running`, locked by that worker, at that attempt ([`AttemptToken`]), so a late,
+//! frozen or rescued worker can never change another attempt's row.
 
 use std::time::Duration;
 
@@ -10,7 +11,8 @@ use tokio::sync::broadcast;
 
 use crate::error::Result;
 use crate::model::{
-    Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, NewJob, QueueCount, Rescued,
+    AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
+    NewJob, QueueCount, Rescued,
 };
 
 /// Wake-up message meaning "look at every queue" (sent after a listener reconnects, when
@@ -36,31 +38,45 @@ pub trait JobStore: Send + Sync + 'static {
     /// `worker`, at the given attempt. Returns how many applied.
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64>;
 
-    /// Refreshes `heartbeat_at` of the jobs `worker` runs; returns the ids it still holds
-    /// (a missing id was cancelled, discarded or rescued meanwhile).
-    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>>;
+    /// Refreshes `heartbeat_at` of the attempts `worker` runs, each only while its row is
+    /// still `running`, locked by `worker`, at that attempt. Returns the attempts still held
+    /// and the stop requests among them; a missing attempt was rescued meanwhile. Backends
+    /// should run it apart from the connections jobs use (Postgres: a dedicated connection),
+    /// so busy jobs cannot starve it. Called with no attempts, it still checks the store is
+    /// reachable (the worker's self-fencing counts on it).
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply>;
 
     /// Moves `running` jobs whose heartbeat is older than `stale_after` back to `retryable`
-    /// (or `discarded` when no attempt is left), recording why.
+    /// (or `discarded` when no attempt is left, or the requested state when a stop was
+    /// requested), recording why.
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>>;
 
-    /// Puts jobs `worker` still holds back to `available` without counting the attempt
-    /// (graceful shutdown past its deadline). Returns how many moved.
-    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64>;
+    /// Puts attempts `worker` still holds (fenced like [`JobStore::finish`]) back to
+    /// `available` without counting the attempt, or to the requested state when a stop was
+    /// requested. Only for attempts whose task has ended (graceful shutdown). Returns how many
+    /// moved.
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64>;
 
     /// The earliest `run_at` among jobs of `queue` waiting for a worker, `None` when there is
     /// none or the queue is paused.
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>>;
 
-    /// Cancels a job that is not final yet. A running job's worker learns it at its next
-    /// heartbeat and stops the attempt. False when the job is missing or already final.
+    /// Cancels a job that is not final yet. A waiting job becomes `cancelled` at once; for a
+    /// running job it is a request: the row stays `running` (with
+    /// [`JobRecord::stop_requested`]), its worker learns it at its next heartbeat and stops the
+    /// attempt, and the row becomes `cancelled` when the attempt ends. False when the job is
+    /// missing or already final.
     async fn cancel(&self, id: JobId) -> Result<bool>;
 
-    /// Makes a job that is not running available now (granting one more attempt if it had
-    /// none left). False when the job is missing or running.
+    /// Makes a job that is neither running nor waiting available now (granting one more
+    /// attempt if it had none left); a waiting job is moved up to now. False when the job is
+    /// missing; [`Error::JobRunning`](crate::Error::JobRunning) when it is running (a second
+    /// attempt would overlap the first).
     async fn retry_now(&self, id: JobId) -> Result<bool>;
 
-    /// Moves a job that is not final yet to `discarded`. False when missing or final.
+    /// Dead-letters a job that is not final yet; like [`JobStore::cancel`], a request for a
+    /// running job (the row becomes `discarded` when its attempt ends). False when missing or
+    /// final.
     async fn discard(&self, id: JobId) -> Result<bool>;
 
     /// Deletes final jobs that reached their final state more than `older_than` ago.

@@ -30,11 +30,12 @@ async fn migrate_is_idempotent_and_safe_concurrently() {
         r.await.unwrap().expect("concurrent migrate");
     }
     migrate(&db.pool).await.expect("migrate again");
-    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM windlass_jobs_migrations")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(versions, vec![1]);
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM windlass_jobs_migrations ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2]);
     // The shipped SQL is itself idempotent (for users running it with their own migrator).
     for (_, _, sql) in windlass_jobs::postgres::MIGRATIONS {
         sqlx::raw_sql(*sql)
@@ -261,7 +262,9 @@ async fn a_job_finishing_at_the_shutdown_deadline_is_completed_not_released() {
         .config(
             fast_config()
                 .shutdown_timeout(Duration::from_millis(200))
-                .cancel_grace(Duration::from_secs(5)),
+                .cancel_grace(Duration::from_secs(5))
+                // Leave room for the long grace before anyone may rescue (validated).
+                .heartbeat(Duration::from_millis(50), Duration::from_secs(12)),
         )
         .start()
         .unwrap();
@@ -329,4 +332,152 @@ async fn requeues_of_an_unknown_kind_do_not_grow_the_error_list_forever() {
         "the oldest entry makes room for the newest"
     );
     assert_eq!(rec.errors[0].error, "old 2");
+}
+
+/// Holds one connection of the pool it is given (by database name) for `secs` in a
+/// `pg_sleep`, ignoring cancellation.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HoldConnection {
+    db: String,
+    secs: f64,
+}
+
+static POOLS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, sqlx::PgPool>>,
+> = std::sync::LazyLock::new(Default::default);
+
+impl windlass_jobs::Job for HoldConnection {
+    const KIND: &'static str = "test.hold_connection";
+    async fn run(&self, ctx: windlass_jobs::JobContext) -> Result<(), windlass_jobs::JobError> {
+        if ctx.attempt() > 1 {
+            return Ok(());
+        }
+        let pool = POOLS.lock().unwrap().get(&self.db).cloned().expect("pool");
+        sqlx::query("SELECT pg_sleep($1)")
+            .bind(self.secs)
+            .execute(&pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Heartbeats do not share the pool with jobs: jobs holding every pooled connection for
+/// longer than `rescue_after` are not rescued (nor self-fenced), and each runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_holding_every_pooled_connection_do_not_starve_heartbeats() {
+    let db = fresh_database().await;
+    migrate(&db.pool).await.unwrap();
+    let small = db.new_pool(3).await;
+    POOLS
+        .lock()
+        .unwrap()
+        .insert(db.name().to_owned(), small.clone());
+    let starved: Arc<dyn JobStore> = Arc::new(PgStore::new(small));
+    let direct: Arc<dyn JobStore> = Arc::new(PgStore::new(db.pool.clone()));
+    // fast_config: heartbeat 50 ms, self-fence after 300 ms, rescue after 600 ms.
+    let a = Worker::new(starved.clone())
+        .register::<HoldConnection>()
+        .config(fast_config().queue("q", 3).worker_id("starved"))
+        .start()
+        .unwrap();
+    let jobs = Jobs::from_arc(direct.clone());
+    let job = HoldConnection {
+        db: db.name().to_owned(),
+        secs: 1.5,
+    };
+    let ids: Vec<i64> = jobs
+        .enqueue_many([&job, &job, &job], &EnqueueOptions::new().queue("q"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id().unwrap())
+        .collect();
+    for id in &ids {
+        wait_state(&direct, *id, JobState::Running, Duration::from_secs(10)).await;
+    }
+    // A second worker, on its own pool, rescues whatever looks dead.
+    let b = Worker::new(direct.clone())
+        .register::<HoldConnection>()
+        .config(fast_config().queue("q", 3).worker_id("rescuer"))
+        .start()
+        .unwrap();
+    for id in &ids {
+        let rec = wait_state(&direct, *id, JobState::Completed, Duration::from_secs(20)).await;
+        assert_eq!(
+            (rec.attempt, rec.errors.len()),
+            (1, 0),
+            "job {id} was rescued or fenced while it ran: {:?}",
+            rec.errors
+        );
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A worker cut off from Postgres by a silent partition (every connection, heartbeat one
+/// included, hangs) fences itself: its attempt stops before `rescue_after`, the other worker's
+/// rescue attempt never overlaps it, and once the partition heals the cut-off worker's late
+/// outcome is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_worker_fences_itself_and_its_late_outcome_is_refused() {
+    use windlass_testkit::jobs::{assert_attempts_never_overlap, events};
+    use windlass_testkit::proxy::TcpProxy;
+    let (direct, db) = store().await;
+    let upstream: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
+    let addr = format!("{}:{}", upstream.get_host(), upstream.get_port())
+        .parse()
+        .unwrap_or_else(|_| "127.0.0.1:5432".parse().unwrap());
+    let proxy = TcpProxy::start(addr);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(upstream.clone().host("127.0.0.1").port(proxy.port()))
+        .await
+        .unwrap();
+    let cut: Arc<dyn JobStore> = Arc::new(PgStore::new(pool));
+    let t = token();
+    let a = Worker::new(cut.clone())
+        .register::<Probe>()
+        .config(fast_config().worker_id("cut-off"))
+        .start()
+        .unwrap();
+    let id = Jobs::from_arc(direct.clone())
+        .enqueue(
+            &Probe {
+                token: t.clone(),
+                n: 1,
+                action: Action::StopSlowlyFirst(100),
+            },
+            &EnqueueOptions::new().queue("q"),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    wait_state(&direct, id, JobState::Running, Duration::from_secs(10)).await;
+    proxy.blackhole();
+    let b = Worker::new(direct.clone())
+        .register::<Probe>()
+        .config(fast_config().worker_id("rescuer"))
+        .start()
+        .unwrap();
+    let rec = wait_state(&direct, id, JobState::Completed, Duration::from_secs(10)).await;
+    assert_eq!(rec.attempt, 2);
+    assert!(
+        rec.errors[0].error.contains("rescued: worker cut-off"),
+        "{:?}",
+        rec.errors
+    );
+    assert_attempts_never_overlap(&events(&t), id);
+    // Heal: reset the hung connections; the cut-off worker's outcome for attempt 1 is written
+    // now, and refused.
+    proxy.cut();
+    proxy.pass();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let after = direct.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.state, after.attempt, after.errors.len()),
+        (JobState::Completed, 2, 1),
+        "{after:?}"
+    );
 }

@@ -1,7 +1,8 @@
 //! Postgres store: the `windlass_jobs` table (see `migrations/` in the crate), batch fetch with
 //! `FOR UPDATE SKIP LOCKED`, one `UPDATE ... FROM unnest(...)` for many finished jobs, `unnest`
 //! bulk insert, and LISTEN/NOTIFY wake-ups (one NOTIFY per queue per insert statement) with
-//! polling as the fallback.
+//! polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
+//! jobs holding every pooled connection cannot starve them.
 
 mod migrate;
 
@@ -11,15 +12,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
 
 pub use migrate::{MIGRATIONS, migrate};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState,
-    MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
+    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
+    JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::{JobStore, WAKE_ALL};
 
@@ -32,11 +33,15 @@ const INSERT_CHUNK: usize = 10_000;
 /// The Postgres job store. Cheap to clone.
 ///
 /// Run [`migrate`] once (or apply the crate's SQL files with your own migrator) before use.
+///
+/// Besides the pool, a store opens one connection of its own for heartbeats (with the pool's
+/// connect options), plus one for LISTEN while a worker subscribes.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
     listen: bool,
     wake: Arc<Mutex<Option<broadcast::Sender<String>>>>,
+    heartbeat_conn: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
 
 impl PgStore {
@@ -46,6 +51,7 @@ impl PgStore {
             pool,
             listen: true,
             wake: Arc::new(Mutex::new(None)),
+            heartbeat_conn: Arc::new(tokio::sync::Mutex::new(None)),
         }
     }
 
@@ -97,6 +103,25 @@ impl PgStore {
             .await
             .map_err(|e| Error::pg("notify", e))?;
         Ok(())
+    }
+
+    /// Cancel or discard by id: at once for a waiting job, a request for a running one (the
+    /// first request wins; the row takes its state when the attempt ends).
+    async fn stop(&self, id: JobId, state: JobState, op: &'static str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE windlass_jobs \
+                SET state = CASE WHEN state = 'running' THEN state ELSE $2 END, \
+                    stop_requested = CASE WHEN state = 'running' THEN coalesce(stop_requested, $2) END, \
+                    finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END, \
+                    locked_by = CASE WHEN state = 'running' THEN locked_by END \
+              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg(op, e))?;
+        Ok(done.rows_affected() == 1)
     }
 
     fn start_listener(&self, tx: broadcast::Sender<String>) {
@@ -222,7 +247,8 @@ async fn insert_chunk(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<En
 }
 
 const RECORD_COLUMNS: &str = "id, queue, kind, args, org_id, priority, state, attempt, max_attempts, run_at, \
-     attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at";
+     attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at, \
+     stop_requested";
 
 fn record(r: &PgRow) -> Result<JobRecord> {
     let state: String = r.get("state");
@@ -260,7 +286,14 @@ fn record(r: &PgRow) -> Result<JobRecord> {
             .map(|ms| Duration::from_millis(ms.max(1) as u64)),
         created_at: r.get("created_at"),
         finalized_at: r.get("finalized_at"),
+        stop_requested: r
+            .get::<Option<&str>, _>("stop_requested")
+            .and_then(JobState::parse),
     })
+}
+
+fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
+    attempts.iter().map(|t| (t.id, t.attempt)).unzip()
 }
 
 #[async_trait]
@@ -339,17 +372,24 @@ impl JobStore for PgStore {
             errors.push(f.outcome.error().map(sqlx::types::Json));
             deltas.push(f.outcome.attempt_delta());
         }
+        // A stop requested by id (cancel / discard) wins over a retry or a snooze; a success
+        // stands (the worker itself reports the requested state once it delivered the request).
         let done = sqlx::query(
             "UPDATE windlass_jobs j \
-                SET state = u.state, \
-                    attempt = j.attempt + u.delta, \
+                SET state = CASE WHEN j.stop_requested IS NOT NULL AND u.state = 'retryable' \
+                                 THEN j.stop_requested ELSE u.state END, \
+                    attempt = j.attempt + CASE WHEN j.stop_requested IS NOT NULL AND u.state = 'retryable' \
+                                               THEN 0 ELSE u.delta END, \
                     run_at = coalesce(u.run_at, j.run_at), \
                     errors = CASE WHEN u.error IS NULL THEN j.errors \
                                   WHEN jsonb_typeof(j.errors) = 'array' AND jsonb_array_length(j.errors) >= $8 \
                                   THEN (j.errors - 0) || jsonb_build_array(u.error) \
                                   ELSE j.errors || jsonb_build_array(u.error) END, \
-                    finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') THEN now() END, \
-                    locked_by = NULL \
+                    finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') \
+                                          OR (j.stop_requested IS NOT NULL AND u.state = 'retryable') \
+                                        THEN now() END, \
+                    locked_by = NULL, \
+                    stop_requested = NULL \
                FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::int4[]) \
                     AS u(id, attempt, state, run_at, error, delta) \
               WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $7 AND j.attempt = u.attempt",
@@ -368,31 +408,55 @@ impl JobStore for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar(
-            "UPDATE windlass_jobs SET heartbeat_at = now() \
-              WHERE id = ANY($1) AND state = 'running' AND locked_by = $2 RETURNING id",
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply> {
+        let (ids, nums) = token_arrays(attempts);
+        // One heartbeat at a time on the dedicated connection. The connection is taken out
+        // while in use: if the caller gives up (timeout) mid-statement, it is dropped, and the
+        // next heartbeat opens a fresh one.
+        let mut slot = self.heartbeat_conn.lock().await;
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => PgConnection::connect_with(&self.pool.connect_options())
+                .await
+                .map_err(|e| Error::pg("heartbeat", e))?,
+        };
+        let rows: Vec<(JobId, i32, Option<String>)> = sqlx::query_as(
+            "UPDATE windlass_jobs j SET heartbeat_at = now() \
+               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt) \
+              WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND j.locked_by = $3 \
+             RETURNING j.id, j.attempt, j.stop_requested",
         )
-        .bind(ids)
+        .bind(&ids)
+        .bind(&nums)
         .bind(worker)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut conn)
         .await
-        .map_err(|e| Error::pg("heartbeat", e))
+        .map_err(|e| Error::pg("heartbeat", e))?;
+        *slot = Some(conn);
+        let mut reply = HeartbeatReply::default();
+        for (id, attempt, stop) in rows {
+            let token = AttemptToken::new(id, attempt);
+            reply.held.push(token);
+            if let Some(state) = stop.as_deref().and_then(JobState::parse) {
+                reply.stop.push((token, state));
+            }
+        }
+        Ok(reply)
     }
 
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
         let rows = sqlx::query(
             "UPDATE windlass_jobs j \
-                SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END, \
-                    finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END, \
+                SET state = CASE WHEN j.stop_requested IS NOT NULL THEN j.stop_requested \
+                                 WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END, \
+                    finalized_at = CASE WHEN j.stop_requested IS NOT NULL OR j.attempt >= j.max_attempts \
+                                        THEN now() END, \
                     run_at = now(), \
                     errors = j.errors || jsonb_build_array(jsonb_build_object( \
                         'attempt', j.attempt, 'at', now(), 'worker', j.locked_by, \
                         'error', 'rescued: worker ' || coalesce(j.locked_by, '?') || ' stopped heartbeating')), \
-                    locked_by = NULL \
+                    locked_by = NULL, \
+                    stop_requested = NULL \
               WHERE j.id IN (SELECT id FROM windlass_jobs \
                               WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
                               LIMIT 1000 FOR UPDATE SKIP LOCKED) \
@@ -416,15 +480,23 @@ impl JobStore for PgStore {
         Ok(rescued)
     }
 
-    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64> {
-        if ids.is_empty() {
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64> {
+        if attempts.is_empty() {
             return Ok(0);
         }
+        let (ids, nums) = token_arrays(attempts);
         let queues: Vec<String> = sqlx::query_scalar(
-            "UPDATE windlass_jobs SET state = 'available', attempt = attempt - 1, run_at = now(), locked_by = NULL \
-              WHERE id = ANY($1) AND state = 'running' AND locked_by = $2 RETURNING queue",
+            "UPDATE windlass_jobs j \
+                SET state = coalesce(j.stop_requested, 'available'), \
+                    attempt = CASE WHEN j.stop_requested IS NULL THEN j.attempt - 1 ELSE j.attempt END, \
+                    finalized_at = CASE WHEN j.stop_requested IS NOT NULL THEN now() END, \
+                    run_at = now(), locked_by = NULL, stop_requested = NULL \
+               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt) \
+              WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND j.locked_by = $3 \
+             RETURNING j.queue",
         )
-        .bind(ids)
+        .bind(&ids)
+        .bind(&nums)
         .bind(worker)
         .fetch_all(&self.pool)
         .await
@@ -446,15 +518,7 @@ impl JobStore for PgStore {
     }
 
     async fn cancel(&self, id: JobId) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE windlass_jobs SET state = 'cancelled', finalized_at = now(), locked_by = NULL \
-              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::pg("cancel", e))?;
-        Ok(done.rows_affected() == 1)
+        self.stop(id, JobState::Cancelled, "cancel").await
     }
 
     async fn retry_now(&self, id: JobId) -> Result<bool> {
@@ -471,7 +535,18 @@ impl JobStore for PgStore {
                 self.notify(&[queue]).await?;
                 Ok(true)
             }
-            Ok(None) => Ok(false),
+            Ok(None) => {
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM windlass_jobs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| Error::pg("retry", e))?;
+                match state.as_deref() {
+                    Some("running") => Err(Error::JobRunning { id }),
+                    _ => Ok(false),
+                }
+            }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 let key: Option<String> =
                     sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
@@ -490,15 +565,7 @@ impl JobStore for PgStore {
     }
 
     async fn discard(&self, id: JobId) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE windlass_jobs SET state = 'discarded', finalized_at = now(), locked_by = NULL \
-              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::pg("discard", e))?;
-        Ok(done.rows_affected() == 1)
+        self.stop(id, JobState::Discarded, "discard").await
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {

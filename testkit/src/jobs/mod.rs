@@ -7,6 +7,12 @@
 //! async expression that yields `(Arc<dyn JobStore>, guard)`; the guard (e.g. the test
 //! database) lives as long as the test.
 
+mod fencing;
+mod timeouts;
+
+pub use fencing::*;
+pub use timeouts::*;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -15,9 +21,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use windlass_core::RetryPolicy;
 use windlass_jobs::{
-    AttemptError, EnqueueOptions, Enqueued, Error, Finish, Job, JobContext, JobError, JobFilter,
-    JobId, JobRecord, JobState, JobStore, Jobs, Outcome, RunningWorker, UniqueOptions, Worker,
-    WorkerConfig,
+    AttemptError, AttemptToken, EnqueueOptions, Enqueued, Error, Finish, Job, JobContext, JobError,
+    JobFilter, JobId, JobRecord, JobState, JobStore, Jobs, Outcome, RunningWorker, UniqueOptions,
+    Worker, WorkerConfig,
 };
 
 /// What a [`Probe`] job does when it runs.
@@ -37,6 +43,16 @@ pub enum Action {
     Discard,
     /// Return [`JobError::cancel`].
     Cancel,
+    /// First attempt: wait for the cancellation token, then take this many more milliseconds
+    /// to stop (ignoring everything), record `"end"` and fail. Later attempts: record `"end"`
+    /// and succeed at once. Start and end records show whether attempts overlapped.
+    StopSlowlyFirst(u64),
+    /// Block this many milliseconds in [`JobContext::run_blocking`], record `"end"` from inside
+    /// the blocking closure, then succeed.
+    BlockInPool(u64),
+    /// Block this many milliseconds right inside `run` (`std::thread::sleep`: ignores
+    /// cancellation and abort), record `"end"`, then succeed.
+    BlockInline(u64),
 }
 
 /// The job the suite runs: records each start (and each observed cancellation) under its
@@ -60,7 +76,7 @@ pub struct ProbeEvent {
     pub n: u64,
     /// Attempt.
     pub attempt: i32,
-    /// `"start"` or `"cancelled"`.
+    /// `"start"`, `"cancelled"` or `"end"`.
     pub event: &'static str,
 }
 
@@ -125,6 +141,30 @@ impl Job for Probe {
             }
             Action::Discard => Err(JobError::discard("planned discard")),
             Action::Cancel => Err(JobError::cancel("planned cancel")),
+            Action::StopSlowlyFirst(ms) if ctx.attempt() == 1 => {
+                ctx.cancellation().cancelled().await;
+                std::thread::sleep(Duration::from_millis(*ms));
+                record(&self.token, ev("end"));
+                Err(JobError::retry("stopped"))
+            }
+            Action::StopSlowlyFirst(_) => {
+                record(&self.token, ev("end"));
+                Ok(())
+            }
+            Action::BlockInPool(ms) => {
+                let (ms, token, end) = (*ms, self.token.clone(), ev("end"));
+                ctx.run_blocking(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    record(&token, end);
+                })
+                .await;
+                Ok(())
+            }
+            Action::BlockInline(ms) => {
+                std::thread::sleep(Duration::from_millis(*ms));
+                record(&self.token, ev("end"));
+                Ok(())
+            }
         }
     }
 }
@@ -318,8 +358,14 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
             .unwrap(),
         0
     );
-    assert_eq!(store.heartbeat("w1", &[id]).await.unwrap(), vec![id]);
-    assert!(store.heartbeat("w2", &[id]).await.unwrap().is_empty());
+    let a1 = AttemptToken::new(id, 1);
+    let a2 = AttemptToken::new(id, 2);
+    assert_eq!(store.heartbeat("w1", &[a1]).await.unwrap().held, vec![a1]);
+    assert!(store.heartbeat("w2", &[a1]).await.unwrap().held.is_empty());
+    assert!(
+        store.heartbeat("w1", &[a2]).await.unwrap().held.is_empty(),
+        "a heartbeat is fenced by attempt, not only by worker"
+    );
     // w1 goes silent: rescue it.
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
@@ -344,9 +390,12 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
             .unwrap(),
         0
     );
-    assert!(store.heartbeat("w1", &[id]).await.unwrap().is_empty());
+    assert!(store.heartbeat("w1", &[a1]).await.unwrap().held.is_empty());
     let again = store.fetch("q", 1, "w2").await.unwrap();
     assert_eq!(again[0].attempt, 2);
+    assert!(store.heartbeat("w1", &[a1]).await.unwrap().held.is_empty());
+    assert_eq!(store.heartbeat("w2", &[a2]).await.unwrap().held, vec![a2]);
+    assert_eq!(store.release("w2", &[a1]).await.unwrap(), 0);
     assert_eq!(
         store
             .finish("w1", &[Finish::new(id, 1, Outcome::Completed)])
@@ -559,16 +608,56 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     );
     let got = store.fetch("q", 10, "w").await.unwrap();
     assert_eq!(got.len(), 2);
+    let b1 = AttemptToken::new(b, 1);
     assert!(
-        !jobs.retry_now(b).await.unwrap(),
-        "running jobs are not retried"
+        matches!(jobs.retry_now(b).await, Err(Error::JobRunning { id }) if id == b),
+        "retrying a running job is refused with a typed error"
     );
+    // Discarding a running job is a request: the row stays running, leased by its worker,
+    // which learns it from its heartbeat.
     assert!(jobs.discard(b).await.unwrap());
+    let rec = store.get(b).await.unwrap().unwrap();
     assert_eq!(
-        store.get(b).await.unwrap().unwrap().state,
-        JobState::Discarded
+        (rec.state, rec.stop_requested, rec.locked_by.as_deref()),
+        (JobState::Running, Some(JobState::Discarded), Some("w"))
     );
-    // The worker that held it cannot complete it any more.
+    // A later cancel does not change the first request.
+    assert!(jobs.cancel(b).await.unwrap());
+    let beat = store.heartbeat("w", &[b1]).await.unwrap();
+    assert_eq!(
+        (beat.held, beat.stop),
+        (vec![b1], vec![(b1, JobState::Discarded)])
+    );
+    assert!(matches!(
+        jobs.retry_now(b).await,
+        Err(Error::JobRunning { .. })
+    ));
+    // The attempt ends with a failure that would retry: the request wins.
+    let retry = Outcome::Retry {
+        run_at: chrono::Utc::now(),
+        error: AttemptError::new(1, "stopped", Some("w".into())),
+    };
+    assert_eq!(
+        store
+            .finish("w", &[Finish::new(b, 1, retry)])
+            .await
+            .unwrap(),
+        1
+    );
+    let rec = store.get(b).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.stop_requested, rec.attempt),
+        (JobState::Discarded, None, 1)
+    );
+    assert!(rec.finalized_at.is_some());
+    // Retrying a job with no attempt left grants one more; the new attempt has a new token
+    // and the old one can change nothing.
+    assert!(jobs.retry_now(b).await.unwrap());
+    let rec = store.get(b).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.max_attempts), (JobState::Available, 2));
+    let again = store.fetch("q", 10, "w").await.unwrap();
+    assert_eq!(again[0].token(), AttemptToken::new(b, 2));
+    assert!(store.heartbeat("w", &[b1]).await.unwrap().held.is_empty());
     assert_eq!(
         store
             .finish("w", &[Finish::new(b, 1, Outcome::Completed)])
@@ -576,10 +665,31 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
             .unwrap(),
         0
     );
-    // Retrying a job with no attempt left grants one more.
-    assert!(jobs.retry_now(b).await.unwrap());
-    let rec = store.get(b).await.unwrap().unwrap();
-    assert_eq!((rec.state, rec.max_attempts), (JobState::Available, 2));
+    assert_eq!(store.release("w", &[b1]).await.unwrap(), 0);
+    assert_eq!(
+        store.get(b).await.unwrap().unwrap().state,
+        JobState::Running
+    );
+    // Cancel requested, then the worker dies: the rescue applies the request.
+    assert!(jobs.cancel(b).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let rescued = store.rescue(Duration::from_millis(5)).await.unwrap();
+    assert_eq!(
+        rescued
+            .iter()
+            .filter(|r| r.id == b)
+            .map(|r| r.state)
+            .collect::<Vec<_>>(),
+        vec![JobState::Cancelled]
+    );
+    // A running job's stop request and a release at shutdown: the request wins too.
+    let c = enqueue(&jobs, probe(&t, 3, Action::Succeed), q()).await;
+    let got = store.fetch("q", 10, "w").await.unwrap();
+    let c1 = got.iter().find(|j| j.id == c).expect("c fetched").token();
+    assert!(jobs.cancel(c).await.unwrap());
+    assert_eq!(store.release("w", &[c1]).await.unwrap(), 1);
+    let rec = store.get(c).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempt), (JobState::Cancelled, 1));
     assert!(!jobs.cancel(987_654_321).await.unwrap());
     assert!(!jobs.retry_now(987_654_321).await.unwrap());
 }
@@ -703,9 +813,17 @@ pub async fn release_returns_jobs_without_counting_the_attempt(store: Arc<dyn Jo
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
-    store.fetch("q", 1, "w").await.unwrap();
-    assert_eq!(store.release("other", &[id]).await.unwrap(), 0);
-    assert_eq!(store.release("w", &[id]).await.unwrap(), 1);
+    let got = store.fetch("q", 1, "w").await.unwrap();
+    let token = got[0].token();
+    assert_eq!(store.release("other", &[token]).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .release("w", &[AttemptToken::new(id, token.attempt + 1)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.release("w", &[token]).await.unwrap(), 1);
     let rec = store.get(id).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempt, rec.locked_by),
@@ -1127,6 +1245,10 @@ macro_rules! job_store_conformance {
             unknown_kinds_stay_retryable,
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
+            cancel_or_discard_then_retry_now_never_overlaps,
+            a_worker_that_cannot_heartbeat_fences_itself,
+            blocking_jobs_past_their_timeout_never_exceed_concurrency,
+            shutdown_never_releases_a_running_attempt,
             graceful_shutdown_finishes_or_releases,
             dead_worker_jobs_are_rescued,
             priorities_order_work_within_a_queue,
