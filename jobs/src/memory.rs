@@ -105,6 +105,10 @@ fn is_waiting(s: JobState) -> bool {
     )
 }
 
+fn kind_ok(kinds: &[String], kind: &str) -> bool {
+    kinds.is_empty() || kinds.iter().any(|k| k == kind)
+}
+
 fn finalize(rec: &mut JobRecord, state: JobState, now: DateTime<Utc>) {
     rec.state = state;
     rec.finalized_at = if state.is_final() { Some(now) } else { None };
@@ -198,7 +202,13 @@ impl JobStore for MemoryStore {
         Ok(out)
     }
 
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>> {
         let now = Utc::now();
         let mut st = self.lock();
         if st.paused.contains(queue) || limit == 0 {
@@ -207,7 +217,12 @@ impl JobStore for MemoryStore {
         let mut due: Vec<(i16, DateTime<Utc>, JobId)> = st
             .jobs
             .values()
-            .filter(|r| r.rec.queue == queue && is_waiting(r.rec.state) && r.rec.run_at <= now)
+            .filter(|r| {
+                r.rec.queue == queue
+                    && is_waiting(r.rec.state)
+                    && r.rec.run_at <= now
+                    && kind_ok(kinds, &r.rec.kind)
+            })
             .map(|r| (r.rec.priority, r.rec.run_at, r.rec.id))
             .collect();
         due.sort_unstable();
@@ -355,7 +370,7 @@ impl JobStore for MemoryStore {
         Ok(moved)
     }
 
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
         let st = self.lock();
         if st.paused.contains(queue) {
             return Ok(None);
@@ -363,7 +378,9 @@ impl JobStore for MemoryStore {
         Ok(st
             .jobs
             .values()
-            .filter(|r| r.rec.queue == queue && is_waiting(r.rec.state))
+            .filter(|r| {
+                r.rec.queue == queue && is_waiting(r.rec.state) && kind_ok(kinds, &r.rec.kind)
+            })
             .map(|r| r.rec.run_at)
             .min())
     }

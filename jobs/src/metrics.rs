@@ -23,7 +23,7 @@ pub const CATALOG: &[MetricDef] = &[
         "windlass_jobs_unknown_kind_total",
         Counter,
         &["queue"],
-        "Jobs fetched whose kind no worker registered.",
+        "Jobs fetched whose kind the worker did not register (workers fetch only their kinds; a store that ignores the filter).",
     ),
     MetricDef::new(
         "windlass_jobs_rescued_total",

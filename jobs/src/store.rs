@@ -30,9 +30,16 @@ pub trait JobStore: Send + Sync + 'static {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `limit` due jobs of `queue` (available, or scheduled / retryable whose
-    /// `run_at` passed), most urgent first (priority, then `run_at`, then id), moving them to
-    /// `running`, locked by `worker`, attempt + 1. A paused queue yields nothing.
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>>;
+    /// `run_at` passed) whose kind is one of `kinds` (empty: any kind), most urgent first
+    /// (priority, then `run_at`, then id), moving them to `running`, locked by `worker`,
+    /// attempt + 1. A paused queue yields nothing.
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>>;
 
     /// Applies attempt outcomes in one go, each only if its row is still `running`, locked by
     /// `worker`, at the given attempt. Returns how many applied.
@@ -57,9 +64,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// moved.
     async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64>;
 
-    /// The earliest `run_at` among jobs of `queue` waiting for a worker, `None` when there is
-    /// none or the queue is paused.
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>>;
+    /// The earliest `run_at` among jobs of `queue` of one of `kinds` (empty: any) waiting for
+    /// a worker, `None` when there is none or the queue is paused.
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>>;
 
     /// Cancels a job that is not final yet. A waiting job becomes `cancelled` at once; for a
     /// running job it is a request: the row stays `running` (with

@@ -303,28 +303,26 @@ async fn requeues_of_an_unknown_kind_do_not_grow_the_error_list_forever() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    let w = Worker::new(store.clone())
-        .register::<Probe>()
-        .config(fast_config())
-        .start()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let rec = loop {
-        let r = store.get(id).await.unwrap().unwrap();
-        if r.errors
-            .last()
-            .is_some_and(|e| e.error.contains("no worker registered"))
-        {
-            break r;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never requeued: {:?}",
-            r.state
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Workers no longer fetch kinds they do not know; a store-level fetch (any kind) and a
+    // requeue stand for a worker that does.
+    let got = store.fetch("q", &[], 1, "w").await.unwrap();
+    assert_eq!(got[0].id, id);
+    let requeue = windlass_jobs::Outcome::Requeue {
+        run_at: chrono::Utc::now(),
+        error: Some(windlass_jobs::AttemptError::new(
+            1,
+            "no worker registered it",
+            Some("w".into()),
+        )),
     };
-    w.shutdown().await.unwrap();
+    assert_eq!(
+        store
+            .finish("w", &[windlass_jobs::Finish::new(id, 1, requeue)])
+            .await
+            .unwrap(),
+        1
+    );
+    let rec = store.get(id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Retryable);
     assert_eq!(
         rec.errors.len(),

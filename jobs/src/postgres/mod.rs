@@ -307,7 +307,13 @@ impl JobStore for PgStore {
         Self::insert_in(&mut conn, jobs).await
     }
 
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -315,6 +321,7 @@ impl JobStore for PgStore {
             "WITH next AS ( \
                  SELECT id FROM windlass_jobs \
                   WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
+                    AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
                     AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
                   ORDER BY priority, run_at, id \
                   LIMIT $2 \
@@ -329,6 +336,7 @@ impl JobStore for PgStore {
         .bind(queue)
         .bind(limit.min(i32::MAX as usize) as i64)
         .bind(worker)
+        .bind(kinds)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("fetch", e))?;
@@ -505,13 +513,15 @@ impl JobStore for PgStore {
         Ok(queues.len() as u64)
     }
 
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(
             "SELECT min(run_at) FROM windlass_jobs \
               WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') \
+                AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
                 AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused)",
         )
         .bind(queue)
+        .bind(kinds)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| Error::pg("next_due", e))

@@ -13,8 +13,12 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// Queues served and their concurrency (jobs running at once per queue).
+    /// Queues served and their concurrency (jobs running at once per queue). Exactly these
+    /// are served. The default (`critical` 20, `default` 10, `low` 5, `bulk` 5) is replaced
+    /// by the first [`WorkerConfig::queue`] call.
     pub queues: Vec<(String, usize)>,
+    /// The queues are still the defaults (the first `queue()` call replaces them).
+    default_queues: bool,
     /// Most jobs claimed by one fetch (also bounded by free concurrency).
     pub fetch_batch: usize,
     /// Fetches in flight at once per queue (they share the queue's concurrency), so one
@@ -69,6 +73,7 @@ impl Default for WorkerConfig {
                 ("low".into(), 5),
                 ("bulk".into(), 5),
             ],
+            default_queues: true,
             fetch_batch: 100,
             fetch_parallelism: 2,
             poll_interval: Duration::from_secs(1),
@@ -92,9 +97,14 @@ impl Default for WorkerConfig {
 }
 
 impl WorkerConfig {
-    /// Serves `queue` with `concurrency` (replacing its previous setting).
+    /// Serves `queue` with `concurrency` (replacing its previous setting). The first call
+    /// replaces the default queues: `WorkerConfig::default().queue("emails", 5)` serves
+    /// `emails` only.
     pub fn queue(mut self, queue: impl Into<String>, concurrency: usize) -> Self {
         let queue = queue.into();
+        if std::mem::take(&mut self.default_queues) {
+            self.queues.clear();
+        }
         self.queues.retain(|(q, _)| *q != queue);
         self.queues.push((queue, concurrency));
         self
@@ -103,6 +113,7 @@ impl WorkerConfig {
     /// Serves exactly these queues.
     pub fn queues(mut self, queues: impl IntoIterator<Item = (impl Into<String>, usize)>) -> Self {
         self.queues = queues.into_iter().map(|(q, n)| (q.into(), n)).collect();
+        self.default_queues = false;
         self
     }
 

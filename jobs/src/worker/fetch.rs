@@ -49,7 +49,11 @@ pub(super) async fn fetch_loop(
         let wanted = permits.len();
         // The claimed rows' heartbeat_at is set by the fetch, after this instant.
         let sent = Instant::now();
-        let jobs = match inner.store.fetch(&queue, wanted, &inner.id).await {
+        let jobs = match inner
+            .store
+            .fetch(&queue, &inner.kinds, wanted, &inner.id)
+            .await
+        {
             Ok(jobs) => {
                 failures = 0;
                 jobs
@@ -73,7 +77,7 @@ pub(super) async fn fetch_loop(
         drop(permits);
         if got < wanted {
             let mut wait = inner.config.poll_interval;
-            if let Ok(Some(at)) = inner.store.next_due(&queue).await {
+            if let Ok(Some(at)) = inner.store.next_due(&queue, &inner.kinds).await {
                 let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
                 wait = wait.min(until.max(MIN_IDLE_WAIT));
             }

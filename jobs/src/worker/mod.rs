@@ -115,8 +115,8 @@ impl Worker {
         }
     }
 
-    /// Registers job type `J`. Every worker serving a queue must register every kind enqueued
-    /// there; a kind nobody registered stays `retryable` with an error saying so.
+    /// Registers job type `J`. A worker fetches only the kinds it registered: a job of a kind
+    /// no worker of its queue knows stays waiting (visible in listings and counts), untouched.
     pub fn register<J: Job>(mut self) -> Self {
         match Name::parse("job kind", J::KIND) {
             Ok(_) => {
@@ -160,9 +160,18 @@ impl Worker {
             .iter()
             .map(|(q, _)| (q.clone(), Arc::new(Notify::new())))
             .collect();
+        if self.registry.is_empty() {
+            return Err(Error::invalid(
+                "kinds",
+                "register at least one job type (Worker::register): a worker fetches only the kinds it knows",
+            ));
+        }
+        let mut kinds: Vec<String> = self.registry.keys().cloned().collect();
+        kinds.sort();
         let inner = Arc::new(Inner {
             store: self.store,
             registry: self.registry,
+            kinds,
             fence_after: self.config.fence_after(),
             config: self.config,
             id: id.clone(),
@@ -252,6 +261,8 @@ struct Flight {
 struct Inner {
     store: Arc<dyn JobStore>,
     registry: HashMap<String, Arc<dyn Runner>>,
+    /// The registered kinds: the only ones fetched.
+    kinds: Vec<String>,
     config: WorkerConfig,
     fence_after: std::time::Duration,
     id: String,

@@ -54,8 +54,14 @@ impl JobStore for HeartbeatGate {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         self.inner.insert(jobs).await
     }
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
-        self.inner.fetch(queue, limit, worker).await
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>> {
+        self.inner.fetch(queue, kinds, limit, worker).await
     }
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
         self.inner.finish(worker, finished).await
@@ -72,8 +78,8 @@ impl JobStore for HeartbeatGate {
     async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64> {
         self.inner.release(worker, attempts).await
     }
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
-        self.inner.next_due(queue).await
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
+        self.inner.next_due(queue, kinds).await
     }
     async fn cancel(&self, id: JobId) -> Result<bool> {
         self.inner.cancel(id).await

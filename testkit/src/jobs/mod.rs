@@ -279,7 +279,7 @@ pub async fn fetch_respects_priority_then_time(store: Arc<dyn JobStore>) {
         EnqueueOptions::new().queue("other"),
     )
     .await;
-    let got = store.fetch("q", 3, "w1").await.unwrap();
+    let got = store.fetch("q", &[], 3, "w1").await.unwrap();
     assert_eq!(
         got.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![high, mid, mid2]
@@ -291,9 +291,9 @@ pub async fn fetch_respects_priority_then_time(store: Arc<dyn JobStore>) {
         (JobState::Running, Some("w1"), 1)
     );
     assert!(rec.attempted_at.is_some() && rec.heartbeat_at.is_some());
-    let rest = store.fetch("q", 10, "w2").await.unwrap();
+    let rest = store.fetch("q", &[], 10, "w2").await.unwrap();
     assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![low]);
-    assert!(store.fetch("q", 10, "w2").await.unwrap().is_empty());
+    assert!(store.fetch("q", &[], 10, "w2").await.unwrap().is_empty());
     assert_eq!(
         store.get(other).await.unwrap().unwrap().state,
         JobState::Available
@@ -313,8 +313,8 @@ pub async fn scheduled_jobs_wait_for_run_at(store: Arc<dyn JobStore>) {
     .await;
     let rec = store.get(id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Scheduled);
-    assert!(store.fetch("q", 10, "w").await.unwrap().is_empty());
-    let due = store.next_due("q").await.unwrap().expect("a due time");
+    assert!(store.fetch("q", &[], 10, "w").await.unwrap().is_empty());
+    let due = store.next_due("q", &[]).await.unwrap().expect("a due time");
     assert!(
         (due - rec.run_at).num_milliseconds().abs() < 5,
         "{due} vs {}",
@@ -322,7 +322,7 @@ pub async fn scheduled_jobs_wait_for_run_at(store: Arc<dyn JobStore>) {
     );
     let deadline = Instant::now() + T;
     let fetched = loop {
-        let got = store.fetch("q", 10, "w").await.unwrap();
+        let got = store.fetch("q", &[], 10, "w").await.unwrap();
         if !got.is_empty() {
             break got;
         }
@@ -342,7 +342,7 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
-    let got = store.fetch("q", 1, "w1").await.unwrap();
+    let got = store.fetch("q", &[], 1, "w1").await.unwrap();
     assert_eq!(got[0].attempt, 1);
     assert_eq!(
         store
@@ -391,7 +391,7 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
         0
     );
     assert!(store.heartbeat("w1", &[a1]).await.unwrap().held.is_empty());
-    let again = store.fetch("q", 1, "w2").await.unwrap();
+    let again = store.fetch("q", &[], 1, "w2").await.unwrap();
     assert_eq!(again[0].attempt, 2);
     assert!(store.heartbeat("w1", &[a1]).await.unwrap().held.is_empty());
     assert_eq!(store.heartbeat("w2", &[a2]).await.unwrap().held, vec![a2]);
@@ -431,7 +431,7 @@ pub async fn batched_finish_applies_many_outcomes(store: Arc<dyn JobStore>) {
         .map(|e| e.id().unwrap())
         .collect();
     assert_eq!(ids.len(), 40);
-    let got = store.fetch("q", 100, "w").await.unwrap();
+    let got = store.fetch("q", &[], 100, "w").await.unwrap();
     assert_eq!(got.len(), 40);
     let now = chrono::Utc::now();
     let finished: Vec<Finish> = got
@@ -507,7 +507,7 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
         .unwrap();
     assert!(other_kind[0].id().is_some());
     // Completed is covered by default.
-    let got = store.fetch("q", 1, "w").await.unwrap();
+    let got = store.fetch("q", &[], 1, "w").await.unwrap();
     assert_eq!(got[0].id, id);
     assert_eq!(
         store
@@ -606,7 +606,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
         store.get(b).await.unwrap().unwrap().state,
         JobState::Available
     );
-    let got = store.fetch("q", 10, "w").await.unwrap();
+    let got = store.fetch("q", &[], 10, "w").await.unwrap();
     assert_eq!(got.len(), 2);
     let b1 = AttemptToken::new(b, 1);
     assert!(
@@ -655,7 +655,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     assert!(jobs.retry_now(b).await.unwrap());
     let rec = store.get(b).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.max_attempts), (JobState::Available, 2));
-    let again = store.fetch("q", 10, "w").await.unwrap();
+    let again = store.fetch("q", &[], 10, "w").await.unwrap();
     assert_eq!(again[0].token(), AttemptToken::new(b, 2));
     assert!(store.heartbeat("w", &[b1]).await.unwrap().held.is_empty());
     assert_eq!(
@@ -684,7 +684,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     );
     // A running job's stop request and a release at shutdown: the request wins too.
     let c = enqueue(&jobs, probe(&t, 3, Action::Succeed), q()).await;
-    let got = store.fetch("q", 10, "w").await.unwrap();
+    let got = store.fetch("q", &[], 10, "w").await.unwrap();
     let c1 = got.iter().find(|j| j.id == c).expect("c fetched").token();
     assert!(jobs.cancel(c).await.unwrap());
     assert_eq!(store.release("w", &[c1]).await.unwrap(), 1);
@@ -705,7 +705,7 @@ pub async fn prune_deletes_old_final_jobs(store: Arc<dyn JobStore>) {
         q().delay(Duration::from_secs(60)),
     )
     .await;
-    store.fetch("q", 1, "w").await.unwrap();
+    store.fetch("q", &[], 1, "w").await.unwrap();
     store
         .finish("w", &[Finish::new(done, 1, Outcome::Completed)])
         .await
@@ -725,11 +725,11 @@ pub async fn paused_queues_are_not_fetched(store: Arc<dyn JobStore>) {
     jobs.pause("q").await.unwrap();
     assert!(matches!(jobs.pause("bad queue").await, Err(Error::Name(_))));
     assert_eq!(store.paused_queues().await.unwrap(), vec!["q".to_owned()]);
-    assert!(store.fetch("q", 10, "w").await.unwrap().is_empty());
-    assert!(store.next_due("q").await.unwrap().is_none());
+    assert!(store.fetch("q", &[], 10, "w").await.unwrap().is_empty());
+    assert!(store.next_due("q", &[]).await.unwrap().is_none());
     jobs.resume("q").await.unwrap();
     assert!(store.paused_queues().await.unwrap().is_empty());
-    assert_eq!(store.fetch("q", 10, "w").await.unwrap()[0].id, id);
+    assert_eq!(store.fetch("q", &[], 10, "w").await.unwrap()[0].id, id);
 }
 
 /// Listing filters by queue, state, kind and tenant and pages by id; counts group by queue
@@ -747,7 +747,7 @@ pub async fn list_and_counts(store: Arc<dyn JobStore>) {
         EnqueueOptions::new().queue("low"),
     )
     .await;
-    store.fetch("q", 2, "w").await.unwrap();
+    store.fetch("q", &[], 2, "w").await.unwrap();
     let running = jobs
         .list(&JobFilter::new().queue("q").state(JobState::Running))
         .await
@@ -813,7 +813,7 @@ pub async fn release_returns_jobs_without_counting_the_attempt(store: Arc<dyn Jo
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
     let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
-    let got = store.fetch("q", 1, "w").await.unwrap();
+    let got = store.fetch("q", &[], 1, "w").await.unwrap();
     let token = got[0].token();
     assert_eq!(store.release("other", &[token]).await.unwrap(), 0);
     assert_eq!(
@@ -936,33 +936,56 @@ pub async fn undecodable_args_are_discarded_at_once(store: Arc<dyn JobStore>) {
     w.shutdown().await.unwrap();
 }
 
-/// A kind no worker registered stays `retryable` with a clear error, does not use up its
-/// attempts, and does not stop the worker.
-pub async fn unknown_kinds_stay_retryable(store: Arc<dyn JobStore>) {
+/// A worker serves exactly the queues it is given (the first `queue()` replaces the default
+/// four) and fetches only the kinds it registered: a job of another queue, or of a kind it does
+/// not know, is never claimed by it (stays `available`, attempt 0, no error), while its own
+/// work runs.
+pub async fn a_worker_serves_exactly_its_queues_and_kinds(store: Arc<dyn JobStore>) {
+    let config = WorkerConfig::default().queue("x", 3);
+    assert_eq!(config.queues, vec![("x".to_owned(), 3)]);
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
-    let w = start(&store, fast_config());
-    let ids = store
+    let w = start(&store, fast_config().queues([("x", 3)]));
+    let other_queue = enqueue(
+        &jobs,
+        probe(&t, 1, Action::Succeed),
+        EnqueueOptions::new(), // `default`, served by default configs but not by this one
+    )
+    .await;
+    let unknown = store
         .insert(vec![raw(
             "nobody.knows",
             serde_json::json!({}),
-            &q().max_attempts(1),
+            &EnqueueOptions::new().queue("x"),
         )])
         .await
+        .unwrap()[0]
+        .id()
         .unwrap();
-    let id = ids[0].id().unwrap();
-    let rec = wait_state(&store, id, JobState::Retryable, T).await;
-    assert_eq!(rec.attempt, 0, "an unknown kind must not use up attempts");
+    let mine = enqueue(
+        &jobs,
+        probe(&t, 2, Action::Succeed),
+        EnqueueOptions::new().queue("x"),
+    )
+    .await;
+    wait_state(&store, mine, JobState::Completed, T).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in [other_queue, unknown] {
+        let rec = store.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.attempt, rec.errors.len(), rec.locked_by),
+            (JobState::Available, 0, 0, None),
+            "job {id} ({}) was touched by a worker that does not serve it",
+            rec.kind
+        );
+    }
     assert!(
-        rec.errors[0]
-            .error
-            .contains("no worker registered job kind \"nobody.knows\""),
-        "{:?}",
-        rec.errors
+        Worker::new(store.clone())
+            .config(fast_config())
+            .start()
+            .is_err(),
+        "a worker with no registered kind is refused"
     );
-    assert!(rec.run_at > chrono::Utc::now() + chrono::Duration::seconds(30));
-    let ok = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
-    wait_state(&store, ok, JobState::Completed, T).await;
     w.shutdown().await.unwrap();
 }
 
@@ -1037,7 +1060,7 @@ pub async fn dead_worker_jobs_are_rescued(store: Arc<dyn JobStore>) {
     let jobs = Jobs::from_arc(store.clone());
     let id = enqueue(&jobs, probe(&t, 1, Action::Succeed), q()).await;
     // "dead" claims it and never reports back.
-    assert_eq!(store.fetch("q", 1, "dead").await.unwrap().len(), 1);
+    assert_eq!(store.fetch("q", &[], 1, "dead").await.unwrap().len(), 1);
     let w = start(&store, fast_config());
     let rec = wait_state(&store, id, JobState::Completed, T).await;
     assert_eq!(rec.attempt, 2);
@@ -1242,7 +1265,7 @@ macro_rules! job_store_conformance {
             panics_are_caught_and_retried,
             timeouts_fail_the_attempt,
             undecodable_args_are_discarded_at_once,
-            unknown_kinds_stay_retryable,
+            a_worker_serves_exactly_its_queues_and_kinds,
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,
