@@ -50,6 +50,13 @@ pub enum Error {
         /// The job.
         id: i64,
     },
+    /// The handle's tenant scope does not allow this: enqueueing another tenant's job, or a
+    /// queue-wide operation through a tenant's handle.
+    #[error("out of the handle's tenant scope: {what}")]
+    OutOfScope {
+        /// What was refused.
+        what: String,
+    },
     /// The store (database) failed; `op` says what was being done. Safe to retry.
     #[error("job store {backend} {op} failed: {source}")]
     Store {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 
 use crate::error::Result;
 use crate::model::{
@@ -82,9 +83,13 @@ impl MemoryStore {
     }
 
     /// Cancel or discard by id: at once for a waiting job, a request for a running one.
-    fn stop(&self, id: JobId, state: JobState) -> bool {
+    fn stop(&self, scope: &TenantScope, id: JobId, state: JobState) -> bool {
         let mut st = self.lock();
-        match st.jobs.get_mut(&id) {
+        match st
+            .jobs
+            .get_mut(&id)
+            .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+        {
             Some(row) if row.rec.state == JobState::Running => {
                 row.rec.stop_requested.get_or_insert(state);
                 true
@@ -385,15 +390,20 @@ impl JobStore for MemoryStore {
             .min())
     }
 
-    async fn cancel(&self, id: JobId) -> Result<bool> {
-        Ok(self.stop(id, JobState::Cancelled))
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        Ok(self.stop(scope, id, JobState::Cancelled))
     }
 
-    async fn retry_now(&self, id: JobId) -> Result<bool> {
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
         let now = Utc::now();
         let queue = {
             let mut st = self.lock();
-            let Some(row) = st.jobs.get(&id).cloned() else {
+            let Some(row) = st
+                .jobs
+                .get(&id)
+                .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+                .cloned()
+            else {
                 return Ok(false);
             };
             if row.rec.state == JobState::Running {
@@ -424,8 +434,8 @@ impl JobStore for MemoryStore {
         Ok(true)
     }
 
-    async fn discard(&self, id: JobId) -> Result<bool> {
-        Ok(self.stop(id, JobState::Discarded))
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        Ok(self.stop(scope, id, JobState::Discarded))
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {
@@ -453,27 +463,36 @@ impl JobStore for MemoryStore {
         Ok(self.lock().paused.iter().cloned().collect())
     }
 
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        Ok(self.lock().jobs.get(&id).map(|r| r.rec.clone()))
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
+        Ok(self
+            .lock()
+            .jobs
+            .get(&id)
+            .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+            .map(|r| r.rec.clone()))
     }
 
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let limit = filter.page_size() as usize;
         let st = self.lock();
         Ok(st
             .jobs
             .values()
             .map(|r| &r.rec)
-            .filter(|r| filter.matches(r))
+            .filter(|r| scope.allows(r.org_id.as_deref()) && filter.matches(r))
             .take(limit)
             .cloned()
             .collect())
     }
 
-    async fn counts(&self) -> Result<Vec<QueueCount>> {
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
         let st = self.lock();
         let mut m: BTreeMap<(String, JobState), i64> = BTreeMap::new();
-        for r in st.jobs.values() {
+        for r in st
+            .jobs
+            .values()
+            .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+        {
             *m.entry((r.rec.queue.clone(), r.rec.state)).or_default() += 1;
         }
         Ok(m.into_iter()

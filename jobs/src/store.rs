@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 
 use crate::error::Result;
 use crate::model::{
@@ -19,7 +20,8 @@ use crate::model::{
 /// notifications may have been lost).
 pub const WAKE_ALL: &str = "*";
 
-/// A job backend. Implemented by [`PgStore`](crate::postgres::PgStore) and
+/// A job backend. By-id operations, listings and counts take a [`TenantScope`]: a job of a
+/// tenant the scope does not allow behaves as a missing one. Implemented by [`PgStore`](crate::postgres::PgStore) and
 /// [`MemoryStore`](crate::memory::MemoryStore); the conformance suite in `windlass-testkit`
 /// checks both against the same expectations.
 #[async_trait]
@@ -73,18 +75,18 @@ pub trait JobStore: Send + Sync + 'static {
     /// [`JobRecord::stop_requested`]), its worker learns it at its next heartbeat and stops the
     /// attempt, and the row becomes `cancelled` when the attempt ends. False when the job is
     /// missing or already final.
-    async fn cancel(&self, id: JobId) -> Result<bool>;
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool>;
 
     /// Makes a job that is neither running nor waiting available now (granting one more
     /// attempt if it had none left); a waiting job is moved up to now. False when the job is
     /// missing; [`Error::JobRunning`](crate::Error::JobRunning) when it is running (a second
     /// attempt would overlap the first).
-    async fn retry_now(&self, id: JobId) -> Result<bool>;
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool>;
 
     /// Dead-letters a job that is not final yet; like [`JobStore::cancel`], a request for a
     /// running job (the row becomes `discarded` when its attempt ends). False when missing or
     /// final.
-    async fn discard(&self, id: JobId) -> Result<bool>;
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool>;
 
     /// Deletes final jobs that reached their final state more than `older_than` ago.
     async fn prune(&self, older_than: Duration) -> Result<u64>;
@@ -95,14 +97,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// The paused queues.
     async fn paused_queues(&self) -> Result<Vec<String>>;
 
-    /// One job.
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>>;
+    /// One job, if it exists and `scope` allows its tenant.
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>>;
 
-    /// A page of jobs, by id.
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
+    /// A page of the jobs `scope` allows that match `filter`, by id.
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>>;
 
-    /// Job counts by queue and state.
-    async fn counts(&self) -> Result<Vec<QueueCount>>;
+    /// Counts by queue and state of the jobs `scope` allows.
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>>;
 
     /// Wake-ups: the name of a queue that got new work (or [`WAKE_ALL`]). `None` when the
     /// store cannot notify (poll-only); workers then rely on polling.

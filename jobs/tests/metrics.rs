@@ -143,7 +143,7 @@ async fn worker_exports_per_queue_metrics() {
     .await;
     assert_eq!(
         store
-            .get(unknown[0].id().unwrap())
+            .get(&windlass_core::TenantScope::All, unknown[0].id().unwrap())
             .await
             .unwrap()
             .unwrap()

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use windlass_core::TenantScope;
 
 use windlass_jobs::postgres::{PgStore, migrate};
 use windlass_jobs::{EnqueueOptions, JobState, JobStore, Jobs, Worker};
@@ -64,7 +65,13 @@ async fn transactional_enqueue_follows_the_callers_transaction() {
         .id()
         .unwrap();
     tx.rollback().await.unwrap();
-    assert!(store.get(rolled_back).await.unwrap().is_none());
+    assert!(
+        store
+            .get(&TenantScope::All, rolled_back)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let w = Worker::new(store.clone())
         .register::<Probe>()
@@ -78,7 +85,7 @@ async fn transactional_enqueue_follows_the_callers_transaction() {
         .unwrap();
     // Invisible to workers until commit.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(store.get(id).await.unwrap().is_none());
+    assert!(store.get(&TenantScope::All, id).await.unwrap().is_none());
     tx.commit().await.unwrap();
     // Woken by the NOTIFY delivered at commit (the poll interval is a minute).
     wait_state(&store, id, JobState::Completed, Duration::from_secs(10)).await;
@@ -282,7 +289,7 @@ async fn a_job_finishing_at_the_shutdown_deadline_is_completed_not_released() {
     // fix the worker released the row at once (back to `available`) and dropped the success:
     // the job would run a second time.
     w.shutdown().await.unwrap();
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempt),
         (JobState::Completed, 1),
@@ -322,7 +329,7 @@ async fn requeues_of_an_unknown_kind_do_not_grow_the_error_list_forever() {
             .unwrap(),
         1
     );
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Retryable);
     assert_eq!(
         rec.errors.len(),
@@ -472,7 +479,7 @@ async fn a_partitioned_worker_fences_itself_and_its_late_outcome_is_refused() {
     proxy.pass();
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    let after = direct.get(id).await.unwrap().unwrap();
+    let after = direct.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(
         (after.state, after.attempt, after.errors.len()),
         (JobState::Completed, 2, 1),

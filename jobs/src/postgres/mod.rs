@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 
 pub use migrate::{MIGRATIONS, migrate};
 
@@ -107,17 +108,25 @@ impl PgStore {
 
     /// Cancel or discard by id: at once for a waiting job, a request for a running one (the
     /// first request wins; the row takes its state when the attempt ends).
-    async fn stop(&self, id: JobId, state: JobState, op: &'static str) -> Result<bool> {
+    async fn stop(
+        &self,
+        scope: &TenantScope,
+        id: JobId,
+        state: JobState,
+        op: &'static str,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE windlass_jobs \
                 SET state = CASE WHEN state = 'running' THEN state ELSE $2 END, \
                     stop_requested = CASE WHEN state = 'running' THEN coalesce(stop_requested, $2) END, \
                     finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END, \
                     locked_by = CASE WHEN state = 'running' THEN locked_by END \
-              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
+              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded') \
+                AND ($3::text IS NULL OR org_id = $3)",
         )
         .bind(id)
         .bind(state.as_str())
+        .bind(org(scope))
         .execute(&self.pool)
         .await
         .map_err(|e| Error::pg(op, e))?;
@@ -290,6 +299,11 @@ fn record(r: &PgRow) -> Result<JobRecord> {
             .get::<Option<&str>, _>("stop_requested")
             .and_then(JobState::parse),
     })
+}
+
+/// The tenant a scope is limited to, as the `$n::text` SQL parameter (NULL: every tenant).
+fn org(scope: &TenantScope) -> Option<&str> {
+    scope.org_id().map(|o| o.as_str())
 }
 
 fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
@@ -527,17 +541,18 @@ impl JobStore for PgStore {
         .map_err(|e| Error::pg("next_due", e))
     }
 
-    async fn cancel(&self, id: JobId) -> Result<bool> {
-        self.stop(id, JobState::Cancelled, "cancel").await
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.stop(scope, id, JobState::Cancelled, "cancel").await
     }
 
-    async fn retry_now(&self, id: JobId) -> Result<bool> {
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
         let res = sqlx::query_scalar::<_, String>(
             "UPDATE windlass_jobs SET state = 'available', run_at = now(), finalized_at = NULL, locked_by = NULL, \
                     max_attempts = greatest(max_attempts, attempt + 1) \
-              WHERE id = $1 AND state <> 'running' RETURNING queue",
+              WHERE id = $1 AND state <> 'running' AND ($2::text IS NULL OR org_id = $2) RETURNING queue",
         )
         .bind(id)
+        .bind(org(scope))
         .fetch_optional(&self.pool)
         .await;
         match res {
@@ -547,8 +562,11 @@ impl JobStore for PgStore {
             }
             Ok(None) => {
                 let state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM windlass_jobs WHERE id = $1")
-                        .bind(id)
+                    sqlx::query_scalar(
+                        "SELECT state FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)",
+                    )
+                    .bind(id)
+                    .bind(org(scope))
                         .fetch_optional(&self.pool)
                         .await
                         .map_err(|e| Error::pg("retry", e))?;
@@ -574,8 +592,8 @@ impl JobStore for PgStore {
         }
     }
 
-    async fn discard(&self, id: JobId) -> Result<bool> {
-        self.stop(id, JobState::Discarded, "discard").await
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.stop(scope, id, JobState::Discarded, "discard").await
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {
@@ -621,18 +639,19 @@ impl JobStore for PgStore {
             .map_err(|e| Error::pg("paused_queues", e))
     }
 
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1"
+            "SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)"
         )))
         .bind(id)
+        .bind(org(scope))
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| Error::pg("get", e))?;
         row.as_ref().map(record).transpose()
     }
 
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM windlass_jobs \
@@ -641,6 +660,7 @@ impl JobStore for PgStore {
                 AND ($3::text IS NULL OR kind = $3) \
                 AND ($4::text IS NULL OR org_id = $4) \
                 AND id > $5 \
+                AND ($7::text IS NULL OR org_id = $7) \
               ORDER BY id LIMIT $6"
         )))
         .bind(filter.queue.as_deref())
@@ -649,16 +669,19 @@ impl JobStore for PgStore {
         .bind(filter.org_id.as_deref())
         .bind(filter.after_id.unwrap_or(0))
         .bind(filter.page_size())
+        .bind(org(scope))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("list", e))?;
         rows.iter().map(record).collect()
     }
 
-    async fn counts(&self) -> Result<Vec<QueueCount>> {
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
         let rows = sqlx::query(
-            "SELECT queue, state, count(*) FROM windlass_jobs GROUP BY queue, state ORDER BY 1, 2",
+            "SELECT queue, state, count(*) FROM windlass_jobs WHERE ($1::text IS NULL OR org_id = $1) \
+              GROUP BY queue, state ORDER BY 1, 2",
         )
+        .bind(org(scope))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("counts", e))?;

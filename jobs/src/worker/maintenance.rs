@@ -46,7 +46,7 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, stop: CancellationToken)
                 }
             },
             _ = depth.tick() => if inner.config.metrics_interval.is_some() {
-                match inner.store.counts().await {
+                match inner.store.counts(&windlass_core::TenantScope::All).await {
                     Ok(counts) => {
                         let mut seen: HashMap<(String, JobState), i64> = HashMap::new();
                         for (q, _) in &inner.config.queues {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 use windlass_jobs::{
     AttemptToken, Enqueued, Error, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
     JobState, JobStore, Jobs, NewJob, QueueCount, Rescued, Result,
@@ -81,14 +82,14 @@ impl JobStore for HeartbeatGate {
     async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
         self.inner.next_due(queue, kinds).await
     }
-    async fn cancel(&self, id: JobId) -> Result<bool> {
-        self.inner.cancel(id).await
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.inner.cancel(scope, id).await
     }
-    async fn retry_now(&self, id: JobId) -> Result<bool> {
-        self.inner.retry_now(id).await
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.inner.retry_now(scope, id).await
     }
-    async fn discard(&self, id: JobId) -> Result<bool> {
-        self.inner.discard(id).await
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.inner.discard(scope, id).await
     }
     async fn prune(&self, older_than: Duration) -> Result<u64> {
         self.inner.prune(older_than).await
@@ -99,14 +100,14 @@ impl JobStore for HeartbeatGate {
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.inner.paused_queues().await
     }
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        self.inner.get(id).await
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
+        self.inner.get(scope, id).await
     }
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        self.inner.list(filter).await
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        self.inner.list(scope, filter).await
     }
-    async fn counts(&self) -> Result<Vec<QueueCount>> {
-        self.inner.counts().await
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
+        self.inner.counts(scope).await
     }
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
         self.inner.subscribe().await
@@ -233,7 +234,12 @@ pub async fn a_worker_that_cannot_heartbeat_fences_itself(store: Arc<dyn JobStor
     let waiting = enqueue(&jobs, probe(&t, 2, Action::Succeed), q()).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        store.get(waiting).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Available,
         "a fenced worker fetched a job"
     );

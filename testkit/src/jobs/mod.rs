@@ -8,15 +8,18 @@
 //! database) lives as long as the test.
 
 mod fencing;
+mod tenancy;
 mod timeouts;
 
 pub use fencing::*;
+pub use tenancy::*;
 pub use timeouts::*;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
+use windlass_core::TenantScope;
 
 use serde::{Deserialize, Serialize};
 use windlass_core::RetryPolicy;
@@ -207,7 +210,11 @@ pub async fn wait_state(
 ) -> JobRecord {
     let deadline = Instant::now() + timeout;
     loop {
-        let job = store.get(id).await.expect("get job").expect("job exists");
+        let job = store
+            .get(&TenantScope::All, id)
+            .await
+            .expect("get job")
+            .expect("job exists");
         if job.state == state {
             return job;
         }
@@ -285,7 +292,7 @@ pub async fn fetch_respects_priority_then_time(store: Arc<dyn JobStore>) {
         vec![high, mid, mid2]
     );
     assert!(got.iter().all(|j| j.attempt == 1 && j.queue == "q"));
-    let rec = store.get(high).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, high).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.locked_by.as_deref(), rec.attempt),
         (JobState::Running, Some("w1"), 1)
@@ -295,7 +302,12 @@ pub async fn fetch_respects_priority_then_time(store: Arc<dyn JobStore>) {
     assert_eq!(rest.iter().map(|j| j.id).collect::<Vec<_>>(), vec![low]);
     assert!(store.fetch("q", &[], 10, "w2").await.unwrap().is_empty());
     assert_eq!(
-        store.get(other).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, other)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Available
     );
 }
@@ -311,7 +323,7 @@ pub async fn scheduled_jobs_wait_for_run_at(store: Arc<dyn JobStore>) {
         q().delay(Duration::from_millis(400)),
     )
     .await;
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Scheduled);
     assert!(store.fetch("q", &[], 10, "w").await.unwrap().is_empty());
     let due = store.next_due("q", &[]).await.unwrap().expect("a due time");
@@ -379,7 +391,7 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
     let rescued = store.rescue(Duration::from_millis(5)).await.unwrap();
     assert_eq!(rescued.len(), 1);
     assert_eq!(rescued[0].state, JobState::Retryable);
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Retryable);
     assert!(rec.errors[0].error.contains("rescued"), "{:?}", rec.errors);
     // The slow w1 finally reports: ignored.
@@ -410,7 +422,7 @@ pub async fn completion_is_state_guarded(store: Arc<dyn JobStore>) {
             .unwrap(),
         1
     );
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempt, rec.locked_by),
         (JobState::Completed, 2, None)
@@ -455,7 +467,7 @@ pub async fn batched_finish_applies_many_outcomes(store: Arc<dyn JobStore>) {
         .collect();
     assert_eq!(store.finish("w", &finished).await.unwrap(), 40);
     for f in &finished {
-        let rec = store.get(f.id).await.unwrap().unwrap();
+        let rec = store.get(&TenantScope::All, f.id).await.unwrap().unwrap();
         assert_eq!(rec.state, f.outcome.state(), "{f:?}");
         let (attempt, errors) = match f.id % 4 {
             0 => (1, 0),
@@ -464,7 +476,7 @@ pub async fn batched_finish_applies_many_outcomes(store: Arc<dyn JobStore>) {
         };
         assert_eq!((rec.attempt, rec.errors.len()), (attempt, errors), "{f:?}");
     }
-    let counts = store.counts().await.unwrap();
+    let counts = store.counts(&TenantScope::All).await.unwrap();
     let total: i64 = counts
         .iter()
         .filter(|c| c.queue == "q")
@@ -546,7 +558,12 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
     // Bringing `a` back would make two holders: refused with a typed error.
     assert!(matches!(jobs.retry_now(a).await, Err(Error::UniqueConflict { id, .. }) if id == a));
     assert_eq!(
-        store.get(b).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, b)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Available
     );
     // Duplicates inside one bulk insert.
@@ -589,11 +606,11 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     assert!(jobs.cancel(a).await.unwrap());
     assert!(!jobs.cancel(a).await.unwrap(), "already final");
     assert!(!jobs.discard(a).await.unwrap(), "already final");
-    let rec = store.get(a).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, a).await.unwrap().unwrap();
     assert_eq!(rec.state, JobState::Cancelled);
     assert!(rec.finalized_at.is_some());
     assert!(jobs.retry_now(a).await.unwrap());
-    let rec = store.get(a).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, a).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.finalized_at), (JobState::Available, None));
     let b = enqueue(
         &jobs,
@@ -603,7 +620,12 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     .await;
     assert!(jobs.retry_now(b).await.unwrap());
     assert_eq!(
-        store.get(b).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, b)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Available
     );
     let got = store.fetch("q", &[], 10, "w").await.unwrap();
@@ -616,7 +638,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     // Discarding a running job is a request: the row stays running, leased by its worker,
     // which learns it from its heartbeat.
     assert!(jobs.discard(b).await.unwrap());
-    let rec = store.get(b).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, b).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.stop_requested, rec.locked_by.as_deref()),
         (JobState::Running, Some(JobState::Discarded), Some("w"))
@@ -644,7 +666,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
             .unwrap(),
         1
     );
-    let rec = store.get(b).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, b).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.stop_requested, rec.attempt),
         (JobState::Discarded, None, 1)
@@ -653,7 +675,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     // Retrying a job with no attempt left grants one more; the new attempt has a new token
     // and the old one can change nothing.
     assert!(jobs.retry_now(b).await.unwrap());
-    let rec = store.get(b).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, b).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.max_attempts), (JobState::Available, 2));
     let again = store.fetch("q", &[], 10, "w").await.unwrap();
     assert_eq!(again[0].token(), AttemptToken::new(b, 2));
@@ -667,7 +689,12 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     );
     assert_eq!(store.release("w", &[b1]).await.unwrap(), 0);
     assert_eq!(
-        store.get(b).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, b)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Running
     );
     // Cancel requested, then the worker dies: the rescue applies the request.
@@ -688,7 +715,7 @@ pub async fn cancel_retry_discard_by_id(store: Arc<dyn JobStore>) {
     let c1 = got.iter().find(|j| j.id == c).expect("c fetched").token();
     assert!(jobs.cancel(c).await.unwrap());
     assert_eq!(store.release("w", &[c1]).await.unwrap(), 1);
-    let rec = store.get(c).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, c).await.unwrap().unwrap();
     assert_eq!((rec.state, rec.attempt), (JobState::Cancelled, 1));
     assert!(!jobs.cancel(987_654_321).await.unwrap());
     assert!(!jobs.retry_now(987_654_321).await.unwrap());
@@ -713,8 +740,14 @@ pub async fn prune_deletes_old_final_jobs(store: Arc<dyn JobStore>) {
     assert_eq!(jobs.prune(Duration::from_secs(3600)).await.unwrap(), 0);
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(jobs.prune(Duration::from_millis(10)).await.unwrap(), 1);
-    assert!(store.get(done).await.unwrap().is_none());
-    assert!(store.get(waiting).await.unwrap().is_some());
+    assert!(store.get(&TenantScope::All, done).await.unwrap().is_none());
+    assert!(
+        store
+            .get(&TenantScope::All, waiting)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 /// A paused queue yields nothing to any worker until resumed; the pause persists.
@@ -824,7 +857,7 @@ pub async fn release_returns_jobs_without_counting_the_attempt(store: Arc<dyn Jo
         0
     );
     assert_eq!(store.release("w", &[token]).await.unwrap(), 1);
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempt, rec.locked_by),
         (JobState::Available, 0, None)
@@ -971,7 +1004,7 @@ pub async fn a_worker_serves_exactly_its_queues_and_kinds(store: Arc<dyn JobStor
     wait_state(&store, mine, JobState::Completed, T).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for id in [other_queue, unknown] {
-        let rec = store.get(id).await.unwrap().unwrap();
+        let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
         assert_eq!(
             (rec.state, rec.attempt, rec.errors.len(), rec.locked_by),
             (JobState::Available, 0, 0, None),
@@ -1037,10 +1070,15 @@ pub async fn graceful_shutdown_finishes_or_releases(store: Arc<dyn JobStore>) {
     wait_for("both jobs to start", T, || async { starts(&t).len() == 2 }).await;
     w.shutdown().await.unwrap();
     assert_eq!(
-        store.get(short).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, short)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Completed
     );
-    let rec = store.get(long).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, long).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempt, rec.locked_by),
         (JobState::Available, 0, None)
@@ -1049,7 +1087,12 @@ pub async fn graceful_shutdown_finishes_or_releases(store: Arc<dyn JobStore>) {
     let later = enqueue(&jobs, probe(&t, 3, Action::Succeed), q()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        store.get(later).await.unwrap().unwrap().state,
+        store
+            .get(&TenantScope::All, later)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
         JobState::Available
     );
 }
@@ -1266,6 +1309,7 @@ macro_rules! job_store_conformance {
             timeouts_fail_the_attempt,
             undecodable_args_are_discarded_at_once,
             a_worker_serves_exactly_its_queues_and_kinds,
+            tenant_handles_are_isolated,
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,

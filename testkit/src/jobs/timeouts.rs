@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use windlass_core::TenantScope;
 
 use windlass_jobs::{JobState, JobStore, Jobs};
 
@@ -102,7 +103,7 @@ pub async fn shutdown_never_releases_a_running_attempt(store: Arc<dyn JobStore>)
         events(&t).iter().all(|e| e.event != "end"),
         "the attempt was meant to outlive the shutdown"
     );
-    let rec = store.get(id).await.unwrap().unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempt, rec.locked_by.as_deref()),
         (JobState::Running, 1, Some("stopping")),
