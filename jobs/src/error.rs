@@ -26,6 +26,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The job's arguments hold a value the database cannot store (a NUL character in a
+    /// string or a key). Caught at validation: nothing is inserted.
+    #[error("job arguments of kind `{kind}` are invalid: {reason}")]
+    InvalidArgs {
+        /// Job kind.
+        kind: String,
+        /// What is wrong and where.
+        reason: String,
+    },
     /// A cron expression did not parse.
     #[error("cron schedule {pattern:?} is invalid: {reason}")]
     Cron {

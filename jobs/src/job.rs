@@ -410,6 +410,14 @@ impl EnqueueOptions {
     /// Like [`EnqueueOptions::build`] for an untyped job (a kind name and JSON arguments).
     pub fn build_raw(&self, kind: &str, args: serde_json::Value) -> Result<NewJob> {
         let kind = Name::parse("job kind", kind)?;
+        if let Some(path) = nul_path(&args, "$") {
+            return Err(Error::InvalidArgs {
+                kind: kind.as_str().to_owned(),
+                reason: format!(
+                    "{path} contains a NUL character (\\u0000), which Postgres jsonb cannot store"
+                ),
+            });
+        }
         let queue = Name::parse("queue", self.queue.as_deref().unwrap_or(DEFAULT_QUEUE))?;
         let priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
         if !(0..=MAX_PRIORITY).contains(&priority) {
@@ -500,6 +508,25 @@ impl EnqueueOptions {
             unique_key,
             unique_states,
         })
+    }
+}
+
+/// Where in `v` a string (or an object key) holds a NUL character, as a JSON path.
+fn nul_path(v: &serde_json::Value, at: &str) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(at.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_path(x, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
+            if k.contains('\0') {
+                Some(format!("a key of {at}"))
+            } else {
+                nul_path(x, &format!("{at}.{k}"))
+            }
+        }),
+        _ => None,
     }
 }
 

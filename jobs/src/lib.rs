@@ -184,11 +184,12 @@ impl Jobs {
     pub async fn enqueue<J: Job>(&self, job: &J, options: &EnqueueOptions) -> Result<Enqueued> {
         let rows = self.own(vec![options.build(job)?])?;
         let mut out = self.store.insert(rows).await?;
-        Ok(out.pop().unwrap_or(Enqueued::Duplicate))
+        Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
     }
 
-    /// Enqueues many jobs with the same options in one bulk insert (per 10 000 on Postgres).
-    /// Nothing is inserted if any job fails validation.
+    /// Enqueues many jobs with the same options, atomically at any size (one transaction on
+    /// Postgres, 10 000 rows per statement): nothing is inserted if any job fails validation
+    /// or the database refuses any row.
     pub async fn enqueue_many<'a, J: Job>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,

@@ -151,13 +151,13 @@ impl JobStore for MemoryStore {
                     } else {
                         JobState::Available
                     };
-                    let clash = st.jobs.values().any(|r| {
+                    let clash = st.jobs.values().rev().find(|r| {
                         r.rec.unique_key.as_deref() == Some(key.as_str())
                             && r.holds_unique()
                             && job.unique_states & state.bit() != 0
                     });
-                    if clash {
-                        out.push(Enqueued::Duplicate);
+                    if let Some(holder) = clash {
+                        out.push(Enqueued::Duplicate(Some(holder.rec.id)));
                         continue;
                     }
                 }

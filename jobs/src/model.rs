@@ -248,8 +248,10 @@ pub struct NewJob {
 pub enum Enqueued {
     /// A new row with this id.
     New(JobId),
-    /// A job with the same unique key already exists in a covered state; nothing was inserted.
-    Duplicate,
+    /// A job with the same unique key already exists in a covered state (or earlier in the
+    /// same batch); nothing was inserted. Carries the existing job's id, `None` only when that
+    /// job left its covered states (or was pruned) between the conflict and the lookup.
+    Duplicate(Option<JobId>),
 }
 
 impl Enqueued {
@@ -257,7 +259,23 @@ impl Enqueued {
     pub fn id(self) -> Option<JobId> {
         match self {
             Enqueued::New(id) => Some(id),
-            Enqueued::Duplicate => None,
+            Enqueued::Duplicate(_) => None,
+        }
+    }
+
+    /// The id of the job that holds the key, for a duplicate.
+    pub fn existing(self) -> Option<JobId> {
+        match self {
+            Enqueued::New(_) => None,
+            Enqueued::Duplicate(existing) => existing,
+        }
+    }
+
+    /// The job this enqueue stands for: the new one, or the existing one for a duplicate.
+    pub fn job_id(self) -> Option<JobId> {
+        match self {
+            Enqueued::New(id) => Some(id),
+            Enqueued::Duplicate(existing) => existing,
         }
     }
 }

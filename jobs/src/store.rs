@@ -26,9 +26,10 @@ pub const WAKE_ALL: &str = "*";
 /// checks both against the same expectations.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
-    /// Inserts jobs (one statement for the lot where the backend allows). A job whose unique
-    /// key is held by a job in a covered state is skipped and reported as
-    /// [`Enqueued::Duplicate`]. Results are in input order.
+    /// Inserts jobs, atomically: all or none (Postgres: one transaction, 10 000 rows per
+    /// statement). A job whose unique key is held by a job in a covered state (or by an
+    /// earlier job of the batch) is skipped and reported as [`Enqueued::Duplicate`] with the
+    /// holder's id. Results are in input order.
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `limit` due jobs of `queue` (available, or scheduled / retryable whose

@@ -486,3 +486,80 @@ async fn a_partitioned_worker_fences_itself_and_its_late_outcome_is_refused() {
         "{after:?}"
     );
 }
+
+/// A bulk enqueue is atomic at any size: 20 001 jobs with one bad row insert nothing, whether
+/// the row is caught at validation (a NUL character) or refused by the database in the third
+/// 10 000-row statement; inside the caller's transaction the failure leaves that transaction
+/// usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_enqueue_with_a_bad_row_inserts_nothing() {
+    let (store, db) = store().await;
+    let jobs = Jobs::from_arc(store.clone());
+    let t = token();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM windlass_jobs")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    let mut probes: Vec<Probe> = (0..20_001)
+        .map(|n| Probe {
+            token: t.clone(),
+            n,
+            action: Action::Succeed,
+        })
+        .collect();
+    probes[20_000].token = "bad\0token".into();
+    let err = jobs
+        .enqueue_many(&probes, &EnqueueOptions::new().queue("bulk"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, windlass_jobs::Error::InvalidArgs { reason, .. } if reason.contains("$.token")),
+        "{err:?}"
+    );
+    assert_eq!(count().await, 0);
+    // A row the database refuses after validation (a trigger stands for any constraint).
+    probes[20_000].token = t.clone();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_20000() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.args->>'n' = '20000' THEN RAISE EXCEPTION 'row 20000 refused'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_20000 BEFORE INSERT ON windlass_jobs \
+         FOR EACH ROW EXECUTE FUNCTION refuse_20000();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let err = jobs
+        .enqueue_many(&probes, &EnqueueOptions::new().queue("bulk"))
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("row 20000 refused"), "{err}");
+    assert_eq!(count().await, 0, "earlier 10 000-row statements were kept");
+    // Inside the caller's transaction: its own write survives, no job is inserted.
+    sqlx::query("CREATE TABLE business (v int)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO business VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let rows: Vec<_> = probes[19_990..]
+        .iter()
+        .map(|p| EnqueueOptions::new().queue("bulk").build(p).unwrap())
+        .collect();
+    assert!(PgStore::insert_in(&mut tx, rows).await.is_err());
+    sqlx::query("INSERT INTO business VALUES (2)")
+        .execute(&mut *tx)
+        .await
+        .expect("the caller's transaction is still usable");
+    tx.commit().await.unwrap();
+    let business: i64 = sqlx::query_scalar("SELECT count(*) FROM business")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!((business, count().await), (2, 0));
+}

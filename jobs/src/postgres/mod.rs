@@ -82,14 +82,34 @@ impl PgStore {
     /// # Ok(()) }
     /// # let _ = demo;
     /// ```
+    ///
+    /// Atomic at any size: the rows go in under a savepoint (a transaction of its own on a
+    /// connection outside one), 10 000 per statement; if the database refuses any, none is
+    /// inserted and the savepoint is rolled back, so the caller's transaction stays usable.
     pub async fn insert_in(conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sp = conn.begin().await.map_err(|e| Error::pg("insert", e))?;
         let mut out = Vec::with_capacity(jobs.len());
         let mut jobs = jobs;
+        let mut failed = None;
         while !jobs.is_empty() {
             let rest = jobs.split_off(jobs.len().min(INSERT_CHUNK));
-            out.extend(insert_chunk(&mut *conn, &jobs).await?);
+            match insert_chunk(&mut sp, &jobs).await {
+                Ok(done) => out.extend(done),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
             jobs = rest;
         }
+        if let Some(e) = failed {
+            let _ = sp.rollback().await;
+            return Err(e);
+        }
+        sp.commit().await.map_err(|e| Error::pg("insert", e))?;
         Ok(out)
     }
 
@@ -233,7 +253,8 @@ async fn insert_chunk(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<En
     .await
     .map_err(|e| Error::pg("insert", e))?;
     // Rows come back in insertion order; rows without a key always insert, keyed rows are
-    // matched by key (a key repeated inside the batch inserts once).
+    // matched by key (a key repeated inside the batch inserts once, the repeats are duplicates
+    // of it).
     let mut plain = Vec::new();
     let mut keyed = std::collections::HashMap::new();
     for r in &rows {
@@ -245,12 +266,39 @@ async fn insert_chunk(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<En
             }
         }
     }
+    // Keys held by rows that were there before: look their holders up (same transaction,
+    // the unique index's own condition).
+    let missing: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.unique_key.as_deref())
+        .filter(|k| !keyed.contains_key(*k))
+        .collect();
+    let mut holders: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    if !missing.is_empty() {
+        let found: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT DISTINCT ON (unique_key) unique_key, id FROM windlass_jobs \
+              WHERE unique_key = ANY($1) AND (unique_states & windlass_jobs_state_bit(state)) <> 0 \
+              ORDER BY unique_key, id DESC",
+        )
+        .bind(&missing)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("insert", e))?;
+        holders.extend(found);
+    }
     let mut plain = plain.into_iter();
+    let mut claimed = std::collections::HashSet::new();
     Ok(jobs
         .iter()
         .map(|j| match &j.unique_key {
-            None => plain.next().map_or(Enqueued::Duplicate, Enqueued::New),
-            Some(k) => keyed.remove(k).map_or(Enqueued::Duplicate, Enqueued::New),
+            None => plain
+                .next()
+                .map_or(Enqueued::Duplicate(None), Enqueued::New),
+            Some(k) => match keyed.get(k) {
+                Some(id) if claimed.insert(k.clone()) => Enqueued::New(*id),
+                Some(id) => Enqueued::Duplicate(Some(*id)),
+                None => Enqueued::Duplicate(holders.get(k).copied()),
+            },
         })
         .collect())
 }
@@ -313,11 +361,15 @@ fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
 #[async_trait]
 impl JobStore for PgStore {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(|e| Error::pg("insert", e))?;
+        // Outside a transaction, insert_in runs in one of its own: atomic at any size.
         Self::insert_in(&mut conn, jobs).await
     }
 

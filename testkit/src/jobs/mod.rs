@@ -500,7 +500,7 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
         jobs.enqueue(&probe(&t, 2, Action::Succeed), &opts)
             .await
             .unwrap(),
-        Enqueued::Duplicate
+        Enqueued::Duplicate(Some(id))
     );
     // Another key, or another kind with the same key, is not blocked.
     assert!(
@@ -532,7 +532,7 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
         jobs.enqueue(&probe(&t, 4, Action::Succeed), &opts)
             .await
             .unwrap(),
-        Enqueued::Duplicate
+        Enqueued::Duplicate(Some(id))
     );
     // A key whose states leave out `discarded`: free again once the holder is discarded.
     let pending_only = q().unique(UniqueOptions::by_key("report").states([]));
@@ -546,7 +546,7 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
         jobs.enqueue(&probe(&t, 6, Action::Succeed), &pending_only)
             .await
             .unwrap(),
-        Enqueued::Duplicate
+        Enqueued::Duplicate(Some(a))
     );
     assert!(jobs.discard(a).await.unwrap());
     let b = jobs
@@ -575,6 +575,11 @@ pub async fn unique_jobs_are_enqueued_once(store: Arc<dyn JobStore>) {
         .await
         .unwrap();
     assert_eq!(bulk.iter().filter(|e| e.id().is_some()).count(), 1);
+    assert_eq!(
+        bulk[1],
+        Enqueued::Duplicate(bulk[0].id()),
+        "a key repeated in one batch: the repeat names the first"
+    );
     // Concurrent enqueues of one key: exactly one row.
     let mut tasks = Vec::new();
     for n in 0..16 {
@@ -1310,6 +1315,7 @@ macro_rules! job_store_conformance {
             undecodable_args_are_discarded_at_once,
             a_worker_serves_exactly_its_queues_and_kinds,
             tenant_handles_are_isolated,
+            bad_args_are_refused_at_enqueue,
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,

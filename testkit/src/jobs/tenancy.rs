@@ -121,3 +121,27 @@ pub async fn tenant_handles_are_isolated(store: Arc<dyn JobStore>) {
         "nothing was added"
     );
 }
+
+/// Arguments the database cannot store (a NUL character in a value or a key) are refused at
+/// validation with a typed error, and nothing of the batch is inserted.
+pub async fn bad_args_are_refused_at_enqueue(store: Arc<dyn JobStore>) {
+    let jobs = Jobs::from_arc(store.clone());
+    let opts = EnqueueOptions::new().queue("q");
+    for args in [
+        serde_json::json!({"name": "a\0b"}),
+        serde_json::json!({"list": ["ok", {"k\0": 1}]}),
+    ] {
+        let good = opts
+            .build_raw("ok.kind", serde_json::json!({"v": 1}))
+            .unwrap();
+        let err = opts.build_raw("ok.kind", args).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgs { .. }), "{err:?}");
+        // A batch of valid rows goes in; the bad one never reaches the store.
+        assert_eq!(jobs.insert(vec![good]).await.unwrap().len(), 1);
+    }
+    assert_eq!(
+        jobs.list(&JobFilter::new()).await.unwrap().len(),
+        2,
+        "only the valid rows"
+    );
+}
