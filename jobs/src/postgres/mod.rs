@@ -4,6 +4,8 @@
 //! polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
 //! jobs holding every pooled connection cannot starve them.
 
+mod insert;
+mod listen;
 mod migrate;
 
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
 use windlass_core::TenantScope;
@@ -23,13 +25,10 @@ use crate::model::{
     AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
     JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
-use crate::store::{JobStore, WAKE_ALL};
+use crate::store::JobStore;
 
 /// The NOTIFY channel the insert trigger and the store use.
 pub const CHANNEL: &str = "windlass_jobs";
-
-/// Rows per insert statement; bigger batches are split.
-const INSERT_CHUNK: usize = 10_000;
 
 /// The Postgres job store. Cheap to clone.
 ///
@@ -95,8 +94,8 @@ impl PgStore {
         let mut jobs = jobs;
         let mut failed = None;
         while !jobs.is_empty() {
-            let rest = jobs.split_off(jobs.len().min(INSERT_CHUNK));
-            match insert_chunk(&mut sp, &jobs).await {
+            let rest = jobs.split_off(jobs.len().min(insert::INSERT_CHUNK));
+            match insert::insert_chunk(&mut sp, &jobs).await {
                 Ok(done) => out.extend(done),
                 Err(e) => {
                     failed = Some(e);
@@ -152,155 +151,10 @@ impl PgStore {
         .map_err(|e| Error::pg(op, e))?;
         Ok(done.rows_affected() == 1)
     }
-
-    fn start_listener(&self, tx: broadcast::Sender<String>) {
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let listener = async {
-                    let mut l = PgListener::connect_with(&pool).await?;
-                    l.listen(CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(l)
-                }
-                .await;
-                let mut l = match listener {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "windlass-jobs: LISTEN failed, retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                };
-                backoff = Duration::from_millis(50);
-                // Anything sent while we were not listening is lost: make everyone look.
-                let _ = tx.send(WAKE_ALL.to_owned());
-                loop {
-                    match l.try_recv().await {
-                        Ok(Some(n)) => {
-                            if tx.send(n.payload().to_owned()).is_err() {
-                                return; // no subscriber left
-                            }
-                        }
-                        Ok(None) => {
-                            // Connection lost; PgListener reconnects on the next call.
-                            if tx.send(WAKE_ALL.to_owned()).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "windlass-jobs: LISTEN connection failed");
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-    }
 }
 
 fn interval_secs(d: Duration) -> f64 {
     d.as_secs_f64().min(1e9)
-}
-
-async fn insert_chunk(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
-    let n = jobs.len();
-    let mut queue = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut args = Vec::with_capacity(n);
-    let mut org = Vec::with_capacity(n);
-    let mut prio = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut run_at = Vec::with_capacity(n);
-    let mut ukey = Vec::with_capacity(n);
-    let mut ustates = Vec::with_capacity(n);
-    let mut timeout = Vec::with_capacity(n);
-    for j in jobs {
-        queue.push(j.queue.as_str());
-        kind.push(j.kind.as_str());
-        args.push(sqlx::types::Json(&j.args));
-        org.push(j.org_id.as_ref().map(|o| o.as_str()));
-        prio.push(j.priority);
-        attempts.push(j.max_attempts);
-        run_at.push(j.run_at);
-        ukey.push(j.unique_key.as_deref());
-        ustates.push(j.unique_states);
-        timeout.push(j.timeout_ms);
-    }
-    let rows = sqlx::query(
-        "INSERT INTO windlass_jobs (queue, kind, args, org_id, priority, state, max_attempts, run_at, \
-                                    unique_key, unique_states, timeout_ms) \
-         SELECT q, k, a, o, p, CASE WHEN r > now() THEN 'scheduled' ELSE 'available' END, m, \
-                coalesce(r, now()), u, us, t \
-           FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[], \
-                       $7::timestamptz[], $8::text[], $9::int2[], $10::int4[]) \
-                AS x(q, k, a, o, p, m, r, u, us, t) \
-         ON CONFLICT DO NOTHING \
-         RETURNING id, unique_key",
-    )
-    .bind(&queue)
-    .bind(&kind)
-    .bind(&args)
-    .bind(&org)
-    .bind(&prio)
-    .bind(&attempts)
-    .bind(&run_at)
-    .bind(&ukey)
-    .bind(&ustates)
-    .bind(&timeout)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| Error::pg("insert", e))?;
-    // Rows come back in insertion order; rows without a key always insert, keyed rows are
-    // matched by key (a key repeated inside the batch inserts once, the repeats are duplicates
-    // of it).
-    let mut plain = Vec::new();
-    let mut keyed = std::collections::HashMap::new();
-    for r in &rows {
-        let id: i64 = r.get(0);
-        match r.get::<Option<String>, _>(1) {
-            None => plain.push(id),
-            Some(k) => {
-                keyed.insert(k, id);
-            }
-        }
-    }
-    // Keys held by rows that were there before: look their holders up (same transaction,
-    // the unique index's own condition).
-    let missing: Vec<&str> = jobs
-        .iter()
-        .filter_map(|j| j.unique_key.as_deref())
-        .filter(|k| !keyed.contains_key(*k))
-        .collect();
-    let mut holders: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    if !missing.is_empty() {
-        let found: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT DISTINCT ON (unique_key) unique_key, id FROM windlass_jobs \
-              WHERE unique_key = ANY($1) AND (unique_states & windlass_jobs_state_bit(state)) <> 0 \
-              ORDER BY unique_key, id DESC",
-        )
-        .bind(&missing)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| Error::pg("insert", e))?;
-        holders.extend(found);
-    }
-    let mut plain = plain.into_iter();
-    let mut claimed = std::collections::HashSet::new();
-    Ok(jobs
-        .iter()
-        .map(|j| match &j.unique_key {
-            None => plain
-                .next()
-                .map_or(Enqueued::Duplicate(None), Enqueued::New),
-            Some(k) => match keyed.get(k) {
-                Some(id) if claimed.insert(k.clone()) => Enqueued::New(*id),
-                Some(id) => Enqueued::Duplicate(Some(*id)),
-                None => Enqueued::Duplicate(holders.get(k).copied()),
-            },
-        })
-        .collect())
 }
 
 const RECORD_COLUMNS: &str = "id, queue, kind, args, org_id, priority, state, attempt, max_attempts, run_at, \
@@ -758,7 +612,7 @@ impl JobStore for PgStore {
             Some(tx) if tx.receiver_count() > 0 => Ok(Some(tx.subscribe())),
             _ => {
                 let (tx, rx) = broadcast::channel(4096);
-                self.start_listener(tx.clone());
+                listen::spawn_listener(self.pool.clone(), tx.clone());
                 *wake = Some(tx);
                 Ok(Some(rx))
             }
