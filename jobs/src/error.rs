@@ -59,6 +59,22 @@ pub enum Error {
         /// The job.
         id: i64,
     },
+    /// The attempt no longer holds its job (it was rescued, or its row changed): a completion
+    /// inside the job's own transaction was refused. Roll that transaction back.
+    #[error("job {id} attempt {attempt} no longer holds its job; roll back its transaction")]
+    AttemptLost {
+        /// The job.
+        id: i64,
+        /// The attempt that lost it.
+        attempt: i32,
+    },
+    /// [`RunningWorker::drain`](crate::RunningWorker::drain) found work still due or running
+    /// when its timeout passed (the worker was shut down).
+    #[error("the worker did not drain its queues within {after:?}")]
+    DrainTimeout {
+        /// The timeout given.
+        after: std::time::Duration,
+    },
     /// The handle's tenant scope does not allow this: enqueueing another tenant's job, or a
     /// queue-wide operation through a tenant's handle.
     #[error("out of the handle's tenant scope: {what}")]

@@ -69,6 +69,7 @@ pub struct JobContext {
     pub(crate) org_id: Option<String>,
     pub(crate) cancel: CancellationToken,
     pub(crate) blocking: Arc<BlockingTracker>,
+    pub(crate) worker: Arc<str>,
 }
 
 /// Counts the [`JobContext::run_blocking`] calls of one attempt still running, so the worker
@@ -116,6 +117,16 @@ impl JobContext {
     /// This attempt's number, from 1.
     pub fn attempt(&self) -> i32 {
         self.attempt
+    }
+
+    /// This attempt's fencing token (job id + attempt).
+    pub fn token(&self) -> crate::AttemptToken {
+        crate::AttemptToken::new(self.id, self.attempt)
+    }
+
+    /// The id of the worker running this attempt (the row's `locked_by`, its lease).
+    pub fn worker_id(&self) -> &str {
+        &self.worker
     }
 
     /// Attempts allowed in all.

@@ -563,3 +563,103 @@ async fn bulk_enqueue_with_a_bad_row_inserts_nothing() {
         .unwrap();
     assert_eq!((business, count().await), (2, 0));
 }
+
+/// Effects in the job's own transaction, completed there (`complete_in`), then the attempt
+/// "crashes" (panics) before the worker could write its outcome: the job is completed and its
+/// effect happened once; the worker's late failure is refused, nothing runs again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EffectThenCrash {
+    db: String,
+}
+
+impl windlass_jobs::Job for EffectThenCrash {
+    const KIND: &'static str = "test.effect_then_crash";
+    async fn run(&self, ctx: windlass_jobs::JobContext) -> Result<(), windlass_jobs::JobError> {
+        let pool = POOLS.lock().unwrap().get(&self.db).cloned().expect("pool");
+        let mut tx = pool.begin().await?;
+        sqlx::query("INSERT INTO effects (job_id, attempt) VALUES ($1, $2)")
+            .bind(ctx.job_id())
+            .bind(ctx.attempt())
+            .execute(&mut *tx)
+            .await?;
+        PgStore::complete_in(&mut tx, &ctx).await?;
+        tx.commit().await?;
+        panic!("crashed after the commit, before the worker wrote the outcome");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_inside_the_jobs_transaction_makes_its_effect_exactly_once() {
+    let (store, db) = store().await;
+    POOLS
+        .lock()
+        .unwrap()
+        .insert(db.name().to_owned(), db.pool.clone());
+    sqlx::query("CREATE TABLE effects (job_id bigint, attempt int)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let w = Worker::new(store.clone())
+        .register::<EffectThenCrash>()
+        .config(fast_config())
+        .start()
+        .unwrap();
+    let id = Jobs::from_arc(store.clone())
+        .enqueue(
+            &EffectThenCrash {
+                db: db.name().to_owned(),
+            },
+            &EnqueueOptions::new().queue("q"),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    let rec = wait_state(&store, id, JobState::Completed, Duration::from_secs(10)).await;
+    // Give a wrongly applied retry time to run the job again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.shutdown().await.unwrap();
+    let effects: Vec<(i64, i32)> = sqlx::query_as("SELECT job_id, attempt FROM effects")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(effects, vec![(id, 1)]);
+    let after = store.get(&TenantScope::All, id).await.unwrap().unwrap();
+    assert_eq!(
+        (rec.attempt, after.state, after.errors.len()),
+        (1, JobState::Completed, 0)
+    );
+
+    // Fenced: an attempt that lost its job (rescued) cannot complete in its transaction, so
+    // its effects roll back; the attempt that holds the job can.
+    let jobs = Jobs::from_arc(store.clone());
+    let id = jobs
+        .enqueue(
+            &EffectThenCrash {
+                db: db.name().to_owned(),
+            },
+            &EnqueueOptions::new().queue("fenced"),
+        )
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    let a1 = store.fetch("fenced", &[], 1, "w1").await.unwrap()[0].token();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.rescue(Duration::from_millis(5)).await.unwrap();
+    let a2 = store.fetch("fenced", &[], 1, "w2").await.unwrap()[0].token();
+    let mut tx = db.pool.begin().await.unwrap();
+    let lost = PgStore::complete_attempt_in(&mut tx, "w1", a1).await;
+    assert!(
+        matches!(lost, Err(windlass_jobs::Error::AttemptLost { id: got, attempt: 1 }) if got == id),
+        "{lost:?}"
+    );
+    tx.rollback().await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    PgStore::complete_attempt_in(&mut tx, "w2", a2)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempt), (JobState::Completed, 2));
+}

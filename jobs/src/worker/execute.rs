@@ -70,6 +70,7 @@ pub(super) async fn execute(
         org_id: job.org_id.clone(),
         cancel: cancel.clone(),
         blocking: blocking.clone(),
+        worker: inner.id.as_str().into(),
     };
     let future = match runner.start(job.args.clone(), ctx) {
         Ok(f) => f,

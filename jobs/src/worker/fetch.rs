@@ -3,6 +3,7 @@
 //! each attempt keyed by its token.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -49,6 +50,7 @@ pub(super) async fn fetch_loop(
         let wanted = permits.len();
         // The claimed rows' heartbeat_at is set by the fetch, after this instant.
         let sent = Instant::now();
+        inner.fetching.fetch_add(1, Ordering::SeqCst);
         let jobs = match inner
             .store
             .fetch(&queue, &inner.kinds, wanted, &inner.id)
@@ -59,6 +61,7 @@ pub(super) async fn fetch_loop(
                 jobs
             }
             Err(e) => {
+                inner.fetching.fetch_sub(1, Ordering::SeqCst);
                 failures += 1;
                 tracing::warn!(queue = %queue, error = %e, "windlass-jobs fetch failed; retrying");
                 drop(permits);
@@ -74,6 +77,7 @@ pub(super) async fn fetch_loop(
             let Some(permit) = permits.pop() else { break };
             launch(&inner, job, permit, sent);
         }
+        inner.fetching.fetch_sub(1, Ordering::SeqCst);
         drop(permits);
         if got < wanted {
             let mut wait = inner.config.poll_interval;

@@ -180,20 +180,34 @@ impl Worker {
             finish_tx,
             wakers,
             hard_stop: AtomicBool::new(false),
+            fetching: std::sync::atomic::AtomicUsize::new(0),
             last_heartbeat: Mutex::new(Instant::now()),
         });
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(run(inner, self.crons, finish_rx, stop.clone()));
-        Ok(RunningWorker { id, stop, handle })
+        let handle = tokio::spawn(run(inner.clone(), self.crons, finish_rx, stop.clone()));
+        Ok(RunningWorker {
+            id,
+            stop,
+            handle,
+            inner,
+        })
     }
 }
 
 /// A started worker. Dropping it leaves the worker running; call [`RunningWorker::shutdown`].
-#[derive(Debug)]
 pub struct RunningWorker {
     id: String,
     stop: CancellationToken,
     handle: JoinHandle<Result<()>>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RunningWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningWorker")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RunningWorker {
@@ -211,6 +225,47 @@ impl RunningWorker {
     pub async fn shutdown(self) -> Result<()> {
         self.stop.cancel();
         self.wait().await
+    }
+
+    /// For tests: runs until no job of this worker's queues and kinds is due and none is
+    /// running or waiting to have its outcome written, then shuts down gracefully. Jobs
+    /// scheduled (or retrying) in the future are not waited for. Errors with
+    /// [`Error::DrainTimeout`] (after shutting down) when that does not happen within
+    /// `timeout`.
+    pub async fn drain(self, timeout: std::time::Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.idle().await? {
+                return self.shutdown().await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.shutdown().await?;
+                return Err(Error::DrainTimeout { after: timeout });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Nothing due, nothing being fetched, nothing in flight (checked again after the store
+    /// was asked, so a fetch racing the check is seen).
+    async fn idle(&self) -> Result<bool> {
+        let inner = &self.inner;
+        let quiet = || inner.fetching.load(Ordering::SeqCst) == 0 && inner.flights().is_empty();
+        if !quiet() {
+            return Ok(false);
+        }
+        let now = chrono::Utc::now();
+        for (queue, _) in &inner.config.queues {
+            if inner
+                .store
+                .next_due(queue, &inner.kinds)
+                .await?
+                .is_some_and(|at| at <= now)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(quiet())
     }
 
     /// A token that starts the graceful shutdown when cancelled.
@@ -271,6 +326,8 @@ struct Inner {
     finish_tx: mpsc::UnboundedSender<Finish>,
     wakers: HashMap<String, Arc<Notify>>,
     hard_stop: AtomicBool,
+    /// Fetches in progress (claimed rows not yet launched).
+    fetching: std::sync::atomic::AtomicUsize,
     /// When the last successful heartbeat was sent.
     last_heartbeat: Mutex<Instant>,
 }

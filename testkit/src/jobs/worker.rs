@@ -437,3 +437,41 @@ impl CronJobCheck {
         )
     }
 }
+
+/// `RunningWorker::drain` returns once every due job of the worker's queues has run (retries
+/// due meanwhile included) and every outcome is written: no polling of the store needed.
+pub async fn drain_runs_the_queue_until_empty(store: Arc<dyn JobStore>) {
+    let t = token();
+    let jobs = Jobs::from_arc(store.clone());
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let action = if n % 3 == 0 {
+            Action::FailTimes(1)
+        } else {
+            Action::Sleep(20)
+        };
+        ids.push(enqueue(&jobs, probe(&t, n, action), q()).await);
+    }
+    let w = start(&store, fast_config().queue("q", 4));
+    w.drain(T).await.unwrap();
+    for id in ids {
+        assert_eq!(
+            store
+                .get(&TenantScope::All, id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            JobState::Completed,
+            "drain returned before job {id} completed"
+        );
+    }
+    // A worker that cannot empty its queue in time says so.
+    let slow = enqueue(&jobs, probe(&t, 99, Action::Sleep(2_000)), q()).await;
+    let w = start(&store, fast_config());
+    assert!(matches!(
+        w.drain(Duration::from_millis(300)).await,
+        Err(Error::DrainTimeout { .. })
+    ));
+    let _ = slow;
+}
