@@ -9,7 +9,8 @@
 //! Each `demo` job records its start and end in `windlass_demo_runs`, so you can see which
 //! worker ran what (the multi-process tests read that table). Knobs, all optional:
 //! `JOBS_CONCURRENCY` (default 10), `JOBS_HEARTBEAT_MS` / `JOBS_RESCUE_AFTER_MS` (how fast a
-//! dead worker's jobs are rescued; defaults 5 000 / 60 000).
+//! dead worker's jobs are rescued; defaults 5 000 / 60 000), `JOBS_CANCEL_GRACE_MS` (default
+//! 5 000; self-fencing after half of `rescue_after` plus this grace must fit in it).
 
 use std::time::Duration;
 
@@ -46,7 +47,14 @@ impl Job for Demo {
         };
         record("start").await?;
         if !self.sleep_first_attempt_only || ctx.attempt() == 1 {
-            tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+            // Honour cancellation (cancel by id, self-fencing, shutdown): stop and say so.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.sleep_ms)) => {}
+                _ = ctx.cancellation().cancelled() => {
+                    record("cancelled").await?;
+                    return Err(JobError::retry("cancelled while sleeping"));
+                }
+            }
         }
         record("end").await?;
         Ok(())
@@ -112,7 +120,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             env_ms("JOBS_HEARTBEAT_MS", 5_000),
             env_ms("JOBS_RESCUE_AFTER_MS", 60_000),
         )
-        .rescue_interval(env_ms("JOBS_RESCUE_INTERVAL_MS", 15_000));
+        .rescue_interval(env_ms("JOBS_RESCUE_INTERVAL_MS", 15_000))
+        .cancel_grace(env_ms("JOBS_CANCEL_GRACE_MS", 5_000));
     let worker = Worker::new(jobs.store().clone())
         .register::<Demo>()
         .config(config)
