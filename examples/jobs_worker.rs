@@ -28,15 +28,14 @@ struct Demo {
     sleep_first_attempt_only: bool,
 }
 
-static POOL: std::sync::OnceLock<sqlx::PgPool> = std::sync::OnceLock::new();
-static WORKER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 impl Job for Demo {
     const KIND: &'static str = "demo";
 
     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
-        let pool = POOL.get().expect("pool set at start");
-        let worker = WORKER_ID.get().map(String::as_str).unwrap_or("?");
+        // The pool is the worker's state (Worker::state): no `static` needed.
+        let pool = ctx.state::<sqlx::PgPool>()?;
+        let pool = &*pool;
+        let worker = ctx.worker_id();
         let record = |phase: &'static str| {
             sqlx::query("INSERT INTO windlass_demo_runs (job_id, attempt, worker, phase) VALUES ($1, $2, $3, $4)")
                 .bind(ctx.job_id())
@@ -109,7 +108,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    let _ = POOL.set(pool);
     let concurrency = std::env::var("JOBS_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -124,9 +122,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .cancel_grace(env_ms("JOBS_CANCEL_GRACE_MS", 5_000));
     let worker = Worker::new(jobs.store().clone())
         .register::<Demo>()
+        .state(pool)
         .config(config)
         .start()?;
-    let _ = WORKER_ID.set(worker.id().to_owned());
     println!("ready {}", worker.id());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use windlass_core::{BoxError, Name, OrgId};
+use windlass_core::{BoxError, Name, OrgId, RetryPolicy};
 
 use crate::error::{Error, Result};
 use crate::model::{JobId, JobState, NewJob};
@@ -57,6 +57,18 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Runs one attempt. `Err` is retried with backoff (see [`JobError`] for other outcomes);
     /// a panic is caught and retried too.
     fn run(&self, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// This kind's attempt timeout. A job's own [`EnqueueOptions::timeout`] wins; `None` (the
+    /// default): the worker's [`WorkerConfig::default_timeout`](crate::WorkerConfig).
+    fn timeout() -> Option<Duration> {
+        None
+    }
+
+    /// This kind's backoff between attempts. `None` (the default): the worker's
+    /// [`WorkerConfig::retry`](crate::WorkerConfig).
+    fn retry_policy() -> Option<RetryPolicy> {
+        None
+    }
 }
 
 /// What one attempt knows about itself.
@@ -70,7 +82,12 @@ pub struct JobContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) blocking: Arc<BlockingTracker>,
     pub(crate) worker: Arc<str>,
+    pub(crate) states: Arc<States>,
 }
+
+/// Shared values handed to jobs by type ([`Worker::state`](crate::Worker::state)).
+pub(crate) type States =
+    std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>;
 
 /// Counts the [`JobContext::run_blocking`] calls of one attempt still running, so the worker
 /// holds the attempt's slot until they returned.
@@ -127,6 +144,27 @@ impl JobContext {
     /// The id of the worker running this attempt (the row's `locked_by`, its lease).
     pub fn worker_id(&self) -> &str {
         &self.worker
+    }
+
+    /// The shared value of type `S` the worker was given with
+    /// [`Worker::state`](crate::Worker::state) (a pool, a client, your app state): no
+    /// `static` needed. A worker without one is misconfigured: the error retries the attempt
+    /// (a fixed deployment runs it).
+    ///
+    /// ```ignore
+    /// let pool = ctx.state::<sqlx::PgPool>()?;
+    /// ```
+    pub fn state<S: Send + Sync + 'static>(&self) -> Result<Arc<S>, JobError> {
+        self.states
+            .get(&std::any::TypeId::of::<S>())
+            .cloned()
+            .and_then(|s| s.downcast::<S>().ok())
+            .ok_or_else(|| {
+                JobError::retry(format!(
+                    "no state of type {} was given to this worker (Worker::state)",
+                    std::any::type_name::<S>()
+                ))
+            })
     }
 
     /// Attempts allowed in all.

@@ -112,6 +112,16 @@ impl PgStore {
         Ok(out)
     }
 
+    /// Enqueues one typed job inside the caller's transaction (see [`PgStore::insert_in`]).
+    pub async fn enqueue_in<J: crate::Job>(
+        conn: &mut PgConnection,
+        job: &J,
+        options: &crate::EnqueueOptions,
+    ) -> Result<Enqueued> {
+        let mut out = Self::insert_in(conn, vec![options.build(job)?]).await?;
+        Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
+    }
+
     /// Completes the running attempt of `ctx` inside the job's own transaction (River's
     /// `JobCompleteTx`): commit it together with the job's database effects and the two happen
     /// exactly once together. A crash between the commit and the worker's own outcome write

@@ -30,6 +30,8 @@ pub(super) async fn execute(
     metrics::histogram!("windlass_jobs_wait_seconds", "queue" => queue.clone())
         .record(wait.as_secs_f64());
     let worker = Some(inner.id.clone());
+    let kind_retry = inner.registry.get(&job.kind).and_then(|r| r.retry());
+    let retry_policy = kind_retry.as_ref().unwrap_or(&inner.config.retry);
     let failed = |reason: &'static str, message: String| -> Outcome {
         metrics::counter!("windlass_jobs_failed_total", "queue" => queue.clone(), "reason" => reason).increment(1);
         tracing::warn!(error = %message, reason, "job attempt failed");
@@ -38,7 +40,7 @@ pub(super) async fn execute(
             Outcome::Discard { error }
         } else {
             Outcome::Retry {
-                run_at: from_now(inner.config.retry.delay(job.attempt.max(1) as u32)),
+                run_at: from_now(retry_policy.delay(job.attempt.max(1) as u32)),
                 error,
             }
         }
@@ -71,6 +73,7 @@ pub(super) async fn execute(
         cancel: cancel.clone(),
         blocking: blocking.clone(),
         worker: inner.id.as_str().into(),
+        states: inner.states.clone(),
     };
     let future = match runner.start(job.args.clone(), ctx) {
         Ok(f) => f,
@@ -88,7 +91,10 @@ pub(super) async fn execute(
     if let Some(f) = inner.flights().get_mut(&token) {
         f.abort = Some(handle.abort_handle());
     }
-    let timeout = job.timeout.unwrap_or(inner.config.default_timeout);
+    let timeout = job
+        .timeout
+        .or_else(|| runner.timeout())
+        .unwrap_or(inner.config.default_timeout);
     let mut timed_out = false;
     let result = tokio::select! {
         r = &mut handle => r,

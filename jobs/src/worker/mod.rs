@@ -45,6 +45,12 @@ trait Runner: Send + Sync {
         args: serde_json::Value,
         ctx: JobContext,
     ) -> Result<BoxFuture<'static, Result<(), JobError>>, serde_json::Error>;
+
+    /// The kind's own timeout ([`Job::timeout`]).
+    fn timeout(&self) -> Option<std::time::Duration>;
+
+    /// The kind's own backoff ([`Job::retry_policy`]).
+    fn retry(&self) -> Option<windlass_core::RetryPolicy>;
 }
 
 struct TypedRunner<J>(PhantomData<fn() -> J>);
@@ -57,6 +63,14 @@ impl<J: Job> Runner for TypedRunner<J> {
     ) -> Result<BoxFuture<'static, Result<(), JobError>>, serde_json::Error> {
         let job: J = serde_json::from_value(args)?;
         Ok(Box::pin(async move { job.run(ctx).await }))
+    }
+
+    fn timeout(&self) -> Option<std::time::Duration> {
+        J::timeout()
+    }
+
+    fn retry(&self) -> Option<windlass_core::RetryPolicy> {
+        J::retry_policy()
     }
 }
 
@@ -88,6 +102,7 @@ impl<J: Job> Runner for TypedRunner<J> {
 pub struct Worker {
     store: Arc<dyn JobStore>,
     registry: HashMap<String, Arc<dyn Runner>>,
+    states: crate::job::States,
     config: WorkerConfig,
     crons: Vec<CronJob>,
     errors: Vec<Error>,
@@ -109,6 +124,7 @@ impl Worker {
         Self {
             store,
             registry: HashMap::new(),
+            states: HashMap::new(),
             config: WorkerConfig::default(),
             crons: Vec::new(),
             errors: Vec::new(),
@@ -125,6 +141,19 @@ impl Worker {
             }
             Err(e) => self.errors.push(e.into()),
         }
+        self
+    }
+
+    /// Hands `state` (a pool, a client, your app state) to every job of this worker, by type:
+    /// jobs get it with [`JobContext::state`]. One value per type; a second replaces the first.
+    pub fn state<S: Send + Sync + 'static>(self, state: S) -> Self {
+        self.shared_state(Arc::new(state))
+    }
+
+    /// Like [`Worker::state`] for a value you keep a handle on too: jobs get this very `Arc`
+    /// from `ctx.state::<S>()`.
+    pub fn shared_state<S: Send + Sync + 'static>(mut self, state: Arc<S>) -> Self {
+        self.states.insert(std::any::TypeId::of::<S>(), state);
         self
     }
 
@@ -171,6 +200,7 @@ impl Worker {
         let inner = Arc::new(Inner {
             store: self.store,
             registry: self.registry,
+            states: Arc::new(self.states),
             kinds,
             fence_after: self.config.fence_after(),
             config: self.config,
@@ -316,6 +346,7 @@ struct Flight {
 struct Inner {
     store: Arc<dyn JobStore>,
     registry: HashMap<String, Arc<dyn Runner>>,
+    states: Arc<crate::job::States>,
     /// The registered kinds: the only ones fetched.
     kinds: Vec<String>,
     config: WorkerConfig,

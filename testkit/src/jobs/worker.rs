@@ -475,3 +475,87 @@ pub async fn drain_runs_the_queue_until_empty(store: Arc<dyn JobStore>) {
     ));
     let _ = slow;
 }
+
+/// Shared state handed to jobs by type ([`Worker::state`]).
+#[derive(Debug, Default)]
+pub struct RunCounter(pub std::sync::atomic::AtomicUsize);
+
+/// A kind with its own timeout (50 ms) and retry policy (1 h fixed) that counts its runs in
+/// the worker's [`RunCounter`] state and then sleeps far past its timeout.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct KindSettings;
+
+impl Job for KindSettings {
+    const KIND: &'static str = "windlass.kind_settings";
+
+    async fn run(&self, ctx: windlass_jobs::JobContext) -> Result<(), windlass_jobs::JobError> {
+        ctx.state::<RunCounter>()?
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok(())
+    }
+
+    fn timeout() -> Option<Duration> {
+        Some(Duration::from_millis(50))
+    }
+
+    fn retry_policy() -> Option<windlass_core::RetryPolicy> {
+        Some(
+            windlass_core::RetryPolicy::default()
+                .with_delays(Duration::from_secs(3600), Duration::from_secs(3600))
+                .with_jitter(0.0),
+        )
+    }
+}
+
+/// Per-kind timeout and retry policy apply (an enqueue option would still win), and jobs get
+/// the worker's typed state through their context.
+pub async fn kinds_bring_their_timeout_retry_policy_and_state(store: Arc<dyn JobStore>) {
+    let counter = Arc::new(RunCounter::default());
+    let jobs = Jobs::from_arc(store.clone());
+    let w = Worker::new(store.clone())
+        .register::<KindSettings>()
+        .shared_state(counter.clone())
+        .config(fast_config())
+        .start()
+        .unwrap();
+    let id = jobs
+        .enqueue(&KindSettings, &q().max_attempts(3))
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    let rec = wait_state(&store, id, JobState::Retryable, T).await;
+    assert!(
+        rec.errors[0].error.contains("timed out after 50ms"),
+        "{:?}",
+        rec.errors
+    );
+    assert!(
+        rec.run_at > chrono::Utc::now() + chrono::Duration::minutes(30),
+        "the kind's 1 h backoff was not used: {}",
+        rec.run_at
+    );
+    assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    w.shutdown().await.unwrap();
+    // Without the state, the attempt fails with a clear error (and is retried).
+    let w = Worker::new(store.clone())
+        .register::<KindSettings>()
+        .config(fast_config())
+        .start()
+        .unwrap();
+    let id = jobs
+        .enqueue(&KindSettings, &q())
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    let rec = wait_state(&store, id, JobState::Retryable, T).await;
+    assert!(
+        rec.errors[0].error.contains("no state of type"),
+        "{:?}",
+        rec.errors
+    );
+    w.shutdown().await.unwrap();
+}
