@@ -23,6 +23,8 @@ struct State {
     next_id: JobId,
     jobs: BTreeMap<JobId, Row>,
     paused: BTreeSet<String>,
+    /// The maintenance lease: holder and expiry.
+    leader: Option<(String, DateTime<Utc>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +504,20 @@ impl JobStore for MemoryStore {
                 count,
             })
             .collect())
+    }
+
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
+        let now = Utc::now();
+        let mut st = self.lock();
+        let free = st
+            .leader
+            .as_ref()
+            .is_none_or(|(holder, until)| holder == worker || *until < now);
+        if free {
+            let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+            st.leader = Some((worker.to_owned(), until));
+        }
+        Ok(free)
     }
 
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {

@@ -107,6 +107,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Counts by queue and state of the jobs `scope` allows.
     async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>>;
 
+    /// Takes or renews the maintenance lease for `ttl` (one leader among all workers runs the
+    /// depth gauges' count and the pruning). True when `worker` holds it now: it was free,
+    /// expired, or already `worker`'s.
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool>;
+
     /// Wake-ups: the name of a queue that got new work (or [`WAKE_ALL`]). `None` when the
     /// store cannot notify (poll-only); workers then rely on polling.
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>>;

@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fenced_attempts",
         include_str!("../../migrations/0002_fenced_attempts.sql"),
     ),
+    (
+        3,
+        "maintenance_leader",
+        include_str!("../../migrations/0003_maintenance_leader.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).

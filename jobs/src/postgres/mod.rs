@@ -670,6 +670,22 @@ impl JobStore for PgStore {
             .collect())
     }
 
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "INSERT INTO windlass_jobs_leader (name, holder, expires_at) \
+             VALUES ('maintenance', $1, now() + make_interval(secs => $2)) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+              WHERE windlass_jobs_leader.holder = EXCLUDED.holder OR windlass_jobs_leader.expires_at < now() \
+             RETURNING holder",
+        )
+        .bind(worker)
+        .bind(interval_secs(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::pg("lead", e))?;
+        Ok(holder.is_some())
+    }
+
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
         if !self.listen {
             return Ok(None);

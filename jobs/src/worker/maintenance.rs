@@ -1,5 +1,6 @@
-//! Maintenance every worker runs: rescue of attempts whose worker stopped heartbeating,
-//! pruning of final jobs, and the queue depth gauges.
+//! Maintenance: every worker rescues attempts whose worker stopped heartbeating (an indexed,
+//! cheap query: several rescuers are harmless); pruning and the depth gauges' `GROUP BY` run
+//! on one worker only, the holder of the maintenance lease (`JobStore::try_lead`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +26,15 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, stop: CancellationToken)
         .metrics_interval
         .unwrap_or(Duration::from_secs(3600 * 24 * 365));
     let mut depth = tokio::time::interval(metrics_every);
+    // The lease outlives the longest gap between two maintenance ticks of its holder.
+    let lease = 3 * inner
+        .config
+        .prune_interval
+        .max(if inner.config.metrics_interval.is_some() {
+            metrics_every
+        } else {
+            inner.config.prune_interval
+        });
     for t in [&mut rescue, &mut prune, &mut depth] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -38,14 +48,16 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, stop: CancellationToken)
                 },
                 Err(e) => tracing::warn!(error = %e, "windlass-jobs rescue failed"),
             },
-            _ = prune.tick() => if let Some(retention) = inner.config.retention {
+            _ = prune.tick() => if let Some(retention) = inner.config.retention
+                && leads(&inner, lease).await
+            {
                 match inner.store.prune(retention).await {
                     Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned final jobs"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "windlass-jobs prune failed"),
                 }
             },
-            _ = depth.tick() => if inner.config.metrics_interval.is_some() {
+            _ = depth.tick() => if inner.config.metrics_interval.is_some() && leads(&inner, lease).await {
                 match inner.store.counts(&windlass_core::TenantScope::All).await {
                     Ok(counts) => {
                         let mut seen: HashMap<(String, JobState), i64> = HashMap::new();
@@ -65,6 +77,17 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, stop: CancellationToken)
                     Err(e) => tracing::warn!(error = %e, "windlass-jobs depth query failed"),
                 }
             },
+        }
+    }
+}
+
+/// Whether this worker holds (took or renewed) the maintenance lease.
+async fn leads(inner: &Inner, lease: Duration) -> bool {
+    match inner.store.try_lead(&inner.id, lease).await {
+        Ok(leader) => leader,
+        Err(e) => {
+            tracing::warn!(error = %e, "windlass-jobs maintenance lease failed");
+            false
         }
     }
 }

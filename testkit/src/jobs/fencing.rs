@@ -109,6 +109,9 @@ impl JobStore for HeartbeatGate {
     async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
         self.inner.counts(scope).await
     }
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
+        self.inner.try_lead(worker, ttl).await
+    }
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
         self.inner.subscribe().await
     }

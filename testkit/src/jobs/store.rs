@@ -608,3 +608,28 @@ pub async fn release_returns_jobs_without_counting_the_attempt(store: Arc<dyn Jo
         (JobState::Available, 0, None)
     );
 }
+
+/// One maintenance leader at a time: the lease is exclusive, renewable by its holder, and
+/// taken over once it expired.
+pub async fn one_maintenance_leader_at_a_time(store: Arc<dyn JobStore>) {
+    let ttl = Duration::from_millis(300);
+    assert!(store.try_lead("w1", ttl).await.unwrap());
+    assert!(!store.try_lead("w2", ttl).await.unwrap());
+    assert!(
+        store.try_lead("w1", ttl).await.unwrap(),
+        "the holder renews"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(store.try_lead("w1", ttl).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !store.try_lead("w2", ttl).await.unwrap(),
+        "the renewal extended the lease"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        store.try_lead("w2", ttl).await.unwrap(),
+        "expired: taken over"
+    );
+    assert!(!store.try_lead("w1", ttl).await.unwrap());
+}
