@@ -75,7 +75,7 @@ use std::time::Duration;
 
 use windlass_core::{OrgId, TenantScope};
 
-pub use cron::CronJob;
+pub use cron::{CatchUp, CronJob};
 pub use error::{Error, Result};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, EnqueueOptions, Job, JobContext,

@@ -559,3 +559,64 @@ pub async fn kinds_bring_their_timeout_retry_policy_and_state(store: Arc<dyn Job
     );
     w.shutdown().await.unwrap();
 }
+
+/// Ticks missed while no worker ran are caught up on start within the window (`CatchUp`),
+/// each once however many workers catch up; `Latest` enqueues only the newest missed tick.
+pub async fn cron_catches_up_missed_ticks_once(store: Arc<dyn JobStore>) {
+    for (catch_up, expected) in [
+        (
+            windlass_jobs::CatchUp::All {
+                within: Duration::from_secs(5),
+            },
+            4..=5usize,
+        ),
+        (
+            windlass_jobs::CatchUp::Latest {
+                within: Duration::from_secs(5),
+            },
+            1..=1,
+        ),
+    ] {
+        let t = token();
+        let name = format!("catch-up-{}", &t[..8]);
+        let cron =
+            windlass_jobs::CronJob::new(&name, "* * * * * *", &probe(&t, 1, Action::Succeed), &q())
+                .expect("valid cron")
+                .catch_up(catch_up);
+        let started = chrono::Utc::now();
+        let workers: Vec<RunningWorker> = (0..2)
+            .map(|_| {
+                Worker::new(store.clone())
+                    .register::<Probe>()
+                    .config(fast_config())
+                    .cron(cron.clone())
+                    .start()
+                    .unwrap()
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for w in workers {
+            w.shutdown().await.unwrap();
+        }
+        let rows: Vec<_> = Jobs::from_arc(store.clone())
+            .list(&JobFilter::new().kind(Probe::KIND).limit(1000))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.args["token"] == t.as_str())
+            .collect();
+        let ticks: HashSet<i64> = rows
+            .iter()
+            .filter_map(|r| r.unique_key.as_deref()?.rsplit(':').next()?.parse().ok())
+            .collect();
+        assert_eq!(ticks.len(), rows.len(), "a tick was enqueued twice");
+        let caught_up = ticks
+            .iter()
+            .filter(|&&tick| tick <= started.timestamp())
+            .count();
+        assert!(
+            expected.contains(&caught_up),
+            "{catch_up:?}: {caught_up} missed ticks enqueued, wanted {expected:?}"
+        );
+    }
+}
