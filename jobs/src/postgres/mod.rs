@@ -133,11 +133,12 @@ impl PgStore {
     /// ```no_run
     /// # use windlass_jobs::{Job, JobContext, JobError, postgres::PgStore};
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge { order: i64 }
-    /// # static POOL: std::sync::OnceLock<sqlx::PgPool> = std::sync::OnceLock::new();
     /// impl Job for Charge {
     ///     const KIND: &'static str = "charge";
     ///     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
-    ///         let mut tx = POOL.get().unwrap().begin().await?;
+    ///         // The pool was given to the worker with `Worker::state(pool)`.
+    ///         let pool = ctx.state::<sqlx::PgPool>()?;
+    ///         let mut tx = pool.begin().await?;
     ///         sqlx::query("UPDATE orders SET charged = true WHERE id = $1")
     ///             .bind(self.order)
     ///             .execute(&mut *tx)
@@ -147,6 +148,7 @@ impl PgStore {
     ///         Ok(())
     ///     }
     /// }
+    /// # let _ = Charge { order: 1 };
     /// ```
     pub async fn complete_in(conn: &mut PgConnection, ctx: &crate::JobContext) -> Result<()> {
         Self::complete_attempt_in(conn, ctx.worker_id(), ctx.token()).await
