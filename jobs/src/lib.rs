@@ -240,6 +240,14 @@ impl Jobs {
         self.store.set_paused(queue, false).await
     }
 
+    /// Sets (`Some(n)`) or removes a queue's global concurrency limit: at most `n` of its jobs
+    /// run at once across every worker and process, enforced in the store at fetch (operator
+    /// handles only). Takes effect within a second.
+    pub async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        self.operator_only("limiting a queue")?;
+        self.store.set_global_limit(queue, limit).await
+    }
+
     /// Deletes final jobs older than `older_than` (operator handles only; workers also do it on
     /// their own, see [`WorkerConfig::retention`]).
     pub async fn prune(&self, older_than: Duration) -> Result<u64> {

@@ -25,6 +25,8 @@ struct State {
     paused: BTreeSet<String>,
     /// The maintenance lease: holder and expiry.
     leader: Option<(String, DateTime<Utc>)>,
+    /// Global concurrency limits per queue.
+    limits: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +235,15 @@ impl JobStore for MemoryStore {
             .map(|r| (r.rec.priority, r.rec.run_at, r.rec.id))
             .collect();
         due.sort_unstable();
+        let mut limit = limit;
+        if let Some(max) = st.limits.get(queue) {
+            let running = st
+                .jobs
+                .values()
+                .filter(|r| r.rec.queue == queue && r.rec.state == JobState::Running)
+                .count();
+            limit = limit.min((*max as usize).saturating_sub(running));
+        }
         due.truncate(limit);
         let mut out = Vec::with_capacity(due.len());
         for (_, _, id) in due {
@@ -458,6 +469,17 @@ impl JobStore for MemoryStore {
             self.lock().paused.remove(queue);
             self.notify(queue);
         }
+        Ok(())
+    }
+
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        crate::store::validate_limit(limit)?;
+        let mut st = self.lock();
+        match limit {
+            Some(n) => st.limits.insert(queue.to_owned(), n),
+            None => st.limits.remove(queue),
+        };
         Ok(())
     }
 

@@ -95,6 +95,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Pauses (`true`) or resumes a queue, persistently: no worker fetches from a paused queue.
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
 
+    /// Sets (`Some`) or removes a queue's global concurrency limit: at most that many of its
+    /// jobs run at once across every worker, enforced at fetch (workers' own per-queue
+    /// concurrency still applies). Takes effect within a second.
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()>;
+
     /// The paused queues.
     async fn paused_queues(&self) -> Result<Vec<String>>;
 
@@ -115,4 +120,16 @@ pub trait JobStore: Send + Sync + 'static {
     /// Wake-ups: the name of a queue that got new work (or [`WAKE_ALL`]). `None` when the
     /// store cannot notify (poll-only); workers then rely on polling.
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>>;
+}
+
+/// A global concurrency limit must be in `1..=i32::MAX`.
+#[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+pub(crate) fn validate_limit(limit: Option<u32>) -> Result<()> {
+    match limit {
+        Some(n) if n == 0 || n > i32::MAX as u32 => Err(crate::Error::InvalidOption {
+            option: "global_limit",
+            reason: format!("{n} is outside 1..={}", i32::MAX),
+        }),
+        _ => Ok(()),
+    }
 }

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "maintenance_leader",
         include_str!("../../migrations/0003_maintenance_leader.sql"),
     ),
+    (
+        4,
+        "queue_limits",
+        include_str!("../../migrations/0004_queue_limits.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).

@@ -5,8 +5,10 @@
 //! jobs holding every pooled connection cannot starve them.
 
 mod insert;
+mod limits;
 mod listen;
 mod migrate;
+mod tx;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +29,12 @@ use crate::model::{
 };
 use crate::store::JobStore;
 
+/// Global limits per queue and when they were read.
+type LimitCache = (
+    Option<std::time::Instant>,
+    std::collections::HashMap<String, i32>,
+);
+
 /// The NOTIFY channel the insert trigger and the store use.
 pub const CHANNEL: &str = "windlass_jobs";
 
@@ -42,6 +50,8 @@ pub struct PgStore {
     listen: bool,
     wake: Arc<Mutex<Option<broadcast::Sender<String>>>>,
     heartbeat_conn: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    /// Queues with a global concurrency limit, re-read at most every second.
+    limits: Arc<Mutex<LimitCache>>,
 }
 
 impl PgStore {
@@ -52,6 +62,7 @@ impl PgStore {
             listen: true,
             wake: Arc::new(Mutex::new(None)),
             heartbeat_conn: Arc::new(tokio::sync::Mutex::new(None)),
+            limits: Arc::new(Mutex::new((None, std::collections::HashMap::new()))),
         }
     }
 
@@ -110,75 +121,6 @@ impl PgStore {
         }
         sp.commit().await.map_err(|e| Error::pg("insert", e))?;
         Ok(out)
-    }
-
-    /// Enqueues one typed job inside the caller's transaction (see [`PgStore::insert_in`]).
-    pub async fn enqueue_in<J: crate::Job>(
-        conn: &mut PgConnection,
-        job: &J,
-        options: &crate::EnqueueOptions,
-    ) -> Result<Enqueued> {
-        let mut out = Self::insert_in(conn, vec![options.build(job)?]).await?;
-        Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
-    }
-
-    /// Completes the running attempt of `ctx` inside the job's own transaction (River's
-    /// `JobCompleteTx`): commit it together with the job's database effects and the two happen
-    /// exactly once together. A crash between the commit and the worker's own outcome write
-    /// changes nothing (the worker's later write is refused); a crash before the commit rolls
-    /// both back. Fenced like every transition: [`Error::AttemptLost`] when the attempt no
-    /// longer holds its job (rescued after a stall): roll the transaction back, so a rescued
-    /// attempt's effects never commit.
-    ///
-    /// ```no_run
-    /// # use windlass_jobs::{Job, JobContext, JobError, postgres::PgStore};
-    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge { order: i64 }
-    /// impl Job for Charge {
-    ///     const KIND: &'static str = "charge";
-    ///     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
-    ///         // The pool was given to the worker with `Worker::state(pool)`.
-    ///         let pool = ctx.state::<sqlx::PgPool>()?;
-    ///         let mut tx = pool.begin().await?;
-    ///         sqlx::query("UPDATE orders SET charged = true WHERE id = $1")
-    ///             .bind(self.order)
-    ///             .execute(&mut *tx)
-    ///             .await?;
-    ///         PgStore::complete_in(&mut tx, &ctx).await?;
-    ///         tx.commit().await?;
-    ///         Ok(())
-    ///     }
-    /// }
-    /// # let _ = Charge { order: 1 };
-    /// ```
-    pub async fn complete_in(conn: &mut PgConnection, ctx: &crate::JobContext) -> Result<()> {
-        Self::complete_attempt_in(conn, ctx.worker_id(), ctx.token()).await
-    }
-
-    /// [`PgStore::complete_in`] for an explicit worker and attempt token.
-    pub async fn complete_attempt_in(
-        conn: &mut PgConnection,
-        worker: &str,
-        token: AttemptToken,
-    ) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE windlass_jobs \
-                SET state = 'completed', finalized_at = now(), locked_by = NULL, stop_requested = NULL \
-              WHERE id = $1 AND attempt = $2 AND state = 'running' AND locked_by = $3",
-        )
-        .bind(token.id)
-        .bind(token.attempt)
-        .bind(worker)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Error::pg("complete", e))?;
-        if done.rows_affected() == 1 {
-            Ok(())
-        } else {
-            Err(Error::AttemptLost {
-                id: token.id,
-                attempt: token.attempt,
-            })
-        }
     }
 
     async fn notify(&self, queues: &[String]) -> Result<()> {
@@ -277,6 +219,29 @@ fn org(scope: &TenantScope) -> Option<&str> {
     scope.org_id().map(|o| o.as_str())
 }
 
+/// Decodes fetched rows, most urgent first.
+fn fetched(rows: &[PgRow]) -> Vec<FetchedJob> {
+    let mut jobs: Vec<FetchedJob> = rows
+        .iter()
+        .map(|r| FetchedJob {
+            id: r.get(0),
+            queue: r.get(1),
+            kind: r.get(2),
+            args: r.get(3),
+            org_id: r.get(4),
+            priority: r.get(5),
+            attempt: r.get(6),
+            max_attempts: r.get(7),
+            run_at: r.get(8),
+            timeout: r
+                .get::<Option<i32>, _>(9)
+                .map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        })
+        .collect();
+    jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
+    jobs
+}
+
 fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
     attempts.iter().map(|t| (t.id, t.attempt)).unzip()
 }
@@ -306,6 +271,9 @@ impl JobStore for PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        if let Some(max) = self.global_limit(queue).await? {
+            return self.fetch_limited(queue, kinds, limit, worker, max).await;
+        }
         let rows = sqlx::query(
             "WITH next AS ( \
                  SELECT id FROM windlass_jobs \
@@ -329,27 +297,8 @@ impl JobStore for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("fetch", e))?;
-        let mut jobs: Vec<FetchedJob> = rows
-            .iter()
-            .map(|r| FetchedJob {
-                id: r.get(0),
-                queue: r.get(1),
-                kind: r.get(2),
-                args: r.get(3),
-                org_id: r.get(4),
-                priority: r.get(5),
-                attempt: r.get(6),
-                max_attempts: r.get(7),
-                run_at: r.get(8),
-                timeout: r
-                    .get::<Option<i32>, _>(9)
-                    .map(|ms| Duration::from_millis(ms.max(1) as u64)),
-            })
-            .collect();
-        jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
-        Ok(jobs)
+        Ok(fetched(&rows))
     }
-
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
         if finished.is_empty() {
             return Ok(0);
@@ -604,6 +553,23 @@ impl JobStore for PgStore {
         if !paused {
             self.notify(&[queue.to_owned()]).await?;
         }
+        Ok(())
+    }
+
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        crate::store::validate_limit(limit)?;
+        sqlx::query(
+            "INSERT INTO windlass_job_queues (name, global_limit) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET global_limit = EXCLUDED.global_limit, updated_at = now()",
+        )
+        .bind(queue)
+        .bind(limit.map(|n| n as i32))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg("limit", e))?;
+        // This process sees it at once.
+        self.limits.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
         Ok(())
     }
 

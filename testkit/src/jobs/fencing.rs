@@ -97,6 +97,9 @@ impl JobStore for HeartbeatGate {
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         self.inner.set_paused(queue, paused).await
     }
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        self.inner.set_global_limit(queue, limit).await
+    }
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.inner.paused_queues().await
     }

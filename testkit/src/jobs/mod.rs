@@ -303,6 +303,7 @@ macro_rules! job_store_conformance {
             kinds_bring_their_timeout_retry_policy_and_state,
             one_maintenance_leader_at_a_time,
             cron_catches_up_missed_ticks_once,
+            global_limit_holds_across_workers,
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,

@@ -114,3 +114,35 @@ pub async fn shutdown_never_releases_a_running_attempt(store: Arc<dyn JobStore>)
     assert_attempts_never_overlap(&events(&t), id);
     b.shutdown().await.unwrap();
 }
+
+/// A queue's global concurrency limit holds across workers: three workers allowing 5 each,
+/// limit 3, never more than 3 jobs of the queue running at once (recorded starts and ends).
+pub async fn global_limit_holds_across_workers(store: Arc<dyn JobStore>) {
+    let t = token();
+    let jobs = Jobs::from_arc(store.clone());
+    jobs.set_global_limit("q", Some(3)).await.unwrap();
+    assert!(matches!(
+        jobs.set_global_limit("q", Some(0)).await,
+        Err(windlass_jobs::Error::InvalidOption { .. })
+    ));
+    let mut ids = Vec::new();
+    for n in 0..24 {
+        ids.push(enqueue(&jobs, probe(&t, n, Action::BlockInPool(60)), q()).await);
+    }
+    let workers: Vec<_> = (0..3)
+        .map(|_| start(&store, fast_config().queue("q", 5)))
+        .collect();
+    for id in &ids {
+        wait_state(&store, *id, JobState::Completed, T).await;
+    }
+    for w in workers {
+        w.shutdown().await.unwrap();
+    }
+    let evs = events(&t);
+    let max = max_running(&evs);
+    assert!(
+        (2..=3).contains(&max),
+        "{max} jobs ran at once under a global limit of 3: {evs:?}"
+    );
+    jobs.set_global_limit("q", None).await.unwrap();
+}
