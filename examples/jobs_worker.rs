@@ -9,7 +9,8 @@
 //! Each `demo` job records its start and end in `windlass_demo_runs`, so you can see which
 //! worker ran what (the multi-process tests read that table). Knobs, all optional:
 //! `JOBS_CONCURRENCY` (default 10), `JOBS_HEARTBEAT_MS` / `JOBS_RESCUE_AFTER_MS` (how fast a
-//! dead worker's jobs are rescued; defaults 5 000 / 60 000).
+//! dead worker's jobs are rescued; defaults 5 000 / 60 000), `JOBS_CANCEL_GRACE_MS` (default
+//! 5 000; self-fencing after half of `rescue_after` plus this grace must fit in it).
 
 use std::time::Duration;
 
@@ -27,15 +28,14 @@ struct Demo {
     sleep_first_attempt_only: bool,
 }
 
-static POOL: std::sync::OnceLock<sqlx::PgPool> = std::sync::OnceLock::new();
-static WORKER_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
 impl Job for Demo {
     const KIND: &'static str = "demo";
 
     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
-        let pool = POOL.get().expect("pool set at start");
-        let worker = WORKER_ID.get().map(String::as_str).unwrap_or("?");
+        // The pool is the worker's state (Worker::state): no `static` needed.
+        let pool = ctx.state::<sqlx::PgPool>()?;
+        let pool = &*pool;
+        let worker = ctx.worker_id();
         let record = |phase: &'static str| {
             sqlx::query("INSERT INTO windlass_demo_runs (job_id, attempt, worker, phase) VALUES ($1, $2, $3, $4)")
                 .bind(ctx.job_id())
@@ -46,7 +46,14 @@ impl Job for Demo {
         };
         record("start").await?;
         if !self.sleep_first_attempt_only || ctx.attempt() == 1 {
-            tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+            // Honour cancellation (cancel by id, self-fencing, shutdown): stop and say so.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.sleep_ms)) => {}
+                _ = ctx.cancellation().cancelled() => {
+                    record("cancelled").await?;
+                    return Err(JobError::retry("cancelled while sleeping"));
+                }
+            }
         }
         record("end").await?;
         Ok(())
@@ -101,7 +108,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
 
-    let _ = POOL.set(pool);
     let concurrency = std::env::var("JOBS_CONCURRENCY")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -112,12 +118,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             env_ms("JOBS_HEARTBEAT_MS", 5_000),
             env_ms("JOBS_RESCUE_AFTER_MS", 60_000),
         )
-        .rescue_interval(env_ms("JOBS_RESCUE_INTERVAL_MS", 15_000));
+        .rescue_interval(env_ms("JOBS_RESCUE_INTERVAL_MS", 15_000))
+        .cancel_grace(env_ms("JOBS_CANCEL_GRACE_MS", 5_000));
     let worker = Worker::new(jobs.store().clone())
         .register::<Demo>()
+        .state(pool)
         .config(config)
         .start()?;
-    let _ = WORKER_ID.set(worker.id().to_owned());
     println!("ready {}", worker.id());
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

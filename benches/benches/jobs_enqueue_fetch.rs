@@ -37,7 +37,7 @@ fn cycle(
     // Drain what enqueue_one left so the cycle fetches exactly its own job.
     rt.block_on(async {
         while !store
-            .fetch("default", 10_000, "drain")
+            .fetch("default", &[], 10_000, "drain")
             .await
             .expect("fetch")
             .is_empty()
@@ -46,7 +46,7 @@ fn cycle(
     g.bench_function("enqueue_fetch_complete_one", |b| {
         b.to_async(rt).iter(|| async {
             store.insert(vec![row()]).await.expect("insert");
-            let jobs = store.fetch("default", 1, "w").await.expect("fetch");
+            let jobs = store.fetch("default", &[], 1, "w").await.expect("fetch");
             let job = jobs.first().expect("a job");
             let n = store
                 .finish("w", &[Finish::new(job.id, job.attempt, Outcome::Completed)])

@@ -26,6 +26,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The job's arguments hold a value the database cannot store (a NUL character in a
+    /// string or a key). Caught at validation: nothing is inserted.
+    #[error("job arguments of kind `{kind}` are invalid: {reason}")]
+    InvalidArgs {
+        /// Job kind.
+        kind: String,
+        /// What is wrong and where.
+        reason: String,
+    },
     /// A cron expression did not parse.
     #[error("cron schedule {pattern:?} is invalid: {reason}")]
     Cron {
@@ -42,6 +51,36 @@ pub enum Error {
         id: i64,
         /// Its unique key.
         unique_key: String,
+    },
+    /// The job is running: `retry_now` would start a second attempt while the first still
+    /// runs. Cancel it (a request the worker acts on) and retry once it is final.
+    #[error("job {id} is running; it cannot be retried until its attempt ends")]
+    JobRunning {
+        /// The job.
+        id: i64,
+    },
+    /// The attempt no longer holds its job (it was rescued, or its row changed): a completion
+    /// inside the job's own transaction was refused. Roll that transaction back.
+    #[error("job {id} attempt {attempt} no longer holds its job; roll back its transaction")]
+    AttemptLost {
+        /// The job.
+        id: i64,
+        /// The attempt that lost it.
+        attempt: i32,
+    },
+    /// [`RunningWorker::drain`](crate::RunningWorker::drain) found work still due or running
+    /// when its timeout passed (the worker was shut down).
+    #[error("the worker did not drain its queues within {after:?}")]
+    DrainTimeout {
+        /// The timeout given.
+        after: std::time::Duration,
+    },
+    /// The handle's tenant scope does not allow this: enqueueing another tenant's job, or a
+    /// queue-wide operation through a tenant's handle.
+    #[error("out of the handle's tenant scope: {what}")]
+    OutOfScope {
+        /// What was refused.
+        what: String,
     },
     /// The store (database) failed; `op` says what was being done. Safe to retry.
     #[error("job store {backend} {op} failed: {source}")]

@@ -3,13 +3,16 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use windlass_core::{BoxError, Name, OrgId};
+use windlass_core::{BoxError, Name, OrgId, RetryPolicy};
 
 use crate::error::{Error, Result};
 use crate::model::{JobId, JobState, NewJob};
@@ -54,6 +57,18 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Runs one attempt. `Err` is retried with backoff (see [`JobError`] for other outcomes);
     /// a panic is caught and retried too.
     fn run(&self, ctx: JobContext) -> impl Future<Output = Result<(), JobError>> + Send;
+
+    /// This kind's attempt timeout. A job's own [`EnqueueOptions::timeout`] wins; `None` (the
+    /// default): the worker's [`WorkerConfig::default_timeout`](crate::WorkerConfig).
+    fn timeout() -> Option<Duration> {
+        None
+    }
+
+    /// This kind's backoff between attempts. `None` (the default): the worker's
+    /// [`WorkerConfig::retry`](crate::WorkerConfig).
+    fn retry_policy() -> Option<RetryPolicy> {
+        None
+    }
 }
 
 /// What one attempt knows about itself.
@@ -65,6 +80,49 @@ pub struct JobContext {
     pub(crate) queue: String,
     pub(crate) org_id: Option<String>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) blocking: Arc<BlockingTracker>,
+    pub(crate) worker: Arc<str>,
+    pub(crate) states: Arc<States>,
+}
+
+/// Shared values handed to jobs by type ([`Worker::state`](crate::Worker::state)).
+pub(crate) type States =
+    std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>;
+
+/// Counts the [`JobContext::run_blocking`] calls of one attempt still running, so the worker
+/// holds the attempt's slot until they returned.
+#[derive(Debug, Default)]
+pub(crate) struct BlockingTracker {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl BlockingTracker {
+    fn enter(self: &Arc<Self>) -> BlockingGuard {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        BlockingGuard(self.clone())
+    }
+
+    /// Waits until no blocking call of the attempt runs.
+    #[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.running.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct BlockingGuard(Arc<BlockingTracker>);
+
+impl Drop for BlockingGuard {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.idle.notify_waiters();
+    }
 }
 
 impl JobContext {
@@ -76,6 +134,37 @@ impl JobContext {
     /// This attempt's number, from 1.
     pub fn attempt(&self) -> i32 {
         self.attempt
+    }
+
+    /// This attempt's fencing token (job id + attempt).
+    pub fn token(&self) -> crate::AttemptToken {
+        crate::AttemptToken::new(self.id, self.attempt)
+    }
+
+    /// The id of the worker running this attempt (the row's `locked_by`, its lease).
+    pub fn worker_id(&self) -> &str {
+        &self.worker
+    }
+
+    /// The shared value of type `S` the worker was given with
+    /// [`Worker::state`](crate::Worker::state) (a pool, a client, your app state): no
+    /// `static` needed. A worker without one is misconfigured: the error retries the attempt
+    /// (a fixed deployment runs it).
+    ///
+    /// ```ignore
+    /// let pool = ctx.state::<sqlx::PgPool>()?;
+    /// ```
+    pub fn state<S: Send + Sync + 'static>(&self) -> Result<Arc<S>, JobError> {
+        self.states
+            .get(&std::any::TypeId::of::<S>())
+            .cloned()
+            .and_then(|s| s.downcast::<S>().ok())
+            .ok_or_else(|| {
+                JobError::retry(format!(
+                    "no state of type {} was given to this worker (Worker::state)",
+                    std::any::type_name::<S>()
+                ))
+            })
     }
 
     /// Attempts allowed in all.
@@ -99,6 +188,33 @@ impl JobContext {
     /// worker aborts the attempt shortly after it fires anyway.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Runs blocking code (CPU work, a synchronous client) on Tokio's blocking pool and waits
+    /// for it. **The rule for blocking jobs**: never block inside `run` itself (it stalls a
+    /// runtime thread, and the worker's timeout and cancellation can only take effect at an
+    /// `.await`); call this instead. Blocking code cannot be interrupted: when the attempt
+    /// times out or is cancelled, the worker stops awaiting it but keeps the attempt's slot
+    /// (the queue's concurrency is never exceeded) and its lease (the job is not rescued nor
+    /// run again) until the closure has returned; only then is the outcome written. Check
+    /// [`JobContext::cancellation`] inside long loops to stop early. A panic in `f` is a panic
+    /// of the attempt (retried).
+    pub async fn run_blocking<F, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let guard = self.blocking.enter();
+        let handle = tokio::task::spawn_blocking(move || {
+            let _running = guard;
+            f()
+        });
+        match handle.await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The blocking pool shut down (the runtime is going away): nothing can continue.
+            Err(e) => panic!("blocking job work was cancelled: {e}"),
+        }
     }
 }
 
@@ -343,6 +459,14 @@ impl EnqueueOptions {
     /// Like [`EnqueueOptions::build`] for an untyped job (a kind name and JSON arguments).
     pub fn build_raw(&self, kind: &str, args: serde_json::Value) -> Result<NewJob> {
         let kind = Name::parse("job kind", kind)?;
+        if let Some(path) = nul_path(&args, "$") {
+            return Err(Error::InvalidArgs {
+                kind: kind.as_str().to_owned(),
+                reason: format!(
+                    "{path} contains a NUL character (\\u0000), which Postgres jsonb cannot store"
+                ),
+            });
+        }
         let queue = Name::parse("queue", self.queue.as_deref().unwrap_or(DEFAULT_QUEUE))?;
         let priority = self.priority.unwrap_or(DEFAULT_PRIORITY);
         if !(0..=MAX_PRIORITY).contains(&priority) {
@@ -433,6 +557,25 @@ impl EnqueueOptions {
             unique_key,
             unique_states,
         })
+    }
+}
+
+/// Where in `v` a string (or an object key) holds a NUL character, as a JSON path.
+fn nul_path(v: &serde_json::Value, at: &str) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if s.contains('\0') => Some(at.to_owned()),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_path(x, &format!("{at}[{i}]"))),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, x)| {
+            if k.contains('\0') {
+                Some(format!("a key of {at}"))
+            } else {
+                nul_path(x, &format!("{at}.{k}"))
+            }
+        }),
+        _ => None,
     }
 }
 

@@ -73,7 +73,9 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cron::CronJob;
+use windlass_core::{OrgId, TenantScope};
+
+pub use cron::{CatchUp, CronJob};
 pub use error::{Error, Result};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, EnqueueOptions, Job, JobContext,
@@ -81,35 +83,62 @@ pub use job::{
     UniqueOptions,
 };
 pub use model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState, NewJob,
-    Outcome, QueueCount, Rescued,
+    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
+    JobRecord, JobState, NewJob, Outcome, QueueCount, Rescued,
 };
 pub use store::{JobStore, WAKE_ALL};
 pub use worker::{RunningWorker, Worker, WorkerConfig};
 
 /// The client handle: enqueue and manage jobs. Cheap to clone.
+///
+/// A handle has a [`TenantScope`]: [`Jobs::new`] sees every tenant (an operator's view);
+/// [`Jobs::for_tenant`] gives one tenant's handle, which can never read or change another
+/// tenant's jobs: their ids behave as missing ones, listings and counts leave them out, jobs it
+/// enqueues get its `org_id`, and queue-wide operations (pause, resume, prune) are refused.
 #[derive(Clone)]
 pub struct Jobs {
     store: Arc<dyn JobStore>,
+    scope: TenantScope,
 }
 
 impl std::fmt::Debug for Jobs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jobs").finish_non_exhaustive()
+        f.debug_struct("Jobs")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
 impl Jobs {
-    /// A handle on `store`.
+    /// A handle on `store`, scoped to every tenant.
     pub fn new(store: impl JobStore) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// A handle on a shared store, scoped to every tenant.
+    pub fn from_arc(store: Arc<dyn JobStore>) -> Self {
         Self {
-            store: Arc::new(store),
+            store,
+            scope: TenantScope::All,
         }
     }
 
-    /// A handle on a shared store.
-    pub fn from_arc(store: Arc<dyn JobStore>) -> Self {
-        Self { store }
+    /// This handle limited to `scope` (e.g. `TenantScope::org(org)` for one tenant's API).
+    pub fn scoped(&self, scope: TenantScope) -> Self {
+        Self {
+            store: self.store.clone(),
+            scope,
+        }
+    }
+
+    /// This handle limited to tenant `org`.
+    pub fn for_tenant(&self, org: OrgId) -> Self {
+        self.scoped(TenantScope::org(org))
+    }
+
+    /// The handle's tenant scope.
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
     }
 
     /// The store (to build a [`Worker`] on, or to call it directly).
@@ -117,15 +146,50 @@ impl Jobs {
         &self.store
     }
 
-    /// Enqueues one job.
-    pub async fn enqueue<J: Job>(&self, job: &J, options: &EnqueueOptions) -> Result<Enqueued> {
-        let row = options.build(job)?;
-        let mut out = self.store.insert(vec![row]).await?;
-        Ok(out.pop().unwrap_or(Enqueued::Duplicate))
+    /// Gives rows without a tenant this handle's tenant; refuses rows of another tenant.
+    fn own(&self, mut rows: Vec<NewJob>) -> Result<Vec<NewJob>> {
+        if let TenantScope::Org(org) = &self.scope {
+            for row in &mut rows {
+                match &row.org_id {
+                    None => row.org_id = Some(org.clone()),
+                    Some(o) if o == org => {}
+                    Some(o) => {
+                        return Err(Error::OutOfScope {
+                            what: format!(
+                                "a job of tenant {:?} enqueued through tenant {:?}'s handle",
+                                o.as_str(),
+                                org.as_str()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(rows)
     }
 
-    /// Enqueues many jobs with the same options in one bulk insert (per 10 000 on Postgres).
-    /// Nothing is inserted if any job fails validation.
+    fn operator_only(&self, op: &str) -> Result<()> {
+        match &self.scope {
+            TenantScope::Org(org) => Err(Error::OutOfScope {
+                what: format!(
+                    "{op} affects every tenant; tenant {:?}'s handle may not",
+                    org.as_str()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Enqueues one job.
+    pub async fn enqueue<J: Job>(&self, job: &J, options: &EnqueueOptions) -> Result<Enqueued> {
+        let rows = self.own(vec![options.build(job)?])?;
+        let mut out = self.store.insert(rows).await?;
+        Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
+    }
+
+    /// Enqueues many jobs with the same options, atomically at any size (one transaction on
+    /// Postgres, 10 000 rows per statement): nothing is inserted if any job fails validation
+    /// or the database refuses any row.
     pub async fn enqueue_many<'a, J: Job>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
@@ -135,58 +199,74 @@ impl Jobs {
             .into_iter()
             .map(|j| options.build(j))
             .collect::<Result<Vec<_>>>()?;
-        self.store.insert(rows).await
+        self.store.insert(self.own(rows)?).await
     }
 
     /// Inserts already built rows (mixed kinds and options) in one bulk insert.
     pub async fn insert(&self, rows: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        self.store.insert(rows).await
+        self.store.insert(self.own(rows)?).await
     }
 
-    /// Cancels a job that is not final; a running attempt is stopped at its worker's next
-    /// heartbeat. False when missing or already final.
+    /// Cancels a job that is not final. A waiting job is cancelled at once; for a running job
+    /// this is a request: its worker stops the attempt after its next heartbeat and the row
+    /// becomes `cancelled` when the attempt has ended. False when missing (or out of scope) or
+    /// already final.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
-        self.store.cancel(id).await
+        self.store.cancel(&self.scope, id).await
     }
 
-    /// Runs a job that is not running again now. False when missing or running.
+    /// Runs a job that is not running again now. False when missing (or out of scope);
+    /// [`Error::JobRunning`] when running (a second attempt would overlap the first: cancel
+    /// it and retry once it is final).
     pub async fn retry_now(&self, id: JobId) -> Result<bool> {
-        self.store.retry_now(id).await
+        self.store.retry_now(&self.scope, id).await
     }
 
-    /// Dead-letters a job that is not final. False when missing or already final.
+    /// Dead-letters a job that is not final (for a running job, a request like
+    /// [`Jobs::cancel`]). False when missing (or out of scope) or already final.
     pub async fn discard(&self, id: JobId) -> Result<bool> {
-        self.store.discard(id).await
+        self.store.discard(&self.scope, id).await
     }
 
-    /// Pauses a queue for every worker.
+    /// Pauses a queue for every worker (operator handles only).
     pub async fn pause(&self, queue: &str) -> Result<()> {
+        self.operator_only("pausing a queue")?;
         self.store.set_paused(queue, true).await
     }
 
-    /// Resumes a paused queue.
+    /// Resumes a paused queue (operator handles only).
     pub async fn resume(&self, queue: &str) -> Result<()> {
+        self.operator_only("resuming a queue")?;
         self.store.set_paused(queue, false).await
     }
 
-    /// Deletes final jobs older than `older_than` (workers also do it on their own, see
-    /// [`WorkerConfig::retention`]).
+    /// Sets (`Some(n)`) or removes a queue's global concurrency limit: at most `n` of its jobs
+    /// run at once across every worker and process, enforced in the store at fetch (operator
+    /// handles only). Takes effect within a second.
+    pub async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        self.operator_only("limiting a queue")?;
+        self.store.set_global_limit(queue, limit).await
+    }
+
+    /// Deletes final jobs older than `older_than` (operator handles only; workers also do it on
+    /// their own, see [`WorkerConfig::retention`]).
     pub async fn prune(&self, older_than: Duration) -> Result<u64> {
+        self.operator_only("pruning")?;
         self.store.prune(older_than).await
     }
 
-    /// One job.
+    /// One job (`None` when missing or out of scope).
     pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        self.store.get(id).await
+        self.store.get(&self.scope, id).await
     }
 
-    /// A page of jobs matching `filter`, by id.
+    /// A page of jobs matching `filter`, by id, within the handle's scope.
     pub async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        self.store.list(filter).await
+        self.store.list(&self.scope, filter).await
     }
 
-    /// Job counts by queue and state.
+    /// Job counts by queue and state, within the handle's scope.
     pub async fn counts(&self) -> Result<Vec<QueueCount>> {
-        self.store.counts().await
+        self.store.counts(&self.scope).await
     }
 }

@@ -9,11 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 
 use crate::error::Result;
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState,
-    MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
+    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
+    JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::JobStore;
 
@@ -22,6 +23,10 @@ struct State {
     next_id: JobId,
     jobs: BTreeMap<JobId, Row>,
     paused: BTreeSet<String>,
+    /// The maintenance lease: holder and expiry.
+    leader: Option<(String, DateTime<Utc>)>,
+    /// Global concurrency limits per queue.
+    limits: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +85,26 @@ impl MemoryStore {
     fn notify(&self, queue: &str) {
         let _ = self.wake.send(queue.to_owned());
     }
+
+    /// Cancel or discard by id: at once for a waiting job, a request for a running one.
+    fn stop(&self, scope: &TenantScope, id: JobId, state: JobState) -> bool {
+        let mut st = self.lock();
+        match st
+            .jobs
+            .get_mut(&id)
+            .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+        {
+            Some(row) if row.rec.state == JobState::Running => {
+                row.rec.stop_requested.get_or_insert(state);
+                true
+            }
+            Some(row) if !row.rec.state.is_final() => {
+                finalize(&mut row.rec, state, Utc::now());
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn is_waiting(s: JobState) -> bool {
@@ -89,10 +114,27 @@ fn is_waiting(s: JobState) -> bool {
     )
 }
 
+fn kind_ok(kinds: &[String], kind: &str) -> bool {
+    kinds.is_empty() || kinds.iter().any(|k| k == kind)
+}
+
 fn finalize(rec: &mut JobRecord, state: JobState, now: DateTime<Utc>) {
     rec.state = state;
     rec.finalized_at = if state.is_final() { Some(now) } else { None };
     rec.locked_by = None;
+    rec.stop_requested = None;
+}
+
+/// The row of `token`, if `worker` still holds that attempt.
+fn held<'a>(st: &'a mut State, worker: &str, token: AttemptToken) -> Option<&'a mut JobRecord> {
+    st.jobs
+        .get_mut(&token.id)
+        .map(|row| &mut row.rec)
+        .filter(|r| {
+            r.state == JobState::Running
+                && r.locked_by.as_deref() == Some(worker)
+                && r.attempt == token.attempt
+        })
 }
 
 #[async_trait]
@@ -113,13 +155,13 @@ impl JobStore for MemoryStore {
                     } else {
                         JobState::Available
                     };
-                    let clash = st.jobs.values().any(|r| {
+                    let clash = st.jobs.values().rev().find(|r| {
                         r.rec.unique_key.as_deref() == Some(key.as_str())
                             && r.holds_unique()
                             && job.unique_states & state.bit() != 0
                     });
-                    if clash {
-                        out.push(Enqueued::Duplicate);
+                    if let Some(holder) = clash {
+                        out.push(Enqueued::Duplicate(Some(holder.rec.id)));
                         continue;
                     }
                 }
@@ -151,6 +193,7 @@ impl JobStore for MemoryStore {
                     timeout: job.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
                     created_at: now,
                     finalized_at: None,
+                    stop_requested: None,
                 };
                 st.jobs.insert(
                     id,
@@ -168,7 +211,13 @@ impl JobStore for MemoryStore {
         Ok(out)
     }
 
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>> {
         let now = Utc::now();
         let mut st = self.lock();
         if st.paused.contains(queue) || limit == 0 {
@@ -177,10 +226,24 @@ impl JobStore for MemoryStore {
         let mut due: Vec<(i16, DateTime<Utc>, JobId)> = st
             .jobs
             .values()
-            .filter(|r| r.rec.queue == queue && is_waiting(r.rec.state) && r.rec.run_at <= now)
+            .filter(|r| {
+                r.rec.queue == queue
+                    && is_waiting(r.rec.state)
+                    && r.rec.run_at <= now
+                    && kind_ok(kinds, &r.rec.kind)
+            })
             .map(|r| (r.rec.priority, r.rec.run_at, r.rec.id))
             .collect();
         due.sort_unstable();
+        let mut limit = limit;
+        if let Some(max) = st.limits.get(queue) {
+            let running = st
+                .jobs
+                .values()
+                .filter(|r| r.rec.queue == queue && r.rec.state == JobState::Running)
+                .count();
+            limit = limit.min((*max as usize).saturating_sub(running));
+        }
         due.truncate(limit);
         let mut out = Vec::with_capacity(due.len());
         for (_, _, id) in due {
@@ -214,17 +277,16 @@ impl JobStore for MemoryStore {
         let mut st = self.lock();
         let mut applied = 0;
         for f in finished {
-            let Some(row) = st.jobs.get_mut(&f.id) else {
+            let Some(r) = held(&mut st, worker, f.token()) else {
                 continue;
             };
-            let r = &mut row.rec;
-            if r.state != JobState::Running
-                || r.locked_by.as_deref() != Some(worker)
-                || r.attempt != f.attempt
-            {
-                continue;
+            // A stop requested by id wins over a retry or a snooze; a success stands.
+            let stopped = r
+                .stop_requested
+                .filter(|_| f.outcome.state() == JobState::Retryable);
+            if stopped.is_none() {
+                r.attempt += f.outcome.attempt_delta();
             }
-            r.attempt += f.outcome.attempt_delta();
             if let Some(at) = f.outcome.run_at() {
                 r.run_at = at;
             }
@@ -234,26 +296,26 @@ impl JobStore for MemoryStore {
                 }
                 r.errors.push(e.clone());
             }
-            finalize(r, f.outcome.state(), now);
+            finalize(r, stopped.unwrap_or(f.outcome.state()), now);
             applied += 1;
         }
         Ok(applied)
     }
 
-    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>> {
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply> {
         let now = Utc::now();
         let mut st = self.lock();
-        let mut held = Vec::new();
-        for id in ids {
-            if let Some(row) = st.jobs.get_mut(id)
-                && row.rec.state == JobState::Running
-                && row.rec.locked_by.as_deref() == Some(worker)
-            {
-                row.rec.heartbeat_at = Some(now);
-                held.push(*id);
+        let mut reply = HeartbeatReply::default();
+        for token in attempts {
+            if let Some(r) = held(&mut st, worker, *token) {
+                r.heartbeat_at = Some(now);
+                reply.held.push(*token);
+                if let Some(state) = r.stop_requested {
+                    reply.stop.push((*token, state));
+                }
             }
         }
-        Ok(held)
+        Ok(reply)
     }
 
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
@@ -276,7 +338,9 @@ impl JobStore for MemoryStore {
                     ),
                     worker,
                 ));
-                let state = if r.attempt >= r.max_attempts {
+                let state = if let Some(requested) = r.stop_requested {
+                    requested
+                } else if r.attempt >= r.max_attempts {
                     JobState::Discarded
                 } else {
                     JobState::Retryable
@@ -296,21 +360,24 @@ impl JobStore for MemoryStore {
         Ok(out)
     }
 
-    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64> {
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64> {
         let now = Utc::now();
         let mut queues = BTreeSet::new();
         let mut moved = 0;
         {
             let mut st = self.lock();
-            for id in ids {
-                if let Some(row) = st.jobs.get_mut(id)
-                    && row.rec.state == JobState::Running
-                    && row.rec.locked_by.as_deref() == Some(worker)
-                {
-                    row.rec.attempt -= 1;
-                    row.rec.run_at = now;
-                    finalize(&mut row.rec, JobState::Available, now);
-                    queues.insert(row.rec.queue.clone());
+            for token in attempts {
+                if let Some(r) = held(&mut st, worker, *token) {
+                    let state = match r.stop_requested {
+                        Some(requested) => requested,
+                        None => {
+                            r.attempt -= 1;
+                            JobState::Available
+                        }
+                    };
+                    r.run_at = now;
+                    finalize(r, state, now);
+                    queues.insert(r.queue.clone());
                     moved += 1;
                 }
             }
@@ -321,7 +388,7 @@ impl JobStore for MemoryStore {
         Ok(moved)
     }
 
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
         let st = self.lock();
         if st.paused.contains(queue) {
             return Ok(None);
@@ -329,31 +396,31 @@ impl JobStore for MemoryStore {
         Ok(st
             .jobs
             .values()
-            .filter(|r| r.rec.queue == queue && is_waiting(r.rec.state))
+            .filter(|r| {
+                r.rec.queue == queue && is_waiting(r.rec.state) && kind_ok(kinds, &r.rec.kind)
+            })
             .map(|r| r.rec.run_at)
             .min())
     }
 
-    async fn cancel(&self, id: JobId) -> Result<bool> {
-        let mut st = self.lock();
-        Ok(match st.jobs.get_mut(&id) {
-            Some(row) if !row.rec.state.is_final() => {
-                finalize(&mut row.rec, JobState::Cancelled, Utc::now());
-                true
-            }
-            _ => false,
-        })
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        Ok(self.stop(scope, id, JobState::Cancelled))
     }
 
-    async fn retry_now(&self, id: JobId) -> Result<bool> {
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
         let now = Utc::now();
         let queue = {
             let mut st = self.lock();
-            let Some(row) = st.jobs.get(&id).cloned() else {
+            let Some(row) = st
+                .jobs
+                .get(&id)
+                .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+                .cloned()
+            else {
                 return Ok(false);
             };
             if row.rec.state == JobState::Running {
-                return Ok(false);
+                return Err(crate::Error::JobRunning { id });
             }
             if let Some(key) = &row.rec.unique_key
                 && row.unique_states & JobState::Available.bit() != 0
@@ -380,15 +447,8 @@ impl JobStore for MemoryStore {
         Ok(true)
     }
 
-    async fn discard(&self, id: JobId) -> Result<bool> {
-        let mut st = self.lock();
-        Ok(match st.jobs.get_mut(&id) {
-            Some(row) if !row.rec.state.is_final() => {
-                finalize(&mut row.rec, JobState::Discarded, Utc::now());
-                true
-            }
-            _ => false,
-        })
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        Ok(self.stop(scope, id, JobState::Discarded))
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {
@@ -412,31 +472,51 @@ impl JobStore for MemoryStore {
         Ok(())
     }
 
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        crate::store::validate_limit(limit)?;
+        let mut st = self.lock();
+        match limit {
+            Some(n) => st.limits.insert(queue.to_owned(), n),
+            None => st.limits.remove(queue),
+        };
+        Ok(())
+    }
+
     async fn paused_queues(&self) -> Result<Vec<String>> {
         Ok(self.lock().paused.iter().cloned().collect())
     }
 
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        Ok(self.lock().jobs.get(&id).map(|r| r.rec.clone()))
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
+        Ok(self
+            .lock()
+            .jobs
+            .get(&id)
+            .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+            .map(|r| r.rec.clone()))
     }
 
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let limit = filter.page_size() as usize;
         let st = self.lock();
         Ok(st
             .jobs
             .values()
             .map(|r| &r.rec)
-            .filter(|r| filter.matches(r))
+            .filter(|r| scope.allows(r.org_id.as_deref()) && filter.matches(r))
             .take(limit)
             .cloned()
             .collect())
     }
 
-    async fn counts(&self) -> Result<Vec<QueueCount>> {
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
         let st = self.lock();
         let mut m: BTreeMap<(String, JobState), i64> = BTreeMap::new();
-        for r in st.jobs.values() {
+        for r in st
+            .jobs
+            .values()
+            .filter(|r| scope.allows(r.rec.org_id.as_deref()))
+        {
             *m.entry((r.rec.queue.clone(), r.rec.state)).or_default() += 1;
         }
         Ok(m.into_iter()
@@ -446,6 +526,20 @@ impl JobStore for MemoryStore {
                 count,
             })
             .collect())
+    }
+
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
+        let now = Utc::now();
+        let mut st = self.lock();
+        let free = st
+            .leader
+            .as_ref()
+            .is_none_or(|(holder, until)| holder == worker || *until < now);
+        if free {
+            let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+            st.leader = Some((worker.to_owned(), until));
+        }
+        Ok(free)
     }
 
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {

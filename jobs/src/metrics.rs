@@ -23,13 +23,19 @@ pub const CATALOG: &[MetricDef] = &[
         "windlass_jobs_unknown_kind_total",
         Counter,
         &["queue"],
-        "Jobs fetched whose kind no worker registered.",
+        "Jobs fetched whose kind the worker did not register (workers fetch only their kinds; a store that ignores the filter).",
     ),
     MetricDef::new(
         "windlass_jobs_rescued_total",
         Counter,
         &["queue"],
         "Attempts of dead workers rescued.",
+    ),
+    MetricDef::new(
+        "windlass_jobs_self_fenced_total",
+        Counter,
+        &[],
+        "Attempts a worker stopped itself because it could not renew their lease in time.",
     ),
     MetricDef::new(
         "windlass_jobs_cron_enqueued_total",

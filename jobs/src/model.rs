@@ -172,6 +172,47 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     /// When it reached a final state.
     pub finalized_at: Option<DateTime<Utc>>,
+    /// A pending stop request of the running attempt (`cancelled` or `discarded`): the row
+    /// moves to that state when the attempt ends. `None` when not running or not requested.
+    pub stop_requested: Option<JobState>,
+}
+
+/// One attempt of one job, as a worker holds it: the fencing token every transition a worker
+/// makes (heartbeat, complete, fail, snooze, release) is conditional on, together with the
+/// worker's id (its lease). A later attempt of the same job has a greater `attempt`, so a late
+/// or rescued worker can never change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptToken {
+    /// Job id.
+    pub id: JobId,
+    /// The attempt number (1-based) the worker runs.
+    pub attempt: i32,
+}
+
+impl AttemptToken {
+    /// The token of `attempt` of job `id`.
+    pub fn new(id: JobId, attempt: i32) -> Self {
+        Self { id, attempt }
+    }
+}
+
+impl fmt::Display for AttemptToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job {} attempt {}", self.id, self.attempt)
+    }
+}
+
+/// What a heartbeat learned: which attempts the worker still holds (their `heartbeat_at` was
+/// refreshed) and which of those have a stop request (cancel or discard by id) to act on.
+/// An attempt in neither list was lost (rescued, or the row changed): stop it, its outcome
+/// will be refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeartbeatReply {
+    /// Attempts still held, their lease renewed.
+    pub held: Vec<AttemptToken>,
+    /// Held attempts with a stop request, and the state requested.
+    pub stop: Vec<(AttemptToken, JobState)>,
 }
 
 /// A job ready to be inserted: built by [`EnqueueOptions`](crate::EnqueueOptions) from a typed
@@ -207,8 +248,10 @@ pub struct NewJob {
 pub enum Enqueued {
     /// A new row with this id.
     New(JobId),
-    /// A job with the same unique key already exists in a covered state; nothing was inserted.
-    Duplicate,
+    /// A job with the same unique key already exists in a covered state (or earlier in the
+    /// same batch); nothing was inserted. Carries the existing job's id, `None` only when that
+    /// job left its covered states (or was pruned) between the conflict and the lookup.
+    Duplicate(Option<JobId>),
 }
 
 impl Enqueued {
@@ -216,7 +259,23 @@ impl Enqueued {
     pub fn id(self) -> Option<JobId> {
         match self {
             Enqueued::New(id) => Some(id),
-            Enqueued::Duplicate => None,
+            Enqueued::Duplicate(_) => None,
+        }
+    }
+
+    /// The id of the job that holds the key, for a duplicate.
+    pub fn existing(self) -> Option<JobId> {
+        match self {
+            Enqueued::New(_) => None,
+            Enqueued::Duplicate(existing) => existing,
+        }
+    }
+
+    /// The job this enqueue stands for: the new one, or the existing one for a duplicate.
+    pub fn job_id(self) -> Option<JobId> {
+        match self {
+            Enqueued::New(id) => Some(id),
+            Enqueued::Duplicate(existing) => existing,
         }
     }
 }
@@ -245,6 +304,13 @@ pub struct FetchedJob {
     pub run_at: DateTime<Utc>,
     /// Per-job timeout, if set.
     pub timeout: Option<Duration>,
+}
+
+impl FetchedJob {
+    /// The attempt's fencing token.
+    pub fn token(&self) -> AttemptToken {
+        AttemptToken::new(self.id, self.attempt)
+    }
 }
 
 /// How an attempt ended, as a worker reports it to the store.
@@ -341,6 +407,11 @@ impl Finish {
             attempt,
             outcome,
         }
+    }
+
+    /// The attempt this outcome belongs to.
+    pub fn token(&self) -> AttemptToken {
+        AttemptToken::new(self.id, self.attempt)
     }
 }
 

@@ -1,67 +1,93 @@
 //! The [`JobStore`] trait: what a backend (Postgres, memory) does for clients and workers.
-//! Every state change a worker makes is guarded by (`running`, `locked_by`, `attempt`), so a
-//! late or rescued worker can never overwrite another attempt's result.
+//! Every state change a worker makes is fenced by its attempt token: it applies only while the
+//! row is `running`, locked by that worker, at that attempt ([`AttemptToken`]), so a late,
+//! frozen or rescued worker can never change another attempt's row.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 
 use crate::error::Result;
 use crate::model::{
-    Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, NewJob, QueueCount, Rescued,
+    AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
+    NewJob, QueueCount, Rescued,
 };
 
 /// Wake-up message meaning "look at every queue" (sent after a listener reconnects, when
 /// notifications may have been lost).
 pub const WAKE_ALL: &str = "*";
 
-/// A job backend. Implemented by [`PgStore`](crate::postgres::PgStore) and
+/// A job backend. By-id operations, listings and counts take a [`TenantScope`]: a job of a
+/// tenant the scope does not allow behaves as a missing one. Implemented by [`PgStore`](crate::postgres::PgStore) and
 /// [`MemoryStore`](crate::memory::MemoryStore); the conformance suite in `windlass-testkit`
 /// checks both against the same expectations.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
-    /// Inserts jobs (one statement for the lot where the backend allows). A job whose unique
-    /// key is held by a job in a covered state is skipped and reported as
-    /// [`Enqueued::Duplicate`]. Results are in input order.
+    /// Inserts jobs, atomically: all or none (Postgres: one transaction, 10 000 rows per
+    /// statement). A job whose unique key is held by a job in a covered state (or by an
+    /// earlier job of the batch) is skipped and reported as [`Enqueued::Duplicate`] with the
+    /// holder's id. Results are in input order.
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `limit` due jobs of `queue` (available, or scheduled / retryable whose
-    /// `run_at` passed), most urgent first (priority, then `run_at`, then id), moving them to
-    /// `running`, locked by `worker`, attempt + 1. A paused queue yields nothing.
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>>;
+    /// `run_at` passed) whose kind is one of `kinds` (empty: any kind), most urgent first
+    /// (priority, then `run_at`, then id), moving them to `running`, locked by `worker`,
+    /// attempt + 1. A paused queue yields nothing.
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>>;
 
     /// Applies attempt outcomes in one go, each only if its row is still `running`, locked by
     /// `worker`, at the given attempt. Returns how many applied.
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64>;
 
-    /// Refreshes `heartbeat_at` of the jobs `worker` runs; returns the ids it still holds
-    /// (a missing id was cancelled, discarded or rescued meanwhile).
-    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>>;
+    /// Refreshes `heartbeat_at` of the attempts `worker` runs, each only while its row is
+    /// still `running`, locked by `worker`, at that attempt. Returns the attempts still held
+    /// and the stop requests among them; a missing attempt was rescued meanwhile. Backends
+    /// should run it apart from the connections jobs use (Postgres: a dedicated connection),
+    /// so busy jobs cannot starve it. Called with no attempts, it still checks the store is
+    /// reachable (the worker's self-fencing counts on it).
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply>;
 
     /// Moves `running` jobs whose heartbeat is older than `stale_after` back to `retryable`
-    /// (or `discarded` when no attempt is left), recording why.
+    /// (or `discarded` when no attempt is left, or the requested state when a stop was
+    /// requested), recording why.
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>>;
 
-    /// Puts jobs `worker` still holds back to `available` without counting the attempt
-    /// (graceful shutdown past its deadline). Returns how many moved.
-    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64>;
+    /// Puts attempts `worker` still holds (fenced like [`JobStore::finish`]) back to
+    /// `available` without counting the attempt, or to the requested state when a stop was
+    /// requested. Only for attempts whose task has ended (graceful shutdown). Returns how many
+    /// moved.
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64>;
 
-    /// The earliest `run_at` among jobs of `queue` waiting for a worker, `None` when there is
-    /// none or the queue is paused.
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>>;
+    /// The earliest `run_at` among jobs of `queue` of one of `kinds` (empty: any) waiting for
+    /// a worker, `None` when there is none or the queue is paused.
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>>;
 
-    /// Cancels a job that is not final yet. A running job's worker learns it at its next
-    /// heartbeat and stops the attempt. False when the job is missing or already final.
-    async fn cancel(&self, id: JobId) -> Result<bool>;
+    /// Cancels a job that is not final yet. A waiting job becomes `cancelled` at once; for a
+    /// running job it is a request: the row stays `running` (with
+    /// [`JobRecord::stop_requested`]), its worker learns it at its next heartbeat and stops the
+    /// attempt, and the row becomes `cancelled` when the attempt ends. False when the job is
+    /// missing or already final.
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool>;
 
-    /// Makes a job that is not running available now (granting one more attempt if it had
-    /// none left). False when the job is missing or running.
-    async fn retry_now(&self, id: JobId) -> Result<bool>;
+    /// Makes a job that is neither running nor waiting available now (granting one more
+    /// attempt if it had none left); a waiting job is moved up to now. False when the job is
+    /// missing; [`Error::JobRunning`](crate::Error::JobRunning) when it is running (a second
+    /// attempt would overlap the first).
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool>;
 
-    /// Moves a job that is not final yet to `discarded`. False when missing or final.
-    async fn discard(&self, id: JobId) -> Result<bool>;
+    /// Dead-letters a job that is not final yet; like [`JobStore::cancel`], a request for a
+    /// running job (the row becomes `discarded` when its attempt ends). False when missing or
+    /// final.
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool>;
 
     /// Deletes final jobs that reached their final state more than `older_than` ago.
     async fn prune(&self, older_than: Duration) -> Result<u64>;
@@ -69,19 +95,41 @@ pub trait JobStore: Send + Sync + 'static {
     /// Pauses (`true`) or resumes a queue, persistently: no worker fetches from a paused queue.
     async fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
 
+    /// Sets (`Some`) or removes a queue's global concurrency limit: at most that many of its
+    /// jobs run at once across every worker, enforced at fetch (workers' own per-queue
+    /// concurrency still applies). Takes effect within a second.
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()>;
+
     /// The paused queues.
     async fn paused_queues(&self) -> Result<Vec<String>>;
 
-    /// One job.
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>>;
+    /// One job, if it exists and `scope` allows its tenant.
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>>;
 
-    /// A page of jobs, by id.
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>>;
+    /// A page of the jobs `scope` allows that match `filter`, by id.
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>>;
 
-    /// Job counts by queue and state.
-    async fn counts(&self) -> Result<Vec<QueueCount>>;
+    /// Counts by queue and state of the jobs `scope` allows.
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>>;
+
+    /// Takes or renews the maintenance lease for `ttl` (one leader among all workers runs the
+    /// depth gauges' count and the pruning). True when `worker` holds it now: it was free,
+    /// expired, or already `worker`'s.
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool>;
 
     /// Wake-ups: the name of a queue that got new work (or [`WAKE_ALL`]). `None` when the
     /// store cannot notify (poll-only); workers then rely on polling.
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>>;
+}
+
+/// A global concurrency limit must be in `1..=i32::MAX`.
+#[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+pub(crate) fn validate_limit(limit: Option<u32>) -> Result<()> {
+    match limit {
+        Some(n) if n == 0 || n > i32::MAX as u32 => Err(crate::Error::InvalidOption {
+            option: "global_limit",
+            reason: format!("{n} is outside 1..={}", i32::MAX),
+        }),
+        _ => Ok(()),
+    }
 }

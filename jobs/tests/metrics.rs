@@ -134,19 +134,22 @@ async fn worker_exports_per_queue_metrics() {
         Duration::from_secs(10),
     )
     .await;
-    wait_state(
-        &store,
-        unknown[0].id().unwrap(),
-        JobState::Retryable,
-        Duration::from_secs(10),
-    )
-    .await;
+    // A kind the worker does not know is never fetched: it waits, counted as available.
     wait_for("depth gauges", Duration::from_secs(10), || async {
         rec.get("windlass_jobs_depth{queue=q,state=completed}") == 1
             && rec.get("windlass_jobs_depth{queue=q,state=discarded}") == 1
-            && rec.get("windlass_jobs_depth{queue=q,state=retryable}") == 1
+            && rec.get("windlass_jobs_depth{queue=q,state=available}") == 1
     })
     .await;
+    assert_eq!(
+        store
+            .get(&windlass_core::TenantScope::All, unknown[0].id().unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        JobState::Available
+    );
     w.shutdown().await.unwrap();
     assert_eq!(rec.get("windlass_jobs_completed_total{queue=q}"), 1);
     assert_eq!(
@@ -155,9 +158,9 @@ async fn worker_exports_per_queue_metrics() {
     );
     assert_eq!(
         rec.get("windlass_jobs_failed_total{queue=q,reason=unknown_kind}"),
-        1
+        0
     );
-    assert_eq!(rec.get("windlass_jobs_unknown_kind_total{queue=q}"), 1);
+    assert_eq!(rec.get("windlass_jobs_unknown_kind_total{queue=q}"), 0);
     assert!(
         rec.get("windlass_jobs_wait_seconds{queue=q}") >= 2,
         "wait time recorded per started job"

@@ -1,6 +1,7 @@
 //! Several worker PROCESSES (the `jobs_worker` example binary) on one Postgres database:
-//! they drain a queue with no job run twice, and when one is `kill -9`ed mid-job another
-//! rescues and completes its job.
+//! they drain a queue with no job run twice, when one is `kill -9`ed mid-job another rescues
+//! and completes its job, and one frozen (SIGSTOP) past `rescue_after` then resumed stops its
+//! stale attempt at once and has its outcome refused.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -153,6 +154,7 @@ async fn a_killed_workers_job_is_rescued_and_completed_by_another() {
         ("JOBS_HEARTBEAT_MS", "100"),
         ("JOBS_RESCUE_AFTER_MS", "1000"),
         ("JOBS_RESCUE_INTERVAL_MS", "200"),
+        ("JOBS_CANCEL_GRACE_MS", "300"),
     ];
     let mut victim = spawn_worker(&db.url, &fast).await;
     let jobs = Jobs::new(PgStore::new(db.pool.clone()));
@@ -206,5 +208,92 @@ async fn a_killed_workers_job_is_rescued_and_completed_by_another() {
             (2, survivor.id.clone(), "end".to_owned()),
         ]
     );
+    terminate(survivor).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_resumed_after_its_rescue_stops_and_its_outcome_is_refused() {
+    let db = fresh_database().await;
+    migrate(&db.pool).await.unwrap();
+    let fast = [
+        ("JOBS_HEARTBEAT_MS", "100"),
+        ("JOBS_RESCUE_AFTER_MS", "1000"),
+        ("JOBS_RESCUE_INTERVAL_MS", "200"),
+        ("JOBS_CANCEL_GRACE_MS", "300"),
+    ];
+    let victim = spawn_worker(&db.url, &fast).await;
+    let jobs = Jobs::new(PgStore::new(db.pool.clone()));
+    let id = jobs.insert(vec![demo(1, 120_000, true)]).await.unwrap()[0]
+        .id()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while jobs.get(id).await.unwrap().unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let survivor = spawn_worker(&db.url, &fast).await;
+    let pid = victim.child.id().expect("pid").to_string();
+    let signal = |sig: &'static str| {
+        let pid = pid.clone();
+        async move {
+            let status = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .await
+                .unwrap();
+            assert!(status.success(), "kill {sig} {pid}");
+        }
+    };
+    signal("-STOP").await;
+    // Frozen past rescue_after: the survivor rescues the job and runs attempt 2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rec = loop {
+        let rec = jobs.get(id).await.unwrap().unwrap();
+        if rec.state == JobState::Completed {
+            break rec;
+        }
+        assert!(Instant::now() < deadline, "job not rescued: {rec:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rec.attempt, 2);
+    signal("-CONT").await;
+    // Resumed: its watchdog (or its first heartbeat) stops the stale attempt 1 at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let runs = loop {
+        let runs: Vec<(i32, String, String)> = sqlx::query_as(
+            "SELECT attempt, worker, phase FROM windlass_demo_runs WHERE job_id = $1 ORDER BY at",
+        )
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        if runs.len() >= 4 {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resumed attempt never stopped: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        runs,
+        vec![
+            (1, victim.id.clone(), "start".to_owned()),
+            (2, survivor.id.clone(), "start".to_owned()),
+            (2, survivor.id.clone(), "end".to_owned()),
+            (1, victim.id.clone(), "cancelled".to_owned()),
+        ],
+        "the frozen attempt must stop without finishing its work"
+    );
+    // Its failure outcome for attempt 1 was refused: still completed, one error (the rescue).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.state, after.attempt, after.errors.len()),
+        (JobState::Completed, 2, 1),
+        "{after:?}"
+    );
+    terminate(victim).await;
     terminate(survivor).await;
 }

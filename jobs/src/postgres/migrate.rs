@@ -8,11 +8,28 @@ use crate::error::{Error, Result};
 
 /// The migrations, `(version, name, sql)`, in order. Apply them yourself if you prefer your own
 /// migrator.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "windlass_jobs",
-    include_str!("../../migrations/0001_windlass_jobs.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "windlass_jobs",
+        include_str!("../../migrations/0001_windlass_jobs.sql"),
+    ),
+    (
+        2,
+        "fenced_attempts",
+        include_str!("../../migrations/0002_fenced_attempts.sql"),
+    ),
+    (
+        3,
+        "maintenance_leader",
+        include_str!("../../migrations/0003_maintenance_leader.sql"),
+    ),
+    (
+        4,
+        "queue_limits",
+        include_str!("../../migrations/0004_queue_limits.sql"),
+    ),
+];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).
 const LOCK_KEY: i64 = 0x7769_6e64_6a6f_6273; // "windjobs"

@@ -1,42 +1,57 @@
 //! Postgres store: the `windlass_jobs` table (see `migrations/` in the crate), batch fetch with
 //! `FOR UPDATE SKIP LOCKED`, one `UPDATE ... FROM unnest(...)` for many finished jobs, `unnest`
 //! bulk insert, and LISTEN/NOTIFY wake-ups (one NOTIFY per queue per insert statement) with
-//! polling as the fallback.
+//! polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
+//! jobs holding every pooled connection cannot starve them.
 
+mod insert;
+mod limits;
+mod listen;
 mod migrate;
+mod tx;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgListener, PgRow};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
+use windlass_core::TenantScope;
 
 pub use migrate::{MIGRATIONS, migrate};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptError, Enqueued, FetchedJob, Finish, JobFilter, JobId, JobRecord, JobState,
-    MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
+    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
+    JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
-use crate::store::{JobStore, WAKE_ALL};
+use crate::store::JobStore;
+
+/// Global limits per queue and when they were read.
+type LimitCache = (
+    Option<std::time::Instant>,
+    std::collections::HashMap<String, i32>,
+);
 
 /// The NOTIFY channel the insert trigger and the store use.
 pub const CHANNEL: &str = "windlass_jobs";
 
-/// Rows per insert statement; bigger batches are split.
-const INSERT_CHUNK: usize = 10_000;
-
 /// The Postgres job store. Cheap to clone.
 ///
 /// Run [`migrate`] once (or apply the crate's SQL files with your own migrator) before use.
+///
+/// Besides the pool, a store opens one connection of its own for heartbeats (with the pool's
+/// connect options), plus one for LISTEN while a worker subscribes.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
     listen: bool,
     wake: Arc<Mutex<Option<broadcast::Sender<String>>>>,
+    heartbeat_conn: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    /// Queues with a global concurrency limit, re-read at most every second.
+    limits: Arc<Mutex<LimitCache>>,
 }
 
 impl PgStore {
@@ -46,6 +61,8 @@ impl PgStore {
             pool,
             listen: true,
             wake: Arc::new(Mutex::new(None)),
+            heartbeat_conn: Arc::new(tokio::sync::Mutex::new(None)),
+            limits: Arc::new(Mutex::new((None, std::collections::HashMap::new()))),
         }
     }
 
@@ -75,14 +92,34 @@ impl PgStore {
     /// # Ok(()) }
     /// # let _ = demo;
     /// ```
+    ///
+    /// Atomic at any size: the rows go in under a savepoint (a transaction of its own on a
+    /// connection outside one), 10 000 per statement; if the database refuses any, none is
+    /// inserted and the savepoint is rolled back, so the caller's transaction stays usable.
     pub async fn insert_in(conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sp = conn.begin().await.map_err(|e| Error::pg("insert", e))?;
         let mut out = Vec::with_capacity(jobs.len());
         let mut jobs = jobs;
+        let mut failed = None;
         while !jobs.is_empty() {
-            let rest = jobs.split_off(jobs.len().min(INSERT_CHUNK));
-            out.extend(insert_chunk(&mut *conn, &jobs).await?);
+            let rest = jobs.split_off(jobs.len().min(insert::INSERT_CHUNK));
+            match insert::insert_chunk(&mut sp, &jobs).await {
+                Ok(done) => out.extend(done),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
             jobs = rest;
         }
+        if let Some(e) = failed {
+            let _ = sp.rollback().await;
+            return Err(e);
+        }
+        sp.commit().await.map_err(|e| Error::pg("insert", e))?;
         Ok(out)
     }
 
@@ -99,50 +136,31 @@ impl PgStore {
         Ok(())
     }
 
-    fn start_listener(&self, tx: broadcast::Sender<String>) {
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let listener = async {
-                    let mut l = PgListener::connect_with(&pool).await?;
-                    l.listen(CHANNEL).await?;
-                    Ok::<_, sqlx::Error>(l)
-                }
-                .await;
-                let mut l = match listener {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "windlass-jobs: LISTEN failed, retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                };
-                backoff = Duration::from_millis(50);
-                // Anything sent while we were not listening is lost: make everyone look.
-                let _ = tx.send(WAKE_ALL.to_owned());
-                loop {
-                    match l.try_recv().await {
-                        Ok(Some(n)) => {
-                            if tx.send(n.payload().to_owned()).is_err() {
-                                return; // no subscriber left
-                            }
-                        }
-                        Ok(None) => {
-                            // Connection lost; PgListener reconnects on the next call.
-                            if tx.send(WAKE_ALL.to_owned()).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "windlass-jobs: LISTEN connection failed");
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+    /// Cancel or discard by id: at once for a waiting job, a request for a running one (the
+    /// first request wins; the row takes its state when the attempt ends).
+    async fn stop(
+        &self,
+        scope: &TenantScope,
+        id: JobId,
+        state: JobState,
+        op: &'static str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE windlass_jobs \
+                SET state = CASE WHEN state = 'running' THEN state ELSE $2 END, \
+                    stop_requested = CASE WHEN state = 'running' THEN coalesce(stop_requested, $2) END, \
+                    finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END, \
+                    locked_by = CASE WHEN state = 'running' THEN locked_by END \
+              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded') \
+                AND ($3::text IS NULL OR org_id = $3)",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(org(scope))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg(op, e))?;
+        Ok(done.rows_affected() == 1)
     }
 }
 
@@ -150,79 +168,9 @@ fn interval_secs(d: Duration) -> f64 {
     d.as_secs_f64().min(1e9)
 }
 
-async fn insert_chunk(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
-    let n = jobs.len();
-    let mut queue = Vec::with_capacity(n);
-    let mut kind = Vec::with_capacity(n);
-    let mut args = Vec::with_capacity(n);
-    let mut org = Vec::with_capacity(n);
-    let mut prio = Vec::with_capacity(n);
-    let mut attempts = Vec::with_capacity(n);
-    let mut run_at = Vec::with_capacity(n);
-    let mut ukey = Vec::with_capacity(n);
-    let mut ustates = Vec::with_capacity(n);
-    let mut timeout = Vec::with_capacity(n);
-    for j in jobs {
-        queue.push(j.queue.as_str());
-        kind.push(j.kind.as_str());
-        args.push(sqlx::types::Json(&j.args));
-        org.push(j.org_id.as_ref().map(|o| o.as_str()));
-        prio.push(j.priority);
-        attempts.push(j.max_attempts);
-        run_at.push(j.run_at);
-        ukey.push(j.unique_key.as_deref());
-        ustates.push(j.unique_states);
-        timeout.push(j.timeout_ms);
-    }
-    let rows = sqlx::query(
-        "INSERT INTO windlass_jobs (queue, kind, args, org_id, priority, state, max_attempts, run_at, \
-                                    unique_key, unique_states, timeout_ms) \
-         SELECT q, k, a, o, p, CASE WHEN r > now() THEN 'scheduled' ELSE 'available' END, m, \
-                coalesce(r, now()), u, us, t \
-           FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[], \
-                       $7::timestamptz[], $8::text[], $9::int2[], $10::int4[]) \
-                AS x(q, k, a, o, p, m, r, u, us, t) \
-         ON CONFLICT DO NOTHING \
-         RETURNING id, unique_key",
-    )
-    .bind(&queue)
-    .bind(&kind)
-    .bind(&args)
-    .bind(&org)
-    .bind(&prio)
-    .bind(&attempts)
-    .bind(&run_at)
-    .bind(&ukey)
-    .bind(&ustates)
-    .bind(&timeout)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| Error::pg("insert", e))?;
-    // Rows come back in insertion order; rows without a key always insert, keyed rows are
-    // matched by key (a key repeated inside the batch inserts once).
-    let mut plain = Vec::new();
-    let mut keyed = std::collections::HashMap::new();
-    for r in &rows {
-        let id: i64 = r.get(0);
-        match r.get::<Option<String>, _>(1) {
-            None => plain.push(id),
-            Some(k) => {
-                keyed.insert(k, id);
-            }
-        }
-    }
-    let mut plain = plain.into_iter();
-    Ok(jobs
-        .iter()
-        .map(|j| match &j.unique_key {
-            None => plain.next().map_or(Enqueued::Duplicate, Enqueued::New),
-            Some(k) => keyed.remove(k).map_or(Enqueued::Duplicate, Enqueued::New),
-        })
-        .collect())
-}
-
 const RECORD_COLUMNS: &str = "id, queue, kind, args, org_id, priority, state, attempt, max_attempts, run_at, \
-     attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at";
+     attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at, \
+     stop_requested";
 
 fn record(r: &PgRow) -> Result<JobRecord> {
     let state: String = r.get("state");
@@ -260,28 +208,77 @@ fn record(r: &PgRow) -> Result<JobRecord> {
             .map(|ms| Duration::from_millis(ms.max(1) as u64)),
         created_at: r.get("created_at"),
         finalized_at: r.get("finalized_at"),
+        stop_requested: r
+            .get::<Option<&str>, _>("stop_requested")
+            .and_then(JobState::parse),
     })
+}
+
+/// The tenant a scope is limited to, as the `$n::text` SQL parameter (NULL: every tenant).
+fn org(scope: &TenantScope) -> Option<&str> {
+    scope.org_id().map(|o| o.as_str())
+}
+
+/// Decodes fetched rows, most urgent first.
+fn fetched(rows: &[PgRow]) -> Vec<FetchedJob> {
+    let mut jobs: Vec<FetchedJob> = rows
+        .iter()
+        .map(|r| FetchedJob {
+            id: r.get(0),
+            queue: r.get(1),
+            kind: r.get(2),
+            args: r.get(3),
+            org_id: r.get(4),
+            priority: r.get(5),
+            attempt: r.get(6),
+            max_attempts: r.get(7),
+            run_at: r.get(8),
+            timeout: r
+                .get::<Option<i32>, _>(9)
+                .map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        })
+        .collect();
+    jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
+    jobs
+}
+
+fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
+    attempts.iter().map(|t| (t.id, t.attempt)).unzip()
 }
 
 #[async_trait]
 impl JobStore for PgStore {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(|e| Error::pg("insert", e))?;
+        // Outside a transaction, insert_in runs in one of its own: atomic at any size.
         Self::insert_in(&mut conn, jobs).await
     }
 
-    async fn fetch(&self, queue: &str, limit: usize, worker: &str) -> Result<Vec<FetchedJob>> {
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        if let Some(max) = self.global_limit(queue).await? {
+            return self.fetch_limited(queue, kinds, limit, worker, max).await;
         }
         let rows = sqlx::query(
             "WITH next AS ( \
                  SELECT id FROM windlass_jobs \
                   WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
+                    AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
                     AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
                   ORDER BY priority, run_at, id \
                   LIMIT $2 \
@@ -296,30 +293,12 @@ impl JobStore for PgStore {
         .bind(queue)
         .bind(limit.min(i32::MAX as usize) as i64)
         .bind(worker)
+        .bind(kinds)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("fetch", e))?;
-        let mut jobs: Vec<FetchedJob> = rows
-            .iter()
-            .map(|r| FetchedJob {
-                id: r.get(0),
-                queue: r.get(1),
-                kind: r.get(2),
-                args: r.get(3),
-                org_id: r.get(4),
-                priority: r.get(5),
-                attempt: r.get(6),
-                max_attempts: r.get(7),
-                run_at: r.get(8),
-                timeout: r
-                    .get::<Option<i32>, _>(9)
-                    .map(|ms| Duration::from_millis(ms.max(1) as u64)),
-            })
-            .collect();
-        jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
-        Ok(jobs)
+        Ok(fetched(&rows))
     }
-
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
         if finished.is_empty() {
             return Ok(0);
@@ -339,17 +318,24 @@ impl JobStore for PgStore {
             errors.push(f.outcome.error().map(sqlx::types::Json));
             deltas.push(f.outcome.attempt_delta());
         }
+        // A stop requested by id (cancel / discard) wins over a retry or a snooze; a success
+        // stands (the worker itself reports the requested state once it delivered the request).
         let done = sqlx::query(
             "UPDATE windlass_jobs j \
-                SET state = u.state, \
-                    attempt = j.attempt + u.delta, \
+                SET state = CASE WHEN j.stop_requested IS NOT NULL AND u.state = 'retryable' \
+                                 THEN j.stop_requested ELSE u.state END, \
+                    attempt = j.attempt + CASE WHEN j.stop_requested IS NOT NULL AND u.state = 'retryable' \
+                                               THEN 0 ELSE u.delta END, \
                     run_at = coalesce(u.run_at, j.run_at), \
                     errors = CASE WHEN u.error IS NULL THEN j.errors \
                                   WHEN jsonb_typeof(j.errors) = 'array' AND jsonb_array_length(j.errors) >= $8 \
                                   THEN (j.errors - 0) || jsonb_build_array(u.error) \
                                   ELSE j.errors || jsonb_build_array(u.error) END, \
-                    finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') THEN now() END, \
-                    locked_by = NULL \
+                    finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') \
+                                          OR (j.stop_requested IS NOT NULL AND u.state = 'retryable') \
+                                        THEN now() END, \
+                    locked_by = NULL, \
+                    stop_requested = NULL \
                FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::int4[]) \
                     AS u(id, attempt, state, run_at, error, delta) \
               WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $7 AND j.attempt = u.attempt",
@@ -368,31 +354,55 @@ impl JobStore for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn heartbeat(&self, worker: &str, ids: &[JobId]) -> Result<Vec<JobId>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_scalar(
-            "UPDATE windlass_jobs SET heartbeat_at = now() \
-              WHERE id = ANY($1) AND state = 'running' AND locked_by = $2 RETURNING id",
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply> {
+        let (ids, nums) = token_arrays(attempts);
+        // One heartbeat at a time on the dedicated connection. The connection is taken out
+        // while in use: if the caller gives up (timeout) mid-statement, it is dropped, and the
+        // next heartbeat opens a fresh one.
+        let mut slot = self.heartbeat_conn.lock().await;
+        let mut conn = match slot.take() {
+            Some(c) => c,
+            None => PgConnection::connect_with(&self.pool.connect_options())
+                .await
+                .map_err(|e| Error::pg("heartbeat", e))?,
+        };
+        let rows: Vec<(JobId, i32, Option<String>)> = sqlx::query_as(
+            "UPDATE windlass_jobs j SET heartbeat_at = now() \
+               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt) \
+              WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND j.locked_by = $3 \
+             RETURNING j.id, j.attempt, j.stop_requested",
         )
-        .bind(ids)
+        .bind(&ids)
+        .bind(&nums)
         .bind(worker)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut conn)
         .await
-        .map_err(|e| Error::pg("heartbeat", e))
+        .map_err(|e| Error::pg("heartbeat", e))?;
+        *slot = Some(conn);
+        let mut reply = HeartbeatReply::default();
+        for (id, attempt, stop) in rows {
+            let token = AttemptToken::new(id, attempt);
+            reply.held.push(token);
+            if let Some(state) = stop.as_deref().and_then(JobState::parse) {
+                reply.stop.push((token, state));
+            }
+        }
+        Ok(reply)
     }
 
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
         let rows = sqlx::query(
             "UPDATE windlass_jobs j \
-                SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END, \
-                    finalized_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END, \
+                SET state = CASE WHEN j.stop_requested IS NOT NULL THEN j.stop_requested \
+                                 WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END, \
+                    finalized_at = CASE WHEN j.stop_requested IS NOT NULL OR j.attempt >= j.max_attempts \
+                                        THEN now() END, \
                     run_at = now(), \
                     errors = j.errors || jsonb_build_array(jsonb_build_object( \
                         'attempt', j.attempt, 'at', now(), 'worker', j.locked_by, \
                         'error', 'rescued: worker ' || coalesce(j.locked_by, '?') || ' stopped heartbeating')), \
-                    locked_by = NULL \
+                    locked_by = NULL, \
+                    stop_requested = NULL \
               WHERE j.id IN (SELECT id FROM windlass_jobs \
                               WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
                               LIMIT 1000 FOR UPDATE SKIP LOCKED) \
@@ -416,15 +426,23 @@ impl JobStore for PgStore {
         Ok(rescued)
     }
 
-    async fn release(&self, worker: &str, ids: &[JobId]) -> Result<u64> {
-        if ids.is_empty() {
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64> {
+        if attempts.is_empty() {
             return Ok(0);
         }
+        let (ids, nums) = token_arrays(attempts);
         let queues: Vec<String> = sqlx::query_scalar(
-            "UPDATE windlass_jobs SET state = 'available', attempt = attempt - 1, run_at = now(), locked_by = NULL \
-              WHERE id = ANY($1) AND state = 'running' AND locked_by = $2 RETURNING queue",
+            "UPDATE windlass_jobs j \
+                SET state = coalesce(j.stop_requested, 'available'), \
+                    attempt = CASE WHEN j.stop_requested IS NULL THEN j.attempt - 1 ELSE j.attempt END, \
+                    finalized_at = CASE WHEN j.stop_requested IS NOT NULL THEN now() END, \
+                    run_at = now(), locked_by = NULL, stop_requested = NULL \
+               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt) \
+              WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND j.locked_by = $3 \
+             RETURNING j.queue",
         )
-        .bind(ids)
+        .bind(&ids)
+        .bind(&nums)
         .bind(worker)
         .fetch_all(&self.pool)
         .await
@@ -433,37 +451,32 @@ impl JobStore for PgStore {
         Ok(queues.len() as u64)
     }
 
-    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>> {
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(
             "SELECT min(run_at) FROM windlass_jobs \
               WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') \
+                AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
                 AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused)",
         )
         .bind(queue)
+        .bind(kinds)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| Error::pg("next_due", e))
     }
 
-    async fn cancel(&self, id: JobId) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE windlass_jobs SET state = 'cancelled', finalized_at = now(), locked_by = NULL \
-              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::pg("cancel", e))?;
-        Ok(done.rows_affected() == 1)
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.stop(scope, id, JobState::Cancelled, "cancel").await
     }
 
-    async fn retry_now(&self, id: JobId) -> Result<bool> {
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
         let res = sqlx::query_scalar::<_, String>(
             "UPDATE windlass_jobs SET state = 'available', run_at = now(), finalized_at = NULL, locked_by = NULL, \
                     max_attempts = greatest(max_attempts, attempt + 1) \
-              WHERE id = $1 AND state <> 'running' RETURNING queue",
+              WHERE id = $1 AND state <> 'running' AND ($2::text IS NULL OR org_id = $2) RETURNING queue",
         )
         .bind(id)
+        .bind(org(scope))
         .fetch_optional(&self.pool)
         .await;
         match res {
@@ -471,7 +484,21 @@ impl JobStore for PgStore {
                 self.notify(&[queue]).await?;
                 Ok(true)
             }
-            Ok(None) => Ok(false),
+            Ok(None) => {
+                let state: Option<String> =
+                    sqlx::query_scalar(
+                        "SELECT state FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)",
+                    )
+                    .bind(id)
+                    .bind(org(scope))
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(|e| Error::pg("retry", e))?;
+                match state.as_deref() {
+                    Some("running") => Err(Error::JobRunning { id }),
+                    _ => Ok(false),
+                }
+            }
             Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
                 let key: Option<String> =
                     sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
@@ -489,16 +516,8 @@ impl JobStore for PgStore {
         }
     }
 
-    async fn discard(&self, id: JobId) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE windlass_jobs SET state = 'discarded', finalized_at = now(), locked_by = NULL \
-              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded')",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::pg("discard", e))?;
-        Ok(done.rows_affected() == 1)
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.stop(scope, id, JobState::Discarded, "discard").await
     }
 
     async fn prune(&self, older_than: Duration) -> Result<u64> {
@@ -537,6 +556,23 @@ impl JobStore for PgStore {
         Ok(())
     }
 
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        crate::store::validate_limit(limit)?;
+        sqlx::query(
+            "INSERT INTO windlass_job_queues (name, global_limit) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET global_limit = EXCLUDED.global_limit, updated_at = now()",
+        )
+        .bind(queue)
+        .bind(limit.map(|n| n as i32))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::pg("limit", e))?;
+        // This process sees it at once.
+        self.limits.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+        Ok(())
+    }
+
     async fn paused_queues(&self) -> Result<Vec<String>> {
         sqlx::query_scalar("SELECT name FROM windlass_job_queues WHERE paused ORDER BY name")
             .fetch_all(&self.pool)
@@ -544,18 +580,19 @@ impl JobStore for PgStore {
             .map_err(|e| Error::pg("paused_queues", e))
     }
 
-    async fn get(&self, id: JobId) -> Result<Option<JobRecord>> {
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1"
+            "SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)"
         )))
         .bind(id)
+        .bind(org(scope))
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| Error::pg("get", e))?;
         row.as_ref().map(record).transpose()
     }
 
-    async fn list(&self, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
         let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM windlass_jobs \
@@ -564,6 +601,7 @@ impl JobStore for PgStore {
                 AND ($3::text IS NULL OR kind = $3) \
                 AND ($4::text IS NULL OR org_id = $4) \
                 AND id > $5 \
+                AND ($7::text IS NULL OR org_id = $7) \
               ORDER BY id LIMIT $6"
         )))
         .bind(filter.queue.as_deref())
@@ -572,16 +610,19 @@ impl JobStore for PgStore {
         .bind(filter.org_id.as_deref())
         .bind(filter.after_id.unwrap_or(0))
         .bind(filter.page_size())
+        .bind(org(scope))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("list", e))?;
         rows.iter().map(record).collect()
     }
 
-    async fn counts(&self) -> Result<Vec<QueueCount>> {
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
         let rows = sqlx::query(
-            "SELECT queue, state, count(*) FROM windlass_jobs GROUP BY queue, state ORDER BY 1, 2",
+            "SELECT queue, state, count(*) FROM windlass_jobs WHERE ($1::text IS NULL OR org_id = $1) \
+              GROUP BY queue, state ORDER BY 1, 2",
         )
+        .bind(org(scope))
         .fetch_all(&self.pool)
         .await
         .map_err(|e| Error::pg("counts", e))?;
@@ -597,6 +638,22 @@ impl JobStore for PgStore {
             .collect())
     }
 
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "INSERT INTO windlass_jobs_leader (name, holder, expires_at) \
+             VALUES ('maintenance', $1, now() + make_interval(secs => $2)) \
+             ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at \
+              WHERE windlass_jobs_leader.holder = EXCLUDED.holder OR windlass_jobs_leader.expires_at < now() \
+             RETURNING holder",
+        )
+        .bind(worker)
+        .bind(interval_secs(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| Error::pg("lead", e))?;
+        Ok(holder.is_some())
+    }
+
     async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
         if !self.listen {
             return Ok(None);
@@ -606,7 +663,7 @@ impl JobStore for PgStore {
             Some(tx) if tx.receiver_count() > 0 => Ok(Some(tx.subscribe())),
             _ => {
                 let (tx, rx) = broadcast::channel(4096);
-                self.start_listener(tx.clone());
+                listen::spawn_listener(self.pool.clone(), tx.clone());
                 *wake = Some(tx);
                 Ok(Some(rx))
             }

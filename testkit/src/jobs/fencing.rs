@@ -1,0 +1,256 @@
+//! Conformance: fenced attempts never overlap. Cancel / discard of a running job followed by
+//! `retry_now`, and a worker cut off from its heartbeats while another rescues its job; the
+//! probes record start and end of every attempt, and the tests assert that no attempt starts
+//! before the previous one ended.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use windlass_core::TenantScope;
+use windlass_jobs::{
+    AttemptToken, Enqueued, Error, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
+    JobState, JobStore, Jobs, NewJob, QueueCount, Rescued, Result,
+};
+
+use super::{Action, ProbeEvent, T, enqueue, events, fast_config, probe, q, start, token};
+use super::{wait_for, wait_state};
+
+/// A store whose heartbeats can be made to hang (a blocked heartbeat connection), delegating
+/// everything else to the real store.
+#[derive(Clone)]
+pub struct HeartbeatGate {
+    inner: Arc<dyn JobStore>,
+    blocked: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HeartbeatGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeartbeatGate")
+            .field("blocked", &self.blocked)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HeartbeatGate {
+    /// Wraps `inner`, heartbeats passing.
+    pub fn new(inner: Arc<dyn JobStore>) -> Self {
+        Self {
+            inner,
+            blocked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Heartbeats hang (`true`) or pass (`false`) from now on.
+    pub fn block(&self, blocked: bool) {
+        self.blocked.store(blocked, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl JobStore for HeartbeatGate {
+    async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        self.inner.insert(jobs).await
+    }
+    async fn fetch(
+        &self,
+        queue: &str,
+        kinds: &[String],
+        limit: usize,
+        worker: &str,
+    ) -> Result<Vec<FetchedJob>> {
+        self.inner.fetch(queue, kinds, limit, worker).await
+    }
+    async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
+        self.inner.finish(worker, finished).await
+    }
+    async fn heartbeat(&self, worker: &str, attempts: &[AttemptToken]) -> Result<HeartbeatReply> {
+        if self.blocked.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.heartbeat(worker, attempts).await
+    }
+    async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
+        self.inner.rescue(stale_after).await
+    }
+    async fn release(&self, worker: &str, attempts: &[AttemptToken]) -> Result<u64> {
+        self.inner.release(worker, attempts).await
+    }
+    async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
+        self.inner.next_due(queue, kinds).await
+    }
+    async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.inner.cancel(scope, id).await
+    }
+    async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.inner.retry_now(scope, id).await
+    }
+    async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
+        self.inner.discard(scope, id).await
+    }
+    async fn prune(&self, older_than: Duration) -> Result<u64> {
+        self.inner.prune(older_than).await
+    }
+    async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        self.inner.set_paused(queue, paused).await
+    }
+    async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
+        self.inner.set_global_limit(queue, limit).await
+    }
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.inner.paused_queues().await
+    }
+    async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
+        self.inner.get(scope, id).await
+    }
+    async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
+        self.inner.list(scope, filter).await
+    }
+    async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
+        self.inner.counts(scope).await
+    }
+    async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
+        self.inner.try_lead(worker, ttl).await
+    }
+    async fn subscribe(&self) -> Result<Option<broadcast::Receiver<String>>> {
+        self.inner.subscribe().await
+    }
+}
+
+/// Asserts that the recorded attempts of `job` never overlap: each attempt's `"end"` comes
+/// before the next attempt's `"start"`, attempts in order.
+pub fn assert_attempts_never_overlap(evs: &[ProbeEvent], job: JobId) {
+    let mut running: Option<i32> = None;
+    let mut last = 0;
+    for e in evs.iter().filter(|e| e.job_id == job) {
+        match e.event {
+            "start" => {
+                assert!(
+                    running.is_none(),
+                    "attempt {} of job {job} started while attempt {running:?} still ran: {evs:?}",
+                    e.attempt
+                );
+                assert!(e.attempt > last, "attempts out of order: {evs:?}");
+                running = Some(e.attempt);
+                last = e.attempt;
+            }
+            "end" => {
+                assert_eq!(running, Some(e.attempt), "end without start: {evs:?}");
+                running = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Cancel (or discard) of a running job is a request: the row stays `running` until the
+/// attempt has really ended; `retry_now` meanwhile is refused with [`Error::JobRunning`]; once
+/// final, `retry_now` starts attempt 2, which never overlaps attempt 1.
+pub async fn cancel_or_discard_then_retry_now_never_overlaps(store: Arc<dyn JobStore>) {
+    for stop in [JobState::Cancelled, JobState::Discarded] {
+        let t = token();
+        let jobs = Jobs::from_arc(store.clone());
+        let w = start(&store, fast_config());
+        // Attempt 1 takes 400 ms to stop once asked (blocking: its abort cannot cut it short).
+        let id = enqueue(&jobs, probe(&t, 1, Action::StopSlowlyFirst(400)), q()).await;
+        wait_for("attempt 1 to start", T, || async {
+            events(&t).iter().any(|e| e.event == "start")
+        })
+        .await;
+        let requested = match stop {
+            JobState::Cancelled => jobs.cancel(id).await.unwrap(),
+            _ => jobs.discard(id).await.unwrap(),
+        };
+        assert!(requested);
+        // Hammer retry_now until it is accepted: every refusal must be JobRunning, and it may
+        // only be accepted once attempt 1 has ended.
+        let mut refused = 0;
+        loop {
+            match jobs.retry_now(id).await {
+                Err(Error::JobRunning { id: got }) => {
+                    assert_eq!(got, id);
+                    refused += 1;
+                }
+                Ok(true) => break,
+                other => panic!("unexpected retry_now answer {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(refused > 0, "retry_now was accepted while the job ran");
+        assert!(
+            events(&t)
+                .iter()
+                .any(|e| e.event == "end" && e.attempt == 1),
+            "retry_now accepted before attempt 1 ended: {:?}",
+            events(&t)
+        );
+        let rec = wait_state(&store, id, JobState::Completed, T).await;
+        assert_eq!(rec.attempt, 2);
+        let evs = events(&t);
+        assert_attempts_never_overlap(&evs, id);
+        assert_eq!(
+            evs.iter()
+                .filter(|e| e.event != "cancelled")
+                .map(|e| (e.attempt, e.event))
+                .collect::<Vec<_>>(),
+            vec![(1, "start"), (1, "end"), (2, "start"), (2, "end")]
+        );
+        // Attempt 1 ended in the requested state, and said so.
+        assert!(
+            rec.errors
+                .iter()
+                .any(|e| e.attempt == 1 && e.error.contains("by request")),
+            "{:?}",
+            rec.errors
+        );
+        w.shutdown().await.unwrap();
+    }
+}
+
+/// A worker whose heartbeats hang fences itself: it stops its attempt (which honours
+/// cancellation) before `rescue_after`, so the rescuing worker's attempt never overlaps it; it
+/// fetches nothing while fenced, and works again once a heartbeat succeeds.
+pub async fn a_worker_that_cannot_heartbeat_fences_itself(store: Arc<dyn JobStore>) {
+    let t = token();
+    let jobs = Jobs::from_arc(store.clone());
+    let gate = HeartbeatGate::new(store.clone());
+    let gated: Arc<dyn JobStore> = Arc::new(gate.clone());
+    // fast_config: heartbeat 50 ms, self-fence after 300 ms, rescue after 600 ms.
+    let a = start(&gated, fast_config().worker_id("gated"));
+    let id = enqueue(&jobs, probe(&t, 1, Action::StopSlowlyFirst(100)), q()).await;
+    wait_for("attempt 1 to start", T, || async {
+        events(&t).iter().any(|e| e.event == "start")
+    })
+    .await;
+    gate.block(true);
+    let b = start(&store, fast_config().worker_id("rescuer"));
+    let rec = wait_state(&store, id, JobState::Completed, T).await;
+    assert_eq!(rec.attempt, 2);
+    assert_attempts_never_overlap(&events(&t), id);
+    assert!(
+        rec.errors[0].error.contains("self-fenced") || rec.errors[0].error.contains("rescued"),
+        "{:?}",
+        rec.errors
+    );
+    // While fenced, the gated worker fetches nothing.
+    b.shutdown().await.unwrap();
+    let waiting = enqueue(&jobs, probe(&t, 2, Action::Succeed), q()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        store
+            .get(&TenantScope::All, waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        JobState::Available,
+        "a fenced worker fetched a job"
+    );
+    // Heartbeats pass again: it unfences and works.
+    gate.block(false);
+    wait_state(&store, waiting, JobState::Completed, T).await;
+    a.shutdown().await.unwrap();
+}
