@@ -252,7 +252,12 @@ impl JobsSource for JobsApi {
     }
 
     async fn get(&self, scope: &TenantScope, id: JobId) -> SourceResult<Option<JobRecord>> {
-        let job = self.jobs.get(id).await.map_err(backend("get"))?;
+        let job = self
+            .jobs
+            .scoped(scope.clone())
+            .get(id)
+            .await
+            .map_err(backend("get"))?;
         Ok(job.filter(|j| Self::visible(scope, j)))
     }
 
@@ -263,21 +268,21 @@ impl JobsSource for JobsApi {
         ids: &[JobId],
     ) -> SourceResult<ActionReport> {
         let mut report = ActionReport::default();
+        // The jobs handle scoped to the console's tenant: another tenant's id is unknown to it.
+        let jobs = self.jobs.scoped(scope.clone());
         for &id in ids {
-            // A job's tenant never changes, so checking it before acting is race-free.
-            // GAP: the by-id actions of `Jobs` take no tenant scope; one `get` per id first.
-            if self.get(scope, id).await?.is_none() {
-                report.skipped.push(id);
-                continue;
-            }
             let applied = match action {
-                JobAction::Retry => match self.jobs.retry_now(id).await {
+                JobAction::Retry => match jobs.retry_now(id).await {
                     Ok(done) => done,
-                    Err(windlass_jobs::Error::UniqueConflict { .. }) => false,
+                    // A running job is not retried (two attempts would overlap): skipped.
+                    Err(
+                        windlass_jobs::Error::UniqueConflict { .. }
+                        | windlass_jobs::Error::JobRunning { .. },
+                    ) => false,
                     Err(e) => return Err(SourceError::backend("retry", e)),
                 },
-                JobAction::Cancel => self.jobs.cancel(id).await.map_err(backend("cancel"))?,
-                JobAction::Discard => self.jobs.discard(id).await.map_err(backend("discard"))?,
+                JobAction::Cancel => jobs.cancel(id).await.map_err(backend("cancel"))?,
+                JobAction::Discard => jobs.discard(id).await.map_err(backend("discard"))?,
             };
             if applied {
                 report.done.push(id);
