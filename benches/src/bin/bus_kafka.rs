@@ -342,7 +342,15 @@ async fn main() -> BoxResult<()> {
     let n = ((50_000.0 * scale) as usize).max(WINDOW);
     let latency_n = ((3_000.0 * scale) as usize).max(100);
     let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers).await?;
-    let bus = KafkaBus::new(KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu()))?;
+    let mut config = KafkaConfig::new(&brokers).group_timeouts(GroupTimeouts::tansu());
+    // Records of one partition read and not yet committed before the subscriber pauses it.
+    if let Some(n) = std::env::var("BENCH_MAX_PENDING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config = config.max_pending_per_partition(n);
+    }
+    let bus = KafkaBus::new(config)?;
     let raw = producer(&brokers)?;
     // Latency runs: both consumers with the same `fetch.wait.max.ms` (librdkafka: 500).
     let fetch_wait = std::env::var("BENCH_FETCH_WAIT_MS").unwrap_or_else(|_| "500".to_owned());

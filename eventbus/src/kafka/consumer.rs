@@ -16,8 +16,8 @@
 //!   is polled, and acknowledgements of an earlier epoch are ignored.
 //! - **Commits** are serialised by one lock, send only offsets above what was committed, and
 //!   record what the broker confirmed: the committed offset never moves backwards, and a
-//!   failed commit stays due (the next acknowledgement, the poll thread's periodic commit or
-//!   the revoke commits it).
+//!   failed commit stays due (the subscriber's committer retries it, the poll thread's
+//!   periodic commit and the revoke commit it too).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -59,6 +59,8 @@ pub(crate) struct Core {
     commit_lock: Mutex<()>,
     /// Notified when records were buffered or room was freed.
     pub(crate) ready: Notify,
+    /// Notified when an acknowledgement moved an offset due for commit.
+    pub(crate) commit_wanted: Notify,
     control: PartitionControl<KafkaToken>,
     runtime: tokio::runtime::Handle,
     /// How long a revoke waits for the partition's handlers in flight.
@@ -85,6 +87,7 @@ impl Core {
             offsets: Mutex::new(Offsets::default()),
             commit_lock: Mutex::new(()),
             ready: Notify::new(),
+            commit_wanted: Notify::new(),
             control,
             runtime: tokio::runtime::Handle::current(),
             revoke_wait,

@@ -10,7 +10,7 @@
 //! offset is one past the highest *contiguous* acknowledged offset. A crash therefore
 //! redelivers at most what was fetched and not yet contiguous, never skips anything.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,19 +45,6 @@ pub(crate) struct KafkaTransport {
 }
 
 impl KafkaTransport {
-    /// Commits what is due, off the async threads. An error leaves it due (retried by the
-    /// next acknowledgement, the poll thread's periodic commit, or the revoke).
-    async fn commit(&self) -> Result<()> {
-        let Some(consumer) = self.poller.consumer.upgrade() else {
-            // Closed: its last commit was made by the poll thread.
-            return Ok(());
-        };
-        let core = self.core.clone();
-        tokio::task::spawn_blocking(move || core.commit_due(&consumer, None).map(|_| ()))
-            .await
-            .map_err(|e| Error::backend("kafka", "commit", e))?
-    }
-
     fn cap(&self, held: usize) -> usize {
         // An even share of the read-ahead per held partition, and never less than the
         // configured floor: one partition stuck behind a slow key keeps at most its share.
@@ -96,10 +83,12 @@ impl Transport for KafkaTransport {
         let moved = self.core.lock().acked(tokens.iter());
         // Room for more deliveries of these partitions.
         self.core.ready.notify_one();
-        // Commit whenever something is due, moved now or left by an earlier failure: a
-        // retried acknowledgement really commits.
-        let due = moved || !self.core.lock().dues(None).is_empty();
-        if due { self.commit().await } else { Ok(()) }
+        // The committer commits what is due in the background (coalesced, retried until it
+        // passes), so acknowledgements never wait for a commit round trip.
+        if moved {
+            self.core.commit_wanted.notify_one();
+        }
+        Ok(())
     }
 
     async fn dead_letter(&self, delivery: &Delivery<KafkaToken>, reason: &str) -> Result<()> {
@@ -112,11 +101,9 @@ impl Transport for KafkaTransport {
             reason,
         )
         .await?;
-        // The record is in the DLQ: acknowledge it. A failed commit is not a failed
-        // dead-lettering (retrying would write the record twice); it stays due.
-        let moved = self.core.lock().acked(std::iter::once(&delivery.token));
-        if moved && let Err(e) = self.commit().await {
-            tracing::warn!(topic = %self.topic, error = %e, "commit after dead-lettering failed; it is retried");
+        // The record is in the DLQ: acknowledge it (committed by the committer).
+        if self.core.lock().acked(std::iter::once(&delivery.token)) {
+            self.core.commit_wanted.notify_one();
         }
         self.core.ready.notify_one();
         Ok(())
@@ -234,6 +221,7 @@ impl Subscriber for KafkaBus {
         let poller = PollThread::start(core.clone(), consumer, config.poll_wait)
             .map_err(|e| Error::backend("kafka", "subscribe", e))?;
         let prefetch = options.prefetch.max(options.concurrency).max(1);
+        let (core_for_commits, consumer_for_commits) = (core.clone(), poller.consumer.clone());
         let transport = KafkaTransport {
             bus: self.clone(),
             core,
@@ -246,8 +234,10 @@ impl Subscriber for KafkaBus {
             per_partition: options.concurrency.max(1),
             prefetch,
         };
+        let committer = tokio::spawn(committer(core_for_commits, consumer_for_commits));
         let subscription = Runner::new(transport, topic.clone(), group.clone(), handler, options)
             .partitioned(events)
+            .abort_with(committer.abort_handle())
             .spawn();
         // Return once the group gave this member its partitions, so what is published next is
         // read (and `StartFrom::Latest` means "after subscribe returned").
@@ -259,5 +249,31 @@ impl Subscriber for KafkaBus {
             tracing::warn!(topic = %topic, group = %group, ?wait, "no partition assignment yet; consuming will start when the group rebalances");
         }
         Ok(subscription)
+    }
+}
+
+/// Commits what is due whenever acknowledgements moved an offset (coalesced: one commit at a
+/// time carries everything due by then), and retries a failed commit with backoff until it
+/// passes: what is due stays due. Ends once the consumer is closed.
+async fn committer(core: Arc<Core>, consumer: Weak<BaseConsumer<GroupContext>>) {
+    let mut failures = 0u32;
+    loop {
+        if failures == 0 {
+            core.commit_wanted.notified().await;
+        } else {
+            let backoff = Duration::from_millis(50 * u64::from(failures.min(20)));
+            tokio::time::sleep(backoff).await;
+        }
+        let Some(c) = consumer.upgrade() else { return };
+        let core2 = core.clone();
+        let result = tokio::task::spawn_blocking(move || core2.commit_due(&c, None)).await;
+        match result {
+            Ok(Ok(_)) => failures = 0,
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(topic = %core.topic, error = %e, attempt = failures, "commit failed; retrying");
+            }
+            Err(_) => return,
+        }
     }
 }
