@@ -116,8 +116,13 @@ impl Outbox {
         topic: &Topic,
         event: &Event,
     ) -> Result<i64> {
-        self.enqueue_to(conn, topic, event, &self.inner.config.destinations)
-            .await
+        self.enqueue_to(
+            conn,
+            topic,
+            event,
+            self.inner.config.destinations_for(topic),
+        )
+        .await
     }
 
     /// [`Outbox::enqueue`] to the given destinations (each gets its own delivery state; none:
@@ -165,8 +170,13 @@ impl Outbox {
         topic: &Topic,
         events: &[Event],
     ) -> Result<Vec<i64>> {
-        self.enqueue_batch_to(conn, topic, events, &self.inner.config.destinations)
-            .await
+        self.enqueue_batch_to(
+            conn,
+            topic,
+            events,
+            self.inner.config.destinations_for(topic),
+        )
+        .await
     }
 
     /// [`Outbox::enqueue_batch`] to the given destinations.
