@@ -90,9 +90,11 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
         .await
         .unwrap();
     let redis = windlass_testkit::redis::fresh_prefix().await;
-    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers)
+    // A private broker: groups on the shared one wait behind every other test's rebalances.
+    let tansu = tokio::task::spawn_blocking(windlass_testkit::tansu::PrivateTansu::start)
         .await
         .unwrap();
+    let brokers = tansu.brokers();
 
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let billing_domain = format!("billing{tag}");

@@ -273,6 +273,22 @@ async fn migration_kafka_stopped_mid_migration_delays_only_kafka_and_loses_nothi
     )
     .await;
 
+    // The routing put billing rows on both destinations and shipping rows on Redis only.
+    let routed: Vec<(String, Vec<String>, i64)> = sqlx::query_as(
+        "SELECT topic, destinations, count(*) FROM windlass_outbox GROUP BY 1, 2 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let both = vec!["redis".to_owned(), "kafka".to_owned()];
+    assert_eq!(
+        routed,
+        vec![
+            (billing.as_str().to_owned(), both, 100),
+            (shipping.as_str().to_owned(), vec!["redis".to_owned()], 50)
+        ]
+    );
+
     // Phase B: the Kafka broker is stopped. The Redis side keeps flowing.
     tansu.freeze();
     let frozen_at = Instant::now();
@@ -408,9 +424,12 @@ fn producer(
 async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
     let db = setup_db().await;
     let redis = windlass_testkit::redis::fresh_prefix().await;
-    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers)
+    // A private broker: consumer groups on the shared one are slowed down by every other test's
+    // groups (tansu 0.6 rebalances), which would make the timing of this test theirs.
+    let tansu = tokio::task::spawn_blocking(windlass_testkit::tansu::PrivateTansu::start)
         .await
         .unwrap();
+    let brokers = tansu.brokers();
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (billing_domain, billing, shipping_domain, _) = domains(&tag);
     windlass_testkit::kafka::create_topic(&brokers, &billing, 2).await;
@@ -474,6 +493,21 @@ async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
         )
         .await
         .unwrap();
+    // The second process consumes the domain too (another group: two members of one Kafka
+    // group on tansu wait out a long rebalance) and follows the store: it drains when a switch
+    // is claimed, before the switching process starts the new bus, then follows the route.
+    let follow = tokio_util::sync::CancellationToken::new();
+    let follower = two.follow(Duration::from_millis(100), follow.clone());
+    let audit = projection(&db.pool, "audit");
+    let sub_two = two
+        .subscribe(
+            &billing,
+            &Group::new("audit").unwrap(),
+            audit.clone(),
+            SubscribeOptions::default().concurrency(4),
+        )
+        .await
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = producer(
         outbox.clone(),
@@ -487,7 +521,7 @@ async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
     })
     .await;
 
-    // Switch under load; the other process follows the stored route.
+    // Switch under load; the other process drains first, then follows the stored route.
     let phases = one.phase();
     let r = one.switch(&billing_domain, Backend::Kafka).await.unwrap();
     assert!(phases.has_changed().unwrap(), "the switch was observable");
@@ -496,12 +530,11 @@ async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
         (Backend::Redis, Backend::Kafka, 1)
     );
     assert_eq!(one.backend_for(&billing), Backend::Kafka);
-    two.sync().await.unwrap();
-    assert_eq!(
-        two.backend_for(&billing),
-        Backend::Kafka,
-        "the other process follows"
-    );
+    let two_ = two.clone();
+    wait_for("the other process follows", 30, async || {
+        two_.backend_for(&billing) == Backend::Kafka
+    })
+    .await;
     let kafka_count = async || -> i64 {
         sqlx::query_scalar(
             "SELECT count(*) FROM handled WHERE consumer = 'ledger' AND via = 'kafka'",
@@ -513,6 +546,21 @@ async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
     wait_for("new events handled from Kafka", 30, async || {
         kafka_count().await >= 50
     })
+    .await;
+
+    wait_for(
+        "the other process handles new events from Kafka",
+        30,
+        async || {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM handled WHERE consumer = 'audit' AND via = 'kafka'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n >= 20
+        },
+    )
     .await;
 
     // Roll back under load.
@@ -548,9 +596,28 @@ async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
         ledger.duplicates.load(Ordering::SeqCst) > 0,
         "the overlap was dropped by the inbox"
     );
-    two.sync().await.unwrap();
+    // The other process moved with it, and back.
+    wait_for("the audit consumer handled every event", 30, async || {
+        handled(&pool, "audit").await.1 == total
+    })
+    .await;
+    assert_eq!(
+        handled(&db.pool, "audit").await,
+        (total, total),
+        "audit: exactly once"
+    );
+    assert_per_key_order(&db.pool, "audit").await;
     assert_eq!(two.backend_for(&billing), Backend::Redis);
+    let buses: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT via FROM handled WHERE consumer = 'audit' ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(buses, ["kafka", "redis"], "audit read both buses");
 
+    follow.cancel();
+    follower.await.unwrap();
+    sub_two.shutdown().await.unwrap();
     sub.shutdown().await.unwrap();
     for r in relays {
         r.shutdown().await;

@@ -418,6 +418,37 @@ mod tests {
     }
 
     #[test]
+    fn routes_pick_destinations_by_the_longest_covering_domain() {
+        let d = |n: &str| Destination::new(n).unwrap();
+        let t = |n: &str| windlass_core::Topic::new(n).unwrap();
+        let cfg = OutboxConfig::default()
+            .destinations([d("redis")])
+            .route("billing", [d("redis"), d("kafka"), d("redis")])
+            .route("billing.eu", [d("kafka")]);
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.destinations_for(&t("billing")),
+            [d("redis"), d("kafka")]
+        );
+        assert_eq!(
+            cfg.destinations_for(&t("billing.us.x")),
+            [d("redis"), d("kafka")]
+        );
+        assert_eq!(cfg.destinations_for(&t("billing.eu.x")), [d("kafka")]);
+        assert_eq!(cfg.destinations_for(&t("billings")), [d("redis")]);
+        assert_eq!(cfg.destinations_for(&t("shipping")), [d("redis")]);
+        // A later route of the same domain replaces the earlier one.
+        let again = cfg.clone().route("billing", [d("kafka")]);
+        assert_eq!(again.destinations_for(&t("billing")), [d("kafka")]);
+        assert!(
+            OutboxConfig::default()
+                .route("no spaces", [d("redis")])
+                .validate()
+                .is_err()
+        );
+    }
+
+    #[test]
     fn renders_migrations_for_other_names() {
         let sql = "CREATE TABLE windlass_outbox (x int);\nCREATE INDEX windlass_outbox_x_idx ON windlass_outbox (x);\nCREATE TABLE windlass_outbox_delivery (y int);\nCREATE INDEX windlass_outbox_delivery_y_idx ON windlass_outbox_delivery (y);\nCREATE TABLE windlass_inbox (y int);";
         let cfg = OutboxConfig::default()

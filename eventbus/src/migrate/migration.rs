@@ -1,7 +1,9 @@
 //! [`Migration`]: both buses, the live routes, subscriptions that follow them, and the
 //! two-phase switch.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -85,6 +87,9 @@ impl SubCtl {
     }
 }
 
+/// A domain drained for another process's switch: (its epoch, the subscriptions drained).
+type Parked = (u64, Vec<Weak<SubCtl>>);
+
 struct Shared<R, K> {
     redis: Arc<R>,
     kafka: Arc<K>,
@@ -95,6 +100,15 @@ struct Shared<R, K> {
     /// Held by a switch (and briefly by `subscribe`, so no subscription starts mid-switch).
     switching: tokio::sync::Mutex<()>,
     lease: Duration,
+    /// This process's member id in the route store.
+    member: String,
+    /// How long a member stays registered after its last heartbeat (ms).
+    member_ttl_ms: AtomicU64,
+    /// How long a switch waits for the other members to drain (ms).
+    drain_timeout_ms: AtomicU64,
+    /// Domains whose switch (by another process) this process drained for: (epoch, the
+    /// subscriptions it drained).
+    parked: Mutex<HashMap<String, Parked>>,
 }
 
 /// Both buses, the dual publisher, the live routes and the subscriptions following them.
@@ -164,8 +178,25 @@ where
                 subs: Mutex::new(Vec::new()),
                 switching: tokio::sync::Mutex::new(()),
                 lease: SWITCH_LEASE,
+                member: format!("m-{}", uuid::Uuid::new_v4().simple()),
+                member_ttl_ms: AtomicU64::new(10_000),
+                drain_timeout_ms: AtomicU64::new(30_000),
+                parked: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// How long [`Migration::switch`] waits for the other processes sharing the route store to
+    /// drain (default 30 s); past it the switch fails and the route stays.
+    pub fn set_drain_timeout(&self, timeout: Duration) {
+        self.shared
+            .drain_timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// This process's member id in the route store.
+    pub fn member(&self) -> &str {
+        &self.shared.member
     }
 
     /// The routes this process applies now.
@@ -242,7 +273,7 @@ where
             return Err(Error::UnknownDomain(domain.to_owned()));
         };
         if from == to {
-            self.apply_routes(stored.routes).await;
+            self.apply_routes(stored.routes, Vec::new()).await;
             return Ok(SwitchReport {
                 domain: domain.to_owned(),
                 from,
@@ -293,13 +324,22 @@ where
         }));
         let t0 = Instant::now();
         let drained = join_all(moving.iter().map(|s| s.ask(Cmd::Drain))).await;
-        let drained_in = t0.elapsed();
         if let Some(e) = drained.into_iter().find_map(Result::err) {
             self.restore(&moving, from).await;
             self.shared.store.abort_switch(ticket).await.ok();
             tracing::error!(domain, %from, %to, error = %e, "switch failed while draining; route unchanged");
             return Err(failed("draining", e));
         }
+
+        // The other processes sharing the store drain too (they see the claim on their next
+        // sync and acknowledge it); nothing starts on the new bus before every live member has.
+        if let Err(e) = self.wait_for_members(ticket).await {
+            self.restore(&moving, from).await;
+            self.shared.store.abort_switch(ticket).await.ok();
+            tracing::error!(domain, %from, %to, error = %e, "switch failed while other processes drained; route unchanged");
+            return Err(failed("draining", e));
+        }
+        let drained_in = t0.elapsed();
 
         tracing::info!(domain, %from, %to, "switch: starting on the new bus");
         self.shared.phase.send_replace(Some(SwitchPhase::Starting {
@@ -348,33 +388,115 @@ where
         .await;
     }
 
-    /// Reloads the routes from the store and moves this process's subscriptions whose bus
-    /// changed (drain, then start on the new bus). Call it periodically (or use
-    /// [`Migration::follow`]) in every process that did not run the switch itself.
-    pub async fn sync(&self) -> Result<usize> {
-        let _guard = self.shared.switching.lock().await;
-        let stored = self.state().await?;
-        Ok(self.apply_routes(stored.routes).await)
+    async fn wait_for_members(&self, ticket: &SwitchTicket) -> Result<()> {
+        let timeout = Duration::from_millis(self.shared.drain_timeout_ms.load(Ordering::Relaxed));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let waiting = self
+                .shared
+                .store
+                .not_drained(&ticket.domain, ticket.epoch, &self.shared.member)
+                .await?;
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::backend(
+                    "migration",
+                    "drain",
+                    format!("processes {waiting:?} did not drain within {timeout:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
-    /// Applies `routes` locally: subscriptions whose bus changed move (drain, then start).
-    async fn apply_routes(&self, routes: Routes) -> usize {
+    /// Follows the route store once: registers this process as a member (a heartbeat); for a
+    /// switch another process is running, drains this process's subscriptions of the domain
+    /// and acknowledges it (phase 1); once that switch is committed or aborted, starts them on
+    /// the committed route; and moves any other subscription whose bus changed (drain, then
+    /// start). Call it periodically ([`Migration::follow`]) in every process that consumes a
+    /// migrating domain: a switch waits for every registered process to drain.
+    /// Returns how many subscriptions moved.
+    pub async fn sync(&self) -> Result<usize> {
+        let _guard = self.shared.switching.lock().await;
+        let store = &self.shared.store;
+        let member = self.shared.member.as_str();
+        let ttl = Duration::from_millis(self.shared.member_ttl_ms.load(Ordering::Relaxed));
+        let state = self.state().await?;
         let current = self.routes();
-        if current == routes {
-            return 0;
+        // Phase 1 of switches run elsewhere: drain, then acknowledge.
+        for p in &state.switching {
+            let known = self
+                .shared
+                .parked
+                .lock()
+                .expect("parked lock")
+                .get(&p.domain)
+                .is_some_and(|(e, _)| *e == p.epoch);
+            if !known {
+                let mut next = current.clone();
+                next.set(p.domain.clone(), p.to);
+                let subs: Vec<Arc<SubCtl>> = self
+                    .live_subs()
+                    .into_iter()
+                    .filter(|s| current.backend_for(&s.topic) != next.backend_for(&s.topic))
+                    .collect();
+                join_all(subs.iter().map(|s| s.ask(Cmd::Drain))).await;
+                tracing::info!(domain = %p.domain, to = %p.to, subscriptions = subs.len(), "sync: drained for a switch run by another process");
+                self.shared.parked.lock().expect("parked lock").insert(
+                    p.domain.clone(),
+                    (p.epoch, subs.iter().map(Arc::downgrade).collect()),
+                );
+            }
+            store
+                .heartbeat(member, ttl, Some((p.domain.as_str(), p.epoch)))
+                .await?;
         }
-        let moving: Vec<(Arc<SubCtl>, Backend)> = self
+        if state.switching.is_empty() {
+            store.heartbeat(member, ttl, None).await?;
+        }
+        // Parked domains whose switch is over (committed or aborted): restart on the route.
+        let finished: Vec<Arc<SubCtl>> = {
+            let mut parked = self.shared.parked.lock().expect("parked lock");
+            let done: Vec<String> = parked
+                .keys()
+                .filter(|d| !state.switching.iter().any(|p| &p.domain == *d))
+                .cloned()
+                .collect();
+            done.iter()
+                .filter_map(|d| parked.remove(d))
+                .flat_map(|(_, subs)| subs.into_iter().filter_map(|w| w.upgrade()))
+                .collect()
+        };
+        Ok(self.apply_routes(state.routes, finished).await)
+    }
+
+    /// Applies `routes` locally: subscriptions whose bus changed, and `restart`, are drained
+    /// (a no-op when they already are) and started on their routed bus.
+    async fn apply_routes(&self, routes: Routes, restart: Vec<Arc<SubCtl>>) -> usize {
+        let current = self.routes();
+        let mut moving: Vec<Arc<SubCtl>> = self
             .live_subs()
             .into_iter()
-            .filter_map(|s| {
-                let (a, b) = (current.backend_for(&s.topic), routes.backend_for(&s.topic));
-                (a != b).then_some((s, b))
-            })
+            .filter(|s| current.backend_for(&s.topic) != routes.backend_for(&s.topic))
             .collect();
-        join_all(moving.iter().map(|(s, _)| s.ask(Cmd::Drain))).await;
-        join_all(moving.iter().map(|(s, b)| async move {
-            if let Err(e) = s.ask(|r| Cmd::Start(*b, r)).await {
-                tracing::error!(topic = %s.topic, backend = %b, error = %e, "sync: could not start on the routed bus");
+        for s in restart {
+            if !moving.iter().any(|m| Arc::ptr_eq(m, &s)) {
+                moving.push(s);
+            }
+        }
+        if moving.is_empty() {
+            self.shared.routes.send_replace(routes);
+            return 0;
+        }
+        join_all(moving.iter().map(|s| s.ask(Cmd::Drain))).await;
+        join_all(moving.iter().map(|s| {
+            let b = routes.backend_for(&s.topic);
+            async move {
+                if let Err(e) = s.ask(|r| Cmd::Start(b, r)).await {
+                    tracing::error!(topic = %s.topic, backend = %b, error = %e, "sync: could not start on the routed bus");
+                }
             }
         }))
         .await;
@@ -389,6 +511,10 @@ where
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
+        let ttl = interval * 3 + Duration::from_secs(1);
+        self.shared
+            .member_ttl_ms
+            .store(ttl.as_millis() as u64, Ordering::Relaxed);
         tokio::spawn(async move {
             loop {
                 tokio::select! {

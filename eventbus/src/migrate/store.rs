@@ -114,6 +114,20 @@ pub trait RouteStore: Send + Sync + fmt::Debug + 'static {
     /// Drops a claimed switch; the domain keeps its backend. A no-op when the claim is no
     /// longer the live one.
     async fn abort_switch(&self, ticket: &SwitchTicket) -> Result<()>;
+
+    /// Records that `member` (one process's [`Migration`](super::Migration)) is alive until
+    /// `ttl` from now and, with `drained`, that it has drained its subscriptions of the
+    /// switch (domain, epoch). Members are what a switch waits for before it starts the new bus.
+    async fn heartbeat(
+        &self,
+        member: &str,
+        ttl: Duration,
+        drained: Option<(&str, u64)>,
+    ) -> Result<()>;
+
+    /// The members alive now, other than `except`, that have not acknowledged draining the
+    /// switch (`domain`, `epoch`).
+    async fn not_drained(&self, domain: &str, epoch: u64, except: &str) -> Result<Vec<String>>;
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +136,8 @@ struct Stored {
     epoch: u64,
     /// (domain, to, epoch, lease end)
     claim: Option<(String, Backend, u64, Instant)>,
+    /// member -> (alive until, last drained (domain, epoch))
+    members: BTreeMap<String, (Instant, Option<(String, u64)>)>,
 }
 
 /// A [`RouteStore`] in this process's memory (the default of [`super::Migration::new`]).
@@ -223,5 +239,36 @@ impl RouteStore for MemoryRouteStore {
             s.claim = None;
         }
         Ok(())
+    }
+    async fn heartbeat(
+        &self,
+        member: &str,
+        ttl: Duration,
+        drained: Option<(&str, u64)>,
+    ) -> Result<()> {
+        let mut s = self.inner.lock().expect("route store lock");
+        let entry = s
+            .members
+            .entry(member.to_owned())
+            .or_insert((Instant::now(), None));
+        entry.0 = Instant::now() + ttl;
+        if let Some((d, e)) = drained {
+            entry.1 = Some((d.to_owned(), e));
+        }
+        Ok(())
+    }
+
+    async fn not_drained(&self, domain: &str, epoch: u64, except: &str) -> Result<Vec<String>> {
+        let s = self.inner.lock().expect("route store lock");
+        let now = Instant::now();
+        Ok(s.members
+            .iter()
+            .filter(|(m, (until, drained))| {
+                m.as_str() != except
+                    && *until > now
+                    && drained.as_ref() != Some(&(domain.to_owned(), epoch))
+            })
+            .map(|(m, _)| m.clone())
+            .collect())
     }
 }

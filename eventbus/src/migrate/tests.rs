@@ -241,3 +241,124 @@ async fn dual_publish_is_best_effort_on_the_secondary_bus() {
     m.publish(&topic, &event(3)).await.unwrap();
     assert_eq!((redis.bus.len(&topic), kafka.bus.len(&topic)), (2, 1));
 }
+
+#[tokio::test]
+async fn a_switch_waits_for_the_other_processes_to_drain_and_they_follow() {
+    let (redis, kafka) = (Flaky::default(), Flaky::default());
+    let store: Arc<dyn RouteStore> = Arc::new(MemoryRouteStore::new());
+    let routes = Routes::new(Backend::Redis).route("billing", Backend::Redis);
+    let one = Migration::with_store(redis.clone(), kafka.clone(), routes.clone(), store.clone())
+        .await
+        .unwrap();
+    let two = Migration::with_store(redis.clone(), kafka.clone(), routes.clone(), store.clone())
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let follower = two.follow(Duration::from_millis(20), cancel.clone());
+    let topic = Topic::new("billing.x").unwrap();
+    // Process two handles slowly; process one must not handle anything on the new bus while
+    // process two still runs a handler on the old one.
+    let old_running = Arc::new(AtomicU32::new(0));
+    let overlap = Arc::new(AtomicBool::new(false));
+    let on_new = Arc::new(AtomicU32::new(0));
+    let r = old_running.clone();
+    let sub_two = two
+        .subscribe_fn(&topic, &Group::new("b").unwrap(), move |_e, ctx| {
+            let r = r.clone();
+            async move {
+                let _ = ctx;
+                r.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let (r, o, n) = (old_running.clone(), overlap.clone(), on_new.clone());
+    let kafka_subs = kafka.subscribes.clone();
+    let sub_one = one
+        .subscribe_fn(&topic, &Group::new("a").unwrap(), move |_e, _c| {
+            let (r, o, n, k) = (r.clone(), o.clone(), n.clone(), kafka_subs.clone());
+            async move {
+                if k.load(Ordering::SeqCst) > 0 {
+                    n.fetch_add(1, Ordering::SeqCst);
+                    if r.load(Ordering::SeqCst) > 0 {
+                        o.store(true, Ordering::SeqCst);
+                    }
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    for i in 0..2 {
+        one.publish(&topic, &event(i)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await; // two's first handler runs
+    assert!(old_running.load(Ordering::SeqCst) > 0);
+    let report = one.switch("billing", Backend::Kafka).await.unwrap();
+    assert!(
+        report.drained_in >= Duration::from_millis(200),
+        "the switch waited for process two's in-flight handler: {report:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while kafka.subscribes.load(Ordering::SeqCst) < 2 || on_new.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both processes run on the new bus");
+    assert!(
+        !overlap.load(Ordering::SeqCst),
+        "a handler ran on the new bus while process two still handled on the old one"
+    );
+    assert_eq!(two.backend_for(&topic), Backend::Kafka);
+
+    // A registered process that never drains (a ghost): the switch back fails, nothing moves.
+    store
+        .heartbeat("ghost", Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    one.set_drain_timeout(Duration::from_millis(300));
+    let redis_before = redis.subscribes.load(Ordering::SeqCst);
+    let err = one.switch("billing", Backend::Redis).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::SwitchFailed {
+                stage: "draining",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ghost"), "{err}");
+    assert_eq!(one.backend_for(&topic), Backend::Kafka);
+    assert_eq!(
+        store
+            .load(Backend::Redis)
+            .await
+            .unwrap()
+            .routes
+            .domain("billing"),
+        Some(Backend::Kafka)
+    );
+    // Process two, which drained for the failed switch, runs on Kafka again.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while kafka.subscribes.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both processes restarted on Kafka after the failed switch");
+    assert_eq!(
+        redis.subscribes.load(Ordering::SeqCst),
+        redis_before,
+        "nothing started on Redis"
+    );
+    cancel.cancel();
+    follower.await.unwrap();
+    sub_one.shutdown().await.unwrap();
+    sub_two.shutdown().await.unwrap();
+}

@@ -23,7 +23,11 @@ pub const DEFAULT_ROUTES_TABLE: &str = "windlass_migration_routes";
 /// all of them (`begin_switch` takes a transaction-scoped advisory lock, then refuses while
 /// any claim's lease runs), and a switcher that lost its lease cannot commit (the epoch).
 ///
-/// Create the table with [`PgRouteStore::migrate`] (idempotent).
+/// The processes taking part register in `{table}_members` (a heartbeat with a time to live,
+/// and the last switch they drained), which is what a switch waits for before it starts the new
+/// bus.
+///
+/// Create the tables with [`PgRouteStore::migrate`] (idempotent).
 #[derive(Debug, Clone)]
 pub struct PgRouteStore {
     pool: PgPool,
@@ -78,7 +82,12 @@ impl PgRouteStore {
                switching_to text CHECK (switching_to IN ('redis', 'kafka')), \
                switch_epoch bigint NOT NULL DEFAULT 0, \
                switch_until timestamptz, \
-               updated_at timestamptz NOT NULL DEFAULT now())"
+               updated_at timestamptz NOT NULL DEFAULT now()); \
+             CREATE TABLE IF NOT EXISTS {t}_members ( \
+               member text PRIMARY KEY, \
+               alive_until timestamptz NOT NULL, \
+               drained_domain text, \
+               drained_epoch bigint)"
         );
         let mut tx = self
             .pool
@@ -241,5 +250,51 @@ impl RouteStore for PgRouteStore {
             .await
             .map_err(|e| db("route abort", e))?;
         Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        member: &str,
+        ttl: Duration,
+        drained: Option<(&str, u64)>,
+    ) -> windlass_eventbus::Result<()> {
+        let sql = format!(
+            "INSERT INTO {}_members (member, alive_until, drained_domain, drained_epoch) \
+             VALUES ($1, now() + make_interval(secs => $2), $3, $4) \
+             ON CONFLICT (member) DO UPDATE SET alive_until = excluded.alive_until, \
+               drained_domain = coalesce(excluded.drained_domain, {0}_members.drained_domain), \
+               drained_epoch = coalesce(excluded.drained_epoch, {0}_members.drained_epoch)",
+            self.table
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(member)
+            .bind(ttl.as_secs_f64())
+            .bind(drained.map(|d| d.0))
+            .bind(drained.map(|d| d.1 as i64))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| db("route heartbeat", e))?;
+        Ok(())
+    }
+
+    async fn not_drained(
+        &self,
+        domain: &str,
+        epoch: u64,
+        except: &str,
+    ) -> windlass_eventbus::Result<Vec<String>> {
+        let sql = format!(
+            "SELECT member FROM {}_members WHERE alive_until > now() AND member <> $3 \
+             AND (drained_domain IS DISTINCT FROM $1 OR drained_epoch IS DISTINCT FROM $2) \
+             ORDER BY member",
+            self.table
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(domain)
+            .bind(epoch as i64)
+            .bind(except)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| db("route members", e))
     }
 }
