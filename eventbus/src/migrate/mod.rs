@@ -14,7 +14,7 @@
 //!   topics of no listed domain use the default.
 //! - [`Migration`] holds both buses and the live routes, kept in a [`RouteStore`]
 //!   ([`MemoryRouteStore`] in one process; `windlass_outbox::postgres::PgRouteStore` shared by
-//!   several). It is a [`Subscriber`] whose subscriptions follow the routes.
+//!   several). It is a [`Subscriber`](crate::Subscriber) whose subscriptions follow the routes.
 //!   [`Migration::switch`] is a two-phase, observable operation: it claims the switch in the
 //!   store (one at a time, fenced by an epoch), **drains** every subscription of the domain
 //!   (stops reading, waits for in-flight handlers, acknowledges them), then **starts** them
@@ -22,11 +22,11 @@
 //!   group is new), which covers everything the old subscriptions had not acknowledged; the
 //!   consumer's inbox (`windlass-outbox`'s `Inbox`) drops the overlap. A failure in either
 //!   phase restarts the old subscriptions, leaves the route unchanged and returns
-//!   [`Error::SwitchFailed`](crate::Error::SwitchFailed). Rollback is switching back.
+//!   [`SwitchFailed`](crate::Error::SwitchFailed). Rollback is switching back.
 //! - [`verify`](verify::verify) compares, per domain and time window, the ids on both buses
 //!   and reports the missing and out-of-order ones.
 //!
-//! The types are generic: the buses are any [`Publisher`] + [`Subscriber`] (the tests and the
+//! The types are generic: the buses are any [`Publisher`] + [`Subscriber`](crate::Subscriber) (the tests and the
 //! example use `RedisBus` and `KafkaBus`; the doc example below uses two memory buses).
 //!
 //! What it must not do: decide *when* to move (that is the operator's call), or deduplicate
