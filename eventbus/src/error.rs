@@ -133,6 +133,43 @@ pub enum Error {
         /// The event id.
         id: String,
     },
+    /// A migration route names a backend that does not exist (`"redis"` and `"kafka"` do).
+    /// Nothing was changed.
+    #[error("unknown migration backend {0:?}; expected \"redis\" or \"kafka\"")]
+    UnknownBackend(String),
+    /// A migration switch names a domain the routing table does not list. Nothing was changed.
+    #[error(
+        "unknown migration domain {0:?}; list it in the routes (Routes::route) before switching it"
+    )]
+    UnknownDomain(String),
+    /// A migration switch was asked while another switch is running (in this process, or in
+    /// another one sharing the route store, until that switch's lease ends). Nothing was
+    /// changed.
+    #[error("a switch of domain {domain:?} to {to} is in progress; wait for it to finish")]
+    SwitchInProgress {
+        /// The domain being switched.
+        domain: String,
+        /// Where it is being switched to.
+        to: String,
+    },
+    /// A migration switch failed; the route is unchanged (still `from`) and the domain's
+    /// subscriptions run on `from` again (or are retried there, see `docs/migration.md`).
+    #[error(
+        "switching domain {domain:?} from {from} to {to} failed while {stage}; the route stays {from}: {source}"
+    )]
+    SwitchFailed {
+        /// The domain.
+        domain: String,
+        /// The backend it stays on.
+        from: String,
+        /// The backend it was being switched to.
+        to: String,
+        /// What was being done: `"draining"`, `"starting"` or `"committing"`.
+        stage: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {

@@ -55,6 +55,18 @@ pub const CATALOG: &[MetricDef] = &[
         &["topic", "group", "partition"],
         "Age of the partition's oldest pending entry, 0 when none (reported by its owner).",
     ),
+    MetricDef::new(
+        "windlass_bus_dual_publish_failures_total",
+        Counter,
+        &["topic"],
+        "Events the secondary bus of a publish-time dual publish (migrate::DualPublisher) did not take; that bus misses them (best effort).",
+    ),
+    MetricDef::new(
+        "windlass_bus_migration_switches_total",
+        Counter,
+        &["outcome"],
+        "Migration switches run by this process, by outcome (done, failed).",
+    ),
 ];
 
 /// Sets the visibility gauges of one partition.

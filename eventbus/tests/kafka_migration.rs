@@ -90,9 +90,11 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
         .await
         .unwrap();
     let redis = windlass_testkit::redis::fresh_prefix().await;
-    let brokers = tokio::task::spawn_blocking(windlass_testkit::kafka::brokers)
+    // A private broker: groups on the shared one wait behind every other test's rebalances.
+    let tansu = tokio::task::spawn_blocking(windlass_testkit::tansu::PrivateTansu::start)
         .await
         .unwrap();
+    let brokers = tansu.brokers();
 
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let billing_domain = format!("billing{tag}");
@@ -113,7 +115,10 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
             .group_prefix(format!("{tag}.")),
     )
     .unwrap();
-    let migration = Migration::new(redis_bus, kafka_bus, Routes::new(Backend::Redis));
+    let routes = Routes::new(Backend::Redis)
+        .route(billing_domain.as_str(), Backend::Redis)
+        .route(format!("shipping{tag}"), Backend::Redis);
+    let migration = Migration::new(redis_bus, kafka_bus, routes);
 
     let projection = |consumer: &str| {
         Arc::new(Projection {
@@ -178,7 +183,10 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
     // Phase 1: billing moves to Kafka mid-phase, shipping stays on Redis.
     go.send(1).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    migration.switch(billing_domain.as_str(), Backend::Kafka);
+    migration
+        .switch(billing_domain.as_str(), Backend::Kafka)
+        .await
+        .unwrap();
     assert_eq!(migration.backend_for(&billing), Backend::Kafka);
     assert_eq!(migration.backend_for(&shipping), Backend::Redis);
     wait_handled(&db.pool, "ledger", 80).await;
@@ -191,7 +199,10 @@ async fn one_domain_moves_to_kafka_and_back_while_another_stays_on_redis() {
     go.send(2).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let redis_before_rollback = ledger.via_redis.load(Ordering::SeqCst);
-    migration.switch(billing_domain.as_str(), Backend::Redis);
+    migration
+        .switch(billing_domain.as_str(), Backend::Redis)
+        .await
+        .unwrap();
     drop(go);
     let per_topic = i64::from(publisher.await.unwrap());
     assert_eq!(per_topic, 120);

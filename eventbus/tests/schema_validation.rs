@@ -105,7 +105,7 @@ async fn a_validating_dual_publisher_and_routed_subscriptions_on_memory_buses() 
     let migration = Migration::new(
         MemoryBus::new(),
         MemoryBus::new(),
-        Routes::new(Backend::Redis),
+        Routes::new(Backend::Redis).route("billing", Backend::Redis),
     );
     let publisher = ValidatingPublisher::new(migration.clone(), registry());
     let invoices = Topic::new("billing.invoices").unwrap();
@@ -125,13 +125,13 @@ async fn a_validating_dual_publisher_and_routed_subscriptions_on_memory_buses() 
             .await
             .is_err()
     );
-    migration.switch("billing", Backend::Kafka);
+    migration.switch("billing", Backend::Kafka).await.unwrap();
     assert_eq!(migration.backend_for(&invoices), Backend::Kafka);
     assert_eq!(
         migration.backend_for(&Topic::new("billingx.invoices").unwrap()),
         Backend::Redis
     );
-    migration.switch("billing", Backend::Redis);
+    migration.switch("billing", Backend::Redis).await.unwrap();
     let end = Instant::now() + Duration::from_secs(10);
     // The event is on both buses: the subscription sees it once per bus it read (no inbox here).
     while seen.load(Ordering::SeqCst) < 1 {

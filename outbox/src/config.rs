@@ -97,6 +97,11 @@ pub struct OutboxConfig {
     /// (default: one, `"default"`). Empty: rows are only written to the event table (for a
     /// change-data-capture reader such as Debezium; no relay delivers them).
     pub destinations: Vec<Destination>,
+    /// Per domain (a topic prefix: `billing` covers `billing` and `billing.*`; the longest
+    /// listed domain wins), the destinations of rows enqueued with `enqueue` for its topics,
+    /// instead of [`OutboxConfig::destinations`]. During a Redis -> Kafka migration, route
+    /// each domain to `["redis", "kafka"]` while it is being moved (see `docs/migration.md`).
+    pub routes: Vec<(String, Vec<Destination>)>,
     /// Serialise writers of one ordering key at enqueue (Postgres: a transaction-scoped
     /// advisory lock on the key's hash), so per-key order is enqueue order whatever the commit
     /// order. Turn off only when your transactions already serialise writers of a key (for
@@ -129,6 +134,7 @@ impl Default for OutboxConfig {
             inbox_table: DEFAULT_INBOX_TABLE.to_owned(),
             max_event_size: DEFAULT_MAX_EVENT_SIZE,
             destinations: vec![Destination::default()],
+            routes: Vec::new(),
             lock_keys: true,
             notify: false,
             dead_policy: DeadPolicy::Block,
@@ -160,6 +166,36 @@ impl OutboxConfig {
         self.max_event_size = bytes;
         self
     }
+    /// Routes the topics of `domain` (`billing` covers `billing` and `billing.*`) to
+    /// `destinations` (duplicates are dropped; replaces an earlier route of the same domain).
+    /// [`OutboxConfig::validate`] refuses a domain that is not a valid topic name.
+    pub fn route(
+        mut self,
+        domain: impl Into<String>,
+        destinations: impl IntoIterator<Item = Destination>,
+    ) -> Self {
+        let domain = domain.into();
+        let mut v: Vec<Destination> = Vec::new();
+        for d in destinations {
+            if !v.contains(&d) {
+                v.push(d);
+            }
+        }
+        self.routes.retain(|(d, _)| *d != domain);
+        self.routes.push((domain, v));
+        self
+    }
+
+    /// The destinations of a row enqueued for `topic` with `enqueue`: the route of the longest
+    /// domain covering `topic`, else [`OutboxConfig::destinations`].
+    pub fn destinations_for(&self, topic: &windlass_core::Topic) -> &[Destination] {
+        self.routes
+            .iter()
+            .filter(|(d, _)| windlass_eventbus::migrate::covers(d, topic))
+            .max_by_key(|(d, _)| d.len())
+            .map_or(self.destinations.as_slice(), |(_, v)| v.as_slice())
+    }
+
     /// Sets the default destinations of enqueued rows (duplicates are dropped).
     pub fn destinations(mut self, destinations: impl IntoIterator<Item = Destination>) -> Self {
         let mut v: Vec<Destination> = Vec::new();
@@ -220,6 +256,13 @@ impl OutboxConfig {
                     "the inbox table must not be named like the outbox's own `{suffix}` table"
                 )));
             }
+        }
+        for (domain, _) in &self.routes {
+            windlass_core::Topic::new(domain.as_str()).map_err(|e| {
+                Error::Config(format!(
+                    "route domain {domain:?} is not a valid topic name: {e}"
+                ))
+            })?;
         }
         if self.max_event_size == 0 {
             return Err(Error::Config(
@@ -372,6 +415,37 @@ mod tests {
             Destination::new("a").unwrap(),
         ]);
         assert_eq!(twice.destinations.len(), 1);
+    }
+
+    #[test]
+    fn routes_pick_destinations_by_the_longest_covering_domain() {
+        let d = |n: &str| Destination::new(n).unwrap();
+        let t = |n: &str| windlass_core::Topic::new(n).unwrap();
+        let cfg = OutboxConfig::default()
+            .destinations([d("redis")])
+            .route("billing", [d("redis"), d("kafka"), d("redis")])
+            .route("billing.eu", [d("kafka")]);
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.destinations_for(&t("billing")),
+            [d("redis"), d("kafka")]
+        );
+        assert_eq!(
+            cfg.destinations_for(&t("billing.us.x")),
+            [d("redis"), d("kafka")]
+        );
+        assert_eq!(cfg.destinations_for(&t("billing.eu.x")), [d("kafka")]);
+        assert_eq!(cfg.destinations_for(&t("billings")), [d("redis")]);
+        assert_eq!(cfg.destinations_for(&t("shipping")), [d("redis")]);
+        // A later route of the same domain replaces the earlier one.
+        let again = cfg.clone().route("billing", [d("kafka")]);
+        assert_eq!(again.destinations_for(&t("billing")), [d("kafka")]);
+        assert!(
+            OutboxConfig::default()
+                .route("no spaces", [d("redis")])
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

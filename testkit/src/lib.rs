@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod redis;
 pub mod redis_cluster;
 pub mod servers;
+pub mod tansu;
 
 /// Panics with a how-to message. Used when a service the test needs is unreachable.
 #[track_caller]

@@ -159,6 +159,22 @@ impl ProducerSlot {
                     self.replace(generation, &fatal);
                     Err(SendError::Fatal(fatal))
                 }
+                // A fenced producer epoch without a fatal error raised (seen with tansu after
+                // the broker was stopped past the message timeout: librdkafka bumps the epoch,
+                // the broker keeps answering PRODUCER_FENCED to every later send): this
+                // producer will never send again, so replace it as if it were fatal.
+                None if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch)
+                ) =>
+                {
+                    let fatal = FatalProducerError {
+                        code: format!("{:?}", e.rdkafka_error_code()),
+                        reason: self.settings.scrub(&e.to_string()),
+                    };
+                    self.replace(generation, &fatal);
+                    Err(SendError::Fatal(fatal))
+                }
                 None => Err(SendError::Kafka(e)),
             },
         }

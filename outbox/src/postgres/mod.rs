@@ -17,10 +17,12 @@
 
 mod inbox;
 mod outbox;
+mod routes;
 mod store;
 
 pub use inbox::Inbox;
 pub use outbox::Outbox;
+pub use routes::{DEFAULT_ROUTES_TABLE, PgRouteStore};
 pub use store::{PgOutboxStore, PgWaiter};
 
 use sqlx::PgPool;

@@ -104,8 +104,8 @@ impl Outbox {
         &self.inner.config
     }
 
-    /// Adds `event` for `topic` in the caller's transaction, for the configured destinations;
-    /// returns the row's `seq`.
+    /// Adds `event` for `topic` in the caller's transaction, for the destinations of the topic's
+    /// domain ([`OutboxConfig::destinations_for`]); returns the row's `seq`.
     ///
     /// Refused without touching the transaction: an event over
     /// [`OutboxConfig::max_event_size`] ([`Error::TooLarge`]) or one the table cannot store
@@ -116,8 +116,13 @@ impl Outbox {
         topic: &Topic,
         event: &Event,
     ) -> Result<i64> {
-        self.enqueue_to(conn, topic, event, &self.inner.config.destinations)
-            .await
+        self.enqueue_to(
+            conn,
+            topic,
+            event,
+            self.inner.config.destinations_for(topic),
+        )
+        .await
     }
 
     /// [`Outbox::enqueue`] to the given destinations (each gets its own delivery state; none:
@@ -156,7 +161,7 @@ impl Outbox {
             .map_err(|e| Error::db("enqueue", e))
     }
 
-    /// Adds several events for one topic in one statement, in order, for the configured
+    /// Adds several events for one topic in one statement, in order, for the topic's
     /// destinations; returns their `seq`s. Every event is checked before anything is written;
     /// the keys' locks are taken in a fixed order.
     pub async fn enqueue_batch(
@@ -165,8 +170,13 @@ impl Outbox {
         topic: &Topic,
         events: &[Event],
     ) -> Result<Vec<i64>> {
-        self.enqueue_batch_to(conn, topic, events, &self.inner.config.destinations)
-            .await
+        self.enqueue_batch_to(
+            conn,
+            topic,
+            events,
+            self.inner.config.destinations_for(topic),
+        )
+        .await
     }
 
     /// [`Outbox::enqueue_batch`] to the given destinations.

@@ -74,8 +74,13 @@ impl Outbox {
         topic: &Topic,
         event: &Event,
     ) -> Result<i64> {
-        self.enqueue_to(conn, topic, event, &self.inner.config.destinations)
-            .await
+        self.enqueue_to(
+            conn,
+            topic,
+            event,
+            self.inner.config.destinations_for(topic),
+        )
+        .await
     }
 
     /// [`Outbox::enqueue`] to the given destinations.
@@ -104,8 +109,13 @@ impl Outbox {
         let mut seqs = Vec::with_capacity(events.len());
         for e in events {
             seqs.push(
-                self.insert(&mut *conn, topic, e, &self.inner.config.destinations)
-                    .await?,
+                self.insert(
+                    &mut *conn,
+                    topic,
+                    e,
+                    self.inner.config.destinations_for(topic),
+                )
+                .await?,
             );
         }
         crate::wake::ring(&self.inner.doorbell);
