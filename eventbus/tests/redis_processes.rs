@@ -93,14 +93,8 @@ async fn two_processes_with_default_consumer_names_never_handle_one_entry_at_onc
         distinct(s) >= keys.len() * PER_KEY
     })
     .await;
-    for m in members {
-        m.leave().await;
-    }
-    let expected: HashMap<String, usize> = keys.iter().map(|k| (k.clone(), PER_KEY)).collect();
-    let verdict = check(&steps, &expected, true);
-    assert_clean(&verdict);
-    assert_eq!(verdict.members().len(), 2, "both processes worked");
-    // Their default consumer names differ.
+    // Their default consumer names differ: read while both are members (a leaving member
+    // deletes its consumer from the group).
     let mut conn = redis.conn.clone();
     let mut names = std::collections::HashSet::new();
     for p in 0..4 {
@@ -115,6 +109,13 @@ async fn two_processes_with_default_consumer_names_never_handle_one_entry_at_onc
             names.insert(redis::from_redis_value::<String>(r["name"].clone()).unwrap());
         }
     }
+    for m in members {
+        m.leave().await;
+    }
+    let expected: HashMap<String, usize> = keys.iter().map(|k| (k.clone(), PER_KEY)).collect();
+    let verdict = check(&steps, &expected, true);
+    assert_clean(&verdict);
+    assert_eq!(verdict.members().len(), 2, "both processes worked");
     assert!(
         names.len() >= 2,
         "one consumer name for two processes: {names:?}"
