@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use windlass_core::TenantScope;
 
-use super::{Arg, Backend, ClaimArgs, Queries, millis};
+use super::{Arg, Backend, ClaimArgs, Queries, Row, Sql, millis};
 use crate::admin::{
     BlockedKey, Cursor, DeadEvent, DeadFilter, DeliveryRef, LeaderInfo, MAX_PAGE, OutboxStats,
     Page, TopicStats,
@@ -315,6 +315,21 @@ impl<B: Backend> SqlStore<B> {
         })
     }
 
+    /// One keyset page of an operator list: the scope and filter, the cursor, the page size.
+    async fn fetch_page(
+        &self,
+        sql: &Sql,
+        scope: &TenantScope,
+        filter: &DeadFilter,
+        after: Option<&Cursor>,
+        limit: i64,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let mut args: Vec<Arg> = filter_args(scope, filter).into();
+        args.extend(cursor_args(after));
+        args.push(Arg::I64(limit));
+        self.backend.fetch(sql, args).await
+    }
+
     pub(crate) async fn list_dead(
         &self,
         scope: &TenantScope,
@@ -323,12 +338,8 @@ impl<B: Backend> SqlStore<B> {
         limit: usize,
     ) -> Result<Page<DeadEvent>> {
         let limit = page_limit(limit);
-        let mut args: Vec<Arg> = filter_args(scope, filter).into();
-        args.extend(cursor_args(after));
-        args.push(Arg::I64(limit));
         let rows = self
-            .backend
-            .fetch(&self.queries.list_dead, args)
+            .fetch_page(&self.queries.list_dead, scope, filter, after, limit)
             .await
             .map_err(db("list dead"))?;
         let mut items = Vec::with_capacity(rows.len());
@@ -379,12 +390,8 @@ impl<B: Backend> SqlStore<B> {
             });
         }
         let limit = page_limit(limit);
-        let mut args: Vec<Arg> = filter_args(scope, filter).into();
-        args.extend(cursor_args(after));
-        args.push(Arg::I64(limit));
         let rows = self
-            .backend
-            .fetch(&self.queries.blocked, args)
+            .fetch_page(&self.queries.blocked, scope, filter, after, limit)
             .await
             .map_err(db("blocked keys"))?;
         let mut items = Vec::with_capacity(rows.len());
