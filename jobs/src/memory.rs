@@ -280,10 +280,11 @@ impl JobStore for MemoryStore {
             let Some(r) = held(&mut st, worker, f.token()) else {
                 continue;
             };
-            // A stop requested by id wins over a retry or a snooze; a success stands.
+            // A stop requested by id wins over a retry or a snooze, and over any outcome of an
+            // interrupted attempt; an attempt that ended on its own keeps its outcome.
             let stopped = r
                 .stop_requested
-                .filter(|_| f.outcome.state() == JobState::Retryable);
+                .filter(|_| f.interrupted || f.outcome.state() == JobState::Retryable);
             if stopped.is_none() {
                 r.attempt += f.outcome.attempt_delta();
             }
@@ -295,6 +296,15 @@ impl JobStore for MemoryStore {
                     r.errors.drain(..=r.errors.len() - MAX_RECORDED_ERRORS);
                 }
                 r.errors.push(e.clone());
+            }
+            if let Some(state) = stopped
+                && state != f.outcome.state()
+            {
+                r.errors.push(AttemptError::new(
+                    r.attempt,
+                    format!("{state} by request while running"),
+                    Some(worker.to_owned()),
+                ));
             }
             finalize(r, stopped.unwrap_or(f.outcome.state()), now);
             applied += 1;

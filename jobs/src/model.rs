@@ -397,16 +397,29 @@ pub struct Finish {
     pub attempt: i32,
     /// How it ended.
     pub outcome: Outcome,
+    /// The attempt's cancellation token had fired before it ended (a stop request, a timeout,
+    /// a lost lease or a shutdown). A stop requested by id then decides the final state even
+    /// when the handler returned `Ok` (it may have returned early because it was asked to
+    /// stop); an attempt that was not interrupted keeps a success, a discard or a cancel of
+    /// its own.
+    pub interrupted: bool,
 }
 
 impl Finish {
-    /// Builds a finish record.
+    /// Builds a finish record (not interrupted).
     pub fn new(id: JobId, attempt: i32, outcome: Outcome) -> Self {
         Self {
             id,
             attempt,
             outcome,
+            interrupted: false,
         }
+    }
+
+    /// Marks whether the attempt's cancellation token fired before it ended.
+    pub fn interrupted(mut self, interrupted: bool) -> Self {
+        self.interrupted = interrupted;
+        self
     }
 
     /// The attempt this outcome belongs to.

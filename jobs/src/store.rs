@@ -45,7 +45,10 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> Result<Vec<FetchedJob>>;
 
     /// Applies attempt outcomes in one go, each only if its row is still `running`, locked by
-    /// `worker`, at the given attempt. Returns how many applied.
+    /// `worker`, at the given attempt. A stop requested by id
+    /// ([`JobRecord::stop_requested`]) replaces a retry or a snooze, and any outcome of an
+    /// [interrupted](Finish::interrupted) attempt (recording a "by request" error when it
+    /// changed the state); other outcomes stand. Returns how many applied.
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64>;
 
     /// Refreshes `heartbeat_at` of the attempts `worker` runs, each only while its row is

@@ -310,6 +310,7 @@ impl JobStore for PgStore {
         let mut run_ats = Vec::with_capacity(n);
         let mut errors = Vec::with_capacity(n);
         let mut deltas = Vec::with_capacity(n);
+        let mut interrupted = Vec::with_capacity(n);
         for f in finished {
             ids.push(f.id);
             attempts.push(f.attempt);
@@ -317,27 +318,35 @@ impl JobStore for PgStore {
             run_ats.push(f.outcome.run_at());
             errors.push(f.outcome.error().map(sqlx::types::Json));
             deltas.push(f.outcome.attempt_delta());
+            interrupted.push(f.interrupted);
         }
-        // A stop requested by id (cancel / discard) wins over a retry or a snooze; a success
-        // stands (the worker itself reports the requested state once it delivered the request).
+        // A stop requested by id (cancel / discard) wins over a retry or a snooze, and over any
+        // outcome of an interrupted attempt (its token fired: it may have returned `Ok` only
+        // because it was asked to stop, whoever asked); an attempt that ended on its own keeps
+        // a success, a discard or a cancel of its own.
         let done = sqlx::query(
             "UPDATE windlass_jobs j \
-                SET state = CASE WHEN j.stop_requested IS NOT NULL AND u.state = 'retryable' \
+                SET state = CASE WHEN j.stop_requested IS NOT NULL AND (u.state = 'retryable' OR u.interrupted) \
                                  THEN j.stop_requested ELSE u.state END, \
-                    attempt = j.attempt + CASE WHEN j.stop_requested IS NOT NULL AND u.state = 'retryable' \
+                    attempt = j.attempt + CASE WHEN j.stop_requested IS NOT NULL AND (u.state = 'retryable' OR u.interrupted) \
                                                THEN 0 ELSE u.delta END, \
                     run_at = coalesce(u.run_at, j.run_at), \
                     errors = CASE WHEN u.error IS NULL THEN j.errors \
                                   WHEN jsonb_typeof(j.errors) = 'array' AND jsonb_array_length(j.errors) >= $8 \
                                   THEN (j.errors - 0) || jsonb_build_array(u.error) \
-                                  ELSE j.errors || jsonb_build_array(u.error) END, \
+                                  ELSE j.errors || jsonb_build_array(u.error) END \
+                             || CASE WHEN j.stop_requested IS NOT NULL AND (u.state = 'retryable' OR u.interrupted) \
+                                       AND u.state <> j.stop_requested \
+                                     THEN jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), \
+                                          'worker', $7::text, 'error', j.stop_requested || ' by request while running')) \
+                                     ELSE '[]'::jsonb END, \
                     finalized_at = CASE WHEN u.state IN ('completed', 'cancelled', 'discarded') \
-                                          OR (j.stop_requested IS NOT NULL AND u.state = 'retryable') \
+                                          OR (j.stop_requested IS NOT NULL AND (u.state = 'retryable' OR u.interrupted)) \
                                         THEN now() END, \
                     locked_by = NULL, \
                     stop_requested = NULL \
-               FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::int4[]) \
-                    AS u(id, attempt, state, run_at, error, delta) \
+               FROM unnest($1::int8[], $2::int4[], $3::text[], $4::timestamptz[], $5::jsonb[], $6::int4[], $9::bool[]) \
+                    AS u(id, attempt, state, run_at, error, delta, interrupted) \
               WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $7 AND j.attempt = u.attempt",
         )
         .bind(&ids)
@@ -348,6 +357,7 @@ impl JobStore for PgStore {
         .bind(&deltas)
         .bind(worker)
         .bind(MAX_RECORDED_ERRORS as i32)
+        .bind(&interrupted)
         .execute(&self.pool)
         .await
         .map_err(|e| Error::pg("complete", e))?;
@@ -470,50 +480,57 @@ impl JobStore for PgStore {
     }
 
     async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
-        let res = sqlx::query_scalar::<_, String>(
-            "UPDATE windlass_jobs SET state = 'available', run_at = now(), finalized_at = NULL, locked_by = NULL, \
-                    max_attempts = greatest(max_attempts, attempt + 1) \
-              WHERE id = $1 AND state <> 'running' AND ($2::text IS NULL OR org_id = $2) RETURNING queue",
-        )
-        .bind(id)
-        .bind(org(scope))
-        .fetch_optional(&self.pool)
-        .await;
-        match res {
-            Ok(Some(queue)) => {
-                self.notify(&[queue]).await?;
-                Ok(true)
-            }
-            Ok(None) => {
-                let state: Option<String> =
-                    sqlx::query_scalar(
+        // The update refuses a running row; the state read that explains a refusal is a second
+        // statement, so an attempt that ended in between (the row is final now) is retried
+        // rather than reported as missing.
+        for _ in 0..3 {
+            let res = sqlx::query_scalar::<_, String>(
+                "UPDATE windlass_jobs SET state = 'available', run_at = now(), finalized_at = NULL, locked_by = NULL, \
+                        max_attempts = greatest(max_attempts, attempt + 1) \
+                  WHERE id = $1 AND state <> 'running' AND ($2::text IS NULL OR org_id = $2) RETURNING queue",
+            )
+            .bind(id)
+            .bind(org(scope))
+            .fetch_optional(&self.pool)
+            .await;
+            match res {
+                Ok(Some(queue)) => {
+                    self.notify(&[queue]).await?;
+                    return Ok(true);
+                }
+                Ok(None) => {
+                    let state: Option<String> = sqlx::query_scalar(
                         "SELECT state FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)",
                     )
                     .bind(id)
                     .bind(org(scope))
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(|e| Error::pg("retry", e))?;
-                match state.as_deref() {
-                    Some("running") => Err(Error::JobRunning { id }),
-                    _ => Ok(false),
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| Error::pg("retry", e))?;
+                    match state.as_deref() {
+                        Some("running") => return Err(Error::JobRunning { id }),
+                        None => return Ok(false),
+                        Some(_) => continue,
+                    }
                 }
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    let key: Option<String> =
+                        sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&self.pool)
+                            .await
+                            .map_err(|e| Error::pg("retry", e))?
+                            .flatten();
+                    return Err(Error::UniqueConflict {
+                        id,
+                        unique_key: key.unwrap_or_default(),
+                    });
+                }
+                Err(e) => return Err(Error::pg("retry", e)),
             }
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                let key: Option<String> =
-                    sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(|e| Error::pg("retry", e))?
-                        .flatten();
-                Err(Error::UniqueConflict {
-                    id,
-                    unique_key: key.unwrap_or_default(),
-                })
-            }
-            Err(e) => Err(Error::pg("retry", e)),
         }
+        // Running again each time we looked (another caller's retry started a new attempt).
+        Err(Error::JobRunning { id })
     }
 
     async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {

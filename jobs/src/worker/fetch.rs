@@ -125,13 +125,13 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit, ren
     tokio::spawn(
         async move {
             let _permit = permit;
-            let outcome = execute::execute(&inner, job, cancel).await;
+            let outcome = execute::execute(&inner, job, cancel.clone()).await;
             match outcome {
                 Some(outcome) => {
                     tracing::Span::current().record("job.outcome", outcome.state().as_str());
-                    let _ = inner
-                        .finish_tx
-                        .send(Finish::new(token.id, token.attempt, outcome));
+                    let finish = Finish::new(token.id, token.attempt, outcome)
+                        .interrupted(cancel.is_cancelled());
+                    let _ = inner.finish_tx.send(finish);
                     if let Some(f) = inner.flights().get_mut(&token) {
                         f.done = true;
                     }

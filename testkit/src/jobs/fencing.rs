@@ -254,3 +254,85 @@ pub async fn a_worker_that_cannot_heartbeat_fences_itself(store: Arc<dyn JobStor
     wait_state(&store, waiting, JobState::Completed, T).await;
     a.shutdown().await.unwrap();
 }
+
+/// A stop requested by id decides the outcome even when the worker never received it: its
+/// heartbeats hang, so it self-fences; the attempt, stopped by its token, returns `Ok`; the
+/// job ends in the requested state (not `completed`) and its errors say it was requested.
+pub async fn a_stop_request_decides_an_attempt_stopped_for_another_reason(
+    store: Arc<dyn JobStore>,
+) {
+    for stop in [JobState::Cancelled, JobState::Discarded] {
+        let t = token();
+        let jobs = Jobs::from_arc(store.clone());
+        let gate = HeartbeatGate::new(store.clone());
+        let gated: Arc<dyn JobStore> = Arc::new(gate.clone());
+        let w = start(&gated, fast_config());
+        let id = enqueue(&jobs, probe(&t, 1, Action::WaitForCancel), q()).await;
+        wait_state(&store, id, JobState::Running, T).await;
+        // From now on the worker hears nothing: neither the request nor its lease renewals.
+        gate.block(true);
+        let requested = match stop {
+            JobState::Cancelled => jobs.cancel(id).await.unwrap(),
+            _ => jobs.discard(id).await.unwrap(),
+        };
+        assert!(requested);
+        let rec = wait_state(&store, id, stop, T).await;
+        assert_eq!(rec.attempt, 1);
+        assert!(
+            events(&t).iter().any(|e| e.event == "cancelled"),
+            "the attempt was stopped by its token"
+        );
+        assert!(
+            rec.errors
+                .iter()
+                .any(|e| e.attempt == 1 && e.error.contains("by request")),
+            "{:?}",
+            rec.errors
+        );
+        gate.block(false);
+        w.shutdown().await.unwrap();
+    }
+}
+
+/// `retry_now` racing the end of the attempt it waits for: refused with `JobRunning` while the
+/// row runs, accepted once it is final; never "missing" (`Ok(false)`) for a job that exists.
+pub async fn retry_now_racing_the_end_of_an_attempt_is_never_missing(store: Arc<dyn JobStore>) {
+    let t = token();
+    let jobs = Jobs::from_arc(store.clone());
+    for n in 0..150u64 {
+        let id = enqueue(&jobs, probe(&t, n, Action::Succeed), q()).await;
+        let got = store.fetch("q", &[], 1, "racer").await.unwrap();
+        assert_eq!(got.len(), 1);
+        let attempt = got[0].attempt;
+        let finisher = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // Vary where the end lands among the retries.
+                for _ in 0..(n % 7) {
+                    tokio::task::yield_now().await;
+                }
+                let error = windlass_jobs::AttemptError::new(attempt, "stop", None);
+                let outcome = windlass_jobs::Outcome::Cancel { error };
+                assert_eq!(
+                    store
+                        .finish("racer", &[Finish::new(id, attempt, outcome)])
+                        .await
+                        .unwrap(),
+                    1
+                );
+            })
+        };
+        loop {
+            match jobs.retry_now(id).await {
+                Err(Error::JobRunning { id: got }) => assert_eq!(got, id),
+                Ok(true) => break,
+                other => panic!("retry_now of job {id} (iteration {n}) answered {other:?}"),
+            }
+        }
+        finisher.await.unwrap();
+        let rec = store.get(&TenantScope::All, id).await.unwrap().unwrap();
+        assert_eq!(rec.state, JobState::Available);
+        // Out of the way of the next iteration's fetch.
+        assert!(jobs.cancel(id).await.unwrap());
+    }
+}

@@ -307,6 +307,8 @@ macro_rules! job_store_conformance {
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,
+            a_stop_request_decides_an_attempt_stopped_for_another_reason,
+            retry_now_racing_the_end_of_an_attempt_is_never_missing,
             a_worker_that_cannot_heartbeat_fences_itself,
             blocking_jobs_past_their_timeout_never_exceed_concurrency,
             shutdown_never_releases_a_running_attempt,
