@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use windlass::jobs::postgres::{PgStore, migrate};
+use windlass::jobs::postgres::{PgJobStore, migrate};
 use windlass::jobs::{EnqueueOptions, Job, JobContext, JobError, Jobs, Worker, WorkerConfig};
 
 /// The demo job: sleeps, then says so in `windlass_demo_runs`.
@@ -39,7 +39,7 @@ impl Job for Demo {
         let record = |phase: &'static str| {
             sqlx::query("INSERT INTO windlass_demo_runs (job_id, attempt, worker, phase) VALUES ($1, $2, $3, $4)")
                 .bind(ctx.job_id())
-                .bind(ctx.attempt())
+                .bind(i64::from(ctx.attempt()))
                 .bind(worker)
                 .bind(phase)
                 .execute(pool)
@@ -90,7 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .execute(&pool)
     .await?;
-    let store = PgStore::new(pool.clone());
+    let store = PgJobStore::new(pool.clone());
     let jobs = Jobs::new(store);
 
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -219,11 +219,11 @@ impl windlass::jobs::Job for SendWelcomeEmail {
 }
 
 async fn jobs() -> Result<(), Error> {
-    use windlass::jobs::memory::MemoryStore;
+    use windlass::jobs::memory::MemoryJobStore;
     use windlass::jobs::{EnqueueOptions, JobState, Jobs, UniqueOptions, Worker, WorkerConfig};
 
-    println!("\n== 2. background jobs (memory store; PgStore on Postgres in production)");
-    let jobs = Jobs::new(MemoryStore::new());
+    println!("\n== 2. background jobs (memory store; PgJobStore on Postgres in production)");
+    let jobs = Jobs::new(MemoryJobStore::new());
     let worker = Worker::new(jobs.store().clone())
         .register::<SendWelcomeEmail>()
         .config(WorkerConfig::default().retry(

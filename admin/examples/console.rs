@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     windlass_jobs::postgres::migrate(&pool).await?;
     windlass_outbox::postgres::migrate(&pool).await?;
 
-    let jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(pool.clone()));
+    let jobs = Jobs::new(windlass_jobs::postgres::PgJobStore::new(pool.clone()));
     let outbox = windlass_outbox::postgres::PgOutboxStore::new(pool.clone());
     let bus = Arc::new(RedisBus::connect(RedisConfig::new(redis_url.clone())).await?);
     let mut bus_api = BusApi::new(bus);

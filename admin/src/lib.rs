@@ -23,11 +23,11 @@
 //!
 //! ```
 //! use windlass_admin::{Console, ConsoleConfig, JobsApi};
-//! use windlass_jobs::{Jobs, memory::MemoryStore};
+//! use windlass_jobs::{Jobs, memory::MemoryJobStore};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let jobs = Jobs::new(MemoryStore::new());
+//! let jobs = Jobs::new(MemoryJobStore::new());
 //! let console = Console::new(ConsoleConfig::default().token("a-long-random-secret-token")?)
 //!     .jobs(JobsApi::new(jobs.clone()));
 //! // Mount it anywhere in your app.

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use windlass_jobs::memory::MemoryStore;
-use windlass_jobs::postgres::PgStore;
+use windlass_jobs::memory::MemoryJobStore;
+use windlass_jobs::postgres::PgJobStore;
 use windlass_jobs::{EnqueueOptions, Finish, JobStore, Outcome};
 
 fn row() -> windlass_jobs::NewJob {
@@ -60,12 +60,12 @@ fn cycle(
 
 fn jobs(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    cycle(c, "memory", || Arc::new(MemoryStore::new()), &rt);
+    cycle(c, "memory", || Arc::new(MemoryJobStore::new()), &rt);
     let db = rt.block_on(windlass_testkit::postgres::fresh_database());
     rt.block_on(windlass_jobs::postgres::migrate(&db.pool))
         .expect("migrate");
     let pool = rt.block_on(db.new_pool(4));
-    let pg: Arc<dyn JobStore> = Arc::new(PgStore::new(pool.clone()));
+    let pg: Arc<dyn JobStore> = Arc::new(PgJobStore::new(pool.clone()));
     cycle(c, "postgres", || pg.clone(), &rt);
     c.bench_function("jobs_postgres/baseline_raw_insert_one", |b| {
         b.to_async(&rt).iter(|| async {

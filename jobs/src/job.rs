@@ -20,7 +20,7 @@ use crate::model::{JobId, JobState, NewJob};
 /// Highest (least urgent) priority accepted; 0 runs first.
 pub const MAX_PRIORITY: i16 = 9;
 /// Most attempts a job may be given.
-pub const MAX_ATTEMPTS: i32 = 1_000;
+pub const MAX_ATTEMPTS: u32 = 1_000;
 /// Longest per-job timeout accepted.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Furthest in the future a job may be scheduled.
@@ -131,9 +131,10 @@ impl JobContext {
         self.id
     }
 
-    /// This attempt's number, from 1.
-    pub fn attempt(&self) -> i32 {
-        self.attempt
+    /// This attempt's number, from 1 (`u32` like the bus's `DeliveryContext::attempt`; bind it
+    /// to Postgres as `i64::from(ctx.attempt())`).
+    pub fn attempt(&self) -> u32 {
+        u32::try_from(self.attempt).unwrap_or(0)
     }
 
     /// This attempt's fencing token (job id + attempt).
@@ -168,8 +169,8 @@ impl JobContext {
     }
 
     /// Attempts allowed in all.
-    pub fn max_attempts(&self) -> i32 {
-        self.max_attempts
+    pub fn max_attempts(&self) -> u32 {
+        u32::try_from(self.max_attempts).unwrap_or(0)
     }
 
     /// The queue it runs in.
@@ -377,7 +378,7 @@ pub struct EnqueueOptions {
     /// Not before now + this delay (ignored when `run_at` is set).
     pub delay: Option<Duration>,
     /// Attempts in all, `1..=1000` (default 10).
-    pub max_attempts: Option<i32>,
+    pub max_attempts: Option<u32>,
     /// Per-attempt timeout (default: the worker's).
     pub timeout: Option<Duration>,
     /// Uniqueness.
@@ -389,7 +390,7 @@ pub struct EnqueueOptions {
 /// Default priority.
 pub const DEFAULT_PRIORITY: i16 = 5;
 /// Default attempts in all.
-pub const DEFAULT_MAX_ATTEMPTS: i32 = 10;
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
 /// Default queue.
 pub const DEFAULT_QUEUE: &str = "default";
 
@@ -424,7 +425,7 @@ impl EnqueueOptions {
     }
 
     /// Attempts in all.
-    pub fn max_attempts(mut self, max_attempts: i32) -> Self {
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = Some(max_attempts);
         self
     }
@@ -552,7 +553,8 @@ impl EnqueueOptions {
             org_id,
             priority,
             run_at,
-            max_attempts,
+            // Checked above: at most MAX_ATTEMPTS.
+            max_attempts: max_attempts as i32,
             timeout_ms,
             unique_key,
             unique_states,
@@ -611,7 +613,6 @@ mod tests {
             EnqueueOptions::new().priority(-1),
             EnqueueOptions::new().priority(10),
             EnqueueOptions::new().max_attempts(0),
-            EnqueueOptions::new().max_attempts(-3),
             EnqueueOptions::new().max_attempts(1_000_000),
             EnqueueOptions::new().timeout(Duration::ZERO),
             EnqueueOptions::new().timeout(Duration::from_secs(365 * 24 * 3600)),

@@ -9,14 +9,14 @@
 //! - [`Jobs`]: the client handle: enqueue (one, many), cancel / retry / discard by id, pause,
 //!   prune, list.
 //! - [`Worker`]: fetches and runs jobs; start as many as you like, in as many processes.
-//! - Stores ([`JobStore`]): [`postgres::PgStore`] (feature `postgres`) and
-//!   [`memory::MemoryStore`] (feature `memory`, default), with the same semantics.
+//! - Stores ([`JobStore`]): [`postgres::PgJobStore`] (feature `postgres`) and
+//!   [`memory::MemoryJobStore`] (feature `memory`, default), with the same semantics.
 //!
 //! ```
 //! use std::time::Duration;
 //! use serde::{Deserialize, Serialize};
 //! use windlass_jobs::{EnqueueOptions, Job, JobContext, JobError, JobState, Jobs, Worker, WorkerConfig};
-//! use windlass_jobs::memory::MemoryStore;
+//! use windlass_jobs::memory::MemoryJobStore;
 //!
 //! #[derive(Serialize, Deserialize)]
 //! struct SendWelcome { user_id: u64 }
@@ -31,7 +31,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let jobs = Jobs::new(MemoryStore::new());
+//! let jobs = Jobs::new(MemoryJobStore::new());
 //! let worker = Worker::new(jobs.store().clone())
 //!     .register::<SendWelcome>()
 //!     .config(WorkerConfig::default().queue("critical", 20))
@@ -54,8 +54,8 @@
 //! ```
 //!
 //! With Postgres: `windlass_jobs::postgres::migrate(&pool).await?` once, then
-//! `Jobs::new(PgStore::new(pool))`; enqueue inside your own transaction with
-//! [`postgres::PgStore::insert_in`]. Design notes: `docs/jobs.md` in the repository.
+//! `Jobs::new(PgJobStore::new(pool))`; enqueue inside your own transaction with
+//! [`postgres::PgJobStore::insert_in`]. Design notes: `docs/jobs.md` in the repository.
 #![doc(test(attr(deny(warnings))))]
 
 mod cron;

@@ -41,13 +41,17 @@ impl Row {
     }
 }
 
+/// The former name of [`MemoryJobStore`].
+#[deprecated(note = "renamed to `MemoryJobStore`, after the other stores (`MemoryCacheStore`)")]
+pub type MemoryStore = MemoryJobStore;
+
 /// The in-memory store. Cheap to clone (clones share the jobs).
 ///
 /// ```
 /// # tokio_test_shim::block_on(async {
-/// use windlass_jobs::{EnqueueOptions, JobStore, memory::MemoryStore};
+/// use windlass_jobs::{EnqueueOptions, JobStore, memory::MemoryJobStore};
 ///
-/// let store = MemoryStore::new();
+/// let store = MemoryJobStore::new();
 /// let job = EnqueueOptions::new().build_raw("noop", serde_json::json!({})).unwrap();
 /// let ids = store.insert(vec![job]).await.unwrap();
 /// assert!(ids[0].id().is_some());
@@ -56,18 +60,18 @@ impl Row {
 /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f) } }
 /// ```
 #[derive(Debug, Clone)]
-pub struct MemoryStore {
+pub struct MemoryJobStore {
     state: Arc<Mutex<State>>,
     wake: broadcast::Sender<String>,
 }
 
-impl Default for MemoryStore {
+impl Default for MemoryJobStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl MemoryStore {
+impl MemoryJobStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
@@ -138,7 +142,7 @@ fn held<'a>(st: &'a mut State, worker: &str, token: AttemptToken) -> Option<&'a 
 }
 
 #[async_trait]
-impl JobStore for MemoryStore {
+impl JobStore for MemoryJobStore {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let now = Utc::now();
         let mut notify = BTreeSet::new();

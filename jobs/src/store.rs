@@ -21,8 +21,8 @@ use crate::model::{
 pub const WAKE_ALL: &str = "*";
 
 /// A job backend. By-id operations, listings and counts take a [`TenantScope`]: a job of a
-/// tenant the scope does not allow behaves as a missing one. Implemented by [`PgStore`](crate::postgres::PgStore) and
-/// [`MemoryStore`](crate::memory::MemoryStore); the conformance suite in `windlass-testkit`
+/// tenant the scope does not allow behaves as a missing one. Implemented by [`PgJobStore`](crate::postgres::PgJobStore) and
+/// [`MemoryJobStore`](crate::memory::MemoryJobStore); the conformance suite in `windlass-testkit`
 /// checks both against the same expectations.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {

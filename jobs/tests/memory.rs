@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use windlass_jobs::JobStore;
-use windlass_jobs::memory::MemoryStore;
+use windlass_jobs::memory::MemoryJobStore;
 
 async fn store() -> (Arc<dyn JobStore>, ()) {
-    (Arc::new(MemoryStore::new()), ())
+    (Arc::new(MemoryJobStore::new()), ())
 }
 
 windlass_testkit::job_store_conformance!(crate::store());

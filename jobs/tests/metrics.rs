@@ -10,7 +10,7 @@ use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
     SharedString, Unit,
 };
-use windlass_jobs::memory::MemoryStore;
+use windlass_jobs::memory::MemoryJobStore;
 use windlass_jobs::{EnqueueOptions, JobState, JobStore};
 use windlass_testkit::jobs::{Action, Probe, fast_config, token, wait_for, wait_state};
 
@@ -82,7 +82,7 @@ impl Recorder for Recording {
 async fn worker_exports_per_queue_metrics() {
     let rec = Recording::default();
     metrics::set_global_recorder(rec.clone()).expect("first recorder");
-    let store: Arc<dyn JobStore> = Arc::new(MemoryStore::new());
+    let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
     let t = token();
     let q = EnqueueOptions::new().queue("q");
     let ok = store

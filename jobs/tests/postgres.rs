@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use windlass_core::TenantScope;
 
-use windlass_jobs::postgres::{PgStore, migrate};
+use windlass_jobs::postgres::{PgJobStore, migrate};
 use windlass_jobs::{EnqueueOptions, JobState, JobStore, Jobs, Worker};
 use windlass_testkit::jobs::{Action, Probe, fast_config, token, wait_state};
 use windlass_testkit::postgres::{TestDatabase, fresh_database};
@@ -13,7 +13,7 @@ use windlass_testkit::postgres::{TestDatabase, fresh_database};
 async fn store() -> (Arc<dyn JobStore>, TestDatabase) {
     let db = fresh_database().await;
     migrate(&db.pool).await.expect("migrate");
-    (Arc::new(PgStore::new(db.pool.clone())), db)
+    (Arc::new(PgJobStore::new(db.pool.clone())), db)
 }
 
 windlass_testkit::job_store_conformance!(crate::store());
@@ -61,7 +61,7 @@ async fn transactional_enqueue_follows_the_callers_transaction() {
     };
 
     let mut tx = db.pool.begin().await.unwrap();
-    let rolled_back = PgStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0]
+    let rolled_back = PgJobStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0]
         .id()
         .unwrap();
     tx.rollback().await.unwrap();
@@ -80,7 +80,7 @@ async fn transactional_enqueue_follows_the_callers_transaction() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut tx = db.pool.begin().await.unwrap();
-    let id = PgStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0]
+    let id = PgJobStore::insert_in(&mut tx, vec![job()]).await.unwrap()[0]
         .id()
         .unwrap();
     // Invisible to workers until commit.
@@ -377,8 +377,8 @@ async fn jobs_holding_every_pooled_connection_do_not_starve_heartbeats() {
         .lock()
         .unwrap()
         .insert(db.name().to_owned(), small.clone());
-    let starved: Arc<dyn JobStore> = Arc::new(PgStore::new(small));
-    let direct: Arc<dyn JobStore> = Arc::new(PgStore::new(db.pool.clone()));
+    let starved: Arc<dyn JobStore> = Arc::new(PgJobStore::new(small));
+    let direct: Arc<dyn JobStore> = Arc::new(PgJobStore::new(db.pool.clone()));
     // fast_config: heartbeat 50 ms, self-fence after 300 ms, rescue after 600 ms.
     let a = Worker::new(starved.clone())
         .register::<HoldConnection>()
@@ -438,7 +438,7 @@ async fn a_partitioned_worker_fences_itself_and_its_late_outcome_is_refused() {
         .connect_with(upstream.clone().host("127.0.0.1").port(proxy.port()))
         .await
         .unwrap();
-    let cut: Arc<dyn JobStore> = Arc::new(PgStore::new(pool));
+    let cut: Arc<dyn JobStore> = Arc::new(PgJobStore::new(pool));
     let t = token();
     let a = Worker::new(cut.clone())
         .register::<Probe>()
@@ -551,7 +551,7 @@ async fn bulk_enqueue_with_a_bad_row_inserts_nothing() {
         .iter()
         .map(|p| EnqueueOptions::new().queue("bulk").build(p).unwrap())
         .collect();
-    assert!(PgStore::insert_in(&mut tx, rows).await.is_err());
+    assert!(PgJobStore::insert_in(&mut tx, rows).await.is_err());
     sqlx::query("INSERT INTO business VALUES (2)")
         .execute(&mut *tx)
         .await
@@ -579,10 +579,10 @@ impl windlass_jobs::Job for EffectThenCrash {
         let mut tx = pool.begin().await?;
         sqlx::query("INSERT INTO effects (job_id, attempt) VALUES ($1, $2)")
             .bind(ctx.job_id())
-            .bind(ctx.attempt())
+            .bind(i64::from(ctx.attempt()))
             .execute(&mut *tx)
             .await?;
-        PgStore::complete_in(&mut tx, &ctx).await?;
+        PgJobStore::complete_in(&mut tx, &ctx).await?;
         tx.commit().await?;
         panic!("crashed after the commit, before the worker wrote the outcome");
     }
@@ -649,14 +649,14 @@ async fn completing_inside_the_jobs_transaction_makes_its_effect_exactly_once() 
     store.rescue(Duration::from_millis(5)).await.unwrap();
     let a2 = store.fetch("fenced", &[], 1, "w2").await.unwrap()[0].token();
     let mut tx = db.pool.begin().await.unwrap();
-    let lost = PgStore::complete_attempt_in(&mut tx, "w1", a1).await;
+    let lost = PgJobStore::complete_attempt_in(&mut tx, "w1", a1).await;
     assert!(
         matches!(lost, Err(windlass_jobs::Error::AttemptLost { id: got, attempt: 1 }) if got == id),
         "{lost:?}"
     );
     tx.rollback().await.unwrap();
     let mut tx = db.pool.begin().await.unwrap();
-    PgStore::complete_attempt_in(&mut tx, "w2", a2)
+    PgJobStore::complete_attempt_in(&mut tx, "w2", a2)
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use windlass::jobs::postgres::{PgStore, migrate};
+use windlass::jobs::postgres::{PgJobStore, migrate};
 use windlass::jobs::{EnqueueOptions, JobState, Jobs};
 use windlass_testkit::postgres::fresh_database;
 
@@ -106,7 +106,7 @@ async fn several_processes_drain_one_queue_without_running_a_job_twice() {
     for _ in 0..3 {
         workers.push(spawn_worker(&db.url, &[]).await);
     }
-    let jobs = Jobs::new(PgStore::new(db.pool.clone()));
+    let jobs = Jobs::new(PgJobStore::new(db.pool.clone()));
     let total = 600;
     jobs.insert((0..total).map(|n| demo(n, 5, false)).collect())
         .await
@@ -157,7 +157,7 @@ async fn a_killed_workers_job_is_rescued_and_completed_by_another() {
         ("JOBS_CANCEL_GRACE_MS", "300"),
     ];
     let mut victim = spawn_worker(&db.url, &fast).await;
-    let jobs = Jobs::new(PgStore::new(db.pool.clone()));
+    let jobs = Jobs::new(PgJobStore::new(db.pool.clone()));
     let id = jobs.insert(vec![demo(1, 120_000, true)]).await.unwrap()[0]
         .id()
         .unwrap();
@@ -222,7 +222,7 @@ async fn a_frozen_worker_resumed_after_its_rescue_stops_and_its_outcome_is_refus
         ("JOBS_CANCEL_GRACE_MS", "300"),
     ];
     let victim = spawn_worker(&db.url, &fast).await;
-    let jobs = Jobs::new(PgStore::new(db.pool.clone()));
+    let jobs = Jobs::new(PgJobStore::new(db.pool.clone()));
     let id = jobs.insert(vec![demo(1, 120_000, true)]).await.unwrap()[0]
         .id()
         .unwrap();

@@ -37,7 +37,7 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 /// A job that fails its attempts before `succeed_from` with `message`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Flaky {
-    pub succeed_from: i32,
+    pub succeed_from: u32,
     pub message: String,
     #[serde(default)]
     pub note: String,
@@ -87,7 +87,7 @@ impl Env {
         let redis = windlass_testkit::redis::fresh_prefix().await;
         windlass_jobs::postgres::migrate(&db.pool).await.unwrap();
         windlass_outbox::postgres::migrate(&db.pool).await.unwrap();
-        let jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(db.pool.clone()));
+        let jobs = Jobs::new(windlass_jobs::postgres::PgJobStore::new(db.pool.clone()));
         let outbox_store = PgOutboxStore::new(db.pool.clone());
         let outbox = Outbox::new();
         let bus = Arc::new(

@@ -231,7 +231,7 @@ async fn main() {
             .await
             .expect("size");
 
-    let jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(pool.clone()));
+    let jobs = Jobs::new(windlass_jobs::postgres::PgJobStore::new(pool.clone()));
     let outbox = windlass_outbox::postgres::PgOutboxStore::new(pool.clone());
     // The counters the maintenance leader keeps (a running relay refreshes them).
     windlass_outbox::OutboxMaintenance::refresh_stats(&outbox)

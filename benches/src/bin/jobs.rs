@@ -22,7 +22,7 @@ use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use windlass_jobs::postgres::{PgStore, migrate};
+use windlass_jobs::postgres::{PgJobStore, migrate};
 use windlass_jobs::{EnqueueOptions, Job, JobContext, JobError, Jobs, Worker, WorkerConfig};
 use windlass_testkit::postgres::fresh_database;
 
@@ -126,12 +126,12 @@ async fn windlass_throughput(a: &Args, async_commit: bool) -> serde_json::Value 
     let db = fresh_database().await;
     let pool = db.new_pool(20).await;
     migrate(&pool).await.unwrap();
-    let jobs = Jobs::new(PgStore::new(pool.clone()));
+    let jobs = Jobs::new(PgJobStore::new(pool.clone()));
     let enqueue_s = enqueue_noops(&jobs, a.jobs).await;
     RAN.store(0, Ordering::SeqCst);
     let start = Instant::now();
     let worker_store: std::sync::Arc<dyn windlass_jobs::JobStore> = if async_commit {
-        std::sync::Arc::new(PgStore::new(async_commit_pool(&db.url).await))
+        std::sync::Arc::new(PgJobStore::new(async_commit_pool(&db.url).await))
     } else {
         jobs.store().clone()
     };
@@ -178,9 +178,9 @@ async fn async_commit_pool(url: &str) -> sqlx::PgPool {
 async fn windlass_pickup_latency(a: &Args, async_commit: bool) -> serde_json::Value {
     let db = fresh_database().await;
     migrate(&db.pool).await.unwrap();
-    let jobs = Jobs::new(PgStore::new(db.pool.clone()));
+    let jobs = Jobs::new(PgJobStore::new(db.pool.clone()));
     let worker_store: std::sync::Arc<dyn windlass_jobs::JobStore> = if async_commit {
-        std::sync::Arc::new(PgStore::new(async_commit_pool(&db.url).await))
+        std::sync::Arc::new(PgJobStore::new(async_commit_pool(&db.url).await))
     } else {
         jobs.store().clone()
     };
@@ -222,7 +222,7 @@ async fn windlass_backlog(a: &Args) -> serde_json::Value {
     let db = fresh_database().await;
     let pool = db.new_pool(20).await;
     migrate(&pool).await.unwrap();
-    let jobs = Jobs::new(PgStore::new(pool.clone()));
+    let jobs = Jobs::new(PgJobStore::new(pool.clone()));
     let enqueue_s = enqueue_noops(&jobs, a.backlog).await;
     RAN.store(0, Ordering::SeqCst);
     let target = a.backlog * 95 / 100;

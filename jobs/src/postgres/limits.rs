@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use super::{PgStore, fetched};
+use super::{PgJobStore, fetched};
 use crate::error::{Error, Result};
 use crate::model::FetchedJob;
 
-impl PgStore {
+impl PgJobStore {
     /// The global concurrency limit of `queue`, from a cache refreshed at most every second.
     pub(super) async fn global_limit(&self, queue: &str) -> Result<Option<i32>> {
         let fresh = {

@@ -38,6 +38,12 @@ type LimitCache = (
 /// The NOTIFY channel the insert trigger and the store use.
 pub const CHANNEL: &str = "windlass_jobs";
 
+/// The former name of [`PgJobStore`].
+#[deprecated(
+    note = "renamed to `PgJobStore`, after the other stores (`PgOutboxStore`, `RedisCacheStore`)"
+)]
+pub type PgStore = PgJobStore;
+
 /// The Postgres job store. Cheap to clone.
 ///
 /// Run [`migrate`] once (or apply the crate's SQL files with your own migrator) before use.
@@ -45,7 +51,7 @@ pub const CHANNEL: &str = "windlass_jobs";
 /// Besides the pool, a store opens one connection of its own for heartbeats (with the pool's
 /// connect options), plus one for LISTEN while a worker subscribes.
 #[derive(Debug, Clone)]
-pub struct PgStore {
+pub struct PgJobStore {
     pool: PgPool,
     listen: bool,
     wake: Arc<Mutex<Option<broadcast::Sender<String>>>>,
@@ -54,7 +60,7 @@ pub struct PgStore {
     limits: Arc<Mutex<LimitCache>>,
 }
 
-impl PgStore {
+impl PgJobStore {
     /// A store on `pool`, with LISTEN/NOTIFY wake-ups.
     pub fn new(pool: PgPool) -> Self {
         Self {
@@ -82,12 +88,12 @@ impl PgStore {
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
-    /// use windlass_jobs::{EnqueueOptions, postgres::PgStore};
+    /// use windlass_jobs::{EnqueueOptions, postgres::PgJobStore};
     ///
     /// let mut tx = pool.begin().await?;
     /// // ... the business write on &mut *tx ...
     /// let job = EnqueueOptions::new().build_raw("send_invoice", serde_json::json!({"id": 42}))?;
-    /// PgStore::insert_in(&mut tx, vec![job]).await?;
+    /// PgJobStore::insert_in(&mut tx, vec![job]).await?;
     /// tx.commit().await?;
     /// # Ok(()) }
     /// # let _ = demo;
@@ -247,7 +253,7 @@ fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
 }
 
 #[async_trait]
-impl JobStore for PgStore {
+impl JobStore for PgJobStore {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());

@@ -3,12 +3,12 @@
 
 use sqlx::PgConnection;
 
-use super::PgStore;
+use super::PgJobStore;
 use crate::error::{Error, Result};
 use crate::model::{AttemptToken, Enqueued};
 
-impl PgStore {
-    /// Enqueues one typed job inside the caller's transaction (see [`PgStore::insert_in`]).
+impl PgJobStore {
+    /// Enqueues one typed job inside the caller's transaction (see [`PgJobStore::insert_in`]).
     pub async fn enqueue_in<J: crate::Job>(
         conn: &mut PgConnection,
         job: &J,
@@ -27,7 +27,7 @@ impl PgStore {
     /// attempt's effects never commit.
     ///
     /// ```no_run
-    /// # use windlass_jobs::{Job, JobContext, JobError, postgres::PgStore};
+    /// # use windlass_jobs::{Job, JobContext, JobError, postgres::PgJobStore};
     /// # #[derive(serde::Serialize, serde::Deserialize)] struct Charge { order: i64 }
     /// impl Job for Charge {
     ///     const KIND: &'static str = "charge";
@@ -39,7 +39,7 @@ impl PgStore {
     ///             .bind(self.order)
     ///             .execute(&mut *tx)
     ///             .await?;
-    ///         PgStore::complete_in(&mut tx, &ctx).await?;
+    ///         PgJobStore::complete_in(&mut tx, &ctx).await?;
     ///         tx.commit().await?;
     ///         Ok(())
     ///     }
@@ -50,7 +50,7 @@ impl PgStore {
         Self::complete_attempt_in(conn, ctx.worker_id(), ctx.token()).await
     }
 
-    /// [`PgStore::complete_in`] for an explicit worker and attempt token.
+    /// [`PgJobStore::complete_in`] for an explicit worker and attempt token.
     pub async fn complete_attempt_in(
         conn: &mut PgConnection,
         worker: &str,

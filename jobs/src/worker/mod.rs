@@ -80,7 +80,7 @@ impl<J: Job> Runner for TypedRunner<J> {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use serde::{Deserialize, Serialize};
 /// use windlass_jobs::{EnqueueOptions, Job, JobContext, JobError, Jobs, Worker, WorkerConfig};
-/// use windlass_jobs::memory::MemoryStore;
+/// use windlass_jobs::memory::MemoryJobStore;
 ///
 /// #[derive(Serialize, Deserialize)]
 /// struct Hello { name: String }
@@ -89,7 +89,7 @@ impl<J: Job> Runner for TypedRunner<J> {
 ///     async fn run(&self, _ctx: JobContext) -> Result<(), JobError> { Ok(()) }
 /// }
 ///
-/// let jobs = Jobs::new(MemoryStore::new());
+/// let jobs = Jobs::new(MemoryJobStore::new());
 /// let worker = Worker::new(jobs.store().clone())
 ///     .register::<Hello>()
 ///     .config(WorkerConfig::default().queue("default", 4))

@@ -218,7 +218,7 @@ pub async fn a_worker_that_cannot_heartbeat_fences_itself(store: Arc<dyn JobStor
     let jobs = Jobs::from_arc(store.clone());
     let gate = HeartbeatGate::new(store.clone());
     let gated: Arc<dyn JobStore> = Arc::new(gate.clone());
-    // fast_config: heartbeat 50 ms, self-fence after 300 ms, rescue after 600 ms.
+    // fast_config: heartbeat 50 ms, self-fence after 750 ms, rescue after 1.5 s.
     let a = start(&gated, fast_config().worker_id("gated"));
     let id = enqueue(&jobs, probe(&t, 1, Action::StopSlowlyFirst(100)), q()).await;
     wait_for("attempt 1 to start", T, || async {

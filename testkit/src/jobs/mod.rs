@@ -40,9 +40,9 @@ pub enum Action {
     /// Succeed.
     Succeed,
     /// Fail the first `n` attempts, then succeed.
-    FailTimes(i32),
+    FailTimes(u32),
     /// Panic in the first `n` attempts, then succeed.
-    PanicTimes(i32),
+    PanicTimes(u32),
     /// Sleep this many milliseconds (ignoring cancellation), then succeed.
     Sleep(u64),
     /// Wait for the cancellation token, record it, and return.
@@ -123,7 +123,7 @@ impl Job for Probe {
         let ev = |event| ProbeEvent {
             job_id: ctx.job_id(),
             n: self.n,
-            attempt: ctx.attempt(),
+            attempt: ctx.attempt() as i32,
             event,
         };
         record(&self.token, ev("start"));
@@ -236,7 +236,10 @@ pub async fn wait_state(
 pub fn fast_config() -> WorkerConfig {
     WorkerConfig::default()
         .poll_interval(Duration::from_millis(200))
-        .heartbeat(Duration::from_millis(50), Duration::from_millis(600))
+        // Rescue after 1.5 s (self-fence after 750 ms): a loaded CI machine (parallel tests
+        // creating databases) can hold a heartbeat for a few hundred ms, and a spurious
+        // self-fence would fail tests that are not about fencing.
+        .heartbeat(Duration::from_millis(50), Duration::from_millis(1500))
         .rescue_interval(Duration::from_millis(100))
         .retry(
             RetryPolicy::default()

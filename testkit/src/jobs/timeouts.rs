@@ -85,7 +85,7 @@ pub async fn blocking_jobs_past_their_timeout_never_exceed_concurrency(store: Ar
 pub async fn shutdown_never_releases_a_running_attempt(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
-    // shutdown 200 ms + 2 x 300 ms cancel grace, then return; rescue after 600 ms.
+    // shutdown 200 ms + 2 x 300 ms cancel grace, then return; rescue after 1.5 s.
     let a = start(
         &store,
         fast_config()
