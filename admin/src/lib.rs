@@ -55,10 +55,11 @@ use axum::Router;
 pub use config::{Auth, ConfigError, ConsoleConfig, CookieSecurity, MAX_PAGE_SIZE, MIN_TOKEN_LEN};
 pub use error::ConsoleError;
 pub use source::{
-    ActionReport, BusApi, BusSource, CacheApi, CacheSource, CacheTypeStats, CronSchedule,
-    DeadOutboxEvent, DeadOutboxPage, Depths, DlqEntry, DlqPage, Exactness, GroupStatus, JobAction,
-    JobPage, JobQuery, JobsApi, JobsSource, OutboxApi, OutboxDelivery, OutboxSource,
-    OutboxTopicStats, QueueDepth, SourceError, SourceResult, Throughput,
+    ActionReport, BlockedOutboxKey, BlockedOutboxPage, BusApi, BusSource, CacheApi, CacheSource,
+    CacheTypeStats, CronSchedule, DeadOutboxEvent, DeadOutboxPage, Depths, DlqEntry, DlqPage,
+    Exactness, GroupStatus, JobAction, JobPage, JobQuery, JobsApi, JobsSource, OutboxApi,
+    OutboxDelivery, OutboxSource, OutboxTopicStats, QueueDepth, SourceError, SourceResult,
+    Throughput,
 };
 pub use windlass_core::TenantScope;
 

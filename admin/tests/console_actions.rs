@@ -157,6 +157,58 @@ async fn outbox_dead_event_requeued_from_the_console_is_published() {
     env.stop().await;
 }
 
+/// A key whose head died blocks the rows behind it: the outbox page lists it with what waits
+/// (to its own tenant only), and requeueing the head from there lets the whole key go out.
+#[tokio::test]
+async fn a_blocked_outbox_key_is_listed_and_unblocked_by_requeueing_its_head() {
+    let env = Env::start().await;
+    let key = format!("ord-{}", uuid::Uuid::new_v4());
+    let head = env.dead_outbox_event_on("acme", &key).await;
+    env.outbox_event("acme", &key).await;
+    env.outbox_event("acme", &key).await;
+    assert_eq!(env.relay().await, 0, "the rows behind the dead head wait");
+    let mut c = Client::new(env.console(Env::config()).router());
+    c.login("").await;
+    let page = c.get("/outbox").await;
+    let row = format!("id=\"blocked-{}-{}\"", head.seq, head.destination);
+    let at = page
+        .body
+        .find(&row)
+        .unwrap_or_else(|| panic!("no blocked key row:\n{}", page.body));
+    let tr = &page.body[at..at + page.body[at..].find("</tr>").unwrap()];
+    assert!(
+        tr.contains(&key) && tr.contains(">2<"),
+        "key and the 2 waiting rows: {tr}"
+    );
+    assert!(tr.contains("destination refuses"), "the head's error: {tr}");
+    // Another tenant's console does not see it.
+    let other = windlass_core::TenantScope::org(OrgId::new("globex").unwrap());
+    let mut o = Client::new(env.console(Env::config().scope(other)).router());
+    o.login("").await;
+    let theirs = o.get("/outbox").await;
+    assert!(!theirs.body.contains(&key), "{}", theirs.body);
+    assert!(theirs.body.contains("No blocked keys."));
+    // Requeue the head from the blocked-keys row: the key flows again, in order.
+    let before = env.stream_len().await;
+    let r = c
+        .post(
+            "/outbox/action",
+            &[
+                ("csrf", &page.csrf()),
+                ("action", "requeue"),
+                ("delivery", &head.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(env.relay().await, 3);
+    assert_eq!(env.stream_len().await, before + 3);
+    let page = c.get("/outbox").await;
+    assert!(!page.body.contains(&key), "still listed as blocked");
+    assert!(page.body.contains("No blocked keys."));
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn a_dead_letter_redriven_from_the_console_is_handled() {
     let env = Env::start().await;

@@ -320,6 +320,36 @@ pub struct DeadOutboxPage {
     pub note: Option<String>,
 }
 
+/// An ordering key whose head delivery is dead: the rows behind it on that key wait.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BlockedOutboxKey {
+    /// The dead head (requeue or skip it to unblock the key).
+    pub head: OutboxDelivery,
+    /// Topic.
+    pub topic: String,
+    /// Ordering key.
+    pub partition_key: String,
+    /// Tenant of the dead head.
+    pub org_id: Option<String>,
+    /// Why the head died.
+    pub last_error: Option<String>,
+    /// When it died.
+    pub failed_at: Option<DateTime<Utc>>,
+    /// Rows waiting behind it (the outbox counts up to 10 000; more shows as 10 001).
+    pub waiting: u64,
+}
+
+/// A page of blocked outbox keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct BlockedOutboxPage {
+    /// Keys, by their head's position.
+    pub keys: Vec<BlockedOutboxKey>,
+    /// Cursor of the next page (the last head shown).
+    pub next: Option<OutboxDelivery>,
+}
+
 /// What the console needs from the outbox.
 #[async_trait]
 pub trait OutboxSource: Send + Sync + 'static {
@@ -338,6 +368,18 @@ pub trait OutboxSource: Send + Sync + 'static {
     async fn skip(&self, scope: &TenantScope, delivery: &OutboxDelivery) -> SourceResult<()>;
     /// Whether [`OutboxSource::skip`] is supported (the page hides the button otherwise).
     fn can_skip(&self) -> bool;
+    /// Keys blocked by a dead head, after `after`, at most `limit`. A source without the notion
+    /// answers [`SourceError::Unsupported`] (the default).
+    async fn blocked(
+        &self,
+        _scope: &TenantScope,
+        _after: Option<&OutboxDelivery>,
+        _limit: u32,
+    ) -> SourceResult<BlockedOutboxPage> {
+        Err(SourceError::Unsupported(
+            "this outbox source does not list blocked keys".into(),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -216,11 +216,17 @@ impl Env {
 
     /// Enqueues an event of tenant `org` and lets a refusing destination kill it.
     pub async fn dead_outbox_event(&self, org: &str) -> OutboxDelivery {
+        // A key of its own: under the block policy a second dead row on one key would wait
+        // behind the first instead of being tried.
+        self.dead_outbox_event_on(org, &format!("ord-{}", Uuid::new_v4()))
+            .await
+    }
+
+    /// Enqueues one outbox event of tenant `org` on ordering key `key`; returns its seq.
+    pub async fn outbox_event(&self, org: &str, key: &str) -> i64 {
         let event = Event::builder("/shop", "order.placed")
             .org_id(org)
-            // A key of its own: under the block policy a second dead row on one key would wait
-            // behind the first instead of being tried.
-            .partition_key(format!("ord-{}", Uuid::new_v4()))
+            .partition_key(key)
             .data_json(&serde_json::json!({"note": "<script>alert('outbox')</script>"}))
             .build()
             .unwrap();
@@ -231,6 +237,12 @@ impl Env {
             .await
             .unwrap();
         tx.commit().await.unwrap();
+        seq
+    }
+
+    /// Like [`Env::dead_outbox_event`], on ordering key `key`.
+    pub async fn dead_outbox_event_on(&self, org: &str, key: &str) -> OutboxDelivery {
+        let seq = self.outbox_event(org, key).await;
         let round = Relay::new(self.outbox_store.clone(), Refusing)
             .run_once()
             .await
