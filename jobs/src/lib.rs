@@ -248,6 +248,12 @@ impl Jobs {
         self.store.set_global_limit(queue, limit).await
     }
 
+    /// The queues with a global concurrency limit and their limit (queues are shared by every
+    /// tenant, so any handle may read them).
+    pub async fn global_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.store.global_limits().await
+    }
+
     /// Deletes final jobs older than `older_than` (operator handles only; workers also do it on
     /// their own, see [`WorkerConfig::retention`]).
     pub async fn prune(&self, older_than: Duration) -> Result<u64> {

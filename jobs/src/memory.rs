@@ -501,6 +501,17 @@ impl JobStore for MemoryJobStore {
         Ok(self.lock().paused.iter().cloned().collect())
     }
 
+    async fn global_limits(&self) -> Result<Vec<(String, u32)>> {
+        let mut limits: Vec<(String, u32)> = self
+            .lock()
+            .limits
+            .iter()
+            .map(|(q, n)| (q.clone(), *n))
+            .collect();
+        limits.sort();
+        Ok(limits)
+    }
+
     async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
         Ok(self
             .lock()

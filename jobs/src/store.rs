@@ -106,6 +106,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// The paused queues.
     async fn paused_queues(&self) -> Result<Vec<String>>;
 
+    /// The queues with a global concurrency limit and their limit, by queue name.
+    async fn global_limits(&self) -> Result<Vec<(String, u32)>>;
+
     /// One job, if it exists and `scope` allows its tenant.
     async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>>;
 

@@ -603,6 +603,20 @@ impl JobStore for PgJobStore {
             .map_err(|e| Error::pg("paused_queues", e))
     }
 
+    async fn global_limits(&self) -> Result<Vec<(String, u32)>> {
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT name, global_limit FROM windlass_job_queues WHERE global_limit IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::pg("global_limits", e))?;
+        // set_global_limit writes 1..=i32::MAX only.
+        Ok(rows
+            .into_iter()
+            .map(|(q, n)| (q, n.max(0) as u32))
+            .collect())
+    }
+
     async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {RECORD_COLUMNS} FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)"

@@ -103,6 +103,9 @@ impl JobStore for HeartbeatGate {
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.inner.paused_queues().await
     }
+    async fn global_limits(&self) -> Result<Vec<(String, u32)>> {
+        self.inner.global_limits().await
+    }
     async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {
         self.inner.get(scope, id).await
     }

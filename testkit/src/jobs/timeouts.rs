@@ -125,6 +125,13 @@ pub async fn global_limit_holds_across_workers(store: Arc<dyn JobStore>) {
         jobs.set_global_limit("q", Some(0)).await,
         Err(windlass_jobs::Error::InvalidOption { .. })
     ));
+    jobs.set_global_limit("other", Some(7)).await.unwrap();
+    assert_eq!(
+        jobs.global_limits().await.unwrap(),
+        vec![("other".to_owned(), 7), ("q".to_owned(), 3)],
+        "the limits read back, by queue (the refused 0 changed nothing)"
+    );
+    jobs.set_global_limit("other", None).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..24 {
         ids.push(enqueue(&jobs, probe(&t, n, Action::BlockInPool(60)), q()).await);
@@ -145,4 +152,5 @@ pub async fn global_limit_holds_across_workers(store: Arc<dyn JobStore>) {
         "{max} jobs ran at once under a global limit of 3: {evs:?}"
     );
     jobs.set_global_limit("q", None).await.unwrap();
+    assert!(jobs.global_limits().await.unwrap().is_empty());
 }
