@@ -194,6 +194,8 @@ impl JobStore for MemoryStore {
                     created_at: now,
                     finalized_at: None,
                     stop_requested: None,
+                    traceparent: job.traceparent,
+                    tracestate: job.tracestate,
                 };
                 st.jobs.insert(
                     id,
@@ -267,6 +269,8 @@ impl JobStore for MemoryStore {
                 max_attempts: r.max_attempts,
                 run_at: r.run_at,
                 timeout: r.timeout,
+                traceparent: r.traceparent.clone(),
+                tracestate: r.tracestate.clone(),
             });
         }
         Ok(out)
