@@ -45,10 +45,9 @@ pub(crate) fn publish_span(
         seq,
         event.id = %event.id(),
     );
-    if windlass_eventbus::otel::set_parent(&span, &event) {
-        let event = windlass_eventbus::otel::reparent(&event, &span);
-        (span, event)
-    } else {
-        (span, event)
-    }
+    // A row stored without a context still hands the relay's own on: its consumers hang under
+    // this span, which then starts the trace.
+    windlass_eventbus::otel::set_parent(&span, &event);
+    let event = windlass_eventbus::otel::reparent(&event, &span);
+    (span, event)
 }
