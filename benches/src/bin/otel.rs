@@ -13,6 +13,8 @@
 //! - `bus`: 1 000 events published one by one on the memory bus from inside a span (so the
 //!   publisher injects a `traceparent` into each), and consumed by a subscription whose
 //!   `windlass.deliver` span continues it;
+//! - `bus_redis`: the same on Redis Streams (`WINDLASS_REDIS_URL`, default local), a path
+//!   whose own cost is round trips;
 //! - `jobs`: 1 000 jobs enqueued with `Jobs::enqueue_many` from inside a span (each row gets
 //!   the span's context), drained by a worker on the memory store whose `windlass.job` span
 //!   continues it.
@@ -34,6 +36,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider}
 use serde::{Deserialize, Serialize};
 use tracing::{Dispatch, Instrument};
 use tracing_subscriber::layer::SubscriberExt;
+use windlass_eventbus::redis::{RedisBus, RedisConfig};
 use windlass_eventbus::{Event, Group, MemoryBus, Publisher, SubscriberExt as _, Topic};
 use windlass_jobs::memory::MemoryStore;
 use windlass_jobs::{
@@ -76,7 +79,7 @@ fn otel(sampler: Sampler, lean: bool) -> (Dispatch, SdkTracerProvider, InMemoryS
     (Dispatch::new(subscriber), provider, exporter)
 }
 
-async fn bus_round(bus: &MemoryBus, topic: &Topic, handled: &AtomicUsize, events: &[Event]) {
+async fn bus_round(bus: &dyn Publisher, topic: &Topic, handled: &AtomicUsize, events: &[Event]) {
     let start = handled.load(Ordering::Relaxed);
     async {
         for e in events {
@@ -213,17 +216,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{micro}");
 
-    for (workload, per_round) in [("bus", true), ("jobs", false)] {
+    // The same bus workload on Redis Streams (WINDLASS_REDIS_URL, default local): a path whose
+    // own cost is network round trips, to put the layer's microseconds in proportion.
+    let redis_url =
+        std::env::var("WINDLASS_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let redis = rt.block_on(RedisBus::connect(
+        RedisConfig::new(redis_url.as_str()).prefix(format!("bench-otel-{}", std::process::id())),
+    ))?;
+    let redis_handled = Arc::new(AtomicUsize::new(0));
+    let h = redis_handled.clone();
+    let redis_sub =
+        rt.block_on(
+            redis.subscribe_fn(&topic, &Group::new("g")?, move |_e, _ctx| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+            }),
+        )?;
+
+    for workload in ["bus", "jobs", "bus_redis"] {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
         // One warm-up round per configuration, then the measured ones.
         for round in 0..=rounds {
             for (i, (_, dispatch)) in configs.iter().enumerate() {
                 let _guard = tracing::dispatcher::set_default(dispatch);
                 let t = Instant::now();
-                if per_round {
-                    rt.block_on(bus_round(&bus, &topic, &handled, &events));
-                } else {
-                    rt.block_on(jobs_round(&jobs, &ran));
+                match workload {
+                    "bus" => rt.block_on(bus_round(&bus, &topic, &handled, &events)),
+                    "jobs" => rt.block_on(jobs_round(&jobs, &ran)),
+                    _ => rt.block_on(bus_round(&redis, &topic, &redis_handled, &events)),
                 }
                 let secs = t.elapsed().as_secs_f64();
                 if round > 0 {
@@ -233,7 +256,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 lean_off_exporter.reset();
                 on_exporter.reset();
             }
-            if !per_round {
+            if workload == "jobs" {
                 // Completed rows would make the memory store's fetch scan more each round.
                 rt.block_on(store.prune(Duration::ZERO))?;
             }
@@ -258,6 +281,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async {
         worker.shutdown().await?;
         sub.shutdown().await?;
+        redis_sub.shutdown().await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
     Ok(())
