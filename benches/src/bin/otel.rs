@@ -15,6 +15,7 @@
 //!   `windlass.deliver` span continues it;
 //! - `bus_redis`: the same on Redis Streams (`WINDLASS_REDIS_URL`, default local), a path
 //!   whose own cost is round trips;
+//! - `jobs_postgres`: the jobs workload on Postgres (a fresh database from windlass-testkit);
 //! - `jobs`: 1 000 jobs enqueued with `Jobs::enqueue_many` from inside a span (each row gets
 //!   the span's context), drained by a worker on the memory store whose `windlass.job` span
 //!   continues it.
@@ -236,7 +237,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         )?;
 
-    for workload in ["bus", "jobs", "bus_redis"] {
+    // The jobs workload on Postgres (a fresh database from windlass-testkit), where a fetch and
+    // a finish are statements.
+    let db = rt.block_on(windlass_testkit::postgres::fresh_database());
+    rt.block_on(windlass_jobs::postgres::migrate(&db.pool))?;
+    let pg_jobs = Jobs::new(windlass_jobs::postgres::PgStore::new(db.pool.clone()));
+    let pg_ran = Arc::new(AtomicUsize::new(0));
+    let pg_worker = {
+        let _rt = rt.enter();
+        Worker::new(pg_jobs.store().clone())
+            .register::<Tick>()
+            .shared_state(pg_ran.clone())
+            .config(
+                WorkerConfig::default()
+                    .queue("default", 16)
+                    .poll_interval(Duration::from_millis(5)),
+            )
+            .start()?
+    };
+
+    for workload in ["bus", "jobs", "bus_redis", "jobs_postgres"] {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
         // One warm-up round per configuration, then the measured ones.
         for round in 0..=rounds {
@@ -246,7 +266,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 match workload {
                     "bus" => rt.block_on(bus_round(&bus, &topic, &handled, &events)),
                     "jobs" => rt.block_on(jobs_round(&jobs, &ran)),
-                    _ => rt.block_on(bus_round(&redis, &topic, &redis_handled, &events)),
+                    "bus_redis" => rt.block_on(bus_round(&redis, &topic, &redis_handled, &events)),
+                    _ => rt.block_on(jobs_round(&pg_jobs, &pg_ran)),
                 }
                 let secs = t.elapsed().as_secs_f64();
                 if round > 0 {
@@ -281,6 +302,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rt.block_on(async {
         worker.shutdown().await?;
         sub.shutdown().await?;
+        pg_worker.shutdown().await?;
         redis_sub.shutdown().await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
