@@ -14,6 +14,7 @@
 //! | `schema` | JSON Schema validation of events (`windlass::eventbus::schema`) |
 //! | `cache` / `cache-redis` | tag-aware cache, in-process or on Redis (`windlass::cache`) |
 //! | `outbox-postgres` / `outbox-sqlite` | transactional outbox, relay and inbox (`windlass::outbox`) |
+//! | `otel` | W3C trace context carried by events, outbox rows and jobs through OpenTelemetry: one trace from a request to the jobs it causes (`docs/tracing.md`) |
 //!
 //! ```
 //! use windlass::eventbus::{Event, MemoryBus, Publisher, Topic};

@@ -10,6 +10,8 @@
 //! - [`redact_url`]: strips passwords from connection URLs before they reach an error or a log.
 //! - [`TenantScope`]: which tenants' rows an operator call may see or change.
 //! - [`MetricDef`]: how each crate describes the metrics it emits (its `metrics::CATALOG`).
+//! - `otel` (feature `otel`): the W3C trace context of a `tracing` span, injected into events
+//!   and jobs and extracted from them by the other crates (see `docs/tracing.md`).
 //!
 //! This crate must not depend on any backend client; it stays small and dependency-light.
 //!
@@ -31,6 +33,8 @@
 
 mod metric;
 mod name;
+#[cfg(feature = "otel")]
+pub mod otel;
 mod retry;
 mod tenant;
 mod url;

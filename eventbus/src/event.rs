@@ -247,6 +247,19 @@ impl Event {
     pub fn tracestate(&self) -> Option<&str> {
         self.0.tracestate.as_deref()
     }
+    /// A copy with `traceparent` / `tracestate` replaced (already encoded by
+    /// `windlass_core::otel`, so not checked again).
+    #[cfg(feature = "otel")]
+    pub(crate) fn with_trace_context(
+        &self,
+        traceparent: String,
+        tracestate: Option<String>,
+    ) -> Self {
+        let mut inner = (*self.0).clone();
+        inner.traceparent = Some(traceparent);
+        inner.tracestate = tracestate;
+        Self(Arc::new(inner))
+    }
     /// Extension `partitionkey`: events with the same key are delivered in order.
     pub fn partition_key(&self) -> Option<&str> {
         self.0.partitionkey.as_deref()

@@ -22,6 +22,9 @@
 //!   `kafka::KafkaBus` (feature `kafka`). Around them: [`migrate`] (Redis -> Kafka, dual
 //!   publish and per-domain routing), [`replay`] (re-read a topic from a time or an event id) and
 //!   `schema` (JSON Schema validation, feature `schema`).
+//! - `otel` (feature `otel`): publishing injects the current span's W3C trace context into an
+//!   event without one, and each delivery's `windlass.deliver` span continues it as its parent
+//!   (`docs/tracing.md`).
 //!
 //! ```
 //! use windlass_eventbus::{Event, HandlerError, MemoryBus, Publisher, SubscriberExt};
@@ -58,6 +61,8 @@ mod membership;
 mod memory;
 pub mod metrics;
 pub mod migrate;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod partition;
 #[cfg(feature = "redis")]
 pub mod redis;

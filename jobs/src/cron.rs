@@ -137,6 +137,9 @@ impl CronJob {
         let mut job = self.template.clone();
         job.unique_key = Some(format!("windlass.cron:{}:{}", self.name, tick.timestamp()));
         job.unique_states = JobState::mask(&JobState::ALL);
+        // Each tick starts its own trace, not the one of the span that registered the cron.
+        job.traceparent = None;
+        job.tracestate = None;
         job
     }
 }

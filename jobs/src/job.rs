@@ -458,6 +458,9 @@ impl EnqueueOptions {
     }
 
     /// Like [`EnqueueOptions::build`] for an untyped job (a kind name and JSON arguments).
+    ///
+    /// With the `otel` feature the row carries the W3C trace context of the current `tracing`
+    /// span ([`NewJob::traceparent`]), which the worker's `windlass.job` span continues.
     pub fn build_raw(&self, kind: &str, args: serde_json::Value) -> Result<NewJob> {
         let kind = Name::parse("job kind", kind)?;
         if let Some(path) = nul_path(&args, "$") {
@@ -546,6 +549,14 @@ impl EnqueueOptions {
                 (Some(key), JobState::mask(&u.states))
             }
         };
+        // The enqueuing span's trace context (feature `otel`): the worker continues it.
+        #[cfg(feature = "otel")]
+        let (traceparent, tracestate) = match windlass_core::otel::TraceContext::current() {
+            Some(cx) => (Some(cx.traceparent), cx.tracestate),
+            None => (None, None),
+        };
+        #[cfg(not(feature = "otel"))]
+        let (traceparent, tracestate) = (None, None);
         Ok(NewJob {
             queue,
             kind,
@@ -558,6 +569,8 @@ impl EnqueueOptions {
             timeout_ms,
             unique_key,
             unique_states,
+            traceparent,
+            tracestate,
         })
     }
 }

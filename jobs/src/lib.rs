@@ -11,6 +11,8 @@
 //! - [`Worker`]: fetches and runs jobs; start as many as you like, in as many processes.
 //! - Stores ([`JobStore`]): [`postgres::PgJobStore`] (feature `postgres`) and
 //!   [`memory::MemoryJobStore`] (feature `memory`, default), with the same semantics.
+//! - Tracing (feature `otel`): an enqueue stores the current span's W3C trace context with the
+//!   job, and the worker's `windlass.job` span continues it as its parent (`docs/tracing.md`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -65,6 +67,7 @@ mod job;
 pub mod memory;
 pub mod metrics;
 mod model;
+mod otel;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 mod store;
@@ -182,9 +185,12 @@ impl Jobs {
 
     /// Enqueues one job.
     pub async fn enqueue<J: Job>(&self, job: &J, options: &EnqueueOptions) -> Result<Enqueued> {
-        let rows = self.own(vec![options.build(job)?])?;
-        let mut out = self.store.insert(rows).await?;
-        Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
+        otel::enqueue(J::KIND, async {
+            let rows = self.own(vec![options.build(job)?])?;
+            let mut out = self.store.insert(rows).await?;
+            Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
+        })
+        .await
     }
 
     /// Enqueues many jobs with the same options, atomically at any size (one transaction on
@@ -195,11 +201,14 @@ impl Jobs {
         jobs: impl IntoIterator<Item = &'a J>,
         options: &EnqueueOptions,
     ) -> Result<Vec<Enqueued>> {
-        let rows = jobs
-            .into_iter()
-            .map(|j| options.build(j))
-            .collect::<Result<Vec<_>>>()?;
-        self.store.insert(self.own(rows)?).await
+        otel::enqueue(J::KIND, async {
+            let rows = jobs
+                .into_iter()
+                .map(|j| options.build(j))
+                .collect::<Result<Vec<_>>>()?;
+            self.store.insert(self.own(rows)?).await
+        })
+        .await
     }
 
     /// Inserts already built rows (mixed kinds and options) in one bulk insert.

@@ -198,6 +198,8 @@ impl JobStore for MemoryJobStore {
                     created_at: now,
                     finalized_at: None,
                     stop_requested: None,
+                    traceparent: job.traceparent,
+                    tracestate: job.tracestate,
                 };
                 st.jobs.insert(
                     id,
@@ -271,6 +273,8 @@ impl JobStore for MemoryJobStore {
                 max_attempts: r.max_attempts,
                 run_at: r.run_at,
                 timeout: r.timeout,
+                traceparent: r.traceparent.clone(),
+                tracestate: r.tracestate.clone(),
             });
         }
         Ok(out)

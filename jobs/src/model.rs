@@ -175,6 +175,11 @@ pub struct JobRecord {
     /// A pending stop request of the running attempt (`cancelled` or `discarded`): the row
     /// moves to that state when the attempt ends. `None` when not running or not requested.
     pub stop_requested: Option<JobState>,
+    /// W3C `traceparent` of the span that enqueued it (feature `otel`; `None` otherwise or
+    /// when there was no OpenTelemetry context): the worker's `windlass.job` span continues it.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 /// One attempt of one job, as a worker holds it: the fencing token every transition a worker
@@ -240,6 +245,11 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// Mask of the states the unique key covers ([`JobState::mask`]).
     pub unique_states: i16,
+    /// W3C `traceparent` of the span that enqueued it (feature `otel`; `None` otherwise or
+    /// when there was no OpenTelemetry context): the worker's `windlass.job` span continues it.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 /// What an insert did for one job.
@@ -304,6 +314,11 @@ pub struct FetchedJob {
     pub run_at: DateTime<Utc>,
     /// Per-job timeout, if set.
     pub timeout: Option<Duration>,
+    /// W3C `traceparent` of the span that enqueued it (feature `otel`; `None` otherwise or
+    /// when there was no OpenTelemetry context): the worker's `windlass.job` span continues it.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` that goes with `traceparent`.
+    pub tracestate: Option<String>,
 }
 
 impl FetchedJob {

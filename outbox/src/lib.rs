@@ -21,6 +21,9 @@
 //! - Inbox: records (`consumer`, `source`, `id`) in the consumer's transaction and drops
 //!   duplicates, as a bus [`Handler`](windlass_eventbus::Handler).
 //! - Backends: `postgres` and `sqlite` (embedded) features. `docs/outbox.md` has the design.
+//! - Tracing (feature `otel`): enqueue stores the current span's W3C trace context with an
+//!   event that has none; the relay's `windlass.outbox.publish` span continues it as its
+//!   parent and hands its own context on to the consumers (`docs/tracing.md`).
 //!
 //! ```
 //! # #[cfg(feature = "sqlite")]
@@ -62,6 +65,7 @@ mod config;
 mod error;
 mod inbox;
 pub mod metrics;
+mod otel;
 mod relay;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod sql;

@@ -23,6 +23,8 @@ pub(crate) struct Prepared {
 /// Validates size and storability. No I/O: an error here leaves the transaction untouched.
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 pub(crate) fn prepare(topic: &Topic, event: &Event, config: &OutboxConfig) -> Result<Prepared> {
+    #[cfg(feature = "otel")]
+    let event = &windlass_eventbus::otel::inject(event);
     let json = event.to_json();
     if json.len() > config.max_event_size {
         return Err(Error::TooLarge {

@@ -258,6 +258,8 @@ impl KafkaBus {
     }
 
     async fn send_one(&self, topic: &Topic, event: &Event) -> Result<()> {
+        #[cfg(feature = "otel")]
+        let event = &crate::otel::inject(event);
         let enc = codec::encode(event, self.inner.config.wire_mode);
         self.check_size(event, &enc)?;
         self.send_encoded(topic, event, enc).await
@@ -302,6 +304,13 @@ impl Publisher for KafkaBus {
     /// acknowledgement. Order within a partition is kept by the idempotent producer.
     async fn publish_batch(&self, topic: &Topic, events: &[Event]) -> Result<()> {
         // Check every size first, so an oversized event fails the batch before anything is sent.
+        #[cfg(feature = "otel")]
+        let traced: Vec<Event> = events
+            .iter()
+            .map(|e| crate::otel::inject(e).into_owned())
+            .collect();
+        #[cfg(feature = "otel")]
+        let events = &traced[..];
         let mut encoded = Vec::with_capacity(events.len());
         for e in events {
             let enc = codec::encode(e, self.inner.config.wire_mode);

@@ -272,6 +272,8 @@ impl MemoryBus {
         events
             .iter()
             .map(|e| {
+                #[cfg(feature = "otel")]
+                let e = &crate::otel::inject(e).into_owned();
                 (
                     partition_for_event(e, partitions),
                     Payload::Event(e.clone()),

@@ -88,6 +88,8 @@ impl RedisBus {
 #[async_trait]
 impl Publisher for RedisBus {
     async fn publish(&self, topic: &Topic, event: &Event) -> Result<()> {
+        #[cfg(feature = "otel")]
+        let event = &crate::otel::inject(event);
         let bytes = self.encode(event)?;
         let partitions = self.partitions_for_publish(topic).await?;
         let key = self.stream_key(topic, partition_for_event(event, partitions));
@@ -109,6 +111,8 @@ impl Publisher for RedisBus {
         let per_partition = self.inner.conn.is_cluster();
         let mut pipes: BTreeMap<u32, redis::Pipeline> = BTreeMap::new();
         for event in events {
+            #[cfg(feature = "otel")]
+            let event = &crate::otel::inject(event);
             let bytes = self.encode(event)?;
             let p = partition_for_event(event, partitions);
             pipes

@@ -132,6 +132,8 @@ async fn process<T: Transport>(
             partition = ctx.partition.map(i64::from).unwrap_or(-1),
             attempt,
         );
+        #[cfg(feature = "otel")]
+        crate::otel::set_parent(&span, event);
         let call = AssertUnwindSafe(shared.handler.handle(event, &ctx).instrument(span.clone()))
             .catch_unwind();
         let mut call = std::pin::pin!(call);

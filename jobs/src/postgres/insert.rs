@@ -24,6 +24,8 @@ pub(super) async fn insert_chunk(
     let mut ukey = Vec::with_capacity(n);
     let mut ustates = Vec::with_capacity(n);
     let mut timeout = Vec::with_capacity(n);
+    let mut traceparent = Vec::with_capacity(n);
+    let mut tracestate = Vec::with_capacity(n);
     for j in jobs {
         queue.push(j.queue.as_str());
         kind.push(j.kind.as_str());
@@ -35,15 +37,17 @@ pub(super) async fn insert_chunk(
         ukey.push(j.unique_key.as_deref());
         ustates.push(j.unique_states);
         timeout.push(j.timeout_ms);
+        traceparent.push(j.traceparent.as_deref());
+        tracestate.push(j.tracestate.as_deref());
     }
     let rows = sqlx::query(
         "INSERT INTO windlass_jobs (queue, kind, args, org_id, priority, state, max_attempts, run_at, \
-                                    unique_key, unique_states, timeout_ms) \
+                                    unique_key, unique_states, timeout_ms, traceparent, tracestate) \
          SELECT q, k, a, o, p, CASE WHEN r > now() THEN 'scheduled' ELSE 'available' END, m, \
-                coalesce(r, now()), u, us, t \
+                coalesce(r, now()), u, us, t, tp, ts \
            FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::int2[], $6::int4[], \
-                       $7::timestamptz[], $8::text[], $9::int2[], $10::int4[]) \
-                AS x(q, k, a, o, p, m, r, u, us, t) \
+                       $7::timestamptz[], $8::text[], $9::int2[], $10::int4[], $11::text[], $12::text[]) \
+                AS x(q, k, a, o, p, m, r, u, us, t, tp, ts) \
          ON CONFLICT DO NOTHING \
          RETURNING id, unique_key",
     )
@@ -57,6 +61,8 @@ pub(super) async fn insert_chunk(
     .bind(&ukey)
     .bind(&ustates)
     .bind(&timeout)
+    .bind(&traceparent)
+    .bind(&tracestate)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| Error::pg("insert", e))?;

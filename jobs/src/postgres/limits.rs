@@ -66,7 +66,7 @@ impl PgJobStore {
                     heartbeat_at = now(), locked_by = $3 \
                FROM next WHERE j.id = next.id \
              RETURNING j.id, j.queue, j.kind, j.args, j.org_id, j.priority, j.attempt, j.max_attempts, \
-                       j.run_at, j.timeout_ms",
+                       j.run_at, j.timeout_ms, j.traceparent, j.tracestate",
         )
         .bind(queue)
         .bind(limit.min(i32::MAX as usize) as i64)

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "queue_limits",
         include_str!("../../migrations/0004_queue_limits.sql"),
     ),
+    (
+        5,
+        "trace_context",
+        include_str!("../../migrations/0005_trace_context.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).

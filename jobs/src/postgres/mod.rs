@@ -176,7 +176,7 @@ fn interval_secs(d: Duration) -> f64 {
 
 const RECORD_COLUMNS: &str = "id, queue, kind, args, org_id, priority, state, attempt, max_attempts, run_at, \
      attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at, \
-     stop_requested";
+     stop_requested, traceparent, tracestate";
 
 fn record(r: &PgRow) -> Result<JobRecord> {
     let state: String = r.get("state");
@@ -217,6 +217,8 @@ fn record(r: &PgRow) -> Result<JobRecord> {
         stop_requested: r
             .get::<Option<&str>, _>("stop_requested")
             .and_then(JobState::parse),
+        traceparent: r.get("traceparent"),
+        tracestate: r.get("tracestate"),
     })
 }
 
@@ -242,6 +244,8 @@ fn fetched(rows: &[PgRow]) -> Vec<FetchedJob> {
             timeout: r
                 .get::<Option<i32>, _>(9)
                 .map(|ms| Duration::from_millis(ms.max(1) as u64)),
+            traceparent: r.get(10),
+            tracestate: r.get(11),
         })
         .collect();
     jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
@@ -294,7 +298,7 @@ impl JobStore for PgJobStore {
                     heartbeat_at = now(), locked_by = $3 \
                FROM next WHERE j.id = next.id \
              RETURNING j.id, j.queue, j.kind, j.args, j.org_id, j.priority, j.attempt, j.max_attempts, \
-                       j.run_at, j.timeout_ms",
+                       j.run_at, j.timeout_ms, j.traceparent, j.tracestate",
         )
         .bind(queue)
         .bind(limit.min(i32::MAX as usize) as i64)

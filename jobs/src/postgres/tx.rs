@@ -14,8 +14,11 @@ impl PgJobStore {
         job: &J,
         options: &crate::EnqueueOptions,
     ) -> Result<Enqueued> {
-        let mut out = Self::insert_in(conn, vec![options.build(job)?]).await?;
-        Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
+        crate::otel::enqueue(J::KIND, async {
+            let mut out = Self::insert_in(conn, vec![options.build(job)?]).await?;
+            Ok(out.pop().unwrap_or(Enqueued::Duplicate(None)))
+        })
+        .await
     }
 
     /// Completes the running attempt of `ctx` inside the job's own transaction (River's

@@ -121,6 +121,11 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit, ren
         job.org_id = job.org_id.as_deref().unwrap_or(""),
         job.outcome = tracing::field::Empty,
     );
+    // The enqueuer's trace context becomes the parent of every attempt's span (feature `otel`).
+    #[cfg(feature = "otel")]
+    if let Some(tp) = job.traceparent.as_deref() {
+        windlass_core::otel::set_parent(&span, tp, job.tracestate.as_deref());
+    }
     let inner = inner.clone();
     tokio::spawn(
         async move {

@@ -134,6 +134,16 @@ impl Outbox {
         event: &Event,
         destinations: &[Destination],
     ) -> Result<i64> {
+        crate::otel::enqueue(topic, 1, self.insert_one(conn, topic, event, destinations)).await
+    }
+
+    async fn insert_one(
+        &self,
+        conn: &mut PgConnection,
+        topic: &Topic,
+        event: &Event,
+        destinations: &[Destination],
+    ) -> Result<i64> {
         let cfg = &self.inner.config;
         let p = prepare(topic, event, cfg)?;
         let sql = if p.lock.is_some() {
@@ -190,6 +200,21 @@ impl Outbox {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        crate::otel::enqueue(
+            topic,
+            events.len(),
+            self.insert_many(conn, topic, events, destinations),
+        )
+        .await
+    }
+
+    async fn insert_many(
+        &self,
+        conn: &mut PgConnection,
+        topic: &Topic,
+        events: &[Event],
+        destinations: &[Destination],
+    ) -> Result<Vec<i64>> {
         let cfg = &self.inner.config;
         let n = events.len();
         let (mut orgs, mut keys, mut types, mut jsons) = (

@@ -43,6 +43,9 @@ struct PublishError {
 struct Ready<'r> {
     row: &'r ClaimedRow,
     event: Event,
+    /// The row's `windlass.outbox.publish` span, open while the claim is published.
+    #[cfg(feature = "otel")]
+    _span: tracing::Span,
 }
 
 fn key_of(row: &ClaimedRow) -> Option<(&str, &str)> {
@@ -74,13 +77,23 @@ impl<P: Publisher + ?Sized> Publishing<'_, P> {
                         .map_err(|e| format!("stored event does not decode: {e}"))
                 });
             match decoded {
-                Ok(event) => by_topic
-                    .entry(row.topic.as_str())
-                    .or_insert_with(|| {
-                        order.push(row.topic.as_str());
-                        Vec::new()
-                    })
-                    .push(Ready { row, event }),
+                Ok(event) => {
+                    #[cfg(feature = "otel")]
+                    let (_span, event) =
+                        crate::otel::publish_span(self.destination, &row.topic, row.seq, event);
+                    by_topic
+                        .entry(row.topic.as_str())
+                        .or_insert_with(|| {
+                            order.push(row.topic.as_str());
+                            Vec::new()
+                        })
+                        .push(Ready {
+                            row,
+                            event,
+                            #[cfg(feature = "otel")]
+                            _span,
+                        })
+                }
                 Err(error) => {
                     out.failed.push(self.dead(row, error));
                     if self.policy.blocks()

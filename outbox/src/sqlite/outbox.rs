@@ -91,7 +91,8 @@ impl Outbox {
         event: &Event,
         destinations: &[Destination],
     ) -> Result<i64> {
-        let seq = self.insert(conn, topic, event, destinations).await?;
+        let seq =
+            crate::otel::enqueue(topic, 1, self.insert(conn, topic, event, destinations)).await?;
         crate::wake::ring(&self.inner.doorbell);
         Ok(seq)
     }
@@ -106,18 +107,22 @@ impl Outbox {
         for e in events {
             prepare(topic, e, &self.inner.config)?;
         }
-        let mut seqs = Vec::with_capacity(events.len());
-        for e in events {
-            seqs.push(
-                self.insert(
-                    &mut *conn,
-                    topic,
-                    e,
-                    self.inner.config.destinations_for(topic),
-                )
-                .await?,
-            );
-        }
+        let seqs = crate::otel::enqueue(topic, events.len(), async {
+            let mut seqs = Vec::with_capacity(events.len());
+            for e in events {
+                seqs.push(
+                    self.insert(
+                        &mut *conn,
+                        topic,
+                        e,
+                        self.inner.config.destinations_for(topic),
+                    )
+                    .await?,
+                );
+            }
+            Ok::<_, crate::Error>(seqs)
+        })
+        .await?;
         crate::wake::ring(&self.inner.doorbell);
         Ok(seqs)
     }

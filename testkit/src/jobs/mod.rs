@@ -13,12 +13,14 @@ mod fencing;
 mod store;
 mod tenancy;
 mod timeouts;
+mod trace;
 mod worker;
 
 pub use fencing::*;
 pub use store::*;
 pub use tenancy::*;
 pub use timeouts::*;
+pub use trace::*;
 pub use worker::*;
 
 use std::collections::HashMap;
@@ -285,6 +287,7 @@ macro_rules! job_store_conformance {
     ($make:expr) => {
         $crate::job_store_conformance!(@tests $make;
             fetch_respects_priority_then_time,
+            trace_context_is_carried_to_the_worker,
             scheduled_jobs_wait_for_run_at,
             completion_is_state_guarded,
             batched_finish_applies_many_outcomes,
