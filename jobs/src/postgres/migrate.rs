@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "queue_limits",
         include_str!("../../migrations/0004_queue_limits.sql"),
     ),
+    (
+        5,
+        "console_counts_and_lists",
+        include_str!("../../migrations/0005_console_counts_and_lists.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).
