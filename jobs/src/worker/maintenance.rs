@@ -64,7 +64,8 @@ pub(super) async fn maintenance_loop(inner: Arc<Inner>, stop: CancellationToken)
                 }
             },
             _ = tokio::time::sleep_until(next_counts), if counts_every.is_some() => {
-                let every = counts_every.unwrap_or(Duration::MAX);
+                // A zero interval would recount in a loop: at least 10 ms apart.
+                let every = counts_every.unwrap_or(Duration::MAX).max(Duration::from_millis(10));
                 let started = tokio::time::Instant::now();
                 if leads(&inner, lease).await
                     && let Err(e) = inner.store.refresh_counts().await
