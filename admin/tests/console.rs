@@ -230,10 +230,27 @@ async fn a_tenant_console_never_shows_or_touches_another_tenants_rows() {
     );
     // Text search does not reach it either.
     assert!(!c.get("/jobs?q=globex").await.body.contains("globex secret"));
-    // Overview counts only this tenant's jobs.
+    // Overview counts only this tenant's jobs: globex's scheduled job is not in acme's
+    // scheduled column (the snapshot, recounted now, is tenant-scoped).
+    env.jobs.refresh_counts().await.unwrap();
     let overview = c.get("/").await;
     assert_eq!(overview.status, StatusCode::OK);
     assert!(!overview.body.contains("globex"));
+    assert!(overview.body.contains("Counts as of "), "{}", overview.body);
+    let row = overview
+        .body
+        .split(">default</a>")
+        .nth(1)
+        .expect("a row for queue default");
+    let cells: Vec<&str> = row
+        .split("<td class=\"num\">")
+        .skip(1)
+        .take(7)
+        .map(|c| c.split('<').next().unwrap_or(""))
+        .collect();
+    assert_eq!(cells[1], "0", "acme's scheduled count: {cells:?}");
+    let total: u64 = cells.iter().map(|c| c.parse::<u64>().unwrap()).sum();
+    assert_eq!(total, 1, "acme has one job: {cells:?}");
     // Actions on its ids are skipped.
     let csrf = all.csrf();
     let (t, s) = (theirs.to_string(), their_sched.to_string());

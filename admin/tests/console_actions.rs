@@ -379,6 +379,8 @@ async fn overview_shows_depths_outbox_bus_and_cache() {
         .cache(windlass_admin::CacheApi::new(cache));
     let mut c = Client::new(console.router());
     c.login("").await;
+    // The counts are the snapshot the jobs maintenance leader recounts; recount now.
+    env.jobs.refresh_counts().await.unwrap();
     let page = c.get("/").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     let b = &page.body;
@@ -386,6 +388,13 @@ async fn overview_shows_depths_outbox_bus_and_cache() {
         b.contains("id=\"queues\"") && b.contains(">default<"),
         "{b}"
     );
+    assert!(
+        b.contains("Counts as of ") && b.contains("the last recount took"),
+        "the page says how fresh the counts are: {b}"
+    );
+    // The scheduled job is counted (the failing one may be retryable or discarded by now).
+    let snapshot = env.jobs.count_snapshot().await.unwrap();
+    assert_eq!(snapshot.count("default", JobState::Scheduled), 1);
     assert!(
         b.contains("<td>orders</td><td>default</td>"),
         "outbox section, per topic and destination: {b}"

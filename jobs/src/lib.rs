@@ -60,6 +60,7 @@
 //! [`postgres::PgJobStore::insert_in`]. Design notes: `docs/jobs.md` in the repository.
 #![doc(test(attr(deny(warnings))))]
 
+mod counts;
 mod cron;
 mod error;
 mod job;
@@ -78,6 +79,7 @@ use std::time::Duration;
 
 use windlass_core::{OrgId, TenantScope};
 
+pub use counts::CountSnapshot;
 pub use cron::{CatchUp, CronJob};
 pub use error::{Error, Result};
 pub use job::{
@@ -280,8 +282,24 @@ impl Jobs {
         self.store.list(&self.scope, filter).await
     }
 
-    /// Job counts by queue and state, within the handle's scope.
+    /// Job counts by queue and state, within the handle's scope: exact and live, but a count
+    /// over the jobs table (seconds at ten million rows). Pages and dashboards should read
+    /// [`Jobs::count_snapshot`] instead.
     pub async fn counts(&self) -> Result<Vec<QueueCount>> {
         self.store.counts(&self.scope).await
+    }
+
+    /// Job counts by queue and state within the handle's scope, as of the last refresh of the
+    /// snapshot (see [`CountSnapshot`]): cheap at any table size, never counted on the call.
+    pub async fn count_snapshot(&self) -> Result<CountSnapshot> {
+        self.store.count_snapshot(&self.scope).await
+    }
+
+    /// Recounts the snapshot [`Jobs::count_snapshot`] reads, now (operator handles only; a
+    /// worker's maintenance leader does it on its own, see
+    /// [`WorkerConfig::counts_interval`]). One scan of the jobs table.
+    pub async fn refresh_counts(&self) -> Result<()> {
+        self.operator_only("recounting the job counts")?;
+        self.store.refresh_counts().await
     }
 }

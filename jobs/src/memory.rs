@@ -27,6 +27,8 @@ struct State {
     leader: Option<(String, DateTime<Utc>)>,
     /// Global concurrency limits per queue.
     limits: std::collections::BTreeMap<String, u32>,
+    /// The count snapshot ([`JobStore::refresh_counts`]).
+    snapshot: crate::counts::TenantCounts,
 }
 
 #[derive(Debug, Clone)]
@@ -555,6 +557,21 @@ impl JobStore for MemoryJobStore {
                 count,
             })
             .collect())
+    }
+
+    async fn refresh_counts(&self) -> Result<()> {
+        let mut st = self.lock();
+        let snapshot = crate::counts::TenantCounts::count(
+            st.jobs
+                .values()
+                .map(|r| (r.rec.org_id.as_deref(), r.rec.queue.as_str(), r.rec.state)),
+        );
+        st.snapshot = snapshot;
+        Ok(())
+    }
+
+    async fn count_snapshot(&self, scope: &TenantScope) -> Result<crate::CountSnapshot> {
+        Ok(self.lock().snapshot.scoped(scope))
     }
 
     async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {

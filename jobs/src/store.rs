@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
+use crate::counts::CountSnapshot;
 use crate::error::Result;
 use crate::model::{
     AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
@@ -112,11 +113,24 @@ pub trait JobStore: Send + Sync + 'static {
     /// One job, if it exists and `scope` allows its tenant.
     async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>>;
 
-    /// A page of the jobs `scope` allows that match `filter`, by id.
+    /// A page of the jobs `scope` allows that match `filter`, by id. Postgres answers any
+    /// filter from an index range (per state when several or none are asked, merged by id), so
+    /// a filter matching few or no rows costs about as much as one matching many.
     async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>>;
 
-    /// Counts by queue and state of the jobs `scope` allows.
+    /// Counts by queue and state of the jobs `scope` allows: exact, live, and a scan of the
+    /// jobs (Postgres: of the table, or of the tenant's index range).
     async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>>;
+
+    /// Recounts the count snapshot (by queue, state and tenant, plus the totals over every
+    /// tenant) and records when. One scan of the jobs; the maintenance leader calls it. A call
+    /// while another refresh runs (another process) returns at once without recounting.
+    async fn refresh_counts(&self) -> Result<()>;
+
+    /// The counts of the jobs `scope` allows as of the last [`JobStore::refresh_counts`]
+    /// (never counted on the call; [`CountSnapshot::refreshed_at`] is `None` before the
+    /// first refresh).
+    async fn count_snapshot(&self, scope: &TenantScope) -> Result<CountSnapshot>;
 
     /// Takes or renews the maintenance lease for `ttl` (one leader among all workers runs the
     /// depth gauges' count and the pruning). True when `worker` holds it now: it was free,

@@ -117,7 +117,12 @@ async fn worker_exports_per_queue_metrics() {
         .unwrap();
     let w = windlass_jobs::Worker::new(store.clone())
         .register::<Probe>()
-        .config(fast_config().metrics_interval(Some(Duration::from_millis(50))))
+        .config(
+            fast_config()
+                .metrics_interval(Some(Duration::from_millis(50)))
+                // The gauges read the count snapshot: recount it often here.
+                .counts_interval(Some(Duration::from_millis(50))),
+        )
         .start()
         .unwrap();
     wait_state(

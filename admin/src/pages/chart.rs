@@ -18,7 +18,7 @@ pub(crate) fn throughput(queues: &[Throughput]) -> Markup {
     let first = now - TimeDelta::minutes(MINUTES - 1);
     html! {
         @if queues.is_empty() {
-            p.muted { "No samples yet: the console samples job counts once a minute from the first visit of this page." }
+            p.muted { "No samples yet: from the first visit of this page, the console reads the job count snapshot once a minute and charts the change between two recounts." }
         }
         div.charts {
             @for q in queues {

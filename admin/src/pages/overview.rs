@@ -26,6 +26,16 @@ fn section_error(what: &str, e: SourceError) -> Markup {
     }
 }
 
+/// A short "how long ago" (seconds, minutes, hours).
+fn age(at: chrono::DateTime<chrono::Utc>) -> String {
+    let s = (chrono::Utc::now() - at).num_seconds().max(0);
+    match s {
+        0..120 => format!("{s} s"),
+        120..7200 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
 pub(crate) async fn page(
     State(shared): State<Shared>,
     Extension(ctx): Extension<Ctx>,
@@ -78,8 +88,16 @@ pub(crate) async fn page(
                 Ok(None) => (unavailable("Jobs", "no jobs source configured")),
                 Err(e) => (section_error("Jobs", e)),
                 Ok(Some((depths, throughput))) => {
-                    @if let Exactness::AtLeast(n) = depths.exactness {
-                        p.muted { "Lower bounds: counting stopped after " (n) " of this tenant's jobs." }
+                    @match &depths.exactness {
+                        Exactness::AtLeast(n) => p.muted { "Lower bounds: counting stopped after " (n) " of this tenant's jobs." },
+                        Exactness::Snapshot { at, took } => p.muted.freshness {
+                            "Counts as of " (at.format("%Y-%m-%d %H:%M:%S UTC"))
+                            " (" (age(*at)) " ago), recounted periodically by the jobs maintenance leader"
+                            @if let Some(t) = took { "; the last recount took " (format!("{:.0}", t.as_secs_f64() * 1000.0)) " ms" }
+                            "."
+                        },
+                        Exactness::NotCounted(why) => p.muted.freshness { (why) "." },
+                        _ => {}
                     }
                     table.depths {
                         thead { tr {
@@ -117,7 +135,7 @@ pub(crate) async fn page(
                     }
                     h3 { "Throughput, last hour" }
                     @match throughput {
-                        None => (unavailable("Throughput", "not available for a tenant-scoped console yet")),
+                        None => (unavailable("Throughput", "not available from this jobs source")),
                         Some(t) => (chart::throughput(&t)),
                     }
                 }

@@ -1,7 +1,7 @@
 //! [`JobsSource`] on the public API of `windlass-jobs` ([`Jobs`]), as it is today.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +14,7 @@ use super::{
     QueueDepth, SourceError, SourceResult, Throughput,
 };
 
-/// Rows a tenant-scoped count or a text search reads at most (see the `GAP`s below).
+/// Rows a text search reads at most (see the `GAP` below).
 const DEFAULT_SCAN_CAP: u64 = 5_000;
 /// Page size of those scans.
 const SCAN_PAGE: u32 = 1_000;
@@ -28,7 +28,7 @@ pub struct JobsApi {
     jobs: Jobs,
     crons: Arc<Vec<CronJob>>,
     scan_cap: u64,
-    sampler: Arc<Sampler>,
+    sampler: Arc<Samplers>,
 }
 
 impl std::fmt::Debug for JobsApi {
@@ -47,7 +47,7 @@ impl JobsApi {
             jobs,
             crons: Arc::new(Vec::new()),
             scan_cap: DEFAULT_SCAN_CAP,
-            sampler: Arc::new(Sampler::new(Duration::from_secs(60))),
+            sampler: Arc::new(Samplers::new(Duration::from_secs(60))),
         }
     }
 
@@ -57,16 +57,17 @@ impl JobsApi {
         self
     }
 
-    /// Rows read at most by a tenant-scoped count or a text search (default 5 000, at least
-    /// one page of 1 000).
+    /// Rows read at most by a text search per page (default 5 000, at least one page of
+    /// 1 000).
     pub fn scan_cap(mut self, rows: u64) -> Self {
         self.scan_cap = rows.max(u64::from(SCAN_PAGE));
         self
     }
 
-    /// How often the throughput chart samples the job counts (default every minute).
+    /// How often the throughput chart reads the job count snapshot (default every minute; a
+    /// cheap read: the chart moves when the jobs maintenance leader recounts).
     pub fn sample_every(mut self, every: Duration) -> Self {
-        self.sampler = Arc::new(Sampler::new(every.max(Duration::from_millis(100))));
+        self.sampler = Arc::new(Samplers::new(every.max(Duration::from_millis(100))));
         self
     }
 
@@ -111,39 +112,29 @@ impl JobsSource for JobsApi {
             .await
             .map_err(backend("paused queues"))?;
         let mut queues: BTreeMap<String, QueueDepth> = BTreeMap::new();
-        let exactness = match scope.org_id() {
-            None => {
-                // GAP: `Jobs::counts` is a `count(*) ... GROUP BY queue, state` over the whole
-                // table: exact, but a full scan on every page load (seconds at 10M rows).
-                for c in self.jobs.counts().await.map_err(backend("job counts"))? {
-                    let q = queues.entry(c.queue.clone()).or_default();
-                    *q.counts.entry(c.state).or_default() += c.count.max(0) as u64;
-                }
-                Exactness::Exact
-            }
-            Some(org) => {
-                // GAP: no tenant-scoped counts in windlass-jobs; count a bounded scan of the
-                // tenant's rows (by id, through `Jobs::list`) and say it is a lower bound.
-                let mut filter = JobFilter::new().org_id(org.as_str()).limit(SCAN_PAGE);
-                let mut seen = 0u64;
-                loop {
-                    let page = self.jobs.list(&filter).await.map_err(backend("list"))?;
-                    for job in &page {
-                        let q = queues.entry(job.queue.clone()).or_default();
-                        *q.counts.entry(job.state).or_default() += 1;
-                    }
-                    seen += page.len() as u64;
-                    match page.last() {
-                        Some(last) if page.len() == SCAN_PAGE as usize => {
-                            if seen >= self.scan_cap {
-                                break Exactness::AtLeast(seen);
-                            }
-                            filter = filter.after(last.id);
-                        }
-                        _ => break Exactness::Exact,
-                    }
-                }
-            }
+        // The count snapshot the jobs maintenance leader recounts (tenant-scoped by the
+        // store): no count on the request path, exact as of its time, which the page shows.
+        let snapshot = self
+            .jobs
+            .scoped(scope.clone())
+            .count_snapshot()
+            .await
+            .map_err(backend("job counts"))?;
+        for c in &snapshot.counts {
+            let q = queues.entry(c.queue.clone()).or_default();
+            *q.counts.entry(c.state).or_default() += c.count.max(0) as u64;
+        }
+        let exactness = match snapshot.refreshed_at {
+            Some(at) => Exactness::Snapshot {
+                at,
+                took: snapshot.refresh_took,
+            },
+            None => Exactness::NotCounted(
+                "job counts not computed yet: a running worker's maintenance leader recounts them \
+                 (every 10 s by default, WorkerConfig::counts_interval), or call \
+                 Jobs::refresh_counts"
+                    .into(),
+            ),
         };
         for (name, q) in queues.iter_mut() {
             q.queue = name.clone();
@@ -167,14 +158,12 @@ impl JobsSource for JobsApi {
         scope: &TenantScope,
         window: Duration,
     ) -> SourceResult<Option<Vec<Throughput>>> {
-        if scope.org_id().is_some() {
-            // GAP: counts are not tenant-scoped, so no per-tenant throughput yet.
-            return Ok(None);
-        }
-        // GAP: windlass-jobs keeps no completion history; the chart is built from job counts
-        // that this console samples itself (a full `count(*)` per sample) since it started.
-        self.sampler.ensure_started(self.jobs.clone());
-        Ok(Some(self.sampler.throughput(window)))
+        // GAP: windlass-jobs keeps no completion history; the chart is built from successive
+        // count snapshots (completed and discarded per queue, within the scope) that this
+        // console reads since its first overview, so it starts empty and its resolution is the
+        // snapshot's refresh interval.
+        let sampler = self.sampler.for_scope(scope, &self.jobs);
+        Ok(Some(sampler.throughput(window)))
     }
 
     async fn list(&self, scope: &TenantScope, query: &JobQuery) -> SourceResult<JobPage> {
@@ -187,9 +176,9 @@ impl JobsSource for JobsApi {
             filter = filter.after(after);
         }
         let Some(text) = query.text.as_deref().filter(|t| !t.is_empty()) else {
-            // GAP: `Jobs::list` pages by id ascending only (oldest first, no newest-first), and
-            // a filter no index covers (a state with queue or kind, a tenant) walks the primary
-            // key until the page is full: about a second at 10M rows when no row matches.
+            // GAP: `Jobs::list` pages by id ascending only (oldest first, no newest-first). Any
+            // one filter column (with any states) is an index range in the Postgres store;
+            // queue and kind together filter one column's range by the other.
             let jobs = self
                 .jobs
                 .list(&filter.limit(limit))
@@ -340,13 +329,41 @@ impl JobsSource for JobsApi {
     }
 }
 
-/// When a sample was taken, and per queue the (completed, discarded) counts then.
+/// When a snapshot was taken, and per queue the (completed, discarded) counts then.
 type Sample = (DateTime<Utc>, BTreeMap<String, (u64, u64)>);
 
-/// Samples `Jobs::counts` at a fixed interval and derives completed / discarded per minute.
+/// One [`Sampler`] per tenant scope a console asked for (keyed by the scope's tenant).
+struct Samplers {
+    every: Duration,
+    by_scope: Mutex<BTreeMap<Option<String>, Arc<Sampler>>>,
+}
+
+impl Samplers {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            by_scope: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The sampler of `scope`, started on first use.
+    fn for_scope(&self, scope: &TenantScope, jobs: &Jobs) -> Arc<Sampler> {
+        let key = scope.org_id().map(|o| o.as_str().to_owned());
+        let mut map = self.by_scope.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key)
+            .or_insert_with(|| {
+                let sampler = Arc::new(Sampler::new(self.every));
+                sampler.start(jobs.scoped(scope.clone()));
+                sampler
+            })
+            .clone()
+    }
+}
+
+/// Reads the count snapshot at a fixed interval, keeps one sample per snapshot, and derives
+/// completed / discarded per minute.
 struct Sampler {
     every: Duration,
-    started: OnceLock<()>,
     samples: Mutex<VecDeque<Sample>>,
 }
 
@@ -354,28 +371,27 @@ impl Sampler {
     fn new(every: Duration) -> Self {
         Self {
             every,
-            started: OnceLock::new(),
             samples: Mutex::new(VecDeque::new()),
         }
     }
 
-    fn ensure_started(self: &Arc<Self>, jobs: Jobs) {
-        if self.started.set(()).is_err() {
-            return;
-        }
+    fn start(self: &Arc<Self>, jobs: Jobs) {
         let weak = Arc::downgrade(self);
+        let every = self.every;
         tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval(weak.upgrade().map_or(Duration::from_secs(60), |s| s.every));
+            let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(me) = weak.upgrade() else { return };
-                let Ok(counts) = jobs.counts().await else {
+                let Ok(snapshot) = jobs.count_snapshot().await else {
+                    continue;
+                };
+                let Some(at) = snapshot.refreshed_at else {
                     continue;
                 };
                 let mut per_queue: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-                for c in counts {
+                for c in snapshot.counts {
                     let e = per_queue.entry(c.queue).or_default();
                     match c.state {
                         JobState::Completed => e.0 += c.count.max(0) as u64,
@@ -384,11 +400,13 @@ impl Sampler {
                     }
                 }
                 let mut samples = me.samples.lock().unwrap_or_else(|p| p.into_inner());
-                samples.push_back((Utc::now(), per_queue));
-                let keep = (Duration::from_secs(3_700).as_millis() / me.every.as_millis().max(1))
-                    as usize
-                    + 2;
-                while samples.len() > keep {
+                // One sample per snapshot: reading the same snapshot twice adds nothing.
+                if samples.back().is_some_and(|(last, _)| *last >= at) {
+                    continue;
+                }
+                samples.push_back((at, per_queue));
+                let horizon = at - chrono::Duration::seconds(3_700);
+                while samples.len() > 2 && samples.front().is_some_and(|(t, _)| *t < horizon) {
                     samples.pop_front();
                 }
             }

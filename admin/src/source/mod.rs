@@ -94,6 +94,16 @@ pub enum Exactness {
     Exact,
     /// Lower bounds: counting stopped after this many rows.
     AtLeast(u64),
+    /// Exact as of `at`: a snapshot the primitive recounts periodically (the page says how
+    /// old it is).
+    Snapshot {
+        /// When the counts were taken.
+        at: DateTime<Utc>,
+        /// How long that recount took, when known.
+        took: Option<Duration>,
+    },
+    /// Not counted yet (no recount has run): the counts are empty.
+    NotCounted(String),
 }
 
 /// Per-queue depths, with how exact they are.

@@ -9,8 +9,8 @@ use windlass_outbox::{
 };
 
 use super::{
-    DeadOutboxEvent, DeadOutboxPage, OutboxDelivery, OutboxSource, OutboxTopicStats, SourceError,
-    SourceResult,
+    BlockedOutboxKey, BlockedOutboxPage, DeadOutboxEvent, DeadOutboxPage, OutboxDelivery,
+    OutboxSource, OutboxTopicStats, SourceError, SourceResult,
 };
 
 /// [`OutboxSource`] on an outbox store (Postgres or SQLite): anything that implements
@@ -94,24 +94,49 @@ impl<S: OutboxAdmin + 'static> OutboxSource for OutboxApi<S> {
         after: Option<&OutboxDelivery>,
         limit: u32,
     ) -> SourceResult<DeadOutboxPage> {
-        let cursor = after
-            .map(delivery_ref)
-            .transpose()?
-            .map(|d| Cursor::after(&d));
-        let limit = (limit as usize).clamp(1, MAX_PAGE);
+        let (cursor, limit) = page_args(after, limit)?;
         let page = self
             .store
             .list_dead(scope, &DeadFilter::default(), cursor.as_ref(), limit)
             .await
             .map_err(|e| SourceError::backend("list dead outbox deliveries", e))?;
-        let next = page.next.as_ref().map(|c| OutboxDelivery {
-            seq: c.seq(),
-            destination: c.destination().to_owned(),
-        });
         Ok(DeadOutboxPage {
             events: page.items.into_iter().map(dead_event).collect(),
-            next,
+            next: page.next.as_ref().map(delivery_of),
             note: None,
+        })
+    }
+
+    async fn blocked(
+        &self,
+        scope: &TenantScope,
+        after: Option<&OutboxDelivery>,
+        limit: u32,
+    ) -> SourceResult<BlockedOutboxPage> {
+        let (cursor, limit) = page_args(after, limit)?;
+        let page = self
+            .store
+            .blocked_keys(scope, &DeadFilter::default(), cursor.as_ref(), limit)
+            .await
+            .map_err(|e| SourceError::backend("list blocked outbox keys", e))?;
+        Ok(BlockedOutboxPage {
+            keys: page
+                .items
+                .into_iter()
+                .map(|k| BlockedOutboxKey {
+                    head: OutboxDelivery {
+                        seq: k.head.seq,
+                        destination: k.head.destination.as_str().to_owned(),
+                    },
+                    topic: k.topic,
+                    partition_key: k.partition_key,
+                    org_id: k.org_id,
+                    last_error: k.last_error,
+                    failed_at: k.failed_at,
+                    waiting: k.waiting,
+                })
+                .collect(),
+            next: page.next.as_ref().map(delivery_of),
         })
     }
 
@@ -135,6 +160,22 @@ impl<S: OutboxAdmin + 'static> OutboxSource for OutboxApi<S> {
 
     fn can_skip(&self) -> bool {
         true
+    }
+}
+
+/// The outbox cursor and page size of a console page request.
+fn page_args(after: Option<&OutboxDelivery>, limit: u32) -> SourceResult<(Option<Cursor>, usize)> {
+    let cursor = after
+        .map(delivery_ref)
+        .transpose()?
+        .map(|d| Cursor::after(&d));
+    Ok((cursor, (limit as usize).clamp(1, MAX_PAGE)))
+}
+
+fn delivery_of(c: &Cursor) -> OutboxDelivery {
+    OutboxDelivery {
+        seq: c.seq(),
+        destination: c.destination().to_owned(),
     }
 }
 

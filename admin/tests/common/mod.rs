@@ -100,7 +100,9 @@ impl Env {
             .config(
                 WorkerConfig::default()
                     .queues([("default", 4), ("critical", 2)])
-                    .poll_interval(Duration::from_millis(200)),
+                    .poll_interval(Duration::from_millis(200))
+                    // The overview reads the count snapshot: recount it often in tests.
+                    .counts_interval(Some(Duration::from_millis(200))),
             )
             .start()
             .unwrap();

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release -p windlass-benches --bin admin_pages -- --jobs 10000000 --outbox 1000000
-//!     [--samples 5] [--keep]
+//!     [--samples 5] [--keep] [--name DATABASE]
 //! ```
 //!
 //! Queue, kind and tenant are spread independently of the state (state from `g % 100`; tenant,
@@ -15,8 +15,10 @@
 //!
 //! Seeding writes the rows with `INSERT ... SELECT generate_series` (the harness's own SQL:
 //! the console itself only calls the primitives' APIs): 10M job rows take a few minutes here.
-//! The database is named after the sizes (`windlass_admin_seed2_j{jobs}_o{outbox}`) and reused
-//! by the next run when `--keep` kept it; without `--keep` it is dropped at the end.
+//! The database is named after the sizes (`windlass_admin_seed2_j{jobs}_o{outbox}`, or
+//! `--name`) and reused by the next run when `--keep` kept it (migrated to the current schema
+//! first, timed); without `--keep` it is dropped at the end. The job counts are recounted once
+//! before the pages (timed: the cost of one refresh by the jobs maintenance leader).
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,7 @@ struct Args {
     outbox: u64,
     samples: usize,
     keep: bool,
+    name: Option<String>,
 }
 
 fn args() -> Args {
@@ -45,6 +48,7 @@ fn args() -> Args {
         outbox: 100_000,
         samples: 5,
         keep: false,
+        name: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +62,7 @@ fn args() -> Args {
             "--outbox" => a.outbox = num(),
             "--samples" => a.samples = num() as usize,
             "--keep" => a.keep = true,
+            "--name" => a.name = Some(it.next().expect("--name takes a database name")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -145,7 +150,10 @@ async fn seed_outbox(pool: &PgPool, total: u64) {
 
 async fn database(a: &Args) -> (PgPool, String, bool) {
     let admin_url = windlass_testkit::postgres::url();
-    let name = format!("windlass_admin_seed2_j{}_o{}", a.jobs, a.outbox);
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("windlass_admin_seed2_j{}_o{}", a.jobs, a.outbox));
     let mut admin = sqlx::PgConnection::connect(&admin_url)
         .await
         .expect("postgres");
@@ -201,13 +209,18 @@ async fn time_page(router: &axum::Router, path: &str, samples: usize) -> serde_j
 async fn main() {
     let a = args();
     let (pool, name, reused) = database(&a).await;
+    // Always: a database kept by an older build gets the newer migrations (timed: at scale
+    // that is the cost of upgrading, e.g. building the jobs list indexes).
+    let t = Instant::now();
+    windlass_jobs::postgres::migrate(&pool)
+        .await
+        .expect("migrate jobs");
+    windlass_outbox::postgres::migrate(&pool)
+        .await
+        .expect("migrate outbox");
+    let migrate_ms = t.elapsed().as_millis();
+    eprintln!("migrations: {migrate_ms} ms");
     if !reused {
-        windlass_jobs::postgres::migrate(&pool)
-            .await
-            .expect("migrate jobs");
-        windlass_outbox::postgres::migrate(&pool)
-            .await
-            .expect("migrate outbox");
         let t = Instant::now();
         seed_jobs(&pool, a.jobs).await;
         seed_outbox(&pool, a.outbox).await;
@@ -233,10 +246,15 @@ async fn main() {
 
     let jobs = Jobs::new(windlass_jobs::postgres::PgJobStore::new(pool.clone()));
     let outbox = windlass_outbox::postgres::PgOutboxStore::new(pool.clone());
-    // The counters the maintenance leader keeps (a running relay refreshes them).
+    // The counters the maintenance leaders keep (a running relay, a running worker refresh
+    // them); the job recount is timed: it is what the jobs leader pays per refresh.
     windlass_outbox::OutboxMaintenance::refresh_stats(&outbox)
         .await
         .expect("outbox counters");
+    let t = Instant::now();
+    jobs.refresh_counts().await.expect("job counts");
+    let refresh_counts_ms = t.elapsed().as_millis();
+    eprintln!("jobs refresh_counts: {refresh_counts_ms} ms");
     let console = |scope: TenantScope| {
         Console::new(
             ConsoleConfig::default()
@@ -270,7 +288,15 @@ async fn main() {
         pages.push(time_page(&all, &path, a.samples).await);
     }
     let mut tenant_pages = Vec::new();
-    for path in ["/", "/jobs", "/jobs?state=discarded", "/outbox"] {
+    for path in [
+        "/",
+        "/jobs",
+        "/jobs?state=discarded",
+        "/jobs?state=retryable&queue=critical",
+        "/jobs?kind=no_such_kind",
+        "/jobs?q=user4242%40",
+        "/outbox",
+    ] {
         tenant_pages.push(time_page(&org, path, a.samples).await);
     }
     println!(
@@ -280,6 +306,8 @@ async fn main() {
             "jobs": a.jobs,
             "outbox": a.outbox,
             "database_size": size,
+            "migrate_ms": migrate_ms,
+            "refresh_counts_ms": refresh_counts_ms,
             "samples": a.samples,
             "all_tenants": pages,
             "tenant_org7": tenant_pages,

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "trace_context",
         include_str!("../../migrations/0005_trace_context.sql"),
     ),
+    (
+        6,
+        "console_counts_and_lists",
+        include_str!("../../migrations/0006_console_counts_and_lists.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).

@@ -4,6 +4,7 @@
 //! polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
 //! jobs holding every pooled connection cannot starve them.
 
+mod console;
 mod insert;
 mod limits;
 mod listen;
@@ -634,28 +635,7 @@ impl JobStore for PgJobStore {
     }
 
     async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>> {
-        let states: Vec<&str> = filter.states.iter().map(|s| s.as_str()).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS} FROM windlass_jobs \
-              WHERE ($1::text IS NULL OR queue = $1) \
-                AND (cardinality($2::text[]) = 0 OR state = ANY($2)) \
-                AND ($3::text IS NULL OR kind = $3) \
-                AND ($4::text IS NULL OR org_id = $4) \
-                AND id > $5 \
-                AND ($7::text IS NULL OR org_id = $7) \
-              ORDER BY id LIMIT $6"
-        )))
-        .bind(filter.queue.as_deref())
-        .bind(&states)
-        .bind(filter.kind.as_deref())
-        .bind(filter.org_id.as_deref())
-        .bind(filter.after_id.unwrap_or(0))
-        .bind(filter.page_size())
-        .bind(org(scope))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::pg("list", e))?;
-        rows.iter().map(record).collect()
+        console::list(&self.pool, scope, filter).await
     }
 
     async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
@@ -677,6 +657,14 @@ impl JobStore for PgJobStore {
                 })
             })
             .collect())
+    }
+
+    async fn refresh_counts(&self) -> Result<()> {
+        console::refresh_counts(&self.pool).await
+    }
+
+    async fn count_snapshot(&self, scope: &TenantScope) -> Result<crate::CountSnapshot> {
+        console::count_snapshot(&self.pool, scope).await
     }
 
     async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {

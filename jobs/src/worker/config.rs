@@ -56,8 +56,14 @@ pub struct WorkerConfig {
     pub retention: Option<Duration>,
     /// How often pruning runs.
     pub prune_interval: Duration,
-    /// How often queue depth gauges are refreshed (`None`: never).
+    /// How often queue depth gauges are refreshed (`None`: never), from the count snapshot.
     pub metrics_interval: Option<Duration>,
+    /// Shortest interval between two recounts of the count snapshot
+    /// ([`Jobs::count_snapshot`](crate::Jobs::count_snapshot)) by the maintenance leader
+    /// (`None`: this worker never recounts). The leader stretches it to 20 times the last
+    /// recount's duration, so recounting a large table takes at most ~5% of the time (a 3 s
+    /// recount at ten million rows: once a minute).
+    pub counts_interval: Option<Duration>,
     /// When a job of a kind this worker does not know comes back.
     pub unknown_kind_delay: Duration,
     /// Worker id (the `locked_by` value); default `{hostname-ish}-{uuid}`.
@@ -90,6 +96,7 @@ impl Default for WorkerConfig {
             retention: Some(Duration::from_secs(24 * 3600)),
             prune_interval: Duration::from_secs(60),
             metrics_interval: Some(Duration::from_secs(15)),
+            counts_interval: Some(Duration::from_secs(10)),
             unknown_kind_delay: Duration::from_secs(60),
             worker_id: None,
         }
@@ -193,6 +200,13 @@ impl WorkerConfig {
     /// Depth gauge refresh period (`None`: off).
     pub fn metrics_interval(mut self, d: Option<Duration>) -> Self {
         self.metrics_interval = d;
+        self
+    }
+
+    /// Shortest interval between two recounts of the count snapshot (`None`: this worker
+    /// never recounts); see [`WorkerConfig::counts_interval`](Self#structfield.counts_interval).
+    pub fn counts_interval(mut self, d: Option<Duration>) -> Self {
+        self.counts_interval = d;
         self
     }
 

@@ -115,6 +115,12 @@ impl JobStore for HeartbeatGate {
     async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>> {
         self.inner.counts(scope).await
     }
+    async fn refresh_counts(&self) -> Result<()> {
+        self.inner.refresh_counts().await
+    }
+    async fn count_snapshot(&self, scope: &TenantScope) -> Result<windlass_jobs::CountSnapshot> {
+        self.inner.count_snapshot(scope).await
+    }
     async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
         self.inner.try_lead(worker, ttl).await
     }

@@ -9,6 +9,7 @@
 //! async expression that yields `(Arc<dyn JobStore>, guard)`; the guard (e.g. the test
 //! database) lives as long as the test.
 
+mod console;
 mod fencing;
 mod store;
 mod tenancy;
@@ -16,6 +17,7 @@ mod timeouts;
 mod trace;
 mod worker;
 
+pub use console::*;
 pub use fencing::*;
 pub use store::*;
 pub use tenancy::*;
@@ -296,6 +298,8 @@ macro_rules! job_store_conformance {
             prune_deletes_old_final_jobs,
             paused_queues_are_not_fetched,
             list_and_counts,
+            count_snapshot_is_exact_as_of_refresh_and_scoped,
+            list_filters_page_in_id_order,
             release_returns_jobs_without_counting_the_attempt,
             worker_retries_and_records_errors,
             exhausted_jobs_are_discarded,
