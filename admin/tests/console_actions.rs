@@ -276,6 +276,15 @@ async fn queues_pause_and_resume_and_read_only_refuses_actions() {
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(env.jobs.store().paused_queues().await.unwrap().is_empty());
+    // A queue's global concurrency limit shows on its row, even with no job in it.
+    env.jobs.set_global_limit("bulk", Some(4)).await.unwrap();
+    let overview = c.get("/").await;
+    let at = overview
+        .body
+        .find("href=\"/jobs?queue=bulk\"")
+        .unwrap_or_else(|| panic!("no row for the limited queue:\n{}", overview.body));
+    let row = &overview.body[at..at + overview.body[at..].find("</tr>").unwrap()];
+    assert!(row.contains("limit 4"), "{row}");
 
     let id = env.scheduled_job("acme", "").await;
     let mut ro = Client::new(env.console(Env::config().read_only(true)).router());

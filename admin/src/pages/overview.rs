@@ -112,6 +112,9 @@ pub(crate) async fn page(
                                     td {
                                         a href=(ctx.url(&format!("/jobs?queue={}", q.queue))) { (q.queue) }
                                         @if q.paused { " " span.badge.ro { "paused" } }
+                                        @if let Some(n) = q.global_limit {
+                                            " " span.badge title="global concurrency limit: at most this many of its jobs run at once across every worker" { "limit " (n) }
+                                        }
                                     }
                                     @for s in states {
                                         td.num { (q.counts.get(&s).copied().unwrap_or(0)) }

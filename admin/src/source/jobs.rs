@@ -111,6 +111,13 @@ impl JobsSource for JobsApi {
             .paused_queues()
             .await
             .map_err(backend("paused queues"))?;
+        let limits: BTreeMap<String, u32> = self
+            .jobs
+            .global_limits()
+            .await
+            .map_err(backend("global limits"))?
+            .into_iter()
+            .collect();
         let mut queues: BTreeMap<String, QueueDepth> = BTreeMap::new();
         // The count snapshot the jobs maintenance leader recounts (tenant-scoped by the
         // store): no count on the request path, exact as of its time, which the page shows.
@@ -136,16 +143,14 @@ impl JobsSource for JobsApi {
                     .into(),
             ),
         };
+        // Paused or limited queues show even without jobs.
+        for name in paused.iter().chain(limits.keys()) {
+            queues.entry(name.clone()).or_default();
+        }
         for (name, q) in queues.iter_mut() {
             q.queue = name.clone();
             q.paused = paused.contains(name);
-        }
-        for p in paused {
-            queues.entry(p.clone()).or_insert_with(|| QueueDepth {
-                queue: p,
-                counts: BTreeMap::new(),
-                paused: true,
-            });
+            q.global_limit = limits.get(name).copied();
         }
         Ok(Depths {
             queues: queues.into_values().collect(),

@@ -84,6 +84,9 @@ pub struct QueueDepth {
     pub counts: BTreeMap<JobState, u64>,
     /// Whether the queue is paused.
     pub paused: bool,
+    /// Its global concurrency limit (at most this many of its jobs run at once across every
+    /// worker), if it has one.
+    pub global_limit: Option<u32>,
 }
 
 /// How exact a set of counts is.
