@@ -65,8 +65,8 @@ pub enum Error {
     AttemptLost {
         /// The job.
         id: i64,
-        /// The attempt that lost it.
-        attempt: i32,
+        /// The attempt that lost it (`u32` like [`JobContext::attempt`](crate::JobContext::attempt)).
+        attempt: u32,
     },
     /// [`RunningWorker::drain`](crate::RunningWorker::drain) found work still due or running
     /// when its timeout passed (the worker was shut down).

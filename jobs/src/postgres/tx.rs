@@ -75,7 +75,7 @@ impl PgJobStore {
         } else {
             Err(Error::AttemptLost {
                 id: token.id,
-                attempt: token.attempt,
+                attempt: u32::try_from(token.attempt).unwrap_or(0),
             })
         }
     }
