@@ -4,11 +4,13 @@
 //! polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
 //! jobs holding every pooled connection cannot starve them.
 
+mod by_id;
 mod console;
 mod insert;
 mod limits;
 mod listen;
 mod migrate;
+mod rows;
 mod tx;
 
 use std::sync::{Arc, Mutex};
@@ -16,17 +18,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
 pub use migrate::{MIGRATIONS, migrate};
+use rows::{RECORD_COLUMNS, fetched, org, record, token_arrays};
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
-    JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
+    AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
+    JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::JobStore;
 
@@ -142,119 +144,10 @@ impl PgJobStore {
             .map_err(|e| Error::pg("notify", e))?;
         Ok(())
     }
-
-    /// Cancel or discard by id: at once for a waiting job, a request for a running one (the
-    /// first request wins; the row takes its state when the attempt ends).
-    async fn stop(
-        &self,
-        scope: &TenantScope,
-        id: JobId,
-        state: JobState,
-        op: &'static str,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE windlass_jobs \
-                SET state = CASE WHEN state = 'running' THEN state ELSE $2 END, \
-                    stop_requested = CASE WHEN state = 'running' THEN coalesce(stop_requested, $2) END, \
-                    finalized_at = CASE WHEN state = 'running' THEN NULL ELSE now() END, \
-                    locked_by = CASE WHEN state = 'running' THEN locked_by END \
-              WHERE id = $1 AND state NOT IN ('completed', 'cancelled', 'discarded') \
-                AND ($3::text IS NULL OR org_id = $3)",
-        )
-        .bind(id)
-        .bind(state.as_str())
-        .bind(org(scope))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::pg(op, e))?;
-        Ok(done.rows_affected() == 1)
-    }
 }
 
 fn interval_secs(d: Duration) -> f64 {
     d.as_secs_f64().min(1e9)
-}
-
-const RECORD_COLUMNS: &str = "id, queue, kind, args, org_id, priority, state, attempt, max_attempts, run_at, \
-     attempted_at, heartbeat_at, locked_by, unique_key, errors, timeout_ms, created_at, finalized_at, \
-     stop_requested, traceparent, tracestate";
-
-fn record(r: &PgRow) -> Result<JobRecord> {
-    let state: String = r.get("state");
-    let errors: serde_json::Value = r.get("errors");
-    Ok(JobRecord {
-        id: r.get("id"),
-        queue: r.get("queue"),
-        kind: r.get("kind"),
-        args: r.get("args"),
-        org_id: r.get("org_id"),
-        priority: r.get("priority"),
-        state: JobState::parse(&state).ok_or_else(|| {
-            Error::pg(
-                "decode",
-                format!("unknown job state {state:?} in windlass_jobs"),
-            )
-        })?,
-        attempt: r.get("attempt"),
-        max_attempts: r.get("max_attempts"),
-        run_at: r.get("run_at"),
-        attempted_at: r.get("attempted_at"),
-        heartbeat_at: r.get("heartbeat_at"),
-        locked_by: r.get("locked_by"),
-        unique_key: r.get("unique_key"),
-        // Entries written by hand that do not match are skipped rather than failing a listing.
-        errors: match errors {
-            serde_json::Value::Array(items) => items
-                .into_iter()
-                .filter_map(|v| serde_json::from_value::<AttemptError>(v).ok())
-                .collect(),
-            _ => Vec::new(),
-        },
-        timeout: r
-            .get::<Option<i32>, _>("timeout_ms")
-            .map(|ms| Duration::from_millis(ms.max(1) as u64)),
-        created_at: r.get("created_at"),
-        finalized_at: r.get("finalized_at"),
-        stop_requested: r
-            .get::<Option<&str>, _>("stop_requested")
-            .and_then(JobState::parse),
-        traceparent: r.get("traceparent"),
-        tracestate: r.get("tracestate"),
-    })
-}
-
-/// The tenant a scope is limited to, as the `$n::text` SQL parameter (NULL: every tenant).
-fn org(scope: &TenantScope) -> Option<&str> {
-    scope.org_id().map(|o| o.as_str())
-}
-
-/// Decodes fetched rows, most urgent first.
-fn fetched(rows: &[PgRow]) -> Vec<FetchedJob> {
-    let mut jobs: Vec<FetchedJob> = rows
-        .iter()
-        .map(|r| FetchedJob {
-            id: r.get(0),
-            queue: r.get(1),
-            kind: r.get(2),
-            args: r.get(3),
-            org_id: r.get(4),
-            priority: r.get(5),
-            attempt: r.get(6),
-            max_attempts: r.get(7),
-            run_at: r.get(8),
-            timeout: r
-                .get::<Option<i32>, _>(9)
-                .map(|ms| Duration::from_millis(ms.max(1) as u64)),
-            traceparent: r.get(10),
-            tracestate: r.get(11),
-        })
-        .collect();
-    jobs.sort_by_key(|a| (a.priority, a.run_at, a.id));
-    jobs
-}
-
-fn token_arrays(attempts: &[AttemptToken]) -> (Vec<JobId>, Vec<i32>) {
-    attempts.iter().map(|t| (t.id, t.attempt)).unzip()
 }
 
 #[async_trait]
@@ -491,57 +384,7 @@ impl JobStore for PgJobStore {
     }
 
     async fn retry_now(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
-        // The update refuses a running row; the state read that explains a refusal is a second
-        // statement, so an attempt that ended in between (the row is final now) is retried
-        // rather than reported as missing.
-        for _ in 0..3 {
-            let res = sqlx::query_scalar::<_, String>(
-                "UPDATE windlass_jobs SET state = 'available', run_at = now(), finalized_at = NULL, locked_by = NULL, \
-                        max_attempts = greatest(max_attempts, attempt + 1) \
-                  WHERE id = $1 AND state <> 'running' AND ($2::text IS NULL OR org_id = $2) RETURNING queue",
-            )
-            .bind(id)
-            .bind(org(scope))
-            .fetch_optional(&self.pool)
-            .await;
-            match res {
-                Ok(Some(queue)) => {
-                    self.notify(&[queue]).await?;
-                    return Ok(true);
-                }
-                Ok(None) => {
-                    let state: Option<String> = sqlx::query_scalar(
-                        "SELECT state FROM windlass_jobs WHERE id = $1 AND ($2::text IS NULL OR org_id = $2)",
-                    )
-                    .bind(id)
-                    .bind(org(scope))
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| Error::pg("retry", e))?;
-                    match state.as_deref() {
-                        Some("running") => return Err(Error::JobRunning { id }),
-                        None => return Ok(false),
-                        Some(_) => continue,
-                    }
-                }
-                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    let key: Option<String> =
-                        sqlx::query_scalar("SELECT unique_key FROM windlass_jobs WHERE id = $1")
-                            .bind(id)
-                            .fetch_optional(&self.pool)
-                            .await
-                            .map_err(|e| Error::pg("retry", e))?
-                            .flatten();
-                    return Err(Error::UniqueConflict {
-                        id,
-                        unique_key: key.unwrap_or_default(),
-                    });
-                }
-                Err(e) => return Err(Error::pg("retry", e)),
-            }
-        }
-        // Running again each time we looked (another caller's retry started a new attempt).
-        Err(Error::JobRunning { id })
+        self.retry_now_by_id(scope, id).await
     }
 
     async fn discard(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
