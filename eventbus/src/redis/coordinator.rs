@@ -12,7 +12,7 @@ use super::RedisBus;
 use super::conn::Conn;
 use super::keys::Keys;
 use super::scripts;
-use super::subscriber::EntryToken;
+use super::transport::EntryToken;
 use super::wire;
 use crate::error::{Error, Result};
 use crate::membership::{Coordinator, LeaseView};

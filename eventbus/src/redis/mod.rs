@@ -95,6 +95,7 @@ mod subscriber;
 #[cfg(test)]
 mod tests;
 mod topic;
+mod transport;
 mod wire;
 
 use std::collections::HashMap;
