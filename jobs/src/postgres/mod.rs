@@ -9,6 +9,7 @@ mod insert;
 mod limits;
 mod listen;
 mod migrate;
+mod search;
 mod tx;
 
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
 pub use migrate::{MIGRATIONS, migrate};
+pub use search::{ARGS_SEARCH_INDEX, create_args_search_index, drop_args_search_index};
 
 use crate::error::{Error, Result};
 use crate::model::{
@@ -665,6 +667,10 @@ impl JobStore for PgJobStore {
 
     async fn count_snapshot(&self, scope: &TenantScope) -> Result<crate::CountSnapshot> {
         console::count_snapshot(&self.pool, scope).await
+    }
+
+    async fn args_search_indexed(&self) -> Result<bool> {
+        search::indexed(&self.pool).await
     }
 
     async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {
