@@ -360,7 +360,16 @@ async fn job_list_filters_and_keyset_pages() {
     let page = c.get("/jobs?q=needle-3").await;
     assert!(page.body.contains(&format!("href=\"/jobs/{}\"", ids[3])));
     assert!(!page.body.contains(&format!("href=\"/jobs/{}\"", ids[2])));
-    assert!(page.body.contains("Text search scanned"));
+    assert!(page.body.contains("Text search without an index scanned"));
+    // With the opt-in args index the store answers it, and the page says so.
+    windlass_jobs::postgres::create_args_search_index(&env.db.pool)
+        .await
+        .unwrap();
+    let page = c.get("/jobs?q=needle-3").await;
+    assert!(page.body.contains(&format!("href=\"/jobs/{}\"", ids[3])));
+    assert!(!page.body.contains(&format!("href=\"/jobs/{}\"", ids[2])));
+    assert!(page.body.contains("through the args trigram index"));
+    assert!(!page.body.contains("without an index"));
     // Cron page renders (no schedules registered).
     assert_eq!(c.get("/cron").await.status, StatusCode::OK);
     env.stop().await;

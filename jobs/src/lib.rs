@@ -289,6 +289,13 @@ impl Jobs {
         self.store.counts(&self.scope).await
     }
 
+    /// Whether [`JobFilter::args_contains`] is answered from an index: the opt-in trigram index
+    /// ([`postgres::create_args_search_index`]) exists. Without it the filter is exact but
+    /// reads every row of the other filters' range until the page fills.
+    pub async fn args_search_indexed(&self) -> Result<bool> {
+        self.store.args_search_indexed().await
+    }
+
     /// Job counts by queue and state within the handle's scope, as of the last refresh of the
     /// snapshot (see [`CountSnapshot`]): cheap at any table size, never counted on the call.
     pub async fn count_snapshot(&self) -> Result<CountSnapshot> {

@@ -469,6 +469,9 @@ pub struct JobFilter {
     pub kind: Option<String>,
     /// Only this tenant.
     pub org_id: Option<String>,
+    /// Only jobs whose args, as JSON text, contain this text (case-sensitive substring; see
+    /// [`JobFilter::args_contains`]).
+    pub args_contains: Option<String>,
     /// Keyset cursor: ids greater than this.
     pub after_id: Option<JobId>,
     /// Page size (default 100, at most 10 000).
@@ -505,6 +508,22 @@ impl JobFilter {
         self
     }
 
+    /// Only jobs whose args' JSON text contains `text`: a case-sensitive substring match, with
+    /// no wildcard (`%`, `_` and `\` match themselves). An empty text matches every job.
+    ///
+    /// The JSON text is the store's: Postgres renders `jsonb` with a space after `:` and `,`
+    /// and its own key order, the memory store compactly, so search for a key or a value
+    /// (`"alice@example.com"`, `invoice-42`), not for punctuation spanning both.
+    ///
+    /// Cost: without an index Postgres reads every row of the other filters' range (the whole
+    /// table when there is no other filter) until the page fills; with the opt-in trigram index
+    /// ([`crate::postgres::create_args_search_index`]) it reads the index's candidate rows.
+    /// See [`crate::Jobs::args_search_indexed`].
+    pub fn args_contains(mut self, text: impl Into<String>) -> Self {
+        self.args_contains = Some(text.into());
+        self
+    }
+
     /// Ids greater than `id` (next page).
     pub fn after(mut self, id: JobId) -> Self {
         self.after_id = Some(id);
@@ -532,6 +551,10 @@ impl JobFilter {
                 .as_deref()
                 .is_none_or(|o| Some(o) == job.org_id.as_deref())
             && self.after_id.is_none_or(|a| job.id > a)
+            && self
+                .args_contains
+                .as_deref()
+                .is_none_or(|t| job.args.to_string().contains(t))
     }
 }
 

@@ -118,6 +118,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// a filter matching few or no rows costs about as much as one matching many.
     async fn list(&self, scope: &TenantScope, filter: &JobFilter) -> Result<Vec<JobRecord>>;
 
+    /// Whether [`JobFilter::args_contains`] is answered from an index (Postgres: the opt-in
+    /// trigram index of [`crate::postgres::create_args_search_index`] exists and is valid).
+    /// When false the filter is still exact but reads every row of the other filters' range.
+    /// The default (and the memory store, which scans its jobs anyway) is false.
+    async fn args_search_indexed(&self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Counts by queue and state of the jobs `scope` allows: exact, live, and a scan of the
     /// jobs (Postgres: of the table, or of the tenant's index range).
     async fn counts(&self, scope: &TenantScope) -> Result<Vec<QueueCount>>;

@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! cargo run --release -p windlass-benches --bin admin_pages -- --jobs 10000000 --outbox 1000000
-//!     [--samples 5] [--keep] [--name DATABASE]
+//!     [--samples 5] [--keep] [--name DATABASE] [--args-index]
 //! ```
+//!
+//! `--args-index` creates the opt-in trigram index for text search over args
+//! (`windlass_jobs::postgres::create_args_search_index`) before the pages, timed, and reports
+//! its size; the console then answers `q=` from it instead of its bounded scan.
 //!
 //! Queue, kind and tenant are spread independently of the state (state from `g % 100`; tenant,
 //! kind and queue from Postgres' `hashint8` of `g`), so every filter combination matches about
@@ -40,6 +44,7 @@ struct Args {
     samples: usize,
     keep: bool,
     name: Option<String>,
+    args_index: bool,
 }
 
 fn args() -> Args {
@@ -49,6 +54,7 @@ fn args() -> Args {
         samples: 5,
         keep: false,
         name: None,
+        args_index: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +68,7 @@ fn args() -> Args {
             "--outbox" => a.outbox = num(),
             "--samples" => a.samples = num() as usize,
             "--keep" => a.keep = true,
+            "--args-index" => a.args_index = true,
             "--name" => a.name = Some(it.next().expect("--name takes a database name")),
             other => panic!("unknown flag {other}"),
         }
@@ -255,6 +262,29 @@ async fn main() {
     jobs.refresh_counts().await.expect("job counts");
     let refresh_counts_ms = t.elapsed().as_millis();
     eprintln!("jobs refresh_counts: {refresh_counts_ms} ms");
+    let args_index = if a.args_index {
+        let t = Instant::now();
+        windlass_jobs::postgres::create_args_search_index(&pool)
+            .await
+            .expect("args index");
+        let build_ms = t.elapsed().as_millis();
+        sqlx::query("ANALYZE windlass_jobs")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+        let (bytes, pretty): (i64, String) = sqlx::query_as(
+            "SELECT pg_relation_size(to_regclass($1)), pg_size_pretty(pg_relation_size(to_regclass($1)))",
+        )
+        .bind(windlass_jobs::postgres::ARGS_SEARCH_INDEX)
+        .fetch_one(&pool)
+        .await
+        .expect("index size");
+        eprintln!("args index: built in {build_ms} ms, {pretty}");
+        json!({ "build_ms": build_ms, "bytes": bytes, "size": pretty })
+    } else {
+        let _ = windlass_jobs::postgres::drop_args_search_index(&pool).await;
+        json!(null)
+    };
     let console = |scope: TenantScope| {
         Console::new(
             ConsoleConfig::default()
@@ -281,6 +311,10 @@ async fn main() {
         "/jobs?kind=no_such_kind".to_owned(),
         format!("/jobs?after={mid}"),
         "/jobs?q=user4242%40".to_owned(),
+        // A text no job holds (the scan reads its cap; the index a few posting lists) and
+        // one every job holds.
+        "/jobs?q=no-such-text".to_owned(),
+        "/jobs?q=example.com".to_owned(),
         format!("/jobs/{some_job}"),
         "/outbox".to_owned(),
         "/cron".to_owned(),
@@ -295,6 +329,8 @@ async fn main() {
         "/jobs?state=retryable&queue=critical",
         "/jobs?kind=no_such_kind",
         "/jobs?q=user4242%40",
+        "/jobs?q=no-such-text",
+        "/jobs?q=example.com",
         "/outbox",
     ] {
         tenant_pages.push(time_page(&org, path, a.samples).await);
@@ -308,6 +344,7 @@ async fn main() {
             "database_size": size,
             "migrate_ms": migrate_ms,
             "refresh_counts_ms": refresh_counts_ms,
+            "args_index": args_index,
             "samples": a.samples,
             "all_tenants": pages,
             "tenant_org7": tenant_pages,

@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release -p windlass-benches --bin jobs -- [--jobs 100000] [--backlog 1000000]
 //!     [--samples 200] [--concurrency 200] [--batch 100] [--skip-apalis]
+//!     [--args-index-ab ROUNDS]
 //! ```
+//!
+//! `--args-index-ab ROUNDS` measures only the write cost of the opt-in args trigram index:
+//! bulk enqueue + drain without and with the index, alternating, `ROUNDS` times each.
 //!
 //! Each measurement gets a fresh database (windlass-testkit). No-op jobs throughout.
 
@@ -62,6 +66,7 @@ struct Args {
     concurrency: usize,
     batch: usize,
     skip_apalis: bool,
+    args_index_ab: u64,
 }
 
 fn args() -> Args {
@@ -72,6 +77,7 @@ fn args() -> Args {
         concurrency: 200,
         batch: 100,
         skip_apalis: false,
+        args_index_ab: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -87,6 +93,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = num() as usize,
             "--batch" => a.batch = num() as usize,
             "--skip-apalis" => a.skip_apalis = true,
+            "--args-index-ab" => a.args_index_ab = num(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -123,9 +130,23 @@ async fn enqueue_noops(jobs: &Jobs, n: u64) -> f64 {
 
 /// Enqueue `n` no-op jobs with bulk insert, then drain them with one worker.
 async fn windlass_throughput(a: &Args, async_commit: bool) -> serde_json::Value {
+    windlass_throughput_with(a, async_commit, false).await
+}
+
+/// [`windlass_throughput`], with the opt-in args trigram index when `args_index`.
+async fn windlass_throughput_with(
+    a: &Args,
+    async_commit: bool,
+    args_index: bool,
+) -> serde_json::Value {
     let db = fresh_database().await;
     let pool = db.new_pool(20).await;
     migrate(&pool).await.unwrap();
+    if args_index {
+        windlass_jobs::postgres::create_args_search_index(&pool)
+            .await
+            .unwrap();
+    }
     let jobs = Jobs::new(PgJobStore::new(pool.clone()));
     let enqueue_s = enqueue_noops(&jobs, a.jobs).await;
     RAN.store(0, Ordering::SeqCst);
@@ -158,6 +179,7 @@ async fn windlass_throughput(a: &Args, async_commit: bool) -> serde_json::Value 
         "concurrency": a.concurrency,
         "fetch_batch": a.batch,
         "worker_pool_synchronous_commit": if async_commit { "off" } else { "on" },
+        "args_index": args_index,
     })
 }
 
@@ -301,6 +323,18 @@ async fn apalis_throughput(n: u64, batch: usize) -> serde_json::Value {
 #[tokio::main]
 async fn main() {
     let a = args();
+    if a.args_index_ab > 0 {
+        let mut runs = Vec::new();
+        for round in 0..a.args_index_ab {
+            for index in [false, true] {
+                let r = windlass_throughput_with(&a, false, index).await;
+                eprintln!("round {round}, args index {index}: {r}");
+                runs.push(r);
+            }
+        }
+        println!("{}", json!({ "bench": "jobs_args_index_ab", "runs": runs }));
+        return;
+    }
     let throughput = windlass_throughput(&a, false).await;
     eprintln!("windlass throughput: {throughput}");
     let throughput_async = windlass_throughput(&a, true).await;

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use windlass_core::TenantScope;
 
-use super::{RECORD_COLUMNS, org, record};
+use super::{RECORD_COLUMNS, org, record, search};
 use crate::counts::CountSnapshot;
 use crate::error::{Error, Result};
 use crate::model::{JobFilter, JobRecord, JobState, QueueCount};
@@ -98,7 +98,8 @@ pub(super) async fn count_snapshot(pool: &PgPool, scope: &TenantScope) -> Result
 /// none is, as soon as a column leads) is its own `ORDER BY id LIMIT n` range of the
 /// `(column, state, id)` index, merged by id; a filter on states alone reads `(state, id)`; no
 /// filter reads the primary key. So a filter matching no row reads a few index pages, not the
-/// table.
+/// table. Text in args (`args::text LIKE`) is the exception: it filters the rows those ranges
+/// read unless the opt-in trigram index exists (see `search`).
 pub(super) async fn list(
     pool: &PgPool,
     scope: &TenantScope,
@@ -109,7 +110,12 @@ pub(super) async fn list(
         (Some(own), _) => Some(own),
         (None, asked) => asked,
     };
-    // $1 after, $2 limit, then the columns asked, then one state per branch.
+    let pattern = filter
+        .args_contains
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(search::contains_pattern);
+    // $1 after, $2 limit, then the columns asked, the args pattern, then one state per branch.
     let mut binds: Vec<&str> = Vec::new();
     let mut conds = vec!["id > $1".to_owned()];
     let mut lead = None;
@@ -123,6 +129,12 @@ pub(super) async fn list(
             conds.push(format!("{column} = ${}", binds.len() + 2));
             lead.get_or_insert(column);
         }
+    }
+    if let Some(p) = pattern.as_deref() {
+        // Answered from the opt-in trigram index when it exists (`search`), else a filter on
+        // the rows the other conditions read.
+        binds.push(p);
+        conds.push(format!("args::text LIKE ${}", binds.len() + 2));
     }
     let mut states: Vec<JobState> = filter.states.clone();
     states.sort();

@@ -11,6 +11,7 @@ mod limits;
 mod listen;
 mod migrate;
 mod rows;
+mod search;
 mod tx;
 
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,7 @@ use windlass_core::TenantScope;
 
 pub use migrate::{MIGRATIONS, migrate};
 use rows::{RECORD_COLUMNS, fetched, org, record, token_arrays};
+pub use search::{ARGS_SEARCH_INDEX, create_args_search_index, drop_args_search_index};
 
 use crate::error::{Error, Result};
 use crate::model::{
@@ -508,6 +510,10 @@ impl JobStore for PgJobStore {
 
     async fn count_snapshot(&self, scope: &TenantScope) -> Result<crate::CountSnapshot> {
         console::count_snapshot(&self.pool, scope).await
+    }
+
+    async fn args_search_indexed(&self) -> Result<bool> {
+        search::indexed(&self.pool).await
     }
 
     async fn try_lead(&self, worker: &str, ttl: Duration) -> Result<bool> {

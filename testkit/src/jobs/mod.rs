@@ -11,6 +11,7 @@
 
 mod console;
 mod fencing;
+mod search;
 mod store;
 mod tenancy;
 mod timeouts;
@@ -19,6 +20,7 @@ mod worker;
 
 pub use console::*;
 pub use fencing::*;
+pub use search::*;
 pub use store::*;
 pub use tenancy::*;
 pub use timeouts::*;
@@ -300,6 +302,7 @@ macro_rules! job_store_conformance {
             list_and_counts,
             count_snapshot_is_exact_as_of_refresh_and_scoped,
             list_filters_page_in_id_order,
+            args_contains_is_an_escaped_substring_scoped_and_paged,
             release_returns_jobs_without_counting_the_attempt,
             worker_retries_and_records_errors,
             exhausted_jobs_are_discarded,
