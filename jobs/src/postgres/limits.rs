@@ -1,9 +1,10 @@
 //! Global concurrency limits per queue: a cache of the limits (re-read at most every second)
 //! and the fetch of a limited queue, serialized per queue by an advisory lock.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use super::{PgJobStore, fetched};
+use super::{PgJobStore, claim_sql, fetched};
 use crate::error::{Error, Result};
 use crate::model::FetchedJob;
 
@@ -50,32 +51,22 @@ impl PgJobStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| Error::pg("fetch", e))?;
-        let rows = sqlx::query(
-            "WITH running AS ( \
-                 SELECT count(*) AS n FROM windlass_jobs WHERE queue = $1 AND state = 'running'), \
-             next AS ( \
-                 SELECT id FROM windlass_jobs \
-                  WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
-                    AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
-                    AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
-                  ORDER BY priority, run_at, id \
-                  LIMIT greatest(0, least($2, $5 - (SELECT n FROM running))) \
-                  FOR UPDATE SKIP LOCKED) \
-             UPDATE windlass_jobs j \
-                SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), \
-                    heartbeat_at = now(), locked_by = $3 \
-               FROM next WHERE j.id = next.id \
-             RETURNING j.id, j.queue, j.kind, j.args, j.org_id, j.priority, j.attempt, j.max_attempts, \
-                       j.run_at, j.timeout_ms, j.traceparent, j.tracestate",
-        )
-        .bind(queue)
-        .bind(limit.min(i32::MAX as usize) as i64)
-        .bind(worker)
-        .bind(kinds)
-        .bind(i64::from(max))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| Error::pg("fetch", e))?;
+        // $5: the limit; the claim takes at most what is left of it.
+        static CLAIM_LIMITED: LazyLock<String> = LazyLock::new(|| {
+            claim_sql(
+                "running AS (SELECT count(*) AS n FROM windlass_jobs WHERE queue = $1 AND state = 'running'), ",
+                "greatest(0, least($2, $5 - (SELECT n FROM running)))",
+            )
+        });
+        let rows = sqlx::query(sqlx::AssertSqlSafe(CLAIM_LIMITED.as_str()))
+            .bind(queue)
+            .bind(limit.min(i32::MAX as usize) as i64)
+            .bind(worker)
+            .bind(kinds)
+            .bind(i64::from(max))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| Error::pg("fetch", e))?;
         tx.commit().await.map_err(|e| Error::pg("fetch", e))?;
         Ok(fetched(&rows))
     }

@@ -14,7 +14,7 @@ mod rows;
 mod search;
 mod tx;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,7 +24,7 @@ use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
 pub use migrate::{MIGRATIONS, migrate};
-use rows::{RECORD_COLUMNS, fetched, org, record, token_arrays};
+use rows::{FETCHED_COLUMNS, RECORD_COLUMNS, fetched, org, record, token_arrays};
 pub use search::{ARGS_SEARCH_INDEX, create_args_search_index, drop_args_search_index};
 
 use crate::error::{Error, Result};
@@ -148,6 +148,28 @@ impl PgJobStore {
     }
 }
 
+/// The claim of a fetch: due jobs of queue `$1` (of kinds `$4`, all when empty) in priority,
+/// `run_at`, id order, at most `limit` (an SQL expression) of them, skipping rows other fetches
+/// hold, moved to `running` for worker `$3`; returns [`FETCHED_COLUMNS`] for [`fetched`].
+/// `ctes` are extra common table expressions the limit may read (each ending with a comma).
+fn claim_sql(ctes: &str, limit: &str) -> String {
+    format!(
+        "WITH {ctes}next AS ( \
+             SELECT id FROM windlass_jobs \
+              WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
+                AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
+                AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
+              ORDER BY priority, run_at, id \
+              LIMIT {limit} \
+              FOR UPDATE SKIP LOCKED) \
+         UPDATE windlass_jobs j \
+            SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), \
+                heartbeat_at = now(), locked_by = $3 \
+           FROM next WHERE j.id = next.id \
+         RETURNING {FETCHED_COLUMNS}"
+    )
+}
+
 fn interval_secs(d: Duration) -> f64 {
     d.as_secs_f64().min(1e9)
 }
@@ -180,29 +202,15 @@ impl JobStore for PgJobStore {
         if let Some(max) = self.global_limit(queue).await? {
             return self.fetch_limited(queue, kinds, limit, worker, max).await;
         }
-        let rows = sqlx::query(
-            "WITH next AS ( \
-                 SELECT id FROM windlass_jobs \
-                  WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
-                    AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
-                    AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
-                  ORDER BY priority, run_at, id \
-                  LIMIT $2 \
-                  FOR UPDATE SKIP LOCKED) \
-             UPDATE windlass_jobs j \
-                SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), \
-                    heartbeat_at = now(), locked_by = $3 \
-               FROM next WHERE j.id = next.id \
-             RETURNING j.id, j.queue, j.kind, j.args, j.org_id, j.priority, j.attempt, j.max_attempts, \
-                       j.run_at, j.timeout_ms, j.traceparent, j.tracestate",
-        )
-        .bind(queue)
-        .bind(limit.min(i32::MAX as usize) as i64)
-        .bind(worker)
-        .bind(kinds)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::pg("fetch", e))?;
+        static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("", "$2"));
+        let rows = sqlx::query(sqlx::AssertSqlSafe(CLAIM.as_str()))
+            .bind(queue)
+            .bind(limit.min(i32::MAX as usize) as i64)
+            .bind(worker)
+            .bind(kinds)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| Error::pg("fetch", e))?;
         Ok(fetched(&rows))
     }
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {

@@ -63,7 +63,11 @@ pub(super) fn org(scope: &TenantScope) -> Option<&str> {
     scope.org_id().map(|o| o.as_str())
 }
 
-/// Decodes fetched rows, most urgent first.
+/// What a claim returns, in the order [`fetched`] reads it.
+pub(super) const FETCHED_COLUMNS: &str = "j.id, j.queue, j.kind, j.args, j.org_id, j.priority, j.attempt, \
+     j.max_attempts, j.run_at, j.timeout_ms, j.traceparent, j.tracestate";
+
+/// Decodes fetched rows ([`FETCHED_COLUMNS`]), most urgent first.
 pub(super) fn fetched(rows: &[PgRow]) -> Vec<FetchedJob> {
     let mut jobs: Vec<FetchedJob> = rows
         .iter()
