@@ -75,6 +75,25 @@ impl JobsApi {
         scope.allows(job.org_id.as_deref())
     }
 
+    /// One page of `filter` (its limit `limit`) as the store answers it; a full page links on.
+    async fn page(
+        &self,
+        scope: &TenantScope,
+        filter: JobFilter,
+        limit: u32,
+        note: Option<String>,
+    ) -> SourceResult<JobPage> {
+        let jobs = self.jobs.list(&filter).await.map_err(backend("list"))?;
+        let next = (jobs.len() == limit as usize)
+            .then(|| jobs.last().map(|j| j.id))
+            .flatten();
+        let jobs = jobs
+            .into_iter()
+            .filter(|j| Self::visible(scope, j))
+            .collect();
+        Ok(JobPage { jobs, next, note })
+    }
+
     /// The store filter for `query` in `scope`; `None` when the query names another tenant
     /// than the scope's (nothing can match).
     fn filter(scope: &TenantScope, query: &JobQuery) -> Option<JobFilter> {
@@ -184,23 +203,7 @@ impl JobsSource for JobsApi {
             // GAP: `Jobs::list` pages by id ascending only (oldest first, no newest-first). Any
             // one filter column (with any states) is an index range in the Postgres store;
             // queue and kind together filter one column's range by the other.
-            let jobs = self
-                .jobs
-                .list(&filter.limit(limit))
-                .await
-                .map_err(backend("list"))?;
-            let next = (jobs.len() == limit as usize)
-                .then(|| jobs.last().map(|j| j.id))
-                .flatten();
-            let jobs = jobs
-                .into_iter()
-                .filter(|j| Self::visible(scope, j))
-                .collect();
-            return Ok(JobPage {
-                jobs,
-                next,
-                note: None,
-            });
+            return self.page(scope, filter.limit(limit), limit, None).await;
         };
         // With the opt-in trigram index the store answers the text from it; without, an
         // unindexed `args_contains` could read the whole table for a rare text, so the console
@@ -211,26 +214,16 @@ impl JobsSource for JobsApi {
             .await
             .map_err(backend("args_search_indexed"))?
         {
-            let jobs = self
-                .jobs
-                .list(&filter.args_contains(text).limit(limit))
-                .await
-                .map_err(backend("list"))?;
-            let next = (jobs.len() == limit as usize)
-                .then(|| jobs.last().map(|j| j.id))
-                .flatten();
-            let jobs = jobs
-                .into_iter()
-                .filter(|j| Self::visible(scope, j))
-                .collect();
-            return Ok(JobPage {
-                jobs,
-                next,
-                note: Some(
-                    "Text search through the args trigram index: every matching job, no scan cap."
-                        .into(),
-                ),
-            });
+            let note =
+                "Text search through the args trigram index: every matching job, no scan cap.";
+            return self
+                .page(
+                    scope,
+                    filter.args_contains(text).limit(limit),
+                    limit,
+                    Some(note.into()),
+                )
+                .await;
         }
         let mut jobs = Vec::new();
         let mut scanned = 0u64;
