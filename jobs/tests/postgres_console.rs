@@ -41,10 +41,27 @@ async fn list_filters_read_index_ranges_not_the_table() {
     .execute(&db.pool)
     .await
     .expect("seed");
-    sqlx::query("ANALYZE windlass_jobs")
+    // Plans must not depend on chance: statistics from every row (a sample of 300 x the target
+    // covers the whole table), and no autovacuum re-sampling them between two listings (a
+    // run in CI once got a different plan for one filter).
+    sqlx::query("ALTER TABLE windlass_jobs SET (autovacuum_enabled = false)")
         .execute(&db.pool)
         .await
+        .expect("autovacuum off");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    sqlx::query("SET default_statistics_target = 1000")
+        .execute(&mut *conn)
+        .await
+        .expect("statistics target");
+    sqlx::query("ANALYZE windlass_jobs")
+        .execute(&mut *conn)
+        .await
         .expect("analyze");
+    sqlx::query("RESET default_statistics_target")
+        .execute(&mut *conn)
+        .await
+        .expect("reset");
+    drop(conn);
     // The store on one connection, whose statistics we ask it to flush after each listing.
     let opts = (*db.pool.connect_options()).clone();
     let one = PgPoolOptions::new()
