@@ -109,6 +109,11 @@ impl Transport for KafkaTransport {
         Ok(())
     }
 
+    /// Kafka commits one offset per partition: the runner fills gaps at a handover.
+    fn commits_prefix(&self) -> bool {
+        true
+    }
+
     async fn release(&self, tokens: Vec<KafkaToken>) {
         self.core.lock().released(tokens.iter());
         self.core.ready.notify_one();

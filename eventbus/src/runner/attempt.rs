@@ -102,10 +102,14 @@ async fn process<T: Transport>(
         return Box::pin(dead_letter(shared, delivery, &reason, stop)).await;
     }
     let timeout = shared.handler_timeout;
+    // The first attempt runs even when `stop` already fired: the runner starts a delivery
+    // after a stop only to fill a gap at a handover (see the runner docs), for one attempt.
+    let mut first = true;
     loop {
-        if stop.is_cancelled() {
+        if !first && stop.is_cancelled() {
             return Outcome::Abandoned;
         }
+        first = false;
         // A token per attempt: a timed-out attempt's token stays cancelled, the next one starts
         // fresh; the runner cancels the parent to stop whichever attempt runs.
         let attempt_cancel = cancel.child_token();

@@ -1,5 +1,7 @@
-//! The fetch loop and the dispatcher: which delivery starts when, per key and per partition,
-//! and what is handed back on revoke and shutdown.
+//! The fetch loop and the dispatcher: which delivery starts when, per key and per partition.
+//! What is handed back on revoke and shutdown is in [`handover`].
+
+mod handover;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,7 +13,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use windlass_core::RetryPolicy;
 
-use super::ack::AckMsg;
 use super::control::{Command, Revoked};
 use super::{Delivery, FETCH_BATCH_MAX, Shared, Transport, attempt};
 use crate::error::Result;
@@ -19,6 +20,8 @@ use crate::error::Result;
 /// A delivery read ahead, with its read-ahead slot.
 struct Item<T> {
     delivery: Delivery<T>,
+    /// Arrival number in this runner: within a partition, the backend's order.
+    seq: u64,
     _room: OwnedSemaphorePermit,
 }
 
@@ -47,6 +50,9 @@ struct Part<T> {
     /// Fired on revoke: the partition's retries stop waiting.
     stop: CancellationToken,
     revoke: Option<PendingRevoke<T>>,
+    /// Arrival number of the latest delivery started in this epoch (tracked for transports
+    /// that commit a prefix: what arrived before it may still start at a handover).
+    high: Option<u64>,
 }
 
 struct PendingRevoke<T> {
@@ -142,6 +148,9 @@ struct Dispatcher<T: Transport> {
     aborted_all: bool,
     /// Revokes waiting for their partition's handlers.
     revoking: usize,
+    /// The transport commits a prefix per partition ([`Transport::commits_prefix`]).
+    prefix: bool,
+    next_seq: u64,
 }
 
 pub(crate) async fn run<T: Transport>(
@@ -170,11 +179,15 @@ pub(crate) async fn run<T: Transport>(
         shutdown_timeout,
         aborted_all: false,
         revoking: 0,
+        prefix: shared.transport.commits_prefix(),
+        next_seq: 0,
     };
     let cancel = shared.cancel.clone();
     loop {
         d.start_ready();
         d.finish_revokes();
+        // Once stopping, `start_ready` started or handed back every ready delivery: nothing is
+        // left when nothing runs.
         if d.stopping.is_some() && d.running.is_empty() {
             break;
         }
@@ -192,7 +205,7 @@ pub(crate) async fn run<T: Transport>(
                 // What was fetched before the command is the runner's: a revoke hands it back.
                 if d.stopping.is_none() {
                     while let Ok((delivery, room)) = items.try_recv() {
-                        d.accept(Item { delivery, _room: room });
+                        d.accept(delivery, room);
                     }
                 }
                 d.command(cmd);
@@ -202,7 +215,7 @@ pub(crate) async fn run<T: Transport>(
                 d.begin_stop();
             }
             item = items.recv(), if d.stopping.is_none() => match item {
-                Some((delivery, room)) => d.accept(Item { delivery, _room: room }),
+                Some((delivery, room)) => d.accept(delivery, room),
                 None => d.begin_stop(),
             },
             _ = sleep_until(next_deadline), if next_deadline.is_some() => d.deadlines(),
@@ -270,15 +283,24 @@ impl<T: Transport> Dispatcher<T> {
         Some((delivery.partition, key_hash(key)))
     }
 
-    /// True when a delivery read under its assignment may still start.
-    fn may_start(&self, delivery: &Delivery<T::Token>) -> bool {
-        match delivery.assignment {
-            None => true,
-            Some(a) => self
-                .parts
-                .get(&a.partition)
-                .is_some_and(|p| p.active && p.epoch == a.epoch),
+    /// True when a delivery may still start: its partition is held under the epoch it was read
+    /// with and nothing stops, or it fills a gap of a handover in progress (see
+    /// [`handover`]).
+    fn may_start(&self, item: &Item<T::Token>) -> bool {
+        let stopping = self.stopping.is_some() || self.shared.cancel.is_cancelled();
+        let Some(a) = item.delivery.assignment else {
+            return !stopping;
+        };
+        let Some(part) = self.parts.get(&a.partition).filter(|p| p.epoch == a.epoch) else {
+            return false;
+        };
+        if part.active && !stopping {
+            return true;
         }
+        self.prefix
+            && !self.aborted_all
+            && part.revoke.as_ref().is_none_or(|r| !r.expired)
+            && part.high.is_some_and(|h| item.seq < h)
     }
 
     fn hand_back(&mut self, tokens: Vec<T::Token>) {
@@ -290,8 +312,14 @@ impl<T: Transport> Dispatcher<T> {
             .spawn(async move { shared.transport.release(tokens).await });
     }
 
-    fn accept(&mut self, item: Item<T::Token>) {
-        if !self.may_start(&item.delivery) {
+    fn accept(&mut self, delivery: Delivery<T::Token>, room: OwnedSemaphorePermit) {
+        let item = Item {
+            delivery,
+            seq: self.next_seq,
+            _room: room,
+        };
+        self.next_seq += 1;
+        if !self.may_start(&item) {
             self.hand_back(vec![item.delivery.token]);
             return;
         }
@@ -308,19 +336,15 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     fn start_ready(&mut self) {
-        // Once shutdown was asked for, nothing new starts (even before the dispatcher got to
-        // handing everything back).
-        if self.stopping.is_some() || self.shared.cancel.is_cancelled() {
-            return;
-        }
+        // Once shutdown was asked for (even before the dispatcher got to handing everything
+        // back) or the partition revoked, only gap fillers start; the rest goes back.
         while self.running.len() < self.concurrency {
             let Some((item, key)) = self.ready.pop_front() else {
                 return;
             };
-            if !self.may_start(&item.delivery) {
-                // Its partition was revoked while it waited for a slot.
+            if !self.may_start(&item) {
                 self.release_key(key.as_ref());
-                self.hand_back(vec![item.delivery.token]);
+                self.give_back(item);
                 continue;
             }
             self.start(item, key);
@@ -329,6 +353,13 @@ impl<T: Transport> Dispatcher<T> {
 
     fn start(&mut self, item: Item<T::Token>, key: Option<Key>) {
         let partition = item.delivery.assignment.map(|a| a.partition);
+        if self.prefix
+            && let Some(a) = item.delivery.assignment
+            && let Some(part) = self.parts.get_mut(&a.partition)
+            && part.epoch == a.epoch
+        {
+            part.high = Some(part.high.map_or(item.seq, |h| h.max(item.seq)));
+        }
         let stop = partition
             .and_then(|p| self.parts.get(&p))
             .map(|p| p.stop.clone())
@@ -337,7 +368,9 @@ impl<T: Transport> Dispatcher<T> {
         let shared = self.shared.clone();
         let task_cancel = cancel.clone();
         let abort = self.tasks.spawn(async move {
-            let Item { delivery, _room } = item;
+            let Item {
+                delivery, _room, ..
+            } = item;
             attempt::run(&shared, delivery, stop, task_cancel).await;
         });
         self.running.insert(
@@ -382,6 +415,7 @@ impl<T: Transport> Dispatcher<T> {
                             active: true,
                             stop,
                             revoke: None,
+                            high: None,
                         },
                     );
                 }
@@ -393,173 +427,5 @@ impl<T: Transport> Dispatcher<T> {
                 reply,
             } => self.revoke(partition, wait, reply),
         }
-    }
-
-    fn revoke(
-        &mut self,
-        partition: u32,
-        wait: Duration,
-        reply: oneshot::Sender<Revoked<T::Token>>,
-    ) {
-        let Some(part) = self.parts.get_mut(&partition) else {
-            let _ = reply.send(Revoked {
-                unstarted: Vec::new(),
-                aborted: 0,
-            });
-            return;
-        };
-        if part.revoke.is_some() {
-            // Already being revoked: the first revoke hands back what there is.
-            let _ = reply.send(Revoked {
-                unstarted: Vec::new(),
-                aborted: 0,
-            });
-            return;
-        }
-        part.active = false;
-        part.stop.cancel();
-        let mut unstarted = Vec::new();
-        // Ready deliveries of the partition, and everything queued behind its keys.
-        let mut kept = VecDeque::with_capacity(self.ready.len());
-        for (item, key) in self.ready.drain(..) {
-            if item.delivery.assignment.map(|a| a.partition) == Some(partition) {
-                if let Some(key) = &key
-                    && let Some(queue) = self.keys.remove(key)
-                {
-                    unstarted.extend(queue.into_iter().map(|i| i.delivery.token));
-                }
-                unstarted.push(item.delivery.token);
-            } else {
-                kept.push_back((item, key));
-            }
-        }
-        self.ready = kept;
-        for (key, queue) in self.keys.iter_mut() {
-            if key.0 == Some(partition) {
-                unstarted.extend(queue.drain(..).map(|i| i.delivery.token));
-            }
-        }
-        let part = self.parts.get_mut(&partition).expect("checked above");
-        self.revoking += 1;
-        part.revoke = Some(PendingRevoke {
-            unstarted,
-            deadline: Instant::now() + wait,
-            aborted: 0,
-            expired: false,
-            reply,
-        });
-    }
-
-    fn in_flight(&self, partition: u32) -> usize {
-        self.running
-            .values()
-            .filter(|r| r.partition == Some(partition))
-            .count()
-    }
-
-    /// Completes the revokes whose partition has no handler in flight any more: once the
-    /// acknowledgements queued so far are flushed, the revoke returns.
-    fn finish_revokes(&mut self) {
-        if self.revoking == 0 {
-            return;
-        }
-        let done: Vec<u32> = self
-            .parts
-            .iter()
-            .filter(|(_, p)| p.revoke.is_some())
-            .map(|(p, _)| *p)
-            .filter(|p| self.in_flight(*p) == 0)
-            .collect();
-        for partition in done {
-            let Some(part) = self.parts.remove(&partition) else {
-                continue;
-            };
-            let Some(revoke) = part.revoke else { continue };
-            self.revoking -= 1;
-            let (flushed, flush) = oneshot::channel();
-            let _ = self.shared.acks.send(AckMsg::Flush(flushed));
-            tokio::spawn(async move {
-                let _ = flush.await;
-                let _ = revoke.reply.send(Revoked {
-                    unstarted: revoke.unstarted,
-                    aborted: revoke.aborted,
-                });
-            });
-        }
-    }
-
-    fn next_deadline(&self) -> Option<Instant> {
-        if self.revoking == 0 && self.stopping.is_none() {
-            return None;
-        }
-        let revokes = self
-            .parts
-            .values()
-            .filter_map(|p| p.revoke.as_ref())
-            .filter(|r| !r.expired)
-            .map(|r| r.deadline);
-        let shutdown = self
-            .stopping
-            .filter(|_| !self.aborted_all)
-            .map(|s| s + self.shutdown_timeout);
-        revokes.chain(shutdown).min()
-    }
-
-    fn deadlines(&mut self) {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        for (p, part) in self.parts.iter_mut() {
-            if let Some(r) = part.revoke.as_mut()
-                && !r.expired
-                && r.deadline <= now
-            {
-                r.expired = true;
-                expired.push(*p);
-            }
-        }
-        for p in expired {
-            let n = self.abort_where(|r| r.partition == Some(p));
-            if n > 0 {
-                tracing::warn!(topic = %self.shared.topic, group = %self.shared.group, partition = p, n, "handlers outlived the partition's handover wait; cancelled (their entries stay pending for the next owner)");
-            }
-            if let Some(r) = self.parts.get_mut(&p).and_then(|p| p.revoke.as_mut()) {
-                r.aborted += n;
-            }
-        }
-        if let Some(s) = self.stopping
-            && !self.aborted_all
-            && s + self.shutdown_timeout <= now
-        {
-            self.aborted_all = true;
-            let n = self.abort_where(|_| true);
-            tracing::warn!(topic = %self.shared.topic, group = %self.shared.group, left = n, "shutdown deadline passed; handlers cancelled (their events will be redelivered)");
-        }
-    }
-
-    fn abort_where(&self, pick: impl Fn(&Running) -> bool) -> usize {
-        let mut n = 0;
-        for r in self.running.values().filter(|r| pick(r)) {
-            r.cancel.cancel();
-            r.abort.abort();
-            n += 1;
-        }
-        n
-    }
-
-    /// Shutdown: nothing new starts; every delivery not started goes back at once.
-    fn begin_stop(&mut self) {
-        if self.stopping.is_some() {
-            return;
-        }
-        self.stopping = Some(Instant::now());
-        let mut tokens: Vec<T::Token> = self
-            .ready
-            .drain(..)
-            .map(|(item, _)| item.delivery.token)
-            .collect();
-        for (_, queue) in self.keys.iter_mut() {
-            tokens.extend(queue.drain(..).map(|i| i.delivery.token));
-        }
-        self.hand_back(tokens);
     }
 }

@@ -35,6 +35,17 @@
 //!   or releases the partition. Other partitions keep running throughout.
 //! - Deliveries without an assignment (unpartitioned transports) always run.
 //!
+//! **Gaps under a committed prefix.** Events of different keys run concurrently, so a partition's
+//! deliveries finish out of order; a backend that records only the handled prefix of a
+//! partition ([`Transport::commits_prefix`], Kafka's committed offset) cannot record a
+//! delivery handled above a gap. For such a transport a graceful handover (revoke, shutdown)
+//! hands back only the deliveries that arrived *after* the latest one started in that
+//! partition; those that arrived before it (queued behind their key, or waiting for a slot)
+//! still run, one attempt each (no retry waits), within the same wait (the revoke's `wait`,
+//! [`SubscribeOptions::shutdown_timeout`]). The prefix then covers everything this member
+//! handled, and the next owner redelivers nothing it ran. Past the wait, what is left is
+//! cancelled or handed back, and the next owner runs those again (at least once).
+//!
 //! **Shutdown** ([`Subscription::shutdown`]): stop fetching; hand back at once every delivery not
 //! yet started ([`Transport::release`]), retries waiting for their backoff included; let the
 //! handlers in flight finish up to [`SubscribeOptions::shutdown_timeout`] (then cancel and drop
@@ -186,6 +197,16 @@ pub trait Transport: Send + Sync + 'static {
     /// Gives back entries that were fetched but never started (shutdown, a partition that is
     /// not assigned). The default leaves them pending for redelivery.
     async fn release(&self, _tokens: Vec<Self::Token>) {}
+
+    /// True when the backend records only a handled *prefix* of each partition (a committed
+    /// offset, as on Kafka) rather than each entry. The runner then fills the gaps on a
+    /// graceful handover (revoke or shutdown): it also runs the partition's deliveries that
+    /// arrived before the latest one it started (see the [module docs](self)), so the prefix
+    /// covers every delivery it handled and the next owner runs none of them again. Default
+    /// false (entries acknowledged one by one: nothing more runs at a handover).
+    fn commits_prefix(&self) -> bool {
+        false
+    }
 
     /// Called once, last, after a graceful shutdown flushed every acknowledgement: leave the
     /// group (release leases, deregister). Not called by [`Subscription::abort`].

@@ -20,6 +20,8 @@ struct Script {
     released: Mutex<Vec<u64>>,
     dead: Mutex<Vec<u64>>,
     closed: AtomicBool,
+    /// Reports [`Transport::commits_prefix`].
+    prefix: AtomicBool,
     more: Notify,
 }
 
@@ -68,6 +70,10 @@ impl Transport for Fake {
     async fn dead_letter(&self, delivery: &Delivery<u64>, _reason: &str) -> Result<()> {
         self.0.dead.lock().unwrap().push(delivery.token);
         Ok(())
+    }
+
+    fn commits_prefix(&self) -> bool {
+        self.0.prefix.load(Ordering::SeqCst)
     }
 
     async fn release(&self, tokens: Vec<u64>) {
@@ -401,5 +407,103 @@ async fn a_task_ending_in_a_join_error_frees_its_key() {
         handled.lock().unwrap().as_slice() == [1]
     })
     .await;
+    sub.shutdown().await.unwrap();
+}
+
+/// One partition, concurrency 2: `1` (key a, held by the gate) and `3` (key b) run, `2` waits
+/// behind key a (a gap below `3`), `4` (key c) waits for a slot (after the latest start).
+async fn gap_setup(
+    prefix: bool,
+) -> (
+    Fake,
+    PartitionControl<u64>,
+    Subscription,
+    Arc<Mutex<Vec<String>>>,
+    Arc<Semaphore>,
+) {
+    let fake = Fake::default();
+    fake.0.prefix.store(prefix, Ordering::SeqCst);
+    let (control, events) = partition_control();
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let gate = Arc::new(Semaphore::new(0));
+    let sub = Runner::new(
+        fake.clone(),
+        topic(),
+        group(),
+        gated(started.clone(), gate.clone()),
+        SubscribeOptions::default()
+            .concurrency(2)
+            .shutdown_timeout(Duration::from_secs(30)),
+    )
+    .partitioned(events)
+    .spawn();
+    let p0 = Assignment::new(0, 1);
+    control.assign(p0).await.unwrap();
+    for (token, key) in [(1, "a"), (2, "a"), (3, "b"), (4, "c")] {
+        fake.push(keyed(token, key, token).with_assignment(p0));
+    }
+    eventually("1 and 3 started", || started.lock().unwrap().len() == 2).await;
+    assert_eq!(*started.lock().unwrap(), vec!["1", "3"]);
+    (fake, control, sub, started, gate)
+}
+
+fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort_unstable();
+    v
+}
+
+#[tokio::test]
+async fn a_prefix_transport_fills_the_gaps_at_shutdown_and_hands_back_the_rest() {
+    for prefix in [true, false] {
+        let (fake, _control, sub, _started, gate) = gap_setup(prefix).await;
+        let shutdown = tokio::spawn(sub.shutdown());
+        eventually("4 is handed back", || fake.released().contains(&4)).await;
+        gate.add_permits(3);
+        shutdown.await.unwrap().unwrap();
+        if prefix {
+            // The committed prefix must cover 3, so 2 (below it) runs; 4 (above) goes back.
+            assert_eq!(sorted(fake.acked()), vec![1, 2, 3], "prefix transport");
+            assert_eq!(fake.released(), vec![4], "prefix transport");
+        } else {
+            assert_eq!(sorted(fake.acked()), vec![1, 3], "per-entry transport");
+            assert_eq!(sorted(fake.released()), vec![2, 4], "per-entry transport");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_prefix_transport_fills_the_gaps_of_a_revoked_partition() {
+    for prefix in [true, false] {
+        let (fake, control, sub, _started, gate) = gap_setup(prefix).await;
+        let revoke = {
+            let control = control.clone();
+            tokio::spawn(async move { control.revoke(0, Duration::from_secs(30)).await })
+        };
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(3);
+        let revoked = revoke.await.unwrap().unwrap();
+        assert_eq!(revoked.aborted, 0);
+        if prefix {
+            assert_eq!(revoked.unstarted, vec![4], "prefix transport");
+            assert_eq!(sorted(fake.acked()), vec![1, 2, 3], "prefix transport");
+        } else {
+            assert_eq!(sorted(revoked.unstarted), vec![2, 4], "per-entry transport");
+            assert_eq!(sorted(fake.acked()), vec![1, 3], "per-entry transport");
+        }
+        sub.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn gap_fillers_past_the_revoke_wait_are_handed_back_with_the_rest() {
+    let (fake, control, sub, started, _gate) = gap_setup(true).await;
+    // The gate never opens: 1 and 3 outlive the wait, 2 never gets to start.
+    let revoked = control.revoke(0, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(revoked.aborted, 2);
+    assert_eq!(sorted(revoked.unstarted), vec![2, 4]);
+    assert!(fake.acked().is_empty());
+    assert_eq!(started.lock().unwrap().len(), 2, "nothing else started");
     sub.shutdown().await.unwrap();
 }

@@ -104,6 +104,7 @@ macro_rules! bus_conformance {
             panicking_handler_is_retried,
             handler_deadline_cancels_and_retries,
             shutdown_with_a_full_read_ahead_runs_only_what_started,
+            a_graceful_leave_hands_over_no_event_it_ran,
             group_members_split_the_partitions,
             order_per_key_across_members_under_load,
             order_per_key_through_joins_and_leaves,
@@ -136,6 +137,7 @@ pub async fn run_all<F: BusFixture>(fixture: &F) {
     panicking_handler_is_retried(fixture).await;
     handler_deadline_cancels_and_retries(fixture).await;
     shutdown_with_a_full_read_ahead_runs_only_what_started(fixture).await;
+    a_graceful_leave_hands_over_no_event_it_ran(fixture).await;
     group_members_split_the_partitions(fixture).await;
     order_per_key_across_members_under_load(fixture).await;
     order_per_key_through_joins_and_leaves(fixture).await;
@@ -200,11 +202,17 @@ pub fn keyed(key: &str, seq: usize) -> Event {
 
 /// A key whose events land on `partition` of `partitions` (Kafka's default partitioner).
 pub fn key_for_partition(partition: u32, partitions: u32) -> String {
+    keys_for_partition(partition, partitions, 1).remove(0)
+}
+
+/// `n` distinct keys whose events land on `partition` of `partitions`.
+pub fn keys_for_partition(partition: u32, partitions: u32, n: usize) -> Vec<String> {
     let count = PartitionCount::new(partitions).expect("valid partition count");
     (0..)
         .map(|i| format!("key-{i}"))
-        .find(|k| partition_for_key(k.as_bytes(), count) == partition)
-        .expect("some key lands on every partition")
+        .filter(|k| partition_for_key(k.as_bytes(), count) == partition)
+        .take(n)
+        .collect()
 }
 
 /// A small pseudo-random latency for `(key, seq)`, up to `max_ms` milliseconds (deterministic,
