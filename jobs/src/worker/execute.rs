@@ -104,6 +104,12 @@ pub(super) async fn execute(
         }
         _ = cancel.cancelled() => stop_attempt(inner, &cancel, &mut handle).await,
     };
+    // The attempt's task ended: a stop request arriving from now on finds it over (its
+    // outcome stands; the request is answered by the final state).
+    if let Some(f) = inner.flights().get_mut(&token) {
+        f.ended = true;
+        f.interrupted = cancel.is_cancelled();
+    }
     // Blocking work the attempt started keeps the slot too, until it returned.
     blocking.wait_idle().await;
     metrics::histogram!("windlass_jobs_run_seconds", "queue" => queue.clone(), "kind" => job.kind.clone())

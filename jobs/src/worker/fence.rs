@@ -59,6 +59,7 @@ pub(super) async fn heartbeat_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 }
                 for (token, state) in reply.stop {
                     if let Some(f) = flights.get_mut(&token)
+                        && !f.ended
                         && !f.done
                         && f.stop.is_none()
                     {

@@ -107,6 +107,8 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit, ren
             renewed,
             stop: None,
             lost: None,
+            ended: false,
+            interrupted: false,
             done: false,
             released: false,
         },
@@ -134,8 +136,11 @@ fn launch(inner: &Arc<Inner>, job: FetchedJob, permit: OwnedSemaphorePermit, ren
             match outcome {
                 Some(outcome) => {
                     tracing::Span::current().record("job.outcome", outcome.state().as_str());
-                    let finish = Finish::new(token.id, token.attempt, outcome)
-                        .interrupted(cancel.is_cancelled());
+                    // Whether the token had fired when the attempt's task ended (not now: a stop
+                    // arriving after a success must not turn it into a stop).
+                    let interrupted = inner.flights().get(&token).is_some_and(|f| f.interrupted);
+                    let finish =
+                        Finish::new(token.id, token.attempt, outcome).interrupted(interrupted);
                     let _ = inner.finish_tx.send(finish);
                     if let Some(f) = inner.flights().get_mut(&token) {
                         f.done = true;

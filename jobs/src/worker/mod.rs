@@ -336,6 +336,12 @@ struct Flight {
     stop: Option<JobState>,
     /// The lease was lost.
     lost: Option<Lost>,
+    /// The attempt's task (the handler) has ended: from then on no stop request reaches it,
+    /// and `interrupted` is final. Set under the flights lock, so a stop delivered by a
+    /// heartbeat lands either before it (and decides the outcome) or not at all.
+    ended: bool,
+    /// The attempt's token had fired when its task ended (a stop, a lost lease, shutdown).
+    interrupted: bool,
     /// The attempt's task has ended and its outcome was handed to the completer (the row
     /// stays `running` until the completer wrote it, so it is still heartbeated).
     done: bool,

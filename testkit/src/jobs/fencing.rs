@@ -303,6 +303,38 @@ pub async fn a_stop_request_decides_an_attempt_stopped_for_another_reason(
     }
 }
 
+/// A stop requested after the attempt's task returned `Ok` (its slot and lease still held for
+/// blocking work it left running) does not turn the success into a stop: the job completes.
+pub async fn a_stop_request_after_the_attempt_returned_leaves_its_success(
+    store: Arc<dyn JobStore>,
+) {
+    for stop in [JobState::Cancelled, JobState::Discarded] {
+        let t = token();
+        let jobs = Jobs::from_arc(store.clone());
+        let w = start(&store, fast_config());
+        let id = enqueue(&jobs, probe(&t, 1, Action::LeaveBlockingBehind(1500)), q()).await;
+        wait_for("the attempt returned", T, || {
+            let returned = events(&t).iter().any(|e| e.event == "returned");
+            async move { returned }
+        })
+        .await;
+        // The row still runs (the blocking work holds it): the request is taken, and a
+        // heartbeat (every 50 ms here) hands it to the worker before the work ends.
+        let requested = match stop {
+            JobState::Cancelled => jobs.cancel(id).await.unwrap(),
+            _ => jobs.discard(id).await.unwrap(),
+        };
+        assert!(requested, "the job was still running");
+        let rec = wait_state(&store, id, JobState::Completed, T).await;
+        assert!(
+            events(&t).iter().any(|e| e.event == "end"),
+            "the outcome was written after the blocking work ended"
+        );
+        assert!(rec.errors.is_empty(), "{:?}", rec.errors);
+        w.shutdown().await.unwrap();
+    }
+}
+
 /// `retry_now` racing the end of the attempt it waits for: refused with `JobRunning` while the
 /// row runs, accepted once it is final; never "missing" (`Ok(false)`) for a job that exists.
 pub async fn retry_now_racing_the_end_of_an_attempt_is_never_missing(store: Arc<dyn JobStore>) {

@@ -67,6 +67,10 @@ pub enum Action {
     /// Block this many milliseconds right inside `run` (`std::thread::sleep`: ignores
     /// cancellation and abort), record `"end"`, then succeed.
     BlockInline(u64),
+    /// Start this many milliseconds of [`JobContext::run_blocking`] work (it records `"end"`)
+    /// without waiting for it, record `"returned"` and succeed: the attempt's task has ended
+    /// while its slot and lease are still held for the blocking work.
+    LeaveBlockingBehind(u64),
 }
 
 /// The job the suite runs: records each start (and each observed cancellation) under its
@@ -177,6 +181,18 @@ impl Job for Probe {
             Action::BlockInline(ms) => {
                 std::thread::sleep(Duration::from_millis(*ms));
                 record(&self.token, ev("end"));
+                Ok(())
+            }
+            Action::LeaveBlockingBehind(ms) => {
+                let (ms, token, end) = (*ms, self.token.clone(), ev("end"));
+                let work = ctx.run_blocking(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    record(&token, end);
+                });
+                let mut work = std::pin::pin!(work);
+                // One poll starts it on the blocking pool; dropping the future leaves it running.
+                let _ = futures::poll!(work.as_mut());
+                record(&self.token, ev("returned"));
                 Ok(())
             }
         }
@@ -321,6 +337,7 @@ macro_rules! job_store_conformance {
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,
             a_stop_request_decides_an_attempt_stopped_for_another_reason,
+            a_stop_request_after_the_attempt_returned_leaves_its_success,
             retry_now_racing_the_end_of_an_attempt_is_never_missing,
             a_worker_that_cannot_heartbeat_fences_itself,
             blocking_jobs_past_their_timeout_never_exceed_concurrency,
