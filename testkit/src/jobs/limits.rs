@@ -150,14 +150,17 @@ pub async fn per_partition_concurrency_holds_while_others_proceed(store: Arc<dyn
         w.shutdown().await.unwrap();
     }
     let evs = events(&t);
+    let mut reached = 0;
     for i in 0..tenants.len() as u64 {
         let mine: Vec<_> = evs.iter().filter(|e| e.n / 100 == i).cloned().collect();
         let max = max_running(&mine);
-        assert_eq!(
-            max, 2,
+        assert!(
+            max <= 2,
             "tenant {i}: {max} at once under 2 per tenant: {mine:?}"
         );
+        reached = reached.max(max);
     }
+    assert_eq!(reached, 2, "no tenant ever ran 2 at once: {evs:?}");
     let max = max_running(&evs);
     assert!(
         (3..=6).contains(&max),

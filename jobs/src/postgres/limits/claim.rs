@@ -75,6 +75,7 @@ pub(super) fn unpartitioned() -> String {
 /// one index probe per partition with the partition index), each partition's most urgent due
 /// jobs up to its fair share of the room and its own limits, claimed round-robin (each
 /// partition's first job, least recently served partition first, then each one's second, ...).
+/// Nothing is read when no room is left (a queue at its global limit).
 /// Parameters: those of [`unpartitioned`] up to `$7`, then `$8` per-partition concurrency,
 /// `$9` per-partition rate, `$10` its period in seconds, `$11` the log's horizon.
 pub(super) fn partitioned(by: &PartitionBy) -> String {
@@ -98,7 +99,8 @@ pub(super) fn partitioned(by: &PartitionBy) -> String {
                         coalesce($5::int8 - (SELECT coalesce(sum(n), 0) FROM running), $2::int8), \
                         coalesce($6::int8 - (SELECT coalesce(sum(qn), 0) FROM started), $2::int8))) END AS n), \
          parts(part) AS ( \
-             (SELECT {e} FROM windlass_jobs WHERE queue = $1 AND {WAITING} ORDER BY {e} LIMIT 1) \
+             (SELECT {e} FROM windlass_jobs \
+               WHERE (SELECT n FROM room) > 0 AND queue = $1 AND {WAITING} ORDER BY {e} LIMIT 1) \
              UNION ALL \
              SELECT (SELECT {e} FROM windlass_jobs \
                       WHERE queue = $1 AND {WAITING} AND {e} > parts.part ORDER BY {e} LIMIT 1) \
