@@ -64,6 +64,7 @@ mod counts;
 mod cron;
 mod error;
 mod job;
+mod limits;
 #[cfg(feature = "memory")]
 pub mod memory;
 pub mod metrics;
@@ -87,6 +88,7 @@ pub use job::{
     JobError, JobErrorKind, MAX_ATTEMPTS, MAX_PRIORITY, MAX_SCHEDULE_AHEAD, MAX_TIMEOUT,
     UniqueOptions,
 };
+pub use limits::{MAX_RATE_PERIOD, PartitionBy, QueueLimits, RateLimit};
 pub use model::{
     AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
     JobRecord, JobState, NewJob, Outcome, QueueCount, Rescued,
@@ -263,6 +265,42 @@ impl Jobs {
     /// tenant, so any handle may read them).
     pub async fn global_limits(&self) -> Result<Vec<(String, u32)>> {
         self.store.global_limits().await
+    }
+
+    /// Sets every limit of a queue at once, replacing the ones set before (the global
+    /// concurrency limit included): concurrency and rate for the whole queue and per partition
+    /// (tenant, kind or an args field), with round-robin claims between partitions (operator
+    /// handles only). Enforced in the store at fetch, across every worker and process; takes
+    /// effect within a second. `QueueLimits::new()` removes them all. See [`QueueLimits`] and
+    /// `docs/jobs.md`, "Limits across workers".
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), windlass_jobs::Error> {
+    /// use std::time::Duration;
+    /// use windlass_jobs::{Jobs, PartitionBy, QueueLimits, RateLimit, memory::MemoryJobStore};
+    ///
+    /// let jobs = Jobs::new(MemoryJobStore::new());
+    /// // Each account at most 2 at a time, 100 jobs per minute for the whole queue.
+    /// jobs.set_queue_limits(
+    ///     "sync",
+    ///     QueueLimits::new()
+    ///         .rate(RateLimit::new(100, Duration::from_secs(60)))
+    ///         .partition_by(PartitionBy::Arg("account_id".into()))
+    ///         .per_partition(2),
+    /// )
+    /// .await?;
+    /// assert_eq!(jobs.queue_limits().await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_queue_limits(&self, queue: &str, limits: QueueLimits) -> Result<()> {
+        self.operator_only("limiting a queue")?;
+        self.store.set_queue_limits(queue, &limits).await
+    }
+
+    /// The queues with any limit set, by queue name (any handle may read them).
+    pub async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
+        self.store.queue_limits().await
     }
 
     /// Deletes final jobs older than `older_than` (operator handles only; workers also do it on

@@ -2,6 +2,8 @@
 //! priorities, schedules, pause, rescue), for users' tests and the quickstart. Jobs live in
 //! memory only and vanish with the process; it is not meant for production.
 
+mod limits;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,6 +14,7 @@ use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
 use crate::error::Result;
+use crate::limits::QueueLimits;
 use crate::model::{
     AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
     JobRecord, JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
@@ -25,8 +28,8 @@ struct State {
     paused: BTreeSet<String>,
     /// The maintenance lease: holder and expiry.
     leader: Option<(String, DateTime<Utc>)>,
-    /// Global concurrency limits per queue.
-    limits: std::collections::BTreeMap<String, u32>,
+    /// Queue limits and what enforcing them remembers.
+    limits: limits::Limits,
     /// The count snapshot ([`JobStore::refresh_counts`]).
     snapshot: crate::counts::TenantCounts,
 }
@@ -231,33 +234,23 @@ impl JobStore for MemoryJobStore {
         if st.paused.contains(queue) || limit == 0 {
             return Ok(Vec::new());
         }
-        let mut due: Vec<(i16, DateTime<Utc>, JobId)> = st
-            .jobs
-            .values()
-            .filter(|r| {
-                r.rec.queue == queue
-                    && is_waiting(r.rec.state)
-                    && r.rec.run_at <= now
-                    && kind_ok(kinds, &r.rec.kind)
-            })
-            .map(|r| (r.rec.priority, r.rec.run_at, r.rec.id))
-            .collect();
-        due.sort_unstable();
-        let mut limit = limit;
-        if let Some(max) = st.limits.get(queue) {
-            let running = st
-                .jobs
-                .values()
-                .filter(|r| r.rec.queue == queue && r.rec.state == JobState::Running)
-                .count();
-            limit = limit.min((*max as usize).saturating_sub(running));
-        }
-        due.truncate(limit);
+        let due = limits::select(&st, queue, kinds, limit, now);
         let mut out = Vec::with_capacity(due.len());
-        for (_, _, id) in due {
+        let by = st
+            .limits
+            .by_queue
+            .get(queue)
+            .and_then(|l| l.partition.clone());
+        let mut parts = Vec::with_capacity(due.len());
+        for id in due {
             let Some(row) = st.jobs.get_mut(&id) else {
                 continue;
             };
+            parts.push(
+                by.as_ref()
+                    .map(|by| limits::part(by, &row.rec))
+                    .unwrap_or_default(),
+            );
             let r = &mut row.rec;
             r.state = JobState::Running;
             r.attempt += 1;
@@ -279,6 +272,7 @@ impl JobStore for MemoryJobStore {
                 tracestate: r.tracestate.clone(),
             });
         }
+        limits::record(&mut st, queue, &parts, now);
         Ok(out)
     }
 
@@ -413,14 +407,15 @@ impl JobStore for MemoryJobStore {
         if st.paused.contains(queue) {
             return Ok(None);
         }
-        Ok(st
+        let due = st
             .jobs
             .values()
             .filter(|r| {
                 r.rec.queue == queue && is_waiting(r.rec.state) && kind_ok(kinds, &r.rec.kind)
             })
             .map(|r| r.rec.run_at)
-            .min())
+            .min();
+        Ok(limits::next_due(&st, queue, due))
     }
 
     async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
@@ -478,6 +473,7 @@ impl JobStore for MemoryJobStore {
         let before = st.jobs.len();
         st.jobs
             .retain(|_, r| r.rec.finalized_at.is_none_or(|f| f >= cutoff));
+        limits::prune(&mut st, cutoff);
         Ok((before - st.jobs.len()) as u64)
     }
 
@@ -495,12 +491,23 @@ impl JobStore for MemoryJobStore {
     async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
         windlass_core::Name::parse("queue", queue)?;
         crate::store::validate_limit(limit)?;
-        let mut st = self.lock();
-        match limit {
-            Some(n) => st.limits.insert(queue.to_owned(), n),
-            None => st.limits.remove(queue),
+        let limits = QueueLimits {
+            global: limit,
+            ..QueueLimits::default()
         };
+        limits::set(&mut self.lock(), queue, &limits, true);
         Ok(())
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        windlass_core::Name::parse("queue", queue)?;
+        limits.validate()?;
+        limits::set(&mut self.lock(), queue, limits, false);
+        Ok(())
+    }
+
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
+        Ok(limits::list(&self.lock()).collect())
     }
 
     async fn paused_queues(&self) -> Result<Vec<String>> {
@@ -508,14 +515,10 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn global_limits(&self) -> Result<Vec<(String, u32)>> {
-        let mut limits: Vec<(String, u32)> = self
-            .lock()
-            .limits
-            .iter()
-            .map(|(q, n)| (q.clone(), *n))
-            .collect();
-        limits.sort();
-        Ok(limits)
+        let st = self.lock();
+        Ok(limits::list(&st)
+            .filter_map(|(q, l)| Some((q, l.global?)))
+            .collect())
     }
 
     async fn get(&self, scope: &TenantScope, id: JobId) -> Result<Option<JobRecord>> {

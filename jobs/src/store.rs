@@ -12,6 +12,7 @@ use windlass_core::TenantScope;
 
 use crate::counts::CountSnapshot;
 use crate::error::Result;
+use crate::limits::QueueLimits;
 use crate::model::{
     AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
     NewJob, QueueCount, Rescued,
@@ -103,6 +104,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// jobs run at once across every worker, enforced at fetch (workers' own per-queue
     /// concurrency still applies). Takes effect within a second.
     async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()>;
+
+    /// Sets every limit of `queue` at once, replacing what was set (including the global
+    /// concurrency limit): see [`QueueLimits`]. Enforced at fetch across every worker; takes
+    /// effect within a second. Refuses invalid limits with [`Error::InvalidOption`](crate::Error::InvalidOption).
+    async fn set_queue_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()>;
+
+    /// The queues with any limit set, by queue name.
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>>;
 
     /// The paused queues.
     async fn paused_queues(&self) -> Result<Vec<String>>;

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "console_counts_and_lists",
         include_str!("../../migrations/0006_console_counts_and_lists.sql"),
     ),
+    (
+        7,
+        "rate_and_partition_limits",
+        include_str!("../../migrations/0007_rate_and_partition_limits.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).

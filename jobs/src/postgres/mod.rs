@@ -23,6 +23,7 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
+pub use limits::{create_partition_index, drop_partition_index, partition_index_name};
 pub use migrate::{MIGRATIONS, migrate};
 use rows::{FETCHED_COLUMNS, RECORD_COLUMNS, fetched, org, record, token_arrays};
 pub use search::{ARGS_SEARCH_INDEX, create_args_search_index, drop_args_search_index};
@@ -33,12 +34,6 @@ use crate::model::{
     JobState, MAX_RECORDED_ERRORS, NewJob, QueueCount, Rescued,
 };
 use crate::store::JobStore;
-
-/// Global limits per queue and when they were read.
-type LimitCache = (
-    Option<std::time::Instant>,
-    std::collections::HashMap<String, i32>,
-);
 
 /// The NOTIFY channel the insert trigger and the store use.
 pub const CHANNEL: &str = "windlass_jobs";
@@ -61,8 +56,8 @@ pub struct PgJobStore {
     listen: bool,
     wake: Arc<Mutex<Option<broadcast::Sender<String>>>>,
     heartbeat_conn: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
-    /// Queues with a global concurrency limit, re-read at most every second.
-    limits: Arc<Mutex<LimitCache>>,
+    /// Queue limits, re-read at most every second.
+    limits: Arc<Mutex<limits::LimitCache>>,
 }
 
 impl PgJobStore {
@@ -73,7 +68,7 @@ impl PgJobStore {
             listen: true,
             wake: Arc::new(Mutex::new(None)),
             heartbeat_conn: Arc::new(tokio::sync::Mutex::new(None)),
-            limits: Arc::new(Mutex::new((None, std::collections::HashMap::new()))),
+            limits: Arc::new(Mutex::new(limits::LimitCache::default())),
         }
     }
 
@@ -148,19 +143,19 @@ impl PgJobStore {
     }
 }
 
-/// The claim of a fetch: due jobs of queue `$1` (of kinds `$4`, all when empty) in priority,
-/// `run_at`, id order, at most `limit` (an SQL expression) of them, skipping rows other fetches
-/// hold, moved to `running` for worker `$3`; returns [`FETCHED_COLUMNS`] for [`fetched`].
-/// `ctes` are extra common table expressions the limit may read (each ending with a comma).
-fn claim_sql(ctes: &str, limit: &str) -> String {
+/// The claim of a fetch of an unlimited queue, one statement: due jobs of queue `$1` (of kinds
+/// `$4`, all when empty) in priority, `run_at`, id order, at most `$2` of them, skipping rows
+/// other fetches hold, moved to `running` for worker `$3`; returns [`FETCHED_COLUMNS`] for
+/// [`fetched`]. Limited queues claim with the statements of `limits`.
+fn claim_sql() -> String {
     format!(
-        "WITH {ctes}next AS ( \
+        "WITH next AS ( \
              SELECT id FROM windlass_jobs \
               WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') AND run_at <= now() \
                 AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
                 AND NOT EXISTS (SELECT 1 FROM windlass_job_queues WHERE name = $1 AND paused) \
               ORDER BY priority, run_at, id \
-              LIMIT {limit} \
+              LIMIT $2 \
               FOR UPDATE SKIP LOCKED) \
          UPDATE windlass_jobs j \
             SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), \
@@ -199,10 +194,12 @@ impl JobStore for PgJobStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        if let Some(max) = self.global_limit(queue).await? {
-            return self.fetch_limited(queue, kinds, limit, worker, max).await;
+        if let Some(limits) = self.limits_of(queue).await? {
+            return self
+                .fetch_limited(queue, kinds, limit, worker, &limits)
+                .await;
         }
-        static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql("", "$2"));
+        static CLAIM: LazyLock<String> = LazyLock::new(claim_sql);
         let rows = sqlx::query(sqlx::AssertSqlSafe(CLAIM.as_str()))
             .bind(queue)
             .bind(limit.min(i32::MAX as usize) as i64)
@@ -376,7 +373,7 @@ impl JobStore for PgJobStore {
     }
 
     async fn next_due(&self, queue: &str, kinds: &[String]) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar(
+        let due = sqlx::query_scalar(
             "SELECT min(run_at) FROM windlass_jobs \
               WHERE queue = $1 AND state IN ('available', 'scheduled', 'retryable') \
                 AND (cardinality($2::text[]) = 0 OR kind = ANY($2)) \
@@ -386,7 +383,8 @@ impl JobStore for PgJobStore {
         .bind(kinds)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| Error::pg("next_due", e))
+        .map_err(|e| Error::pg("next_due", e))?;
+        Ok(self.hinted(queue, due))
     }
 
     async fn cancel(&self, scope: &TenantScope, id: JobId) -> Result<bool> {
@@ -415,6 +413,16 @@ impl JobStore for PgJobStore {
             .map_err(|e| Error::pg("prune", e))?;
             total += done.rows_affected();
             if done.rows_affected() < 10_000 {
+                // Partitions idle as long are forgotten (the round-robin treats a partition it
+                // does not know as never served, which such a partition nearly is).
+                sqlx::query(
+                    "DELETE FROM windlass_job_partitions \
+                      WHERE served_at < now() - make_interval(secs => $1)",
+                )
+                .bind(interval_secs(older_than))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::pg("prune", e))?;
                 return Ok(total);
             }
         }
@@ -438,20 +446,20 @@ impl JobStore for PgJobStore {
     }
 
     async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
-        windlass_core::Name::parse("queue", queue)?;
         crate::store::validate_limit(limit)?;
-        sqlx::query(
-            "INSERT INTO windlass_job_queues (name, global_limit) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET global_limit = EXCLUDED.global_limit, updated_at = now()",
-        )
-        .bind(queue)
-        .bind(limit.map(|n| n as i32))
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::pg("limit", e))?;
-        // This process sees it at once.
-        self.limits.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
-        Ok(())
+        let limits = crate::QueueLimits {
+            global: limit,
+            ..Default::default()
+        };
+        self.write_limits(queue, &limits, true).await
+    }
+
+    async fn set_queue_limits(&self, queue: &str, limits: &crate::QueueLimits) -> Result<()> {
+        self.write_limits(queue, limits, false).await
+    }
+
+    async fn queue_limits(&self) -> Result<Vec<(String, crate::QueueLimits)>> {
+        self.read_limits().await
     }
 
     async fn paused_queues(&self) -> Result<Vec<String>> {

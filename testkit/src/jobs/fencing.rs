@@ -13,7 +13,7 @@ use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 use windlass_jobs::{
     AttemptToken, Enqueued, Error, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId, JobRecord,
-    JobState, JobStore, Jobs, NewJob, QueueCount, Rescued, Result,
+    JobState, JobStore, Jobs, NewJob, QueueCount, QueueLimits, Rescued, Result,
 };
 
 use super::{Action, ProbeEvent, T, enqueue, events, fast_config, probe, q, start, token};
@@ -99,6 +99,12 @@ impl JobStore for HeartbeatGate {
     }
     async fn set_global_limit(&self, queue: &str, limit: Option<u32>) -> Result<()> {
         self.inner.set_global_limit(queue, limit).await
+    }
+    async fn set_queue_limits(&self, queue: &str, limits: &QueueLimits) -> Result<()> {
+        self.inner.set_queue_limits(queue, limits).await
+    }
+    async fn queue_limits(&self) -> Result<Vec<(String, QueueLimits)>> {
+        self.inner.queue_limits().await
     }
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.inner.paused_queues().await

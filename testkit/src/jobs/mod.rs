@@ -11,6 +11,7 @@
 
 mod console;
 mod fencing;
+mod limits;
 mod search;
 mod store;
 mod tenancy;
@@ -20,6 +21,7 @@ mod worker;
 
 pub use console::*;
 pub use fencing::*;
+pub use limits::*;
 pub use search::*;
 pub use store::*;
 pub use tenancy::*;
@@ -333,6 +335,11 @@ macro_rules! job_store_conformance {
             one_maintenance_leader_at_a_time,
             cron_catches_up_missed_ticks_once,
             global_limit_holds_across_workers,
+            rate_limits_hold_in_every_window,
+            per_partition_concurrency_holds_while_others_proceed,
+            fair_fetch_serves_a_quiet_tenant_within_one_round,
+            a_flooding_tenant_delays_another_by_at_most_one_round,
+            partitions_by_an_args_field_or_kind,
             job_error_kinds_choose_the_outcome,
             cancel_stops_a_running_job,
             cancel_or_discard_then_retry_now_never_overlaps,
