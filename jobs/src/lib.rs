@@ -68,6 +68,7 @@ mod job;
 pub mod memory;
 pub mod metrics;
 mod model;
+mod options;
 mod otel;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -82,14 +83,14 @@ use windlass_core::{OrgId, TenantScope};
 pub use counts::CountSnapshot;
 pub use cron::{CatchUp, CronJob};
 pub use error::{Error, Result};
-pub use job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, EnqueueOptions, Job, JobContext,
-    JobError, JobErrorKind, MAX_ATTEMPTS, MAX_PRIORITY, MAX_SCHEDULE_AHEAD, MAX_TIMEOUT,
-    UniqueOptions,
-};
+pub use job::{Job, JobContext, JobError, JobErrorKind};
 pub use model::{
     AttemptError, AttemptToken, Enqueued, FetchedJob, Finish, HeartbeatReply, JobFilter, JobId,
-    JobRecord, JobState, NewJob, Outcome, QueueCount, Rescued,
+    JobRecord, JobState, NewJob, OnConflict, Outcome, QueueCount, Rescued,
+};
+pub use options::{
+    DEFAULT_MAX_ARGS_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, DEFAULT_QUEUE, EnqueueOptions,
+    MAX_ATTEMPTS, MAX_PRIORITY, MAX_SCHEDULE_AHEAD, MAX_TIMEOUT, UniqueOptions,
 };
 pub use store::{JobStore, WAKE_ALL};
 pub use worker::{RunningWorker, Worker, WorkerConfig};

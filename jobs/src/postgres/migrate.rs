@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "console_counts_and_lists",
         include_str!("../../migrations/0006_console_counts_and_lists.sql"),
     ),
+    (
+        8,
+        "notify_limiter",
+        include_str!("../../migrations/0008_notify_limiter.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).
