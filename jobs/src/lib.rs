@@ -197,8 +197,8 @@ impl Jobs {
     }
 
     /// Enqueues many jobs with the same options, atomically at any size (one transaction on
-    /// Postgres, 10 000 rows per statement): nothing is inserted if any job fails validation
-    /// or the database refuses any row.
+    /// Postgres: COPY from 2 000 rows, `unnest` statements below): nothing is inserted if any
+    /// job fails validation or the database refuses any row.
     pub async fn enqueue_many<'a, J: Job>(
         &self,
         jobs: impl IntoIterator<Item = &'a J>,
