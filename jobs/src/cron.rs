@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use windlass_core::{Name, RetryPolicy};
 
 use crate::error::{Error, Result};
-use crate::job::{EnqueueOptions, Job};
+use crate::job::Job;
 use crate::model::{Enqueued, JobState, NewJob};
+use crate::options::EnqueueOptions;
 use crate::store::JobStore;
 
 /// A job enqueued on a cron schedule (5 fields, or 6 with seconds first; `@hourly` & co).

@@ -35,6 +35,19 @@ pub enum Error {
         /// What is wrong and where.
         reason: String,
     },
+    /// The job's arguments encode to more JSON than the enqueue's limit
+    /// ([`EnqueueOptions::max_args_size`](crate::EnqueueOptions::max_args_size), default
+    /// [`DEFAULT_MAX_ARGS_SIZE`](crate::DEFAULT_MAX_ARGS_SIZE)). Caught at validation: nothing
+    /// is inserted.
+    #[error("job arguments of kind `{kind}` encode to {size} bytes, over the limit of {limit}")]
+    ArgsTooLarge {
+        /// Job kind.
+        kind: String,
+        /// Encoded size (compact JSON), in bytes.
+        size: usize,
+        /// The limit in force, in bytes.
+        limit: usize,
+    },
     /// A cron expression did not parse.
     #[error("cron schedule {pattern:?} is invalid: {reason}")]
     Cron {

@@ -21,6 +21,8 @@ use crate::model::{
 };
 use crate::store::JobStore;
 
+mod insert;
+
 #[derive(Debug, Default)]
 struct State {
     next_id: JobId,
@@ -149,73 +151,7 @@ fn held<'a>(st: &'a mut State, worker: &str, token: AttemptToken) -> Option<&'a 
 #[async_trait]
 impl JobStore for MemoryJobStore {
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let now = Utc::now();
-        let mut notify = BTreeSet::new();
-        let mut out = Vec::with_capacity(jobs.len());
-        {
-            let mut st = self.lock();
-            for job in jobs {
-                if let Some(key) = &job.unique_key {
-                    // A key is blocked by a row holding it in a state that row's own mask
-                    // covers, and by a row in a state the new job's mask covers (the Postgres
-                    // unique index compares the new row's state with its own mask).
-                    let state = if job.run_at.is_some_and(|at| at > now) {
-                        JobState::Scheduled
-                    } else {
-                        JobState::Available
-                    };
-                    let clash = st.jobs.values().rev().find(|r| {
-                        r.rec.unique_key.as_deref() == Some(key.as_str())
-                            && r.holds_unique()
-                            && job.unique_states & state.bit() != 0
-                    });
-                    if let Some(holder) = clash {
-                        out.push(Enqueued::Duplicate(Some(holder.rec.id)));
-                        continue;
-                    }
-                }
-                st.next_id += 1;
-                let id = st.next_id;
-                let run_at = job.run_at.unwrap_or(now);
-                let state = if run_at > now {
-                    JobState::Scheduled
-                } else {
-                    JobState::Available
-                };
-                notify.insert(job.queue.as_str().to_owned());
-                let rec = JobRecord {
-                    id,
-                    queue: job.queue.as_str().to_owned(),
-                    kind: job.kind.as_str().to_owned(),
-                    args: job.args,
-                    org_id: job.org_id.map(|o| o.as_str().to_owned()),
-                    priority: job.priority,
-                    state,
-                    attempt: 0,
-                    max_attempts: job.max_attempts,
-                    run_at,
-                    attempted_at: None,
-                    heartbeat_at: None,
-                    locked_by: None,
-                    unique_key: job.unique_key,
-                    errors: Vec::new(),
-                    timeout: job.timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
-                    created_at: now,
-                    finalized_at: None,
-                    stop_requested: None,
-                    traceparent: job.traceparent,
-                    tracestate: job.tracestate,
-                };
-                st.jobs.insert(
-                    id,
-                    Row {
-                        rec,
-                        unique_states: job.unique_states,
-                    },
-                );
-                out.push(Enqueued::New(id));
-            }
-        }
+        let (out, notify) = insert::insert(&mut self.lock(), jobs, Utc::now());
         for q in notify {
             self.notify(&q);
         }

@@ -250,6 +250,24 @@ pub struct NewJob {
     pub traceparent: Option<String>,
     /// W3C `tracestate` that goes with `traceparent`.
     pub tracestate: Option<String>,
+    /// What to do when the unique key is held ([`OnConflict`]; `Skip` for jobs without a key).
+    pub on_conflict: OnConflict,
+}
+
+/// What an enqueue of a unique job does when another job holds its key
+/// ([`UniqueOptions::on_conflict`](crate::UniqueOptions::on_conflict)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OnConflict {
+    /// Insert nothing; report [`Enqueued::Duplicate`] with the holder's id (the default).
+    #[default]
+    Skip,
+    /// When the holder is still waiting (`available`, `scheduled` or `retryable`), replace its
+    /// `args`, `run_at` and `priority` with the new job's, in place (same id, same attempts
+    /// and errors), and report [`Enqueued::Replaced`]. A holder that is `running` (or final,
+    /// when the key covers final states) is never touched: the enqueue is then a plain
+    /// [`Enqueued::Duplicate`].
+    Replace,
 }
 
 /// What an insert did for one job.
@@ -262,6 +280,9 @@ pub enum Enqueued {
     /// same batch); nothing was inserted. Carries the existing job's id, `None` only when that
     /// job left its covered states (or was pruned) between the conflict and the lookup.
     Duplicate(Option<JobId>),
+    /// A waiting job held the unique key and [`OnConflict::Replace`] was asked: that job's
+    /// `args`, `run_at` and `priority` were replaced by this one's. Carries its id.
+    Replaced(JobId),
 }
 
 impl Enqueued {
@@ -269,22 +290,24 @@ impl Enqueued {
     pub fn id(self) -> Option<JobId> {
         match self {
             Enqueued::New(id) => Some(id),
-            Enqueued::Duplicate(_) => None,
+            Enqueued::Duplicate(_) | Enqueued::Replaced(_) => None,
         }
     }
 
-    /// The id of the job that holds the key, for a duplicate.
+    /// The id of the job that holds the key, for a duplicate or a replacement.
     pub fn existing(self) -> Option<JobId> {
         match self {
             Enqueued::New(_) => None,
             Enqueued::Duplicate(existing) => existing,
+            Enqueued::Replaced(id) => Some(id),
         }
     }
 
-    /// The job this enqueue stands for: the new one, or the existing one for a duplicate.
+    /// The job this enqueue stands for: the new one, or the existing one for a duplicate or a
+    /// replacement.
     pub fn job_id(self) -> Option<JobId> {
         match self {
-            Enqueued::New(id) => Some(id),
+            Enqueued::New(id) | Enqueued::Replaced(id) => Some(id),
             Enqueued::Duplicate(existing) => existing,
         }
     }

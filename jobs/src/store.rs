@@ -28,10 +28,12 @@ pub const WAKE_ALL: &str = "*";
 /// checks both against the same expectations.
 #[async_trait]
 pub trait JobStore: Send + Sync + 'static {
-    /// Inserts jobs, atomically: all or none (Postgres: one transaction, 10 000 rows per
-    /// statement). A job whose unique key is held by a job in a covered state (or by an
-    /// earlier job of the batch) is skipped and reported as [`Enqueued::Duplicate`] with the
-    /// holder's id. Results are in input order.
+    /// Inserts jobs, atomically: all or none (Postgres: one transaction; COPY for large
+    /// batches). A job whose unique key is held by a job in a covered state (or by an earlier
+    /// job of the batch) is skipped and reported as [`Enqueued::Duplicate`] with the holder's
+    /// id, or, with [`OnConflict::Replace`](crate::OnConflict::Replace) and a holder still
+    /// waiting, replaces the holder's args, `run_at` and priority and is reported as
+    /// [`Enqueued::Replaced`] (a running holder is never changed). Results are in input order.
     async fn insert(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claims up to `limit` due jobs of `queue` (available, or scheduled / retryable whose

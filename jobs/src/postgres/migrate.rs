@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rate_and_partition_limits",
         include_str!("../../migrations/0007_rate_and_partition_limits.sql"),
     ),
+    (
+        8,
+        "notify_limiter",
+        include_str!("../../migrations/0008_notify_limiter.sql"),
+    ),
 ];
 
 /// Advisory lock key: serializes concurrent `migrate` calls (several workers starting at once).

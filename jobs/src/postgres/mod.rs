@@ -1,15 +1,17 @@
 //! Postgres store: the `windlass_jobs` table (see `migrations/` in the crate), batch fetch with
 //! `FOR UPDATE SKIP LOCKED`, one `UPDATE ... FROM unnest(...)` for many finished jobs, `unnest`
-//! bulk insert, and LISTEN/NOTIFY wake-ups (one NOTIFY per queue per insert statement) with
-//! polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
+//! or COPY bulk insert, and LISTEN/NOTIFY wake-ups (coalesced per queue by the store's limiter,
+//! or one per queue per transaction from the insert trigger) with polling as the fallback. Heartbeats run on a connection of their own, outside the pool, so
 //! jobs holding every pooled connection cannot starve them.
 
 mod by_id;
 mod console;
+mod copy;
 mod insert;
 mod limits;
 mod listen;
 mod migrate;
+mod notify;
 mod rows;
 mod search;
 mod tx;
@@ -24,7 +26,9 @@ use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
 pub use limits::{create_partition_index, drop_partition_index, partition_index_name};
+pub use insert::DEFAULT_COPY_THRESHOLD;
 pub use migrate::{MIGRATIONS, migrate};
+pub use notify::DEFAULT_NOTIFY_INTERVAL;
 use rows::{FETCHED_COLUMNS, RECORD_COLUMNS, fetched, org, record, token_arrays};
 pub use search::{ARGS_SEARCH_INDEX, create_args_search_index, drop_args_search_index};
 
@@ -58,6 +62,10 @@ pub struct PgJobStore {
     heartbeat_conn: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
     /// Queue limits, re-read at most every second.
     limits: Arc<Mutex<limits::LimitCache>>,
+    /// Coalesces the NOTIFYs of this store's own inserts.
+    notify_limiter: Arc<notify::NotifyLimiter>,
+    /// Batches of at least this many rows go in with COPY.
+    copy_threshold: usize,
 }
 
 impl PgJobStore {
@@ -69,7 +77,29 @@ impl PgJobStore {
             wake: Arc::new(Mutex::new(None)),
             heartbeat_conn: Arc::new(tokio::sync::Mutex::new(None)),
             limits: Arc::new(Mutex::new(limits::LimitCache::default())),
+            notify_limiter: Arc::new(notify::NotifyLimiter::new(DEFAULT_NOTIFY_INTERVAL)),
+            copy_threshold: DEFAULT_COPY_THRESHOLD,
         }
+    }
+
+    /// Coalesces the NOTIFYs of this store's inserts ([`JobStore::insert`], so
+    /// `Jobs::enqueue` and `enqueue_many`): at most one per queue per `interval` (default
+    /// [`DEFAULT_NOTIFY_INTERVAL`], 10 ms), sent in the inserting transaction, and one trailing
+    /// NOTIFY once the interval has passed for the inserts it held back. A worker hears of every
+    /// job at most about `interval` after its commit (polling remains the fallback).
+    /// `Duration::ZERO` sends one per queue per insert. Inserts inside a caller's transaction
+    /// ([`PgJobStore::insert_in`]) are not limited: the insert trigger notifies at its commit.
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_limiter = Arc::new(notify::NotifyLimiter::new(interval));
+        self
+    }
+
+    /// Batches of at least `rows` jobs are inserted with COPY instead of `INSERT ... unnest`
+    /// statements (default [`DEFAULT_COPY_THRESHOLD`]); `usize::MAX` never uses COPY. Both are
+    /// atomic and skip duplicates of unique keys the same way.
+    pub fn copy_threshold(mut self, rows: usize) -> Self {
+        self.copy_threshold = rows.max(1);
+        self
     }
 
     /// Turns LISTEN off (e.g. behind PgBouncer in transaction mode): workers then poll.
@@ -100,33 +130,25 @@ impl PgJobStore {
     /// ```
     ///
     /// Atomic at any size: the rows go in under a savepoint (a transaction of its own on a
-    /// connection outside one), 10 000 per statement; if the database refuses any, none is
-    /// inserted and the savepoint is rolled back, so the caller's transaction stays usable.
+    /// connection outside one), with COPY from [`DEFAULT_COPY_THRESHOLD`] rows, else 10 000 per
+    /// statement; if the database refuses any, none is inserted and the savepoint is rolled
+    /// back, so the caller's transaction stays usable. The insert trigger wakes workers at the
+    /// caller's commit (one NOTIFY per queue per transaction, not limited).
     pub async fn insert_in(conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
         let mut sp = conn.begin().await.map_err(|e| Error::pg("insert", e))?;
-        let mut out = Vec::with_capacity(jobs.len());
-        let mut jobs = jobs;
-        let mut failed = None;
-        while !jobs.is_empty() {
-            let rest = jobs.split_off(jobs.len().min(insert::INSERT_CHUNK));
-            match insert::insert_chunk(&mut sp, &jobs).await {
-                Ok(done) => out.extend(done),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
+        match insert::insert_all(&mut sp, &jobs, DEFAULT_COPY_THRESHOLD).await {
+            Ok(out) => {
+                sp.commit().await.map_err(|e| Error::pg("insert", e))?;
+                Ok(out)
             }
-            jobs = rest;
+            Err(e) => {
+                let _ = sp.rollback().await;
+                Err(e)
+            }
         }
-        if let Some(e) = failed {
-            let _ = sp.rollback().await;
-            return Err(e);
-        }
-        sp.commit().await.map_err(|e| Error::pg("insert", e))?;
-        Ok(out)
     }
 
     async fn notify(&self, queues: &[String]) -> Result<()> {
@@ -175,13 +197,19 @@ impl JobStore for PgJobStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
+        let mut queues: Vec<String> = jobs.iter().map(|j| j.queue.as_str().to_owned()).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        let (lead, later) = self.notify_limiter.split(queues);
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(|e| Error::pg("insert", e))?;
-        // Outside a transaction, insert_in runs in one of its own: atomic at any size.
-        Self::insert_in(&mut conn, jobs).await
+        // One statement, or one transaction: atomic at any size.
+        let out = insert::insert_own(&mut conn, jobs, &lead, self.copy_threshold).await?;
+        self.notify_limiter.after_commit(&self.pool, later);
+        Ok(out)
     }
 
     async fn fetch(

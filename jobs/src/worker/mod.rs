@@ -538,7 +538,7 @@ async fn drain(inner: &Arc<Inner>) -> Result<()> {
 /// snooze for any `Duration`, and an overflowing timestamp would panic the attempt's task
 /// (leaving its row `running`, heartbeated forever).
 fn from_now(d: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
-    let d = chrono::Duration::from_std(d.min(crate::job::MAX_SCHEDULE_AHEAD))
+    let d = chrono::Duration::from_std(d.min(crate::options::MAX_SCHEDULE_AHEAD))
         .unwrap_or(chrono::Duration::MAX);
     let now = chrono::Utc::now();
     now.checked_add_signed(d).unwrap_or(now)

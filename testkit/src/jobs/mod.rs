@@ -2,6 +2,7 @@
 //! Postgres), at the store level (`store`: fetch order, fencing, unique keys, pause, prune, ...)
 //! and through a real [`Worker`] (`worker`: retries, dead-letter, panics, timeouts, bad input,
 //! cancel, shutdown, rescue, cron, priorities, queue isolation), plus fencing (`fencing`),
+//! replace-on-conflict and the args size limit (`bulk`),
 //! honest timeouts and shutdown (`timeouts`) and tenant scoping (`tenancy`). This file holds the
 //! probe job, the helpers and the macro.
 //!
@@ -9,6 +10,7 @@
 //! async expression that yields `(Arc<dyn JobStore>, guard)`; the guard (e.g. the test
 //! database) lives as long as the test.
 
+mod bulk;
 mod console;
 mod fencing;
 mod limits;
@@ -19,6 +21,7 @@ mod timeouts;
 mod trace;
 mod worker;
 
+pub use bulk::*;
 pub use console::*;
 pub use fencing::*;
 pub use limits::*;
@@ -314,6 +317,8 @@ macro_rules! job_store_conformance {
             completion_is_state_guarded,
             batched_finish_applies_many_outcomes,
             unique_jobs_are_enqueued_once,
+            unique_replace_updates_only_a_waiting_holder,
+            args_over_the_size_limit_are_refused,
             cancel_retry_discard_by_id,
             prune_deletes_old_final_jobs,
             paused_queues_are_not_fetched,
