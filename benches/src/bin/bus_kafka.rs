@@ -8,6 +8,8 @@
 //! cluster; unset, the testkit harness starts (or reuses) a local tansu broker.
 //! `BENCH_ONLY=consume` runs the consume comparison alone; `BENCH_ROUNDS` (default 2) sets its
 //! number of rounds (each printed, with the median of the per-round ratios).
+//! `BENCH_CLIENT_PROPS=k=v,k=v` sets librdkafka properties of our consumer, `BENCH_MAX_PENDING`
+//! its pause mark.
 //!
 //! - publish: `KafkaBus::publish_batch` in windows of 1000 vs a raw `FutureProducer` with the
 //!   same settings (idempotence, `acks=all`, `linger.ms=1`) sending the same key, value and
@@ -353,6 +355,13 @@ async fn main() -> BoxResult<()> {
     {
         config = config.max_pending_per_partition(n);
     }
+    // librdkafka properties of our consumer, `k=v,k=v` (e.g. `queued.min.messages=100000`).
+    if let Ok(props) = std::env::var("BENCH_CLIENT_PROPS") {
+        for kv in props.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or("BENCH_CLIENT_PROPS: k=v,k=v")?;
+            config = config.client_property(k, v);
+        }
+    }
     let bus = KafkaBus::new(config)?;
     let raw = producer(&brokers)?;
     // Latency runs: both consumers with the same `fetch.wait.max.ms` (librdkafka: 500).
@@ -405,11 +414,17 @@ async fn main() -> BoxResult<()> {
             (r, ours_consume(&bus, &t_consume, consume_n).await?)
         } else {
             let o = ours_consume(&bus, &t_consume, consume_n).await?;
-            (raw_consume(&brokers, t_consume.as_str(), consume_n).await?, o)
+            (
+                raw_consume(&brokers, t_consume.as_str(), consume_n).await?,
+                o,
+            )
         };
         raw_consume_best = raw_consume_best.max(raw_r);
         ours_consume_best = ours_consume_best.max(ours_r);
-        eprintln!("consume round {round}: ours {ours_r:.0}/s, raw {raw_r:.0}/s, ratio {:.3}", ours_r / raw_r);
+        eprintln!(
+            "consume round {round}: ours {ours_r:.0}/s, raw {raw_r:.0}/s, ratio {:.3}",
+            ours_r / raw_r
+        );
         consume_runs.push(serde_json::json!({
             "ours_per_s": ours_r.round(),
             "raw_stream_consumer_per_s": raw_r.round(),

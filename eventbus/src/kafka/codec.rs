@@ -190,8 +190,11 @@ pub(crate) fn decode<M: Message>(msg: &M) -> Result<Event, Undecodable> {
         header(name)?.ok_or_else(|| Undecodable::new(raw(), format!("header {name} is missing")))
     };
     // No generated id or time to throw away: both come from the headers.
-    let mut b: EventBuilder =
-        EventBuilder::decoded(required("ce_source")?, required("ce_type")?, required("ce_id")?);
+    let mut b: EventBuilder = EventBuilder::decoded(
+        required("ce_source")?,
+        required("ce_type")?,
+        required("ce_id")?,
+    );
     b = match header("ce_time")? {
         Some(t) => match DateTime::parse_from_rfc3339(t) {
             Ok(t) => b.time(t.with_timezone(&Utc)),
@@ -370,7 +373,10 @@ mod tests {
         assert_eq!(e.time(), None, "no ce_time header: no time made up");
         assert_eq!(e.data_content_type(), Some("text/plain"));
         assert_eq!(e.data_bytes().as_deref(), Some(&b"hi"[..]));
-        assert_eq!(e.extension("region").map(|v| v.to_string()).as_deref(), Some("eu"));
+        assert_eq!(
+            e.extension("region").map(|v| v.to_string()).as_deref(),
+            Some("eu")
+        );
     }
 
     #[test]

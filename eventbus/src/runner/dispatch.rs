@@ -248,7 +248,9 @@ pub(crate) async fn run<T: Transport>(
     Ok(())
 }
 
-fn task_id(done: &std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+fn task_id(
+    done: &std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) -> tokio::task::Id {
     match done {
         Ok((id, ())) => *id,
         Err(e) => e.id(),
