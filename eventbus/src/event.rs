@@ -336,13 +336,11 @@ impl Event {
 /// or any `+json` suffix.
 pub fn is_json_media_type(ct: Option<&str>) -> bool {
     let Some(ct) = ct else { return true };
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let suffix = essence.len().checked_sub(5).and_then(|i| essence.get(i..));
+    essence.eq_ignore_ascii_case("application/json")
+        || essence.eq_ignore_ascii_case("text/json")
+        || suffix.is_some_and(|s| s.eq_ignore_ascii_case("+json"))
 }
 
 /// Builds a validated [`Event`]. Setters never fail; [`EventBuilder::build`] reports the first
@@ -384,6 +382,16 @@ impl EventBuilder {
             },
             error: None,
         }
+    }
+
+    /// A decoded event's builder: `source`, `type` and `id` as read, no time (the decoder sets
+    /// it or leaves it out). Nothing is generated only to be replaced.
+    pub(crate) fn decoded(source: &str, ty: &str, id: &str) -> Self {
+        let mut b = Self::empty();
+        b.inner.source = source.to_owned();
+        b.inner.ty = ty.to_owned();
+        b.inner.id = id.to_owned();
+        b
     }
 
     /// A builder with nothing set: no generated id, no time (decoding fills it).
@@ -462,11 +470,23 @@ impl EventBuilder {
     /// Sets a payload from bytes and their media type, as a binary-mode transport (Kafka)
     /// delivers them: JSON media types become JSON `data` (refused at build when not valid
     /// JSON), UTF-8 `text/*` becomes a JSON string, anything else `data_base64`.
-    pub fn data_bytes(mut self, content_type: Option<&str>, bytes: impl Into<Bytes>) -> Self {
+    pub fn data_bytes(self, content_type: Option<&str>, bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
+        self.set_data(content_type, &bytes, || bytes.clone())
+    }
+    /// [`EventBuilder::data_bytes`] from borrowed bytes, copied only as the payload needs.
+    pub(crate) fn data_slice(self, content_type: Option<&str>, bytes: &[u8]) -> Self {
+        self.set_data(content_type, bytes, || Bytes::copy_from_slice(bytes))
+    }
+    fn set_data(
+        mut self,
+        content_type: Option<&str>,
+        bytes: &[u8],
+        owned: impl FnOnce() -> Bytes,
+    ) -> Self {
         self.inner.datacontenttype = content_type.map(str::to_owned);
         if is_json_media_type(content_type) {
-            match std::str::from_utf8(&bytes)
+            match std::str::from_utf8(bytes)
                 .ok()
                 .map(|s| RawValue::from_string(s.to_owned()))
             {
@@ -477,13 +497,12 @@ impl EventBuilder {
                 }
             }
         } else if content_type.is_some_and(|c| c.trim_start().starts_with("text/"))
-            && std::str::from_utf8(&bytes).is_ok()
+            && let Ok(s) = std::str::from_utf8(bytes)
         {
-            let s = std::str::from_utf8(&bytes).unwrap_or_default();
             let raw = serde_json::value::to_raw_value(s).expect("a string serializes");
             self.inner.data = Some(Data::Json(Arc::from(raw)));
         } else {
-            self.inner.data = Some(Data::Binary(bytes));
+            self.inner.data = Some(Data::Binary(owned()));
         }
         self
     }
@@ -872,6 +891,34 @@ mod tests {
         assert!(is_json_media_type(Some("application/cloudevents+json")));
         assert!(!is_json_media_type(Some("text/plain")));
         assert!(!is_json_media_type(Some("application/octet-stream")));
+        assert!(is_json_media_type(Some(" Application/JSON ")));
+        assert!(is_json_media_type(Some("application/vnd.acme+JSON;v=2")));
+        assert!(is_json_media_type(Some("TEXT/json")));
+        assert!(!is_json_media_type(Some("json")));
+        assert!(!is_json_media_type(Some("")));
+        assert!(!is_json_media_type(Some("application/jsonx")));
+    }
+
+    #[test]
+    fn data_from_a_slice_is_data_from_bytes() {
+        let cases: [(Option<&str>, &[u8]); 6] = [
+            (None, br#"{"a":1}"#),
+            (Some("application/json"), b"not json"),
+            (Some("text/plain"), b"hello"),
+            (Some("text/plain"), &[0xff, 0xfe]),
+            (Some("application/octet-stream"), &[0, 1, 2]),
+            (Some("application/cloudevents+json"), b"[1,2]"),
+        ];
+        for (ct, bytes) in cases {
+            let a = Event::builder("/s", "t").id("1").without_time();
+            let b = a.clone().data_slice(ct, bytes).build();
+            let a = a.data_bytes(ct, bytes.to_vec()).build();
+            match (a, b) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{ct:?}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{ct:?}"),
+                (a, b) => panic!("{ct:?}: {a:?} vs {b:?}"),
+            }
+        }
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! ```
 //! `SCALE` (default 1.0) multiplies the event counts. `WINDLASS_KAFKA_BROKERS` picks the
 //! cluster; unset, the testkit harness starts (or reuses) a local tansu broker.
+//! `BENCH_ONLY=consume` runs the consume comparison alone; `BENCH_ROUNDS` (default 2) sets its
+//! number of rounds (each printed, with the median of the per-round ratios).
+//! `BENCH_CLIENT_PROPS=k=v,k=v` sets librdkafka properties of our consumer, `BENCH_MAX_PENDING`
+//! its pause mark.
 //!
 //! - publish: `KafkaBus::publish_batch` in windows of 1000 vs a raw `FutureProducer` with the
 //!   same settings (idempotence, `acks=all`, `linger.ms=1`) sending the same key, value and
@@ -15,7 +19,8 @@
 //!   handler) with a no-op handler vs a raw `StreamConsumer` in its own group (subscribe,
 //!   librdkafka's auto commit) counting records; each timed from the assignment of its
 //!   partitions (ours: `subscribe` returned; raw: the rebalance callback) to the last record,
-//!   so the group join is not timed but the fetching is; two alternating rounds, best of each;
+//!   so the group join is not timed but the fetching is; alternating rounds, best of each and
+//!   every round's ratio;
 //! - end-to-end latency at a fixed rate (1k events/s): publish -> handler of a group
 //!   subscription (offsets committed per batch) vs raw produce -> raw `StreamConsumer` with
 //!   manual assignment (no group, no commit).
@@ -350,6 +355,13 @@ async fn main() -> BoxResult<()> {
     {
         config = config.max_pending_per_partition(n);
     }
+    // librdkafka properties of our consumer, `k=v,k=v` (e.g. `queued.min.messages=100000`).
+    if let Ok(props) = std::env::var("BENCH_CLIENT_PROPS") {
+        for kv in props.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').ok_or("BENCH_CLIENT_PROPS: k=v,k=v")?;
+            config = config.client_property(k, v);
+        }
+    }
     let bus = KafkaBus::new(config)?;
     let raw = producer(&brokers)?;
     // Latency runs: both consumers with the same `fetch.wait.max.ms` (librdkafka: 500).
@@ -360,9 +372,17 @@ async fn main() -> BoxResult<()> {
             .client_property("fetch.wait.max.ms", &fetch_wait),
     )?;
 
+    // `BENCH_ONLY=consume` runs the consume comparison only (profiling, repeated runs).
+    let consume_only = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "consume");
+    // Consume rounds (alternating who goes first); every round is reported.
+    let consume_rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+        .max(1);
     let mut raw_best: f64 = 0.0;
     let mut ours_best: f64 = 0.0;
-    for round in 0..2 {
+    for round in 0..if consume_only { 0 } else { 2 } {
         let t_raw = windlass_testkit::kafka::unique_topic();
         let t_ours = windlass_testkit::kafka::unique_topic();
         windlass_testkit::kafka::create_topic(&brokers, &t_raw, 3).await;
@@ -387,18 +407,51 @@ async fn main() -> BoxResult<()> {
     raw_publish(&raw, t_consume.as_str(), &fill).await?;
     let mut raw_consume_best: f64 = 0.0;
     let mut ours_consume_best: f64 = 0.0;
-    for round in 0..2 {
-        if round % 2 == 0 {
-            raw_consume_best =
-                raw_consume_best.max(raw_consume(&brokers, t_consume.as_str(), consume_n).await?);
-            ours_consume_best =
-                ours_consume_best.max(ours_consume(&bus, &t_consume, consume_n).await?);
+    let mut consume_runs = Vec::new();
+    for round in 0..consume_rounds {
+        let (raw_r, ours_r) = if round % 2 == 0 {
+            let r = raw_consume(&brokers, t_consume.as_str(), consume_n).await?;
+            (r, ours_consume(&bus, &t_consume, consume_n).await?)
         } else {
-            ours_consume_best =
-                ours_consume_best.max(ours_consume(&bus, &t_consume, consume_n).await?);
-            raw_consume_best =
-                raw_consume_best.max(raw_consume(&brokers, t_consume.as_str(), consume_n).await?);
-        }
+            let o = ours_consume(&bus, &t_consume, consume_n).await?;
+            (
+                raw_consume(&brokers, t_consume.as_str(), consume_n).await?,
+                o,
+            )
+        };
+        raw_consume_best = raw_consume_best.max(raw_r);
+        ours_consume_best = ours_consume_best.max(ours_r);
+        eprintln!(
+            "consume round {round}: ours {ours_r:.0}/s, raw {raw_r:.0}/s, ratio {:.3}",
+            ours_r / raw_r
+        );
+        consume_runs.push(serde_json::json!({
+            "ours_per_s": ours_r.round(),
+            "raw_stream_consumer_per_s": raw_r.round(),
+            "ratio": (ours_r / raw_r * 1000.0).round() / 1000.0,
+        }));
+    }
+    let mut ratios: Vec<f64> = consume_runs
+        .iter()
+        .filter_map(|r| r["ratio"].as_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let median_ratio = ratios[ratios.len() / 2];
+    if consume_only {
+        let report = serde_json::json!({
+            "bench": "bus_kafka",
+            "brokers": brokers,
+            "consume": {
+                "events": consume_n,
+                "ours_per_s": ours_consume_best.round(),
+                "raw_stream_consumer_per_s": raw_consume_best.round(),
+                "ratio": (ours_consume_best / raw_consume_best * 1000.0).round() / 1000.0,
+                "median_round_ratio": median_ratio,
+                "rounds": consume_runs,
+            },
+        });
+        println!("{report}");
+        return Ok(());
     }
 
     let epoch = Instant::now();
@@ -423,6 +476,8 @@ async fn main() -> BoxResult<()> {
             "ours_per_s": ours_consume_best.round(),
             "raw_stream_consumer_per_s": raw_consume_best.round(),
             "ratio": (ours_consume_best / raw_consume_best * 1000.0).round() / 1000.0,
+            "median_round_ratio": median_ratio,
+            "rounds": consume_runs,
         },
         "fetch_wait_max_ms": fetch_wait,
         "e2e_latency_1k_per_s": {

@@ -7,7 +7,7 @@
 //! event in structured JSON. Decoding accepts both, whatever the publisher's mode.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 use crate::event::{Event, EventBuilder, ExtensionValue};
 use crate::runner::Undecodable;
@@ -120,23 +120,45 @@ pub(crate) fn encode(event: &Event, mode: WireMode) -> Encoded<'_> {
     }
 }
 
-/// Decodes a record in either mode. An error names what is wrong, for the DLQ.
-pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
+/// The headers [`decode`] looks up by name (the first of each, names compared ignoring ASCII
+/// case), found in one pass over the record's headers.
+const LOOKED_UP: [&str; 6] = [
+    "content-type",
+    "ce_specversion",
+    "ce_source",
+    "ce_type",
+    "ce_id",
+    "ce_time",
+];
+
+/// Decodes a record in either mode (an owned record or one borrowed from the client). An
+/// error names what is wrong, for the DLQ.
+pub(crate) fn decode<M: Message>(msg: &M) -> Result<Event, Undecodable> {
     let raw = || msg.payload().unwrap_or_default().to_vec();
     let headers = msg.headers();
-    let header = |name: &str| -> Result<Option<&str>, Undecodable> {
-        let Some(hs) = headers else { return Ok(None) };
+    // One pass finds every looked-up header (`None`: absent, `Some(None)`: no value).
+    let mut found: [Option<Option<&[u8]>>; LOOKED_UP.len()] = [None; LOOKED_UP.len()];
+    if let Some(hs) = headers {
         for h in hs.iter() {
-            if h.key.eq_ignore_ascii_case(name) {
-                return match h.value {
-                    None => Ok(None),
-                    Some(v) => std::str::from_utf8(v).map(Some).map_err(|_| {
-                        Undecodable::new(raw(), format!("header {name} is not UTF-8"))
-                    }),
-                };
+            for (slot, name) in found.iter_mut().zip(LOOKED_UP) {
+                if slot.is_none() && h.key.eq_ignore_ascii_case(name) {
+                    *slot = Some(h.value);
+                    break;
+                }
             }
         }
-        Ok(None)
+    }
+    let header = |name: &str| -> Result<Option<&str>, Undecodable> {
+        let i = LOOKED_UP
+            .iter()
+            .position(|n| *n == name)
+            .expect("a looked-up header");
+        match found[i] {
+            None | Some(None) => Ok(None),
+            Some(Some(v)) => std::str::from_utf8(v)
+                .map(Some)
+                .map_err(|_| Undecodable::new(raw(), format!("header {name} is not UTF-8"))),
+        }
     };
     let content_type = header("content-type")?;
     let spec = header("ce_specversion")?;
@@ -167,8 +189,12 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
     let required = |name: &'static str| -> Result<&str, Undecodable> {
         header(name)?.ok_or_else(|| Undecodable::new(raw(), format!("header {name} is missing")))
     };
-    let mut b: EventBuilder =
-        Event::builder(required("ce_source")?, required("ce_type")?).id(required("ce_id")?);
+    // No generated id or time to throw away: both come from the headers.
+    let mut b: EventBuilder = EventBuilder::decoded(
+        required("ce_source")?,
+        required("ce_type")?,
+        required("ce_id")?,
+    );
     b = match header("ce_time")? {
         Some(t) => match DateTime::parse_from_rfc3339(t) {
             Ok(t) => b.time(t.with_timezone(&Utc)),
@@ -208,7 +234,7 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
         }
     }
     if let Some(payload) = msg.payload() {
-        b = b.data_bytes(content_type, payload.to_vec());
+        b = b.data_slice(content_type, payload);
     } else if let Some(ct) = content_type {
         b = b.data_content_type(ct);
     }
@@ -223,6 +249,7 @@ pub(crate) fn decode(msg: &OwnedMessage) -> Result<Event, Undecodable> {
 #[cfg(test)]
 mod tests {
     use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
 
     use super::*;
 
@@ -308,6 +335,47 @@ mod tests {
         assert_eq!(
             decode(&record(&encode(&none, WireMode::Binary))).unwrap(),
             none
+        );
+    }
+
+    #[test]
+    fn header_lookups_ignore_case_and_take_the_first_of_a_name() {
+        let h = [
+            ("CE_SpecVersion", "1.0"),
+            ("ce_id", "first"),
+            ("Ce_Source", "/s"),
+            ("ce_type", "t"),
+            ("ce_id", "second"),
+            ("Content-Type", "text/plain"),
+            ("ce_subject", "sub"),
+            ("ce_region", "eu"),
+        ]
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            })
+        });
+        let m = OwnedMessage::new(
+            Some(b"hi".to_vec()),
+            None,
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            Some(h),
+        );
+        let e = decode(&m).unwrap();
+        assert_eq!(e.id(), "first");
+        assert_eq!(e.source(), "/s");
+        assert_eq!(e.subject(), Some("sub"));
+        assert_eq!(e.time(), None, "no ce_time header: no time made up");
+        assert_eq!(e.data_content_type(), Some("text/plain"));
+        assert_eq!(e.data_bytes().as_deref(), Some(&b"hi"[..]));
+        assert_eq!(
+            e.extension("region").map(|v| v.to_string()).as_deref(),
+            Some("eu")
         );
     }
 

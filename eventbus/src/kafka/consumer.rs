@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{Notify, oneshot, watch};
 
@@ -41,8 +41,10 @@ const COMMIT_EVERY: Duration = Duration::from_secs(1);
 const FINAL_COMMIT_ATTEMPTS: u32 = 4;
 /// Longest wait for the runner to take an assignment.
 const ASSIGN_WAIT: Duration = Duration::from_secs(5);
-/// Records taken from the client per lock of the shared state.
-const POLL_BATCH: usize = 32;
+/// Most records taken from the client per lock of the shared state (a batch ends early when
+/// the client has nothing more at hand). Never more than a quarter of the pause mark: pausing
+/// is decided between batches, so a batch is what a partition can overshoot its mark by.
+const POLL_BATCH: usize = 256;
 /// How long one poll waits while some partition is paused (a resume is noticed this fast).
 const PAUSED_POLL: Duration = Duration::from_millis(2);
 
@@ -338,7 +340,8 @@ fn truncate(s: &str, n: usize) -> &str {
 fn poll_loop(core: &Core, consumer: &BaseConsumer<GroupContext>, poll_wait: Duration) {
     let wait = poll_wait.clamp(Duration::from_millis(1), Duration::from_millis(100));
     let mut last_commit = Instant::now();
-    let mut batch: Vec<Delivery<KafkaToken>> = Vec::with_capacity(POLL_BATCH);
+    let batch_max = POLL_BATCH.min(core.high_mark / 4).max(1);
+    let mut batch: Vec<Delivery<KafkaToken>> = Vec::with_capacity(batch_max);
     let mut seen_generation = u64::MAX;
     let mut epochs: HashMap<i32, u64> = HashMap::new();
     loop {
@@ -363,7 +366,7 @@ fn poll_loop(core: &Core, consumer: &BaseConsumer<GroupContext>, poll_wait: Dura
         // epoch its partition held when it was polled (a batch stored after a rebalance has
         // its stale records refused).
         let mut timeout = if paused { PAUSED_POLL.min(wait) } else { wait };
-        while batch.len() < POLL_BATCH {
+        while batch.len() < batch_max {
             match consumer.poll(timeout) {
                 None => break,
                 Some(Err(e)) => {
@@ -371,7 +374,8 @@ fn poll_loop(core: &Core, consumer: &BaseConsumer<GroupContext>, poll_wait: Dura
                     break;
                 }
                 Some(Ok(m)) => {
-                    let record = m.detach();
+                    let record = detach(&m);
+                    drop(m);
                     timeout = Duration::ZERO;
                     let generation = core.generation.load(Ordering::Acquire);
                     if generation != seen_generation {
@@ -410,6 +414,20 @@ fn poll_loop(core: &Core, consumer: &BaseConsumer<GroupContext>, poll_wait: Dura
             core.ready.notify_one();
         }
     }
+}
+
+/// The record as the runner keeps it (the DLQ writes it as read): key, payload, headers and
+/// position. The topic is left out (the transport knows it), which saves a copy per record.
+fn detach(m: &BorrowedMessage<'_>) -> OwnedMessage {
+    OwnedMessage::new(
+        m.payload().map(<[u8]>::to_vec),
+        m.key().map(<[u8]>::to_vec),
+        String::new(),
+        m.timestamp(),
+        m.partition(),
+        m.offset(),
+        m.headers().map(BorrowedHeaders::detach),
+    )
 }
 
 /// Pauses partitions at the high mark, resumes those below the low mark. True while some

@@ -29,6 +29,9 @@ use crate::traits::{StartFrom, SubscribeOptions, Subscriber};
 
 /// How long `close` waits for the consumer to commit and leave the group.
 const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// Shortest time between two commits of the background committer (acknowledgements in
+/// between are carried by the next commit; a revoke and `close` commit at once).
+const COMMIT_SPACING: Duration = Duration::from_millis(20);
 
 pub(crate) struct KafkaTransport {
     bus: KafkaBus,
@@ -258,13 +261,17 @@ impl Subscriber for KafkaBus {
 }
 
 /// Commits what is due whenever acknowledgements moved an offset (coalesced: one commit at a
-/// time carries everything due by then), and retries a failed commit with backoff until it
-/// passes: what is due stays due. Ends once the consumer is closed.
+/// time carries everything due by then, and commits start at most every [`COMMIT_SPACING`]),
+/// and retries a failed commit with backoff until it passes: what is due stays due. Ends once
+/// the consumer is closed.
 async fn committer(core: Arc<Core>, consumer: Weak<BaseConsumer<GroupContext>>) {
     let mut failures = 0u32;
     loop {
         if failures == 0 {
             core.commit_wanted.notified().await;
+            // Let acknowledgements gather: one commit round trip per spacing at most, not one
+            // per acknowledgement batch (each costs the broker a write).
+            tokio::time::sleep(COMMIT_SPACING).await;
         } else {
             let backoff = Duration::from_millis(50 * u64::from(failures.min(20)));
             tokio::time::sleep(backoff).await;

@@ -195,11 +195,11 @@ pub(crate) async fn run<T: Transport>(
         tokio::select! {
             biased;
             Some(done) = d.tasks.join_next_with_id(), if !d.tasks.is_empty() => {
-                let id = match &done {
-                    Ok((id, ())) => *id,
-                    Err(e) => e.id(),
-                };
-                d.finished(id);
+                d.finished(task_id(&done));
+                // Every other handler that ended meanwhile, before the next round's bookkeeping.
+                while let Some(done) = d.tasks.try_join_next_with_id() {
+                    d.finished(task_id(&done));
+                }
             }
             Some(cmd) = recv_control(&mut control) => {
                 // What was fetched before the command is the runner's: a revoke hands it back.
@@ -215,7 +215,13 @@ pub(crate) async fn run<T: Transport>(
                 d.begin_stop();
             }
             item = items.recv(), if d.stopping.is_none() => match item {
-                Some((delivery, room)) => d.accept(delivery, room),
+                Some((delivery, room)) => {
+                    d.accept(delivery, room);
+                    // The rest of the fetched batch in one round.
+                    while let Ok((delivery, room)) = items.try_recv() {
+                        d.accept(delivery, room);
+                    }
+                }
                 None => d.begin_stop(),
             },
             _ = sleep_until(next_deadline), if next_deadline.is_some() => d.deadlines(),
@@ -253,6 +259,15 @@ pub(crate) async fn run<T: Transport>(
     let _ = acker.await;
     shared.transport.close().await;
     Ok(())
+}
+
+fn task_id(
+    done: &std::result::Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => *id,
+        Err(e) => e.id(),
+    }
 }
 
 async fn recv_control<T>(
