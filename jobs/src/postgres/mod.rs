@@ -25,8 +25,8 @@ use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
 use windlass_core::TenantScope;
 
-pub use limits::{create_partition_index, drop_partition_index, partition_index_name};
 pub use insert::DEFAULT_COPY_THRESHOLD;
+pub use limits::{create_partition_index, drop_partition_index, partition_index_name};
 pub use migrate::{MIGRATIONS, migrate};
 pub use notify::DEFAULT_NOTIFY_INTERVAL;
 use rows::{FETCHED_COLUMNS, RECORD_COLUMNS, fetched, org, record, token_arrays};
