@@ -1,1 +1,3 @@
 //! Shared helpers of the windlass benchmarks.
+
+pub mod job_kinds;

@@ -12,9 +12,7 @@
 //!
 //! Each measurement gets a fresh database (windlass-testkit). No-op jobs throughout.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis_core::backend::TaskSink;
@@ -24,40 +22,12 @@ use apalis_core::worker::builder::WorkerBuilder;
 use apalis_core::worker::context::WorkerContext;
 use apalis_core::worker::ext::parallelize::ParallelizeExt;
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use windlass_jobs::postgres::{PgJobStore, migrate};
-use windlass_jobs::{EnqueueOptions, Job, JobContext, JobError, Jobs, Worker, WorkerConfig};
+use windlass_jobs::{EnqueueOptions, Jobs, Worker, WorkerConfig};
 use windlass_testkit::postgres::fresh_database;
 
-static RAN: AtomicU64 = AtomicU64::new(0);
-static STARTED_AT: LazyLock<Mutex<HashMap<u64, Instant>>> = LazyLock::new(Default::default);
-
-#[derive(Serialize, Deserialize)]
-struct Noop {
-    n: u64,
-}
-
-impl Job for Noop {
-    const KIND: &'static str = "noop";
-    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
-        RAN.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Ping {
-    seq: u64,
-}
-
-impl Job for Ping {
-    const KIND: &'static str = "ping";
-    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
-        STARTED_AT.lock().unwrap().insert(self.seq, Instant::now());
-        Ok(())
-    }
-}
+use windlass_benches::job_kinds::{Noop, Ping, RAN, STARTED_AT};
 
 struct Args {
     jobs: u64,

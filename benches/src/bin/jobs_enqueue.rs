@@ -24,24 +24,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::PgPool;
 use windlass_jobs::postgres::{PgJobStore, migrate};
-use windlass_jobs::{EnqueueOptions, Job, JobContext, JobError, Jobs};
+use windlass_jobs::{EnqueueOptions, Jobs};
 use windlass_testkit::postgres::{TestDatabase, fresh_database};
 
-#[derive(Clone, Serialize, Deserialize)]
-struct Noop {
-    n: u64,
-}
-
-impl Job for Noop {
-    const KIND: &'static str = "noop";
-    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
-        Ok(())
-    }
-}
+use windlass_benches::job_kinds::Noop;
 
 struct Args {
     rows: u64,

@@ -15,49 +15,19 @@
 //!   p99 / max, with the queue partitioned by tenant (round-robin, partition index on) against
 //!   the same queue unpartitioned (one FIFO: the baseline).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use windlass_jobs::postgres::{PgJobStore, create_partition_index, migrate};
 use windlass_jobs::{
-    EnqueueOptions, Job, JobContext, JobError, JobStore, Jobs, PartitionBy, QueueLimits, Worker,
-    WorkerConfig,
+    EnqueueOptions, JobStore, Jobs, PartitionBy, QueueLimits, Worker, WorkerConfig,
 };
 use windlass_testkit::postgres::fresh_database;
 
-static RAN: AtomicU64 = AtomicU64::new(0);
-static STARTED_AT: LazyLock<Mutex<HashMap<u64, Instant>>> = LazyLock::new(Default::default);
-
-#[derive(Serialize, Deserialize)]
-struct Noop {
-    n: u64,
-}
-
-impl Job for Noop {
-    const KIND: &'static str = "noop";
-    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
-        RAN.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct Ping {
-    seq: u64,
-}
-
-impl Job for Ping {
-    const KIND: &'static str = "ping";
-    async fn run(&self, _ctx: JobContext) -> Result<(), JobError> {
-        STARTED_AT.lock().unwrap().insert(self.seq, Instant::now());
-        Ok(())
-    }
-}
+use windlass_benches::job_kinds::{Noop, Ping, RAN, STARTED_AT};
 
 struct Args {
     jobs: u64,
