@@ -20,6 +20,13 @@ use crate::runner::Transport;
 use crate::runner::ack::AckMsg;
 use crate::runner::control::Revoked;
 
+impl<T> Item<T> {
+    /// Read under an assignment of `partition`.
+    fn in_partition(&self, partition: u32) -> bool {
+        self.delivery.assignment.map(|a| a.partition) == Some(partition)
+    }
+}
+
 impl<T: Transport> Dispatcher<T> {
     /// Gives a delivery that will not start back: into its partition's pending revoke if there
     /// is one (the transport returns it), else to [`Transport::release`].
@@ -69,7 +76,7 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Deliveries of `partition` still queued.
     fn queued(&self, partition: u32) -> usize {
-        let of = |i: &Item<T::Token>| i.delivery.assignment.map(|a| a.partition) == Some(partition);
+        let of = |i: &Item<T::Token>| i.in_partition(partition);
         self.ready.iter().filter(|(i, _)| of(i)).count()
             + self
                 .keys
@@ -104,8 +111,8 @@ impl<T: Transport> Dispatcher<T> {
         part.stop.cancel();
         // Gap fillers stay (prefix transports); the rest of the partition goes back.
         let high = if self.prefix { part.high } else { None };
-        let of = |i: &Item<T::Token>| i.delivery.assignment.map(|a| a.partition) == Some(partition);
-        let unstarted = self.take_queued(|i| of(i) && high.is_none_or(|h| i.seq >= h));
+        let unstarted =
+            self.take_queued(|i| i.in_partition(partition) && high.is_none_or(|h| i.seq >= h));
         if high.is_some() {
             tracing::debug!(topic = %self.shared.topic, group = %self.shared.group, partition, gap_fillers = self.queued(partition), handed_back = unstarted.len(), "revoke: deliveries below the latest start still run");
         }
@@ -193,7 +200,7 @@ impl<T: Transport> Dispatcher<T> {
                 tracing::warn!(topic = %self.shared.topic, group = %self.shared.group, partition = p, n, "handlers outlived the partition's handover wait; cancelled (their entries stay pending for the next owner)");
             }
             // Gap fillers that did not get to start go back too.
-            let left = self.take_queued(|i| i.delivery.assignment.map(|a| a.partition) == Some(p));
+            let left = self.take_queued(|i| i.in_partition(p));
             if let Some(r) = self.parts.get_mut(&p).and_then(|p| p.revoke.as_mut()) {
                 r.aborted += n;
                 r.unstarted.extend(left);
