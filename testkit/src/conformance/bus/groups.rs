@@ -400,7 +400,8 @@ pub async fn a_crashed_members_partitions_are_taken_over_in_order<F: BusFixture>
     let g = group("crash");
     let history = History::default();
     let keys: Vec<String> = (0..20).map(|k| format!("item-{k}")).collect();
-    const PER_KEY: usize = 10;
+    // Waves before the crash (at least) and after it.
+    const PER_KEY: usize = 5;
     let publisher = fixture.bus().await;
     let mut subs = Vec::new();
     for m in 0..2 {
@@ -410,29 +411,43 @@ pub async fn a_crashed_members_partitions_are_taken_over_in_order<F: BusFixture>
         let options = fixture.options().concurrency(4).consumer(member);
         subs.push(subscribe::<F>(&bus, &topic, &g, handler, options).await);
     }
-    publish_waves(&publisher, &topic, &keys, 0..PER_KEY / 2).await;
-    wait_until("the first member is handling events", || {
-        history
-            .steps()
-            .iter()
-            .any(|s| matches!(s, Step::Start { member, .. } if member == "m0"))
-    })
-    .await;
+    // Crash only once both members work: the group has settled on its split. (A member
+    // leaving while the group is still forming hits a broker bug on tansu: the coordinator keeps
+    // the departed leader and the rebalance never completes; see docs/kafka.md.) Waves go out
+    // until then, at least `PER_KEY` of them before the crash.
+    let both_work = || {
+        let steps = history.steps();
+        ["m0", "m1"].iter().all(|m| {
+            steps
+                .iter()
+                .any(|s| matches!(s, Step::Start { member, .. } if member == m))
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut waves = 0;
+    while waves < PER_KEY || !both_work() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {WAIT:?} waiting until both members handle events"
+        );
+        publish_waves(&publisher, &topic, &keys, waves..waves + 1).await;
+        waves += 1;
+        if waves >= PER_KEY {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     subs.remove(0).abort();
     history.push(Step::Gone {
         member: "m0".to_owned(),
     });
-    publish_waves(&publisher, &topic, &keys, PER_KEY / 2..PER_KEY).await;
+    publish_waves(&publisher, &topic, &keys, waves..waves + PER_KEY).await;
+    let total = waves + PER_KEY;
     wait_until("every event is handled after the crash", || {
-        history.distinct() >= keys.len() * PER_KEY
+        history.distinct() >= keys.len() * total
     })
     .await;
     for sub in subs {
         sub.shutdown().await.expect("shutdown");
     }
-    assert_verdict(&check(
-        &history.steps(),
-        &expectations(&keys, PER_KEY),
-        false,
-    ));
+    assert_verdict(&check(&history.steps(), &expectations(&keys, total), false));
 }
