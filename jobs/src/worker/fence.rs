@@ -110,6 +110,10 @@ pub(super) async fn watchdog_loop(inner: Arc<Inner>, stop: CancellationToken) {
                 metrics::counter!("windlass_jobs_self_fenced_total").increment(1);
                 f.lost = Some(Lost::Fenced);
                 f.cancel.cancel();
+                *inner
+                    .attempt_fenced_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(now);
             }
         }
     }

@@ -47,6 +47,12 @@ pub(super) async fn fetch_loop(
                 Err(_) => break,
             }
         }
+        // Fenced while this loop waited for a slot (a slot frees when an attempt ends, and the
+        // watchdog ending a self-fenced attempt is exactly such a moment): claim nothing.
+        if inner.fenced() {
+            drop(permits);
+            continue;
+        }
         let wanted = permits.len();
         // The claimed rows' heartbeat_at is set by the fetch, after this instant.
         let sent = Instant::now();

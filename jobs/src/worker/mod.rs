@@ -212,6 +212,7 @@ impl Worker {
             hard_stop: AtomicBool::new(false),
             fetching: std::sync::atomic::AtomicUsize::new(0),
             last_heartbeat: Mutex::new(Instant::now()),
+            attempt_fenced_at: Mutex::new(None),
         });
         let stop = CancellationToken::new();
         let handle = tokio::spawn(run(inner.clone(), self.crons, finish_rx, stop.clone()));
@@ -367,6 +368,11 @@ struct Inner {
     fetching: std::sync::atomic::AtomicUsize,
     /// When the last successful heartbeat was sent.
     last_heartbeat: Mutex<Instant>,
+    /// When the watchdog last self-fenced an attempt. An attempt's lease can go stale before
+    /// the worker's last heartbeat does (a heartbeat that started before the attempt was
+    /// claimed does not renew it), so the worker also counts as fenced from that moment until
+    /// a heartbeat sent after it succeeds.
+    attempt_fenced_at: Mutex<Option<Instant>>,
 }
 
 impl Inner {
@@ -380,13 +386,21 @@ impl Inner {
         }
     }
 
-    /// Self-fenced: no heartbeat succeeded for `self_fence_after`; fetch nothing.
+    /// Self-fenced: no heartbeat succeeded for `self_fence_after`, or none was sent since the
+    /// watchdog last fenced an attempt; fetch nothing.
     fn fenced(&self) -> bool {
-        self.last_heartbeat
+        let last = *self
+            .last_heartbeat
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
-            > self.fence_after
+            .unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() > self.fence_after {
+            return true;
+        }
+        let fenced_at = *self
+            .attempt_fenced_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        fenced_at.is_some_and(|at| last < at)
     }
 }
 

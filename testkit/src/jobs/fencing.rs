@@ -4,7 +4,7 @@
 //! before the previous one ended.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +25,9 @@ use super::{wait_for, wait_state};
 pub struct HeartbeatGate {
     inner: Arc<dyn JobStore>,
     blocked: Arc<AtomicBool>,
+    /// Armed once the worker is known to be fenced: every `fetch` call counts as a violation.
+    fenced: Arc<AtomicBool>,
+    claims_while_fenced: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for HeartbeatGate {
@@ -41,7 +44,20 @@ impl HeartbeatGate {
         Self {
             inner,
             blocked: Arc::new(AtomicBool::new(false)),
+            fenced: Arc::new(AtomicBool::new(false)),
+            claims_while_fenced: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// From now on (`true`) the worker is known to be self-fenced: any `fetch` it calls is
+    /// counted by [`claims_while_fenced`](Self::claims_while_fenced).
+    pub fn known_fenced(&self, fenced: bool) {
+        self.fenced.store(fenced, Ordering::SeqCst);
+    }
+
+    /// `fetch` calls made while [`known_fenced`](Self::known_fenced) was on.
+    pub fn claims_while_fenced(&self) -> usize {
+        self.claims_while_fenced.load(Ordering::SeqCst)
     }
 
     /// Heartbeats hang (`true`) or pass (`false`) from now on.
@@ -62,6 +78,9 @@ impl JobStore for HeartbeatGate {
         limit: usize,
         worker: &str,
     ) -> Result<Vec<FetchedJob>> {
+        if self.fenced.load(Ordering::SeqCst) {
+            self.claims_while_fenced.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.fetch(queue, kinds, limit, worker).await
     }
     async fn finish(&self, worker: &str, finished: &[Finish]) -> Result<u64> {
@@ -242,6 +261,13 @@ pub async fn a_worker_that_cannot_heartbeat_fences_itself(store: Arc<dyn JobStor
     .await;
     gate.block(true);
     let b = start(&store, fast_config().worker_id("rescuer"));
+    // The watchdog cancelled attempt 1: the worker is fenced from here on, and must not even
+    // try to claim (its slot frees when attempt 1 ends: a loop waiting for it claimed once).
+    wait_for("the self-fence to cancel attempt 1", T, || async {
+        events(&t).iter().any(|e| e.event == "cancelled")
+    })
+    .await;
+    gate.known_fenced(true);
     let rec = wait_state(&store, id, JobState::Completed, T).await;
     assert_eq!(rec.attempt, 2);
     assert_attempts_never_overlap(&events(&t), id);
@@ -254,17 +280,24 @@ pub async fn a_worker_that_cannot_heartbeat_fences_itself(store: Arc<dyn JobStor
     b.shutdown().await.unwrap();
     let waiting = enqueue(&jobs, probe(&t, 2, Action::Succeed), q()).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
+    let rec = store
+        .get(&TenantScope::All, waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        store
-            .get(&TenantScope::All, waiting)
-            .await
-            .unwrap()
-            .unwrap()
-            .state,
+        rec.state,
         JobState::Available,
-        "a fenced worker fetched a job"
+        "a fenced worker fetched a job: {rec:?}; events {:?}",
+        events(&t)
+    );
+    assert_eq!(
+        gate.claims_while_fenced(),
+        0,
+        "the fenced worker tried to claim"
     );
     // Heartbeats pass again: it unfences and works.
+    gate.known_fenced(false);
     gate.block(false);
     wait_state(&store, waiting, JobState::Completed, T).await;
     a.shutdown().await.unwrap();

@@ -62,8 +62,8 @@ pub enum Action {
     Discard,
     /// Return [`JobError::cancel`].
     Cancel,
-    /// First attempt: wait for the cancellation token, then take this many more milliseconds
-    /// to stop (ignoring everything), record `"end"` and fail. Later attempts: record `"end"`
+    /// First attempt: wait for the cancellation token, record `"cancelled"`, then take this
+    /// many more milliseconds to stop (ignoring everything), record `"end"` and fail. Later attempts: record `"end"`
     /// and succeed at once. Start and end records show whether attempts overlapped.
     StopSlowlyFirst(u64),
     /// Block this many milliseconds in [`JobContext::run_blocking`], record `"end"` from inside
@@ -166,6 +166,7 @@ impl Job for Probe {
             Action::Cancel => Err(JobError::cancel("planned cancel")),
             Action::StopSlowlyFirst(ms) if ctx.attempt() == 1 => {
                 ctx.cancellation().cancelled().await;
+                record(&self.token, ev("cancelled"));
                 std::thread::sleep(Duration::from_millis(*ms));
                 record(&self.token, ev("end"));
                 Err(JobError::retry("stopped"))
