@@ -1,7 +1,8 @@
 //! Postgres only: listings answer from index ranges. A filter matching no row (or few) must read
 //! a few index entries, not walk the table or its primary key (what the generic statement did:
 //! about a second at ten million rows). Checked through Postgres' own statistics for the table:
-//! sequential scans and heap rows fetched through an index, per listing.
+//! sequential scans and heap rows fetched through an index, per listing. The rescue's scans
+//! are counted the same way.
 
 use std::time::{Duration, Instant};
 
@@ -141,4 +142,70 @@ async fn list_filters_read_index_ranges_not_the_table() {
             "{filter:?} in {scope:?} fetched {fetched} rows for a page of {expected}"
         );
     }
+}
+
+/// The rescue reads the running rows once. Written as `id IN (SELECT ... LIMIT ... FOR UPDATE
+/// SKIP LOCKED)`, the planner (statistics taken while no job ran, as on a queue that filled
+/// then started) ran the subquery once per running row: one index scan each, seconds to
+/// minutes per rescue on a busy queue. Counted through the table's index scans.
+#[tokio::test]
+async fn the_rescue_reads_the_running_rows_once() {
+    const RUNNING: i64 = 400;
+    let db = fresh_database().await;
+    migrate(&db.pool).await.expect("migrate");
+    sqlx::query("ALTER TABLE windlass_jobs SET (autovacuum_enabled = false)")
+        .execute(&db.pool)
+        .await
+        .expect("autovacuum off");
+    sqlx::query(
+        "INSERT INTO windlass_jobs (queue, kind, state) \
+         SELECT 'q', 'k', 'available' FROM generate_series(1, 20000)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("seed");
+    sqlx::query("ANALYZE windlass_jobs")
+        .execute(&db.pool)
+        .await
+        .expect("analyze");
+    // Then a worker claims some: running, heartbeats fresh (nothing to rescue).
+    sqlx::query(
+        "UPDATE windlass_jobs SET state = 'running', attempt = 1, attempted_at = now(), \
+                heartbeat_at = now(), locked_by = 'w' WHERE id <= $1",
+    )
+    .bind(RUNNING)
+    .execute(&db.pool)
+    .await
+    .expect("claim");
+    let opts = (*db.pool.connect_options()).clone();
+    let one = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .expect("connect");
+    let store = PgJobStore::new(one.clone());
+    let (seq0, idx0, _) = table_stats(&db.pool).await;
+    let rescued = store
+        .rescue(Duration::from_secs(3600))
+        .await
+        .expect("rescue");
+    assert!(rescued.is_empty(), "{rescued:?}");
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(&one)
+        .await
+        .expect("flush");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (seq, idx) = loop {
+        let (seq, idx, _) = table_stats(&db.pool).await;
+        if seq > seq0 || idx > idx0 {
+            break (seq - seq0, idx - idx0);
+        }
+        assert!(Instant::now() < deadline, "no scan of the table recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        seq + idx <= 4,
+        "one rescue scanned the table {seq} times sequentially and {idx} times by index \
+         ({RUNNING} running rows)"
+    );
 }

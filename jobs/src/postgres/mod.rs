@@ -341,7 +341,17 @@ impl JobStore for PgJobStore {
 
     async fn rescue(&self, stale_after: Duration) -> Result<Vec<Rescued>> {
         let rows = sqlx::query(
-            "UPDATE windlass_jobs j \
+            // The stale rows are picked once (a materialized CTE). As `j.id IN (SELECT ... LIMIT
+            // ... FOR UPDATE SKIP LOCKED)` the planner could run the subquery once per running
+            // row (a nested-loop semi join), each run walking the index entries of every row
+            // version that was ever `running` and not vacuumed yet: on a busy queue that took
+            // seconds to minutes per rescue and held back vacuum meanwhile.
+            "WITH stale AS MATERIALIZED ( \
+                SELECT id FROM windlass_jobs \
+                 WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
+                 ORDER BY heartbeat_at \
+                 LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+             UPDATE windlass_jobs j \
                 SET state = CASE WHEN j.stop_requested IS NOT NULL THEN j.stop_requested \
                                  WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END, \
                     finalized_at = CASE WHEN j.stop_requested IS NOT NULL OR j.attempt >= j.max_attempts \
@@ -352,10 +362,8 @@ impl JobStore for PgJobStore {
                         'error', 'rescued: worker ' || coalesce(j.locked_by, '?') || ' stopped heartbeating')), \
                     locked_by = NULL, \
                     stop_requested = NULL \
-              WHERE j.id IN (SELECT id FROM windlass_jobs \
-                              WHERE state = 'running' AND heartbeat_at < now() - make_interval(secs => $1) \
-                              LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-                AND j.state = 'running' \
+               FROM stale \
+              WHERE j.id = stale.id AND j.state = 'running' \
              RETURNING j.id, j.queue, j.state",
         )
         .bind(interval_secs(stale_after))
