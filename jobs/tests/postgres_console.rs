@@ -26,6 +26,23 @@ async fn table_stats(pool: &PgPool) -> (i64, i64, i64) {
     .expect("pg_stat_user_tables")
 }
 
+/// A pool of one connection on `pool`'s database: the statistics it flushes are the store's.
+async fn one_connection(pool: &PgPool) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .expect("connect")
+}
+
+/// No autovacuum on `windlass_jobs`: nothing re-samples its statistics during a test.
+async fn autovacuum_off(pool: &PgPool) {
+    sqlx::query("ALTER TABLE windlass_jobs SET (autovacuum_enabled = false)")
+        .execute(pool)
+        .await
+        .expect("autovacuum off");
+}
+
 #[tokio::test]
 async fn list_filters_read_index_ranges_not_the_table() {
     let db = fresh_database().await;
@@ -45,10 +62,7 @@ async fn list_filters_read_index_ranges_not_the_table() {
     // Plans must not depend on chance: statistics from every row (a sample of 300 x the target
     // covers the whole table), and no autovacuum re-sampling them between two listings (a
     // run in CI once got a different plan for one filter).
-    sqlx::query("ALTER TABLE windlass_jobs SET (autovacuum_enabled = false)")
-        .execute(&db.pool)
-        .await
-        .expect("autovacuum off");
+    autovacuum_off(&db.pool).await;
     let mut conn = db.pool.acquire().await.expect("connection");
     sqlx::query("SET default_statistics_target = 1000")
         .execute(&mut *conn)
@@ -64,12 +78,7 @@ async fn list_filters_read_index_ranges_not_the_table() {
         .expect("reset");
     drop(conn);
     // The store on one connection, whose statistics we ask it to flush after each listing.
-    let opts = (*db.pool.connect_options()).clone();
-    let one = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .expect("connect");
+    let one = one_connection(&db.pool).await;
     let store = PgJobStore::new(one.clone());
     let org7 = TenantScope::org(OrgId::new("org7").unwrap());
     let cases: Vec<(TenantScope, JobFilter, usize)> = vec![
@@ -153,10 +162,7 @@ async fn the_rescue_reads_the_running_rows_once() {
     const RUNNING: i64 = 400;
     let db = fresh_database().await;
     migrate(&db.pool).await.expect("migrate");
-    sqlx::query("ALTER TABLE windlass_jobs SET (autovacuum_enabled = false)")
-        .execute(&db.pool)
-        .await
-        .expect("autovacuum off");
+    autovacuum_off(&db.pool).await;
     sqlx::query(
         "INSERT INTO windlass_jobs (queue, kind, state) \
          SELECT 'q', 'k', 'available' FROM generate_series(1, 20000)",
@@ -177,12 +183,7 @@ async fn the_rescue_reads_the_running_rows_once() {
     .execute(&db.pool)
     .await
     .expect("claim");
-    let opts = (*db.pool.connect_options()).clone();
-    let one = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(opts)
-        .await
-        .expect("connect");
+    let one = one_connection(&db.pool).await;
     let store = PgJobStore::new(one.clone());
     let (seq0, idx0, _) = table_stats(&db.pool).await;
     let rescued = store

@@ -85,19 +85,26 @@ pub async fn blocking_jobs_past_their_timeout_never_exceed_concurrency(store: Ar
 pub async fn shutdown_never_releases_a_running_attempt(store: Arc<dyn JobStore>) {
     let t = token();
     let jobs = Jobs::from_arc(store.clone());
-    // shutdown 200 ms + 2 x 300 ms cancel grace, then return; rescue after 1.5 s.
+    // The stuck attempt must end after the shutdown returned and before the rescue: shutdown
+    // 200 ms + 2 x 100 ms cancel grace (about 0.4 s), the attempt 2 s, rescue 3 s after the
+    // stopped worker's last heartbeat. Wide margins: a loaded CI machine once stretched a
+    // 0.8 s shutdown past a 1 s attempt.
+    let rescue = |c: windlass_jobs::WorkerConfig| {
+        c.heartbeat(Duration::from_millis(50), Duration::from_secs(3))
+    };
     let a = start(
         &store,
-        fast_config()
+        rescue(fast_config())
             .shutdown_timeout(Duration::from_millis(200))
+            .cancel_grace(Duration::from_millis(100))
             .worker_id("stopping"),
     );
-    let id = enqueue(&jobs, probe(&t, 1, Action::BlockInline(1000)), q()).await;
+    let id = enqueue(&jobs, probe(&t, 1, Action::BlockInline(2000)), q()).await;
     wait_for("the stuck attempt to start", T, || async {
         !events(&t).is_empty()
     })
     .await;
-    let b = start(&store, fast_config().worker_id("other"));
+    let b = start(&store, rescue(fast_config()).worker_id("other"));
     a.shutdown().await.unwrap();
     assert!(
         events(&t).iter().all(|e| e.event != "end"),
