@@ -198,6 +198,43 @@ async fn relays(pool: &PgPool, redis_url: &str, prefix: &str, brokers: &str) -> 
     ]
 }
 
+/// What the outage and switch tests start from: a fresh database and Redis prefix, a private
+/// broker (consumer groups on the shared one are slowed down by every other test's groups, as
+/// tansu 0.6 rebalances them, which would make these tests' timing theirs), and the two domains
+/// with the billing topic created on Kafka.
+struct World {
+    db: windlass_testkit::postgres::TestDatabase,
+    redis: windlass_testkit::redis::TestRedis,
+    tansu: windlass_testkit::tansu::PrivateTansu,
+    brokers: String,
+    billing_domain: String,
+    billing: Topic,
+    shipping_domain: String,
+    shipping: Topic,
+}
+
+async fn world() -> World {
+    let db = setup_db().await;
+    let redis = windlass_testkit::redis::fresh_prefix().await;
+    let tansu = tokio::task::spawn_blocking(windlass_testkit::tansu::PrivateTansu::start)
+        .await
+        .unwrap();
+    let brokers = tansu.brokers();
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (billing_domain, billing, shipping_domain, shipping) = domains(&tag);
+    windlass_testkit::kafka::create_topic(&brokers, &billing, 2).await;
+    World {
+        db,
+        redis,
+        tansu,
+        brokers,
+        billing_domain,
+        billing,
+        shipping_domain,
+        shipping,
+    }
+}
+
 fn domains(tag: &str) -> (String, Topic, String, Topic) {
     let billing = format!("billing{tag}");
     let shipping = format!("shipping{tag}");

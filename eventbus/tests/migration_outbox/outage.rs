@@ -4,15 +4,16 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migration_kafka_stopped_mid_migration_delays_only_kafka_and_loses_nothing() {
-    let db = setup_db().await;
-    let redis = windlass_testkit::redis::fresh_prefix().await;
-    let tansu = tokio::task::spawn_blocking(windlass_testkit::tansu::PrivateTansu::start)
-        .await
-        .unwrap();
-    let brokers = tansu.brokers();
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let (billing_domain, billing, shipping_domain, shipping) = domains(&tag);
-    windlass_testkit::kafka::create_topic(&brokers, &billing, 2).await;
+    let World {
+        db,
+        redis,
+        tansu,
+        brokers,
+        billing_domain,
+        billing,
+        shipping_domain,
+        shipping,
+    } = world().await;
 
     // billing is being migrated: its rows go to both buses; shipping stays on Redis only.
     let [redis_d, kafka_d] = ["redis", "kafka"].map(|d| Destination::new(d).unwrap());

@@ -4,17 +4,17 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migration_switch_and_rollback_under_load_keep_per_key_order() {
-    let db = setup_db().await;
-    let redis = windlass_testkit::redis::fresh_prefix().await;
-    // A private broker: consumer groups on the shared one are slowed down by every other test's
-    // groups (tansu 0.6 rebalances), which would make the timing of this test theirs.
-    let tansu = tokio::task::spawn_blocking(windlass_testkit::tansu::PrivateTansu::start)
-        .await
-        .unwrap();
-    let brokers = tansu.brokers();
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let (billing_domain, billing, shipping_domain, _) = domains(&tag);
-    windlass_testkit::kafka::create_topic(&brokers, &billing, 2).await;
+    let World {
+        db,
+        redis,
+        // Held to the end: the broker stops when it drops.
+        tansu: _tansu,
+        brokers,
+        billing_domain,
+        billing,
+        shipping_domain,
+        ..
+    } = world().await;
     let outbox = Outbox::with_config(
         OutboxConfig::default()
             .destinations(["redis", "kafka"].map(|d| Destination::new(d).unwrap())),
